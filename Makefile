@@ -1,0 +1,45 @@
+# parity — make targets. `make demo` and `make test` set up .venv on first use.
+# On a machine whose Python already has torch (e.g. a GPU box), the venv sees it
+# (--system-site-packages) and the CPU wheel is not installed.
+# Use `make test VENV=` to run with the current python and no venv at all.
+
+VENV ?= .venv
+PYTHON_BASE ?= python3
+ifeq ($(strip $(VENV)),)
+PY := $(PYTHON_BASE)
+STAMP :=
+else
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.parity-setup
+endif
+TORCH_CPU ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test test-gpu bench lint clean
+
+setup: $(STAMP)
+
+$(VENV)/.parity-setup: pyproject.toml
+	$(PYTHON_BASE) -m venv --system-site-packages $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH_CPU)
+	$(PY) -m pip install -q -e '.[dev,onnx]'
+	touch $@
+
+demo: setup
+	$(PY) -m parity run --model qwen
+
+test: setup
+	$(PY) -m pytest -q -m "not gpu" $(PYTEST_ARGS)
+
+test-gpu:
+	PYTHONPATH=. $(PYTHON_BASE) -m pytest -q -m gpu $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) benchmarks/cpu.py
+
+lint: setup
+	$(PY) -m ruff check parity tests || true
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache

@@ -1,0 +1,55 @@
+"""Backends: things that run a model and report probe tensors to a sink.
+
+The registry maps a candidate name to the module that implements it; modules are
+imported only when that backend is used (``load``), so a missing optional engine never
+breaks ``import parity`` or the CLI.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from dataclasses import dataclass
+
+from parity.errors import BackendError
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    name: str
+    module: str
+    requires: tuple[str, ...]
+    summary: str
+
+    def is_available(self) -> bool:
+        """True when every required package can be imported (without importing it)."""
+        return all(importlib.util.find_spec(p) is not None for p in self.requires)
+
+    def missing(self) -> list[str]:
+        return [p for p in self.requires if importlib.util.find_spec(p) is None]
+
+
+CANDIDATES: dict[str, BackendInfo] = {
+    "torch": BackendInfo(
+        "torch", "parity.backends.pytorch", ("torch",),
+        "the reference weights in another dtype / device / attention implementation",
+    ),
+}
+
+
+def info(name: str) -> BackendInfo:
+    try:
+        return CANDIDATES[name]
+    except KeyError:
+        raise BackendError(
+            f"unknown candidate '{name}'.", note="valid candidates: " + ", ".join(CANDIDATES)
+        ) from None
+
+
+def load(name: str):  # noqa: ANN201 - returns a module
+    bi = info(name)
+    if not bi.is_available():
+        raise BackendError(
+            f"candidate '{name}' needs {', '.join(bi.missing())}, which is not installed.",
+            note="`parity doctor` lists what is available here",
+        )
+    return importlib.import_module(bi.module)

@@ -1,0 +1,93 @@
+"""The backend contract (Polygraphy's runner pattern).
+
+Public methods check state and arguments, then delegate to ``*_impl``:
+
+    with backend:                      # activate() / deactivate()
+        backend.capture(ids, probes, sink)
+
+``available_probes()`` says what this backend can expose; asking for anything else is a
+ProbeError. ``is_available()`` never imports a heavy package.
+"""
+from __future__ import annotations
+
+import importlib.util
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from parity.errors import BackendError, ProbeError
+
+Sink = Callable[[str, Any], None]
+
+
+class Backend(ABC):
+    #: packages needed to run this backend (checked without importing them)
+    requires: tuple[str, ...] = ()
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.is_active = False
+
+    @classmethod
+    def is_available(cls) -> bool:
+        return all(importlib.util.find_spec(p) is not None for p in cls.requires)
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def activate(self) -> None:
+        if self.is_active:
+            raise BackendError(f"backend '{self.label}' is already active.")
+        self.activate_impl()
+        self.is_active = True
+
+    def deactivate(self) -> None:
+        if not self.is_active:
+            return
+        try:
+            self.deactivate_impl()
+        finally:
+            self.is_active = False
+
+    def __enter__(self) -> Backend:
+        self.activate()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.deactivate()
+
+    # -- work --------------------------------------------------------------------------
+    def available_probes(self) -> list[str]:
+        return self.available_probes_impl()
+
+    def capture(self, input_ids: Any, probes: Sequence[str], sink: Sink) -> Any:
+        """Run one forward pass over ``input_ids``, sending each requested probe to ``sink``.
+
+        Returns the backend's logits (or None when it has none to give).
+        """
+        if not self.is_active:
+            raise BackendError(f"backend '{self.label}' must be activated before capture().")
+        offered = set(self.available_probes())
+        missing = [p for p in probes if p not in offered]
+        if missing:
+            raise ProbeError(
+                f"backend '{self.label}' does not expose {missing[0]}"
+                + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "") + ".",
+                note="`parity probes` lists what each model provides",
+            )
+        return self.capture_impl(input_ids, list(probes), sink)
+
+    def describe(self) -> dict[str, Any]:
+        """Facts for the report (backend, dtype, device, versions...)."""
+        return {"backend": self.label}
+
+    # -- to implement ------------------------------------------------------------------
+    def activate_impl(self) -> None:  # noqa: B027 - optional
+        pass
+
+    def deactivate_impl(self) -> None:  # noqa: B027 - optional
+        pass
+
+    @abstractmethod
+    def available_probes_impl(self) -> list[str]: ...
+
+    @abstractmethod
+    def capture_impl(self, input_ids: Any, probes: list[str], sink: Sink) -> Any: ...

@@ -1,0 +1,117 @@
+"""PyTorch module backends.
+
+:class:`ModuleBackend` runs any torch module whose probes a probe map locates. It is the
+reference backend (the HF / clean-room model in float32) and the ``torch`` candidate (a
+copy of the same weights in another dtype, on another device, with another attention
+implementation, optionally compiled).
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+
+from parity.backends.base import Backend, Sink
+from parity.errors import BackendError, UsageError
+from parity.hooks import attached
+from parity.probemap import ProbeMap
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+ATTN = ("eager", "sdpa")
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise UsageError(f"unknown dtype '{name}'.", note="valid dtypes: " + ", ".join(DTYPES)) from None
+
+
+def check_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {device} asked for, but this machine has no CUDA GPU.", note="use --device cpu")
+        return device
+    if device != "cpu":
+        raise UsageError(f"unknown device '{device}'.", note="valid devices: cpu, cuda, cuda:N, auto")
+    return device
+
+
+class ModuleBackend(Backend):
+    requires = ("torch",)
+
+    def __init__(self, model: nn.Module, probe_map: ProbeMap, config: Any, label: str,
+                 num_blocks: int, forward_kwargs: dict[str, Any] | None = None) -> None:
+        super().__init__(label)
+        self.model = model
+        self.probe_map = probe_map
+        self.config = config
+        self.num_blocks = num_blocks
+        self.forward_kwargs = {"use_cache": False, **(forward_kwargs or {})}
+        self.runner: Any = model  # what is called (a compiled wrapper, for --compile)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def available_probes_impl(self) -> list[str]:
+        return self.probe_map.names(self.num_blocks)
+
+    def capture_impl(self, input_ids: Any, probes: list[str], sink: Sink) -> Any:
+        bindings = self.probe_map.resolve(probes, self.config)
+        ids = torch.as_tensor(input_ids, dtype=torch.long, device=self.device).reshape(1, -1)
+        with torch.inference_mode(), attached(self.model, bindings, sink):
+            out = self.runner(input_ids=ids, **self.forward_kwargs)
+        return getattr(out, "logits", out)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "backend": self.label,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "device": str(self.device),
+            "attn": getattr(self.config, "_attn_implementation", None) or getattr(self.model, "attn_implementation", None),
+            "compiled": self.runner is not self.model,
+        }
+
+
+def set_attn(model: nn.Module, attn: str) -> None:
+    if attn not in ATTN:
+        raise UsageError(f"unknown attention implementation '{attn}'.", note="valid: " + ", ".join(ATTN))
+    if hasattr(model, "set_attn_implementation"):
+        model.set_attn_implementation(attn)
+    elif hasattr(model, "attn_implementation"):
+        model.attn_implementation = attn
+    else:
+        raise BackendError(f"{type(model).__name__} cannot switch attention implementation.")
+
+
+def derive(reference: nn.Module, dtype: str, device: str, attn: str) -> nn.Module:
+    """A copy of the reference weights in ``dtype`` on ``device`` with ``attn``."""
+    model = copy.deepcopy(reference).to(device=device, dtype=torch_dtype(dtype)).eval()
+    set_attn(model, attn)
+    return model
+
+
+def make_candidate(reference: nn.Module, probe_map: ProbeMap, config: Any, num_blocks: int, *,
+                   dtype: str, device: str, attn: str = "eager", compile: bool = False) -> ModuleBackend:
+    """The ``torch`` candidate."""
+    model = derive(reference, dtype, device, attn)
+    backend = ModuleBackend(model, probe_map, getattr(model, "config", config), "torch", num_blocks)
+    if compile:
+        backend.runner = torch.compile(model)
+    return backend
+
+
+def create(ctx: Any) -> ModuleBackend:
+    """Entry point used by the runner for ``--candidate torch``."""
+    o = ctx.options
+    return make_candidate(ctx.reference_model, ctx.probe_map, ctx.source.config, ctx.source.num_blocks,
+                          dtype=o.dtype, device=ctx.device, attn=o.attn, compile=o.compile)

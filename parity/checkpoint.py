@@ -1,0 +1,128 @@
+"""Read checkpoint folders: config.json, safetensors or .bin weights (never pickles
+implicitly: ``torch.load(weights_only=True)``), validated against the model with errors
+that name the tensor at fault.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from parity.errors import CheckpointError
+
+IGNORED_SUFFIXES = ("rotary_emb.inv_freq", ".masked_bias", ".attn.bias")
+
+
+def checkpoint_dir(path: str | Path) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"checkpoint '{p}' does not exist.", note="--checkpoint takes a folder with config.json and weights")
+    if not p.is_dir():
+        raise CheckpointError(f"checkpoint '{p}' is not a folder.", note="--checkpoint takes a folder with config.json and weights")
+    return p
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    cfg = folder / "config.json"
+    if not cfg.is_file():
+        raise CheckpointError(f"checkpoint '{folder}' has no config.json.", note="a Hugging Face model folder has config.json beside its weights")
+    try:
+        data = json.loads(cfg.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"cannot read {cfg}: {exc}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{cfg} is not a JSON object.")
+    return data
+
+
+def weight_files(folder: Path) -> list[Path]:
+    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        index = folder / index_name
+        if index.is_file():
+            try:
+                shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            except (OSError, json.JSONDecodeError, KeyError, AttributeError) as exc:
+                raise CheckpointError(f"cannot read {index}: {exc}") from None
+            files = [folder / s for s in shards]
+            missing = [f.name for f in files if not f.is_file()]
+            if missing:
+                raise CheckpointError(f"checkpoint '{folder}' lacks shard {missing[0]} named in {index_name}.")
+            return files
+    found = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("pytorch_model*.bin"))
+    if not found:
+        raise CheckpointError(
+            f"checkpoint '{folder}' has no weights.",
+            note="expected model.safetensors, model-*.safetensors (+ index) or pytorch_model*.bin",
+        )
+    return found
+
+
+def _load_file(path: Path) -> dict[str, Any]:
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise CheckpointError(f"cannot read weights {path.name}: {exc} (truncated or not safetensors?)") from None
+    import pickle
+
+    import torch
+
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"cannot read weights {path.name}: {first}") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path.name} does not hold a state dict.")
+    return obj
+
+
+def load_state_dict(folder: Path) -> dict[str, Any]:
+    sd: dict[str, Any] = {}
+    for f in weight_files(folder):
+        sd.update(_load_file(f))
+    return sd
+
+
+def apply_state_dict(model: Any, sd: dict[str, Any], where: str) -> None:
+    """Copy ``sd`` into ``model``; every model tensor must be present with its shape."""
+    import torch
+
+    own = model.state_dict()
+    tied = _tied_aliases(model)
+    for name, t in own.items():
+        if name in sd:
+            if tuple(sd[name].shape) != tuple(t.shape):
+                raise CheckpointError(
+                    f"{where}: tensor '{name}' has shape {list(sd[name].shape)}, the model expects {list(t.shape)}."
+                )
+        elif name not in tied or tied[name] not in sd:
+            raise CheckpointError(f"{where}: tensor '{name}' is missing from the weights.")
+    unexpected = [k for k in sd if k not in own and not k.endswith(IGNORED_SUFFIXES)]
+    if unexpected:
+        raise CheckpointError(
+            f"{where}: weights hold tensor '{unexpected[0]}' that the model does not have"
+            + (f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else "") + ".",
+            note="is this checkpoint of another model family?",
+        )
+    with torch.no_grad():
+        for name, t in own.items():
+            src = sd.get(name)
+            if src is not None:
+                t.copy_(src.to(t.dtype))
+
+
+def _tied_aliases(model: Any) -> dict[str, str]:
+    """Parameter names that share storage with an earlier parameter -> that name."""
+    first: dict[int, str] = {}
+    alias: dict[str, str] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        key = id(p)
+        if key in first:
+            alias[name] = first[key]
+        else:
+            first[key] = name
+    return alias

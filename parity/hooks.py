@@ -1,0 +1,103 @@
+"""Attach forward hooks for the requested probes only, and always remove them.
+
+``attached(model, bindings, sink)`` is a context manager: on exit (normal or not) every
+hook it added is removed. A hook extracts the value the probe map names, applies the
+map's reshape/transform, drops the batch dim, and hands ``(probe, tensor)`` to ``sink``.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+from parity.errors import ProbeError
+from parity.probemap import TRANSFORMS, Binding
+
+Sink = Callable[[str, torch.Tensor], None]
+
+
+def _pick(value: Any, index: int | None, what: str) -> Any:
+    if isinstance(value, (tuple, list)):
+        i = 0 if index is None else index
+        if i >= len(value):
+            raise ProbeError(f"{what}: tuple has {len(value)} elements, map asks for index {i}.")
+        return value[i]
+    if hasattr(value, "to_tuple") and not isinstance(value, torch.Tensor):  # HF ModelOutput
+        return _pick(value.to_tuple(), index, what)
+    return value
+
+
+def extract(binding: Binding, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> torch.Tensor:
+    """The tensor a binding names, from one module call, batch dim removed."""
+    spec = binding.spec
+    what = f"probe '{binding.probe}' at '{binding.module}'"
+    if spec.io == "input":
+        if spec.kwarg is not None and spec.kwarg in kwargs:
+            value = kwargs[spec.kwarg]
+        else:
+            value = _pick(args, spec.index, what) if args else None
+    else:
+        value = _pick(output, spec.index, what)
+    if spec.transform is not None:
+        value = TRANSFORMS[spec.transform](value)
+    if not isinstance(value, torch.Tensor):
+        raise ProbeError(f"{what} is a {type(value).__name__}, not a tensor; fix the probe map.")
+    if binding.heads is not None:
+        value = value.reshape(*value.shape[:-1], binding.heads, value.shape[-1] // binding.heads)
+    if spec.batched:
+        if value.shape[0] != 1:
+            raise ProbeError(f"{what}: batch size {value.shape[0]}; parity compares batch size 1.")
+        value = value[0]
+    return value.detach()
+
+
+def _get(model: nn.Module, path: str, probe: str) -> nn.Module:
+    try:
+        return model.get_submodule(path)
+    except AttributeError:
+        raise ProbeError(
+            f"probe '{probe}': the model has no module '{path}'.",
+            note="the probe map does not fit this model; check its module paths",
+        ) from None
+
+
+@contextmanager
+def attached(model: nn.Module, bindings: Sequence[Binding], sink: Sink) -> Iterator[None]:
+    """Hook ``bindings`` into ``model`` for the duration of the block."""
+    by_module: dict[str, list[Binding]] = defaultdict(list)
+    for b in bindings:
+        by_module[b.module].append(b)
+    handles: list[Any] = []
+    try:
+        for path, group in by_module.items():
+            module = _get(model, path, group[0].probe)
+            inputs = [b for b in group if b.spec.io == "input"]
+            outputs = [b for b in group if b.spec.io == "output"]
+            if inputs:
+                handles.append(module.register_forward_pre_hook(_pre_hook(inputs, sink), with_kwargs=True))
+            if outputs:
+                handles.append(module.register_forward_hook(_post_hook(outputs, sink), with_kwargs=True))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _pre_hook(group: list[Binding], sink: Sink) -> Callable[..., None]:
+    def hook(_mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        for b in group:
+            sink(b.probe, extract(b, args, kwargs, None))
+
+    return hook
+
+
+def _post_hook(group: list[Binding], sink: Sink) -> Callable[..., None]:
+    def hook(_mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+        for b in group:
+            sink(b.probe, extract(b, args, kwargs, output))
+
+    return hook

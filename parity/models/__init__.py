@@ -1,0 +1,1 @@
+"""Model code that transformers does not ship (Qwen v1) and candidate ports, as plain torch."""

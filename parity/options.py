@@ -1,0 +1,95 @@
+"""Option definitions shared by the CLI and the pytest plugin (as pytest-benchmark does).
+
+Each option is declared once, in a group; ``add_group`` puts a group on an argparse
+parser, and the pytest plugin adds the same definitions with a ``--parity-`` prefix.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Opt:
+    flags: tuple[str, ...]
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def dest(self) -> str:
+        return self.kwargs.get("dest") or self.flags[0].lstrip("-").replace("-", "_")
+
+
+@dataclass
+class RunOptions:
+    model: str = "qwen"
+    checkpoint: str | None = None
+    trust_remote_code: bool = False
+    seed: int | None = None
+    probe_dirs: list[str] = field(default_factory=list)
+    candidate: str = "torch"
+    dtype: str = "fp16"
+    device: str = "auto"
+    ref_device: str | None = None
+    attn: str = "eager"
+    compile: bool = False
+    probes: list[str] | None = None
+    atol: float | None = None
+    rtol: float | None = None
+    keep_tensors: bool = False
+    tokens: int | None = None
+    prompt: str | None = None
+    input_ids: str | None = None
+    tokenizer: str | None = None
+
+
+GROUPS: dict[str, tuple[str, list[Opt]]] = {
+    "model": ("model", [
+        Opt(("--model", "-m"), {"default": "qwen", "help": "model family: qwen (Qwen v1), qwen2, llama (default: qwen)"}),
+        Opt(("--checkpoint",), {"metavar": "DIR", "help": "Hugging Face model folder (config.json + safetensors/.bin); default: the embedded tiny preset with seeded weights"}),
+        Opt(("--trust-remote-code",), {"action": "store_true", "help": "use the checkpoint's own modeling code (only when you ask)"}),
+        Opt(("--seed",), {"type": int, "help": "seed for preset weights and --tokens (default: the preset's)"}),
+        Opt(("--probe-dir",), {"dest": "probe_dirs", "action": "append", "default": [], "metavar": "DIR", "help": "extra folder of probe maps (also $PARITY_PROBE_PATH)"}),
+    ]),
+    "input": ("input", [
+        Opt(("--tokens",), {"type": int, "metavar": "N", "help": "N seeded token ids (default: 32)"}),
+        Opt(("--prompt",), {"metavar": "TEXT", "help": "a prompt, encoded with the checkpoint's tokenizer"}),
+        Opt(("--input-ids",), {"metavar": "FILE", "help": "token ids: .npy, .json list or whitespace-separated .txt"}),
+        Opt(("--tokenizer",), {"metavar": "PATH", "help": "tokenizer folder or qwen.tiktoken file (default: the checkpoint's)"}),
+    ]),
+    "candidate": ("candidate", [
+        Opt(("--candidate", "-c"), {"default": "torch", "help": "engine under test (default: torch); `parity doctor` lists them"}),
+        Opt(("--dtype",), {"default": "fp16", "help": "candidate dtype: fp16, bf16, fp32 (default: fp16)"}),
+        Opt(("--device",), {"default": "auto", "help": "candidate device: cpu, cuda, cuda:N, auto (default: cuda when present)"}),
+        Opt(("--ref-device",), {"help": "reference device (default: the candidate's)"}),
+        Opt(("--attn",), {"default": "eager", "help": "candidate attention: eager, sdpa (default: eager)"}),
+        Opt(("--compile",), {"action": "store_true", "help": "torch.compile the candidate"}),
+    ]),
+    "compare": ("comparison", [
+        Opt(("--probes", "-p"), {"action": "append", "metavar": "GLOB", "help": "probes to capture, globs, repeatable or comma-separated (e.g. 'blocks.*.mlp_out')"}),
+        Opt(("--atol",), {"type": float, "help": "absolute tolerance for every probe (default: the preset's per-dtype table)"}),
+        Opt(("--rtol",), {"type": float, "help": "relative tolerance for every probe"}),
+        Opt(("--keep-tensors",), {"action": "store_true", "help": "keep full candidate tensors (default: statistics only)"}),
+    ]),
+    "output": ("output", [
+        Opt(("--out", "-o"), {"metavar": "DIR", "help": "report folder (default: reports/<run-id>)"}),
+        Opt(("--no-files",), {"action": "store_true", "help": "print only; write no report files"}),
+        Opt(("--failures-only",), {"action": "store_true", "help": "console table lists failing probes only"}),
+        Opt(("--quiet", "-q"), {"action": "store_true", "help": "no progress lines"}),
+    ]),
+}
+
+
+def add_group(parser: argparse.ArgumentParser, key: str) -> None:
+    title, opts = GROUPS[key]
+    group = parser.add_argument_group(title)
+    for o in opts:
+        group.add_argument(*o.flags, **o.kwargs)
+
+
+def run_options(ns: argparse.Namespace) -> Any:
+    """RunOptions from parsed arguments (fields the namespace lacks keep defaults)."""
+    from dataclasses import fields as dc_fields
+
+    names = {f.name for f in dc_fields(RunOptions)}
+    return RunOptions(**{k: v for k, v in vars(ns).items() if k in names and v is not None})

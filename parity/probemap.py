@@ -1,0 +1,139 @@
+"""Probe maps: where each canonical probe lives in a module tree (data in parity/probes).
+
+A map entry says: module path, input or output, which tuple element / positional input /
+keyword, and an optional transform. ``resolve`` expands ``blocks.{i}`` entries for a model
+with N blocks and returns one :class:`Binding` per concrete probe.
+"""
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from parity import probes as canon
+from parity.errors import ProbeError
+from parity.resources import find_file, search_dirs
+
+_KEYS = {"module", "io", "index", "kwarg", "heads", "batched", "transform"}
+
+# Named transforms a map may apply to the extracted value (before batch removal).
+TRANSFORMS: dict[str, Callable[[Any], Any]] = {}
+
+
+def transform(name: str) -> Callable[[Callable[[Any], Any]], Callable[[Any], Any]]:
+    """Register a named transform usable as ``transform = "name"`` in probe maps."""
+
+    def deco(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        TRANSFORMS[name] = fn
+        return fn
+
+    return deco
+
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    module: str
+    io: str = "output"
+    index: int | None = None
+    kwarg: str | None = None
+    heads: str | None = None
+    batched: bool = True
+    transform: str | None = None
+
+
+@dataclass(frozen=True)
+class Binding:
+    """One concrete probe bound to one concrete module."""
+
+    probe: str
+    module: str
+    spec: ProbeSpec
+    heads: int | None = None
+
+
+@dataclass
+class ProbeMap:
+    name: str
+    path: Path | None
+    entries: dict[str, ProbeSpec] = field(default_factory=dict)
+    architecture: str | None = None
+
+    def names(self, num_blocks: int) -> list[str]:
+        """Canonical names this map provides for a model of ``num_blocks`` blocks."""
+        out = [n for n in self.entries if "{i}" not in n]
+        for pattern in (n for n in self.entries if "{i}" in n):
+            out.extend(pattern.replace("{i}", str(i)) for i in range(num_blocks))
+        return canon.in_order(out)
+
+    def bind(self, probe: str, config: Any = None) -> Binding:
+        p = canon.parse(probe)
+        key = probe if p.block is None else f"blocks.{{i}}.{p.point}"
+        spec = self.entries.get(key)
+        if spec is None:
+            raise ProbeError(f"probe map '{self.name}' has no entry for '{probe}'.")
+        module = spec.module.replace("{i}", str(p.block)) if p.block is not None else spec.module
+        heads = None
+        if spec.heads is not None:
+            heads = getattr(config, spec.heads, None) if config is not None else None
+            if not isinstance(heads, int):
+                raise ProbeError(
+                    f"probe map '{self.name}': '{probe}' reshapes by config attribute "
+                    f"'{spec.heads}', which the model config lacks."
+                )
+        return Binding(probe, module, spec, heads)
+
+    def resolve(self, probes: Sequence[str], config: Any = None) -> list[Binding]:
+        return [self.bind(p, config) for p in probes]
+
+
+def _spec_from(name: str, raw: dict[str, Any], where: str) -> ProbeSpec:
+    unknown = set(raw) - _KEYS
+    if unknown:
+        raise ProbeError(
+            f"{where}: probe '{name}' has unknown key(s) {sorted(unknown)}.",
+            note="valid keys: " + ", ".join(sorted(_KEYS)),
+        )
+    if "module" not in raw:
+        raise ProbeError(f"{where}: probe '{name}' has no 'module'.")
+    io = raw.get("io", "output")
+    if io not in ("input", "output"):
+        raise ProbeError(f"{where}: probe '{name}' has io={io!r}.", note="io is 'input' or 'output'")
+    tr = raw.get("transform")
+    if tr is not None and tr not in TRANSFORMS:
+        raise ProbeError(
+            f"{where}: probe '{name}' uses unknown transform {tr!r}.",
+            note="known transforms: " + (", ".join(sorted(TRANSFORMS)) or "none"),
+        )
+    return ProbeSpec(**{k: raw[k] for k in raw})
+
+
+def load_map(path: Path, name: str | None = None) -> ProbeMap:
+    where = str(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ProbeError(f"cannot read probe map {where}: {exc}") from None
+    raw_probes = data.get("probes")
+    if not isinstance(raw_probes, dict) or not raw_probes:
+        raise ProbeError(f"{where}: no [probes] table.")
+    entries: dict[str, ProbeSpec] = {}
+    for key, raw in raw_probes.items():
+        canon.parse(key.replace("{i}", "0"))  # every key must be a canonical name
+        if not isinstance(raw, dict):
+            raise ProbeError(f"{where}: probe '{key}' must be a table.")
+        entries[key] = _spec_from(key, raw, where)
+    return ProbeMap(name or path.stem, path, entries, data.get("architecture"))
+
+
+def find_map(name: str, extra_dirs: Sequence[str | Path] = ()) -> ProbeMap:
+    """Load the probe map ``name`` (a file path, or a name looked up in probe folders)."""
+    as_path = Path(name)
+    if as_path.suffix == ".toml" and as_path.is_file():
+        return load_map(as_path)
+    found = find_file("probes", f"{name}.toml", extra_dirs)
+    if found is None:
+        dirs = ", ".join(str(d) for d in search_dirs("probes", extra_dirs))
+        raise ProbeError(f"no probe map named '{name}'.", note=f"searched {dirs}")
+    return load_map(found, name)

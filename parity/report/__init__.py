@@ -1,0 +1,1 @@
+"""ReportData and its renderers. Renderers read ReportData only; they never recompute."""

@@ -1,0 +1,99 @@
+"""ReportData: the one structure every renderer (console, JSON, CSV, HTML) reads."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+SCHEMA_VERSION = "1.0"
+
+
+@dataclass
+class ProbeRow:
+    name: str
+    block: int | None
+    component: str
+    status: str  # "pass" | "fail" | "not exposed" | "not compared"
+    passed: bool | None
+    shape: list[int] | None = None
+    ref_dtype: str | None = None
+    cand_dtype: str | None = None
+    ref_mean: float | None = None
+    ref_sum: float | None = None
+    cand_mean: float | None = None
+    cand_sum: float | None = None
+    ref_abs_max: float | None = None
+    cand_abs_max: float | None = None
+    max_abs_err: float | None = None
+    mean_abs_err: float | None = None
+    max_rel_err: float | None = None
+    cosine: float | None = None
+    snr_db: float | None = None
+    nrmse: float | None = None
+    nan: int | None = None
+    inf: int | None = None
+    ref_nan: int | None = None
+    ref_inf: int | None = None
+    n_bad: int | None = None
+    numel: int | None = None
+    worst_index: list[int] | None = None
+    worst_token: int | None = None
+    worst_channel: int | None = None
+    worst_ref: float | None = None
+    worst_cand: float | None = None
+    fp16_headroom: float | None = None
+    atol: float | None = None
+    rtol: float | None = None
+    isolated_max_abs_err: float | None = None
+
+    @property
+    def compared(self) -> bool:
+        return self.passed is not None
+
+
+@dataclass
+class ReportData:
+    run: dict[str, Any]
+    probes: list[ProbeRow]
+    summary: dict[str, Any]
+    schema_version: str = SCHEMA_VERSION
+    generation: dict[str, Any] | None = None
+
+    def row(self, name: str) -> ProbeRow:
+        for r in self.probes:
+            if r.name == name:
+                return r
+        raise KeyError(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _jsonable({
+            "schema_version": self.schema_version,
+            "run": self.run,
+            "summary": self.summary,
+            "probes": [asdict(r) for r in self.probes],
+            "generation": self.generation,
+        })
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ReportData:
+        names = {f.name for f in fields(ProbeRow)}
+        rows = [ProbeRow(**{k: _unjson(v) for k, v in r.items() if k in names}) for r in d["probes"]]
+        return cls(run=d["run"], probes=rows, summary=d["summary"],
+                   schema_version=d.get("schema_version", SCHEMA_VERSION), generation=d.get("generation"))
+
+
+def _jsonable(x: Any) -> Any:
+    """Non-finite floats become the strings "nan", "inf", "-inf" (strict JSON has none)."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    return x
+
+
+def _unjson(x: Any) -> Any:
+    if x in ("nan", "inf", "-inf"):
+        return float(x)
+    return x

@@ -1,0 +1,183 @@
+"""One parity run: build both sides, capture, compare, diagnose, assemble ReportData.
+
+Data flows one way (DESIGN.md): source -> reference capture -> candidate capture compared
+on arrival -> rows -> diagnosis -> ReportData. Nothing here renders.
+"""
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from parity import __version__, backends, inputs
+from parity import probes as canon
+from parity.capture import Capture, Comparator, Recorder
+from parity.diagnose import diagnose
+from parity.diff import DiffStats, TensorStats, fp16_headroom
+from parity.errors import ParityError
+from parity.probemap import ProbeMap, find_map
+from parity.report.data import ProbeRow, ReportData
+from parity.source import ModelSource
+from parity.options import RunOptions
+from parity.tolerances import ToleranceTable
+
+Progress = Callable[[str], Any]
+
+
+@dataclass
+class CandidateContext:
+    """What a candidate backend's ``create`` receives."""
+
+    options: RunOptions
+    source: ModelSource
+    probe_map: ProbeMap
+    reference_model: Any
+    device: str
+
+
+@dataclass
+class RunResult:
+    report: ReportData
+    reference: Capture
+    candidate: Capture
+    input_ids: list[int]
+
+
+@contextmanager
+def _stage(progress: Progress | None, what: str, timings: dict[str, float]) -> Iterator[None]:
+    if progress is not None:
+        progress(what)
+    t0 = time.perf_counter()
+    yield
+    timings[what] = round(time.perf_counter() - t0, 4)
+
+
+def resolve_inputs(opts: RunOptions, source: ModelSource) -> list[int]:
+    given = [x for x in (opts.tokens, opts.prompt, opts.input_ids) if x is not None]
+    if len(given) > 1:
+        raise ParityError("give one of --tokens, --prompt, --input-ids.")
+    vocab = source.vocab_size
+    if opts.prompt is not None:
+        tok = inputs.load_tokenizer(source.family.name, source.checkpoint, opts.tokenizer)
+        return inputs.check_ids(inputs.encode(tok, opts.prompt), vocab)
+    if opts.input_ids is not None:
+        return inputs.check_ids(inputs.read_ids(opts.input_ids), vocab)
+    specials = list(source.preset.chat.get("special_tokens", {}).values())
+    high = min(specials) if specials and min(specials) > vocab // 2 else None
+    return inputs.seeded_ids(inputs.DEFAULT_TOKENS if opts.tokens is None else opts.tokens, vocab, source.seed, high)
+
+
+def execute(opts: RunOptions, progress: Progress | None = None) -> RunResult:
+    from parity.backends.pytorch import ModuleBackend, check_device, torch_dtype
+
+    timings: dict[str, float] = {}
+    torch_dtype(opts.dtype)  # validate before any work
+    device = check_device(opts.device)
+    ref_device = check_device(opts.ref_device or device)
+    cand_mod = backends.load(opts.candidate)
+    source = ModelSource.resolve(opts.model, opts.checkpoint, opts.seed, opts.trust_remote_code)
+    pmap = find_map(source.preset.probe_map, opts.probe_dirs)
+    selected = canon.select(pmap.names(source.num_blocks), opts.probes)
+    ids = resolve_inputs(opts, source)
+    tols = source.preset.tolerance_table(opts.dtype).override(opts.atol, opts.rtol)
+
+    with _stage(progress, "building reference", timings):
+        ref_model = source.build(ref_device)
+    reference = ModuleBackend(ref_model, pmap, getattr(ref_model, "config", source.config), "reference", source.num_blocks)
+    ref_cap = Capture("reference", reference.describe())
+    with _stage(progress, "running reference", timings), reference:
+        reference.capture(ids, selected, Recorder(ref_cap, keep=True, store_device="cpu"))
+
+    with _stage(progress, f"building candidate ({opts.candidate})", timings):
+        cand = cand_mod.create(CandidateContext(opts, source, pmap, ref_model, device))
+    del ref_model
+    offered = set(cand.available_probes())
+    wanted = [p for p in selected if p in offered]
+    cand_cap = Capture(cand.label, cand.describe())
+    comparator = Comparator(ref_cap, cand_cap, tols, keep=opts.keep_tensors)
+    with _stage(progress, f"running candidate ({opts.candidate})", timings), cand:
+        cand.capture(ids, wanted, comparator)
+
+    rows = build_rows(selected, offered, ref_cap, cand_cap, comparator.diffs, tols)
+    facts = run_facts(opts, source, reference.describe(), cand.describe(), ids, tols, timings)
+    report = ReportData(run=facts, probes=rows, summary=diagnose(rows, cand_cap.meta.get("dtype")))
+    return RunResult(report, ref_cap, cand_cap, ids)
+
+
+def make_row(name: str, ref: TensorStats, cand: TensorStats, d: DiffStats, tols: ToleranceTable) -> ProbeRow:
+    p = canon.parse(name)
+    tol = tols.lookup(name)
+    wi = d.worst_index
+    return ProbeRow(
+        name=name, block=p.block, component=p.component,
+        status="pass" if d.passed else "fail", passed=d.passed,
+        shape=ref.shape, ref_dtype=ref.dtype, cand_dtype=cand.dtype,
+        ref_mean=ref.mean, ref_sum=ref.sum, cand_mean=cand.mean, cand_sum=cand.sum,
+        ref_abs_max=ref.abs_max, cand_abs_max=cand.abs_max,
+        max_abs_err=d.max_abs_err, mean_abs_err=d.mean_abs_err, max_rel_err=d.max_rel_err,
+        cosine=d.cosine, snr_db=d.snr_db, nrmse=d.nrmse,
+        nan=cand.nan, inf=cand.inf, ref_nan=ref.nan, ref_inf=ref.inf,
+        n_bad=d.n_bad + d.n_nonfinite_mismatch, numel=d.numel,
+        worst_index=wi, worst_token=wi[0] if wi else None,
+        worst_channel=_channel(wi, ref.shape), worst_ref=d.worst_ref, worst_cand=d.worst_cand,
+        fp16_headroom=fp16_headroom(ref.abs_max), atol=tol.atol, rtol=tol.rtol,
+    )
+
+
+def _channel(index: list[int], shape: list[int]) -> int | None:
+    """Flattened position within the token's row ([heads, head_dim] -> one channel)."""
+    if len(index) < 2:
+        return None
+    ch = 0
+    for i, dim in zip(index[1:], shape[1:]):
+        ch = ch * dim + i
+    return ch
+
+
+def build_rows(selected: list[str], offered: set[str], ref: Capture, cand: Capture,
+               diffs: dict[str, DiffStats], tols: ToleranceTable) -> list[ProbeRow]:
+    rows = []
+    for name in selected:
+        p = canon.parse(name)
+        if name in diffs:
+            rows.append(make_row(name, ref.records[name].stats, cand.records[name].stats, diffs[name], tols))
+            continue
+        status = "not exposed" if name not in offered else "not captured"
+        rows.append(ProbeRow(name=name, block=p.block, component=p.component, status=status, passed=None))
+    return rows
+
+
+def run_facts(opts: RunOptions, source: ModelSource, ref: dict[str, Any], cand: dict[str, Any],
+              ids: list[int], tols: ToleranceTable, timings: dict[str, float]) -> dict[str, Any]:
+    import torch
+    import transformers
+
+    return {
+        "model": source.family.name,
+        "source": source.label,
+        "checkpoint": str(source.checkpoint) if source.checkpoint else None,
+        "preset": None if source.checkpoint else source.family.name,
+        "seed": source.seed,
+        "num_blocks": source.num_blocks,
+        "reference": ref,
+        "candidate": {**cand, "name": opts.candidate},
+        "dtype": opts.dtype,
+        "tokens": len(ids),
+        "input_ids": ids if len(ids) <= 4096 else None,
+        "prompt": opts.prompt,
+        "tolerances": tols.to_dict(),
+        "timings_s": timings,
+        "versions": {
+            "parity": __version__,
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "python": platform.python_version(),
+            "cuda": torch.version.cuda,
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        },
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
