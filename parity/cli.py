@@ -75,12 +75,12 @@ def cmd_probes(ns: argparse.Namespace) -> int:
     from parity.probemap import find_map
     from parity.source import ModelSource
 
-    source = ModelSource.resolve(ns.model, ns.checkpoint, trust_remote_code=ns.trust_remote_code)
+    source = ModelSource.resolve(ns.model, ns.checkpoint, trust_remote_code=ns.trust_remote_code, shape=ns.shape)
     pmap = find_map(source.preset.probe_map, ns.probe_dirs)
     names = canon.select(pmap.names(source.num_blocks), ns.probes)
     print(f"# {source.family.name}: probe map {pmap.path} ({len(names)} probes)")
     for name in names:
-        b = pmap.bind(name)
+        b = pmap.bind(name, source.config)
         spec = b.spec
         where = f"{spec.io}" + (f"[{spec.index}]" if spec.index is not None else "") + (f"[{spec.kwarg}]" if spec.kwarg else "")
         extra = f" transform={spec.transform}" if spec.transform else ""

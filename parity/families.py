@@ -30,6 +30,7 @@ class Preset:
     config: dict[str, Any]
     tolerances: dict[str, ToleranceTable]
     chat: dict[str, Any] = field(default_factory=dict)
+    shapes: dict[str, dict[str, Any]] = field(default_factory=dict)
     path: Path | None = None
 
     def tolerance_table(self, dtype: str) -> ToleranceTable:
@@ -134,6 +135,7 @@ def load_preset(family: str, extra_dirs: Sequence[str | Path] = ()) -> Preset:
             config=dict(raw["config"]),
             tolerances=tols,
             chat=dict(raw.get("chat", {})),
+            shapes={k: dict(v) for k, v in raw.get("shapes", {}).items()},
             path=path,
         )
     except KeyError as exc:

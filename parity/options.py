@@ -24,6 +24,7 @@ class Opt:
 class RunOptions:
     model: str = "qwen"
     checkpoint: str | None = None
+    shape: str | None = None
     trust_remote_code: bool = False
     seed: int | None = None
     probe_dirs: list[str] = field(default_factory=list)
@@ -47,6 +48,7 @@ GROUPS: dict[str, tuple[str, list[Opt]]] = {
     "model": ("model", [
         Opt(("--model", "-m"), {"default": "qwen", "help": "model family: qwen (Qwen v1), qwen2, llama (default: qwen)"}),
         Opt(("--checkpoint",), {"metavar": "DIR", "help": "Hugging Face model folder (config.json + safetensors/.bin); default: the embedded tiny preset with seeded weights"}),
+        Opt(("--shape",), {"metavar": "NAME", "help": "a real-size shape of the preset with seeded weights, e.g. 7b"}),
         Opt(("--trust-remote-code",), {"action": "store_true", "help": "use the checkpoint's own modeling code (only when you ask)"}),
         Opt(("--seed",), {"type": int, "help": "seed for preset weights and --tokens (default: the preset's)"}),
         Opt(("--probe-dir",), {"dest": "probe_dirs", "action": "append", "default": [], "metavar": "DIR", "help": "extra folder of probe maps (also $PARITY_PROBE_PATH)"}),

@@ -79,7 +79,7 @@ def execute(opts: RunOptions, progress: Progress | None = None) -> RunResult:
     device = check_device(opts.device)
     ref_device = check_device(opts.ref_device or device)
     cand_mod = backends.load(opts.candidate)
-    source = ModelSource.resolve(opts.model, opts.checkpoint, opts.seed, opts.trust_remote_code)
+    source = ModelSource.resolve(opts.model, opts.checkpoint, opts.seed, opts.trust_remote_code, opts.shape)
     pmap = find_map(source.preset.probe_map, opts.probe_dirs)
     selected = canon.select(pmap.names(source.num_blocks), opts.probes)
     ids = resolve_inputs(opts, source)
@@ -161,6 +161,7 @@ def run_facts(opts: RunOptions, source: ModelSource, ref: dict[str, Any], cand: 
         "source": source.label,
         "checkpoint": str(source.checkpoint) if source.checkpoint else None,
         "preset": None if source.checkpoint else source.family.name,
+        "shape": source.shape,
         "seed": source.seed,
         "num_blocks": source.num_blocks,
         "reference": ref,

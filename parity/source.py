@@ -6,7 +6,7 @@ reference module; every candidate derives from it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,16 +25,19 @@ class ModelSource:
     checkpoint: Path | None = None
     seed: int = 0
     trust_remote_code: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
+    shape: str | None = None
 
     @classmethod
     def resolve(cls, model: str, checkpoint: str | Path | None = None, seed: int | None = None,
-                trust_remote_code: bool = False, overrides: dict[str, Any] | None = None) -> ModelSource:
+                trust_remote_code: bool = False, shape: str | None = None) -> ModelSource:
         fam = families.get(model)
         preset = fam.preset()
+        if shape is not None and shape not in preset.shapes:
+            raise ModelError(f"model '{model}' has no shape '{shape}'.",
+                             note="valid shapes: " + (", ".join(preset.shapes) or "none"))
         if checkpoint is None:
             cfg = dict(preset.config)
-            cfg.update(overrides or {})
+            cfg.update(preset.shapes.get(shape, {}) if shape else {})
             folder = None
         else:
             folder = ckpt.checkpoint_dir(checkpoint)
@@ -47,12 +50,16 @@ class ModelSource:
                     note=f"use --model {other}" if other else "valid models: " + ", ".join(families.FAMILIES),
                 )
             ckpt.weight_files(folder)  # fail early when weights are absent
+        if shape is not None and folder is not None:
+            raise ModelError("--shape builds seeded weights; it cannot be combined with --checkpoint.")
         return cls(fam, preset, cfg, fam.make_config(cfg), folder,
-                   preset.seed if seed is None else seed, trust_remote_code)
+                   preset.seed if seed is None else seed, trust_remote_code, shape)
 
     @property
     def label(self) -> str:
-        return str(self.checkpoint) if self.checkpoint else f"preset:{self.family.name}"
+        if self.checkpoint:
+            return str(self.checkpoint)
+        return f"preset:{self.family.name}" + (f":{self.shape}" if self.shape else "")
 
     @property
     def num_blocks(self) -> int:

@@ -131,12 +131,15 @@ def test_handbuilt_state_dict_loads_strict_and_is_used() -> None:
 
 def test_block_and_attention_return_tuples_hidden_first() -> None:
     model = tiny_model()
-    with capture(model, "transformer.h.0", "transformer.h.0.attn", "transformer.h.0.mlp",
-                 "transformer.h.1.ln_2", "transformer.ln_f") as seen:
+    with capture(model, "transformer.h.0", "transformer.h.0.attn") as seen:
         model(ids(5))
-    assert isinstance(seen["transformer.h.0"], tuple) and seen["transformer.h.0"][1] is None
-    assert seen["transformer.h.0"][0].shape == (2, 5, H)
-    assert seen["transformer.h.0.attn"][0].shape == (2, 5, H)
+    block_out, attn_out = seen["transformer.h.0"], seen["transformer.h.0.attn"]
+    assert isinstance(block_out, tuple) and block_out[0].shape == (2, 5, H)
+    assert block_out[1] is None and attn_out[0].shape == (2, 5, H)
+    with capture(model, "transformer.h.0") as seen:
+        model(ids(5), use_cache=True)
+    k, v = seen["transformer.h.0"][1]
+    assert k.shape == v.shape == (2, 5, HEADS, HEAD_DIM)
 
 
 def test_pre_norm_blocks_compose_into_logits() -> None:
@@ -194,7 +197,8 @@ def test_rmsnorm_eps_inside_root() -> None:
 def test_fused_qkv_split_order_is_q_k_v() -> None:
     model = tiny_model()
     p = "transformer.h.1.attn"
-    with capture(model, "transformer.h.1.ln_1", p + ".hook_q", p + ".hook_k", p + ".hook_v") as seen:
+    hooks = [p + ".hook_q", p + ".hook_k", p + ".hook_v"]
+    with capture(model, "transformer.h.1.ln_1", *hooks) as seen:
         model(ids(5))
     x = seen["transformer.h.1.ln_1"].double()
     attn = model.transformer.h[1].attn
@@ -219,13 +223,14 @@ def test_rotary_base_comes_from_config() -> None:
     for base, cos in ((10000.0, cos_a), (50.0, cos_b)):
         exp_cos, exp_sin = direct_tables(base, HEAD_DIM, 6)
         torch.testing.assert_close(cos.double(), exp_cos, rtol=0, atol=1e-6)
-    torch.testing.assert_close(sin_a.double(), direct_tables(10000.0, HEAD_DIM, 6)[1], rtol=0, atol=1e-6)
+    exp_sin = direct_tables(10000.0, HEAD_DIM, 6)[1]
+    torch.testing.assert_close(sin_a.double(), exp_sin, rtol=0, atol=1e-6)
     assert (cos_a - cos_b).abs().max() > 1e-2
 
 
 def rotated(model: QWenLMHeadModel, length: int, block: int = 0) -> dict[str, Any]:
     p = f"transformer.h.{block}.attn"
-    names = ("transformer.rotary_emb", p + ".hook_q", p + ".hook_k", p + ".hook_q_rot", p + ".hook_k_rot")
+    names = ["transformer.rotary_emb"] + [f"{p}.hook_{n}" for n in ("q", "k", "q_rot", "k_rot")]
     with capture(model, *names) as seen, torch.no_grad():
         model(ids(length))
     return {n.rsplit(".", 1)[-1]: v for n, v in seen.items()}
@@ -284,10 +289,11 @@ def test_dynamic_ntk_changes_every_position_beyond_seq_length() -> None:
     with torch.no_grad():
         assert (model(x).logits[:, :8] - model(x[:, :8]).logits).abs().max() > 1e-4
     model.train()  # eval only
-    torch.testing.assert_close(rope_of(model, 20)[0].double(), direct_tables(base, d, 20)[0], rtol=0, atol=1e-6)
+    plain20 = direct_tables(base, d, 20)[0]
+    torch.testing.assert_close(rope_of(model, 20)[0].double(), plain20, rtol=0, atol=1e-6)
     model.eval()
     no_ntk = rope_of(tiny_model(use_dynamic_ntk=False), 20)[0]
-    torch.testing.assert_close(no_ntk.double(), direct_tables(base, d, 20)[0], rtol=0, atol=1e-6)
+    torch.testing.assert_close(no_ntk.double(), plain20, rtol=0, atol=1e-6)
 
 
 def test_logn_scales_q_from_seq_length_on() -> None:
@@ -304,7 +310,8 @@ def test_logn_scales_q_from_seq_length_on() -> None:
     assert torch.equal(seen["hook_q_rot"][:, :8], no_logn["hook_q_rot"][:, :8])
     assert (seen["hook_q_rot"][:, 8:] - no_logn["hook_q_rot"][:, 8:]).abs().max() > 1e-3
     # k is not scaled.
-    torch.testing.assert_close(seen["hook_k_rot"].double(), direct_rotate(seen["hook_k"], cos, sin), rtol=1e-5, atol=1e-5)
+    k_expected = direct_rotate(seen["hook_k"], cos, sin)
+    torch.testing.assert_close(seen["hook_k_rot"].double(), k_expected, rtol=1e-5, atol=1e-5)
 
 
 # --------------------------------------------------------------------------- end to end
@@ -339,7 +346,10 @@ def test_causal_and_attention_mask_ignored(impl: str) -> None:
     assert torch.equal(masked, a)
 
 
-def decode(model: QWenLMHeadModel, x: torch.Tensor, prefill: int, cache_type: type = QWenCache) -> tuple[torch.Tensor, Any]:
+def decode(
+    model: QWenLMHeadModel, x: torch.Tensor, prefill: int, cache_type: type = QWenCache
+) -> tuple[torch.Tensor, Any]:
+    """Prefill ``prefill`` tokens, then feed the rest one at a time through the cache."""
     with torch.no_grad():
         out = model(x[:, :prefill], use_cache=True)
         logits, cache = [out.logits], out.past_key_values

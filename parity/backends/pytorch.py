@@ -94,8 +94,19 @@ def set_attn(model: nn.Module, attn: str) -> None:
 
 
 def derive(reference: nn.Module, dtype: str, device: str, attn: str) -> nn.Module:
-    """A copy of the reference weights in ``dtype`` on ``device`` with ``attn``."""
-    model = copy.deepcopy(reference).to(device=device, dtype=torch_dtype(dtype)).eval()
+    """A copy of the reference weights in ``dtype`` on ``device`` with ``attn``.
+
+    Parameters are cast one by one into the copy (no transient float32 duplicate of the
+    model); buffers such as rotary ``inv_freq`` keep their dtype, as they do when an HF
+    model is loaded in half precision.
+    """
+    target = torch_dtype(dtype)
+    memo: dict[int, object] = {}
+    for p in reference.parameters():
+        if id(p) not in memo:
+            cast = p.detach().to(device=device, dtype=target if p.is_floating_point() else p.dtype, copy=True)
+            memo[id(p)] = nn.Parameter(cast, requires_grad=False)
+    model = copy.deepcopy(reference, memo).to(device=device).eval()
     set_attn(model, attn)
     return model
 
