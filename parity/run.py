@@ -151,10 +151,18 @@ def build_rows(selected: list[str], offered: set[str], ref: Capture, cand: Captu
     return rows
 
 
+def _version(pkg: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(pkg)
+    except PackageNotFoundError:
+        return None
+
+
 def run_facts(opts: RunOptions, source: ModelSource, ref: dict[str, Any], cand: dict[str, Any],
               ids: list[int], tols: ToleranceTable, timings: dict[str, float]) -> dict[str, Any]:
     import torch
-    import transformers
 
     return {
         "model": source.family.name,
@@ -175,7 +183,7 @@ def run_facts(opts: RunOptions, source: ModelSource, ref: dict[str, Any], cand: 
         "versions": {
             "parity": __version__,
             "torch": torch.__version__,
-            "transformers": transformers.__version__,
+            "transformers": _version("transformers"),
             "python": platform.python_version(),
             "cuda": torch.version.cuda,
             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
