@@ -67,38 +67,60 @@ def overhead(model_name: str, shape: str, tokens: int) -> dict:
     return {"plain_s": plain, "hooked_s": hooked, "ratio": hooked / plain, "probes": len(names)}
 
 
-def end_to_end(model_name: str, shape: str, tokens: int, out: Path) -> dict:
+def weights_gib(model_name: str, shape: str, dtype_bytes: int) -> float:
+    """Parameter bytes of the model in GiB, counted on the meta device (no memory)."""
+    from parity.source import ModelSource
+
+    src = ModelSource.resolve(model_name, shape=shape)
+    with torch.device("meta"):
+        m = src.family.build(src.config_dict, "eager")
+    return sum(p.numel() for p in m.parameters()) * dtype_bytes / 2**30
+
+
+def end_to_end(model_name: str, shape: str, tokens: int, dtype: str = "fp16") -> dict:
     from parity.options import RunOptions
     from parity.run import execute
 
+    torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
     t0 = time.perf_counter()
-    res = execute(RunOptions(model=model_name, shape=shape, tokens=tokens, device="cuda", dtype="fp16"))
+    res = execute(RunOptions(model=model_name, shape=shape, tokens=tokens, device="cuda", dtype=dtype))
     wall = time.perf_counter() - t0
-    peak = torch.cuda.max_memory_allocated() / 2**30
-    return {"seconds": wall, "peak_gib": peak, "verdict": res.report.summary["verdict"],
-            "message": res.report.summary["message"], "timings": res.report.run["timings_s"]}
+    peak = (torch.cuda.max_memory_allocated() - base) / 2**30
+    weights = weights_gib(model_name, shape, 4) + weights_gib(model_name, shape, 2)
+    return {"seconds": wall, "peak_gib": peak, "weights_gib": weights, "over_weights_gib": peak - weights,
+            "verdict": res.report.summary["verdict"], "message": res.report.summary["message"],
+            "timings": res.report.run["timings_s"], "dtype": dtype, "tokens": tokens, "model": model_name}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="qwen")
-    ap.add_argument("--tokens", type=int, nargs="+", default=[512])
+    ap.add_argument("--models", nargs="+", default=["qwen", "llama"])
     ap.add_argument("--skip-overhead", action="store_true")
+    ap.add_argument("--skip-4096", action="store_true")
     args = ap.parse_args()
     out = Path(os.environ.get("OUT", "."))
-    results = []
-    meta = {"machine": torch.cuda.get_device_name(), "date": date.today().isoformat(), "python": platform.python_version(), "torch": torch.__version__}
-    for t in args.tokens:
-        r = end_to_end(args.model, "7b", t, out)
-        print(f"[e2e] {args.model} 7b tokens={t}: {r}", flush=True)
-        results.append({"name": f"gpu_run_{t}_seconds", "value": r["seconds"], "unit": "s", **meta, "detail": r})
-        torch.cuda.empty_cache()
-    if not args.skip_overhead:
-        r = overhead(args.model, "7b", args.tokens[0])
-        print(f"[overhead] {r}", flush=True)
-        results.append({"name": "gpu_probe_overhead_ratio", "value": r["ratio"], "unit": "x", **meta, "detail": r})
-    (out / f"gpu_results_{args.model}.json").write_text(json.dumps(results, indent=2))
+    results: list[dict] = []
+    meta = {"machine": f"{torch.cuda.get_device_name()} (torch {torch.__version__}, Python {platform.python_version()})",
+            "date": date.today().isoformat()}
+
+    def add(name: str, value: float, unit: str, detail: dict) -> None:
+        results.append({"name": name, "value": round(value, 4), "unit": unit, **meta, "detail": detail})
+        print(f"{name} = {value:.4g} {unit} | {detail}", flush=True)
+        (out / "gpu_results.json").write_text(json.dumps(results, indent=2))
+
+    for model in args.models:
+        sfx = "" if model == "qwen" else f"_{model}"
+        for dtype in ("fp16", "bf16"):
+            r = end_to_end(model, "7b", 512, dtype)
+            add(f"gpu_run_512_seconds{sfx}" + ("" if dtype == "fp16" else "_bf16"), r["seconds"], "s", r)
+        if not args.skip_4096:
+            r = end_to_end(model, "7b", 4096)
+            add(f"gpu_peak_mem_over_weights_gib_4096{sfx}", r["over_weights_gib"], "GiB", r)
+        if not args.skip_overhead:
+            r = overhead(model, "7b", 512)
+            add(f"gpu_probe_overhead_ratio{sfx}", r["ratio"], "x", r)
 
 
 if __name__ == "__main__":
