@@ -2,6 +2,7 @@
 corrupted MLP weight (a 'before the fix' run). Kept small: 8 tokens."""
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
 from parity.options import RunOptions
@@ -25,6 +26,7 @@ def corrupted(module: str = "transformer.h.2.mlp.w1", scale: float = 1.5) -> Any
     return create
 
 
+@cache
 def sample_reports() -> tuple[ReportData, ReportData]:
     """(broken, fixed) reports of the tiny Qwen, fp16 on CPU."""
     from parity.run import compare_candidate, prepare_reference
