@@ -98,11 +98,21 @@ def depth_chart(report: ReportData, metric: str = "max_abs_err", width: int = 82
             slot = 0 if r.name in canon.HEAD_PROBES else nb + 1
             extras.append({"x": x(slot), "y": y(getattr(r, metric)), "name": r.name,
                            "value": getattr(r, metric), "fail": r.passed is False})
+    _spread_labels(extras)
     step = max(1, math.ceil(nb / 16))
     xticks = [(x(0), "head")] + [(x(b + 1), str(b)) for b in range(0, nb, step)] + [(x(nb + 1), "tail")]
     yticks = [(y(10.0**e), f"1e{e}") for e in range(lo, hi + 1)]
     tol = (y(default_atol), f"atol {default_atol:g}") if metric == "max_abs_err" and default_atol else None
     return DepthChart(width, height, left, top, pw, ph, xticks, yticks, series, extras, tol, metric)
+
+
+def _spread_labels(extras: list[dict[str, Any]], gap: float = 11.0) -> None:
+    """Labels of dots in the same column move apart so they do not overlap."""
+    last: dict[float, float] = {}
+    for d in sorted(extras, key=lambda e: (e["x"], e["y"])):
+        want = d["y"] + 4
+        d["label_y"] = round(max(want, last.get(d["x"], -1e9) + gap), 1)
+        last[d["x"]] = d["label_y"]
 
 
 @dataclass
