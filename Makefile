@@ -15,7 +15,7 @@ endif
 TORCH_CPU ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-gpu bench lint clean
+.PHONY: setup demo test test-gpu bench lint clean browser-deps
 
 setup: $(STAMP)
 
@@ -25,6 +25,13 @@ $(VENV)/.parity-setup: pyproject.toml
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH_CPU)
 	$(PY) -m pip install -q -e '.[dev,onnx]'
 	touch $@
+
+# Headless Chromium (Debian package) + Playwright's Python package, for the HTML report's
+# browser test (tests/test_html_browser.py skips without them). Needs root for apt-get.
+browser-deps: setup
+	apt-get update -q
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium
+	$(PY) -m pip install -q playwright
 
 demo: setup
 	$(PY) -m parity run --model qwen

@@ -50,6 +50,10 @@ def cmd_run(ns: argparse.Namespace) -> int:
         out = Path(ns.out) if ns.out else Path("reports") / run_id(ns)
         paths = files.write(report, out)
         print(f"Reports: {paths['json']}  {paths['csv']}")
+    if getattr(ns, "html", None):
+        from parity.report import html
+
+        print(f"HTML report: {html.write(report, ns.html)}")
     return EXIT_OK if report.summary["verdict"] == "pass" else EXIT_DIVERGED
 
 
@@ -119,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_group(p, "model")
     p.add_argument("--probes", "-p", action="append", metavar="GLOB", help="filter by glob")
     p.set_defaults(func=cmd_probes)
+
+    from parity.report_cli import add_parsers as add_report_parsers
+
+    add_report_parsers(sub, common)
 
     p = sub.add_parser("doctor", parents=[common], help="which packages and candidates are available here")
     p.set_defaults(func=cmd_doctor)

@@ -75,6 +75,7 @@ GROUPS: dict[str, tuple[str, list[Opt]]] = {
     ]),
     "output": ("output", [
         Opt(("--out", "-o"), {"metavar": "DIR", "help": "report folder (default: reports/<run-id>)"}),
+        Opt(("--html",), {"metavar": "PATH", "help": "also write a self-contained HTML report to PATH"}),
         Opt(("--no-files",), {"action": "store_true", "help": "print only; write no report files"}),
         Opt(("--failures-only",), {"action": "store_true", "help": "console table lists failing probes only"}),
         Opt(("--quiet", "-q"), {"action": "store_true", "help": "no progress lines"}),

@@ -71,19 +71,34 @@ def resolve_inputs(opts: RunOptions, source: ModelSource) -> list[int]:
     return inputs.seeded_ids(inputs.DEFAULT_TOKENS if opts.tokens is None else opts.tokens, vocab, source.seed, high)
 
 
-def execute(opts: RunOptions, progress: Progress | None = None) -> RunResult:
+@dataclass
+class Reference:
+    """A reference capture that several candidates can be compared against."""
+
+    options: RunOptions
+    source: ModelSource
+    probe_map: ProbeMap
+    selected: list[str]
+    ids: list[int]
+    model: Any  # the reference module; None once released
+    facts: dict[str, Any]
+    capture: Capture
+    device: str
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def prepare_reference(opts: RunOptions, progress: Progress | None = None) -> Reference:
+    """Build the reference model and capture every selected probe (kept on the CPU)."""
     from parity.backends.pytorch import ModuleBackend, check_device, torch_dtype
 
     timings: dict[str, float] = {}
     torch_dtype(opts.dtype)  # validate before any work
     device = check_device(opts.device)
     ref_device = check_device(opts.ref_device or device)
-    cand_mod = backends.load(opts.candidate)
     source = ModelSource.resolve(opts.model, opts.checkpoint, opts.seed, opts.trust_remote_code, opts.shape)
     pmap = find_map(source.preset.probe_map, opts.probe_dirs)
     selected = canon.select(pmap.names(source.num_blocks), opts.probes)
     ids = resolve_inputs(opts, source)
-    tols = source.preset.tolerance_table(opts.dtype).override(opts.atol, opts.rtol)
 
     with _stage(progress, "building reference", timings):
         ref_model = source.build(ref_device)
@@ -91,21 +106,40 @@ def execute(opts: RunOptions, progress: Progress | None = None) -> RunResult:
     ref_cap = Capture("reference", reference.describe())
     with _stage(progress, "running reference", timings), reference:
         reference.capture(ids, selected, Recorder(ref_cap, keep=True, store_device="cpu"))
+    return Reference(opts, source, pmap, selected, ids, ref_model, reference.describe(), ref_cap, device, timings)
 
+
+def compare_candidate(ref: Reference, opts: RunOptions, progress: Progress | None = None, *,
+                      tolerances: ToleranceTable | None = None, create: Callable[[CandidateContext], Any] | None = None,
+                      release_reference: bool = False) -> RunResult:
+    """Run one candidate against a prepared reference. ``create`` replaces the registered
+    candidate's factory (``opts.candidate`` then only names it); ``release_reference`` drops
+    the reference model once the candidate is built (a one-shot run needs it no more)."""
+    timings = dict(ref.timings)
+    if create is None:
+        create = backends.load(opts.candidate).create
+    tols = tolerances or ref.source.preset.tolerance_table(opts.dtype).override(opts.atol, opts.rtol)
     with _stage(progress, f"building candidate ({opts.candidate})", timings):
-        cand = cand_mod.create(CandidateContext(opts, source, pmap, ref_model, device))
-    del ref_model
+        cand = create(CandidateContext(opts, ref.source, ref.probe_map, ref.model, ref.device))
+    if release_reference:
+        ref.model = None
     offered = set(cand.available_probes())
-    wanted = [p for p in selected if p in offered]
+    wanted = [p for p in ref.selected if p in offered]
     cand_cap = Capture(cand.label, cand.describe())
-    comparator = Comparator(ref_cap, cand_cap, tols, keep=opts.keep_tensors)
+    comparator = Comparator(ref.capture, cand_cap, tols, keep=opts.keep_tensors)
     with _stage(progress, f"running candidate ({opts.candidate})", timings), cand:
-        cand.capture(ids, wanted, comparator)
+        cand.capture(ref.ids, wanted, comparator)
 
-    rows = build_rows(selected, offered, ref_cap, cand_cap, comparator.diffs, tols)
-    facts = run_facts(opts, source, reference.describe(), cand.describe(), ids, tols, timings)
+    rows = build_rows(ref.selected, offered, ref.capture, cand_cap, comparator.diffs, tols)
+    facts = run_facts(opts, ref.source, ref.facts, cand.describe(), ref.ids, tols, timings)
     report = ReportData(run=facts, probes=rows, summary=diagnose(rows, cand_cap.meta.get("dtype")))
-    return RunResult(report, ref_cap, cand_cap, ids)
+    return RunResult(report, ref.capture, cand_cap, ref.ids)
+
+
+def execute(opts: RunOptions, progress: Progress | None = None) -> RunResult:
+    backends.load(opts.candidate)  # fail on an unknown candidate before any work
+    ref = prepare_reference(opts, progress)
+    return compare_candidate(ref, opts, progress, release_reference=True)
 
 
 def make_row(name: str, ref: TensorStats, cand: TensorStats, d: DiffStats, tols: ToleranceTable) -> ProbeRow:

@@ -6,6 +6,8 @@ from typing import Any
 
 import pytest
 
+pytest_plugins = ["pytester"]
+
 
 @pytest.fixture
 def run_cli(capsys: pytest.CaptureFixture[str]):

@@ -1,0 +1,125 @@
+"""What changed between two runs (e.g. before and after a fix), probe by probe.
+
+Reads two ReportData and lines up their rows by probe name; the console and HTML diff
+renderers read the resulting RunDiff only.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from parity.report.data import ReportData, _jsonable
+
+#: error ratios beyond these count as a change (below: "same")
+BETTER, WORSE = 0.5, 2.0
+
+
+@dataclass
+class ProbeChange:
+    name: str
+    status_a: str | None
+    status_b: str | None
+    err_a: float | None
+    err_b: float | None
+    ratio: float | None  # err_b / err_a
+    change: str  # fixed | broke | better | worse | same | only in A | only in B | not compared
+
+
+@dataclass
+class RunDiff:
+    label_a: str
+    label_b: str
+    verdict_a: str
+    verdict_b: str
+    message_a: str
+    message_b: str
+    rows: list[ProbeChange] = field(default_factory=list)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for r in self.rows:
+            out[r.change] = out.get(r.change, 0) + 1
+        return out
+
+    @property
+    def regressed(self) -> bool:
+        return any(r.change == "broke" for r in self.rows)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _jsonable({**{k: v for k, v in asdict(self).items() if k != "rows"},
+                          "counts": self.counts, "rows": [asdict(r) for r in self.rows]})
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or math.isnan(a) or math.isnan(b):
+        return None
+    if a == 0:
+        return 1.0 if b == 0 else math.inf
+    return b / a
+
+
+def _change(sa: str | None, sb: str | None, ratio: float | None) -> str:
+    if sa is None:
+        return "only in B"
+    if sb is None:
+        return "only in A"
+    if sa == "fail" and sb == "pass":
+        return "fixed"
+    if sa == "pass" and sb == "fail":
+        return "broke"
+    if sa not in ("pass", "fail") or sb not in ("pass", "fail") or ratio is None:
+        return "not compared"
+    if ratio <= BETTER:
+        return "better"
+    if ratio >= WORSE:
+        return "worse"
+    return "same"
+
+
+def label(report: ReportData) -> str:
+    run, cand = report.run, report.run.get("candidate") or {}
+    return f"{run.get('model')} {cand.get('name')} {cand.get('dtype')} {run.get('created', '')}".strip()
+
+
+def diff_reports(a: ReportData, b: ReportData) -> RunDiff:
+    rows_a = {r.name: r for r in a.probes}
+    rows_b = {r.name: r for r in b.probes}
+    names = [r.name for r in a.probes] + [r.name for r in b.probes if r.name not in rows_a]
+    out = RunDiff(label(a), label(b), a.summary.get("verdict", "?"), b.summary.get("verdict", "?"),
+                  a.summary.get("message", ""), b.summary.get("message", ""))
+    for n in names:
+        ra, rb = rows_a.get(n), rows_b.get(n)
+        ea = ra.max_abs_err if ra else None
+        eb = rb.max_abs_err if rb else None
+        ratio = _ratio(ea, eb)
+        out.rows.append(ProbeChange(n, ra.status if ra else None, rb.status if rb else None, ea, eb, ratio,
+                                    _change(ra.status if ra else None, rb.status if rb else None, ratio)))
+    return out
+
+
+def render_console(diff: RunDiff, console: Any = None, show_all: bool = False) -> None:
+    """Rich table of the probes that changed (all probes with ``show_all``)."""
+    import sys
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from parity.report.console import fmt
+
+    console = console or Console(width=None if sys.stdout.isatty() else 140)
+    table = Table(title=f"parity diff | A: {diff.label_a} | B: {diff.label_b}", title_justify="left", header_style="bold")
+    for c in ("probe", "status A", "status B", "max abs err A", "max abs err B", "B/A", "change"):
+        table.add_column(c, justify="left" if c in ("probe", "status A", "status B", "change") else "right", no_wrap=True)
+    style = {"fixed": "green", "better": "green", "broke": "bold red", "worse": "red"}
+    for r in diff.rows:
+        if not show_all and r.change in ("same", "not compared"):
+            continue
+        ch = f"[{style[r.change]}]{r.change}[/]" if r.change in style else r.change
+        table.add_row(r.name, r.status_a or "-", r.status_b or "-", fmt(r.err_a, 3), fmt(r.err_b, 3), fmt(r.ratio, 3), ch)
+    console.print(table)
+    counts = ", ".join(f"{v} {k}" for k, v in diff.counts.items())
+    console.print(f"A: {diff.message_a}", markup=False, highlight=False, soft_wrap=True)
+    console.print(f"B: {diff.message_b}", markup=False, highlight=False, soft_wrap=True)
+    console.print(f"{len(diff.rows)} probes: {counts}", markup=False, highlight=False)
