@@ -383,6 +383,7 @@ def generation_section(opts: GenerateOptions, p: Plan, rows: list[dict[str, Any]
         "first_divergent_step": first_divergent(rows),
         "first_token_flip_step": flips[0] if flips else None,
         "steps": rows,
+        "error_curve": [r["max_abs_err"] for r in rows if r["comparable"]],
         "reference": {**p.ref_settings.to_dict(v), "tokens": ref.seq, "text": v.text(ref.seq),
                       "ended_by": _ended(ref, v)},
         "candidate": {**p.cand_settings.to_dict(v), "tokens": cnd.seq, "text": v.text(cnd.seq),

@@ -67,6 +67,9 @@ def render_summary(report: ReportData, console: Any) -> None:
     _line(console, f"candidate ({cand['ended_by']}): {cand['text']}")
     _line(console, "stop sets: reference " + ", ".join(ref["stop_tokens"]) + " | candidate "
           + ", ".join(cand["stop_tokens"]))
+    curve = gen.get("error_curve") or []
+    if gen["mode"] == "teacher-forced" and curve:
+        _line(console, "error curve (logits max abs err per step): " + " ".join(fmt(e, 2) for e in curve))
     if gen.get("overrun"):
         _line(console, gen["overrun"]["message"], "bold red")
     for d in gen.get("sampling_diff") or []:
