@@ -196,3 +196,36 @@ def test_bad_input_is_one_line_exit_2(args: list[str], needle: str, run_cli, tmp
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("parity: error:") and needle in lines[0], err
     assert not (tmp_path / "report.json").exists()
+
+
+# --------------------------------------------------------------------------- with a tokenizer
+
+
+@pytest.fixture(scope="module")
+def qwen_tiktoken(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A synthetic qwen.tiktoken with Qwen's 151643 ranks (so the special ids are the real ones):
+    the 256 bytes, then ' w<n>' pieces."""
+    import base64
+
+    pytest.importorskip("tiktoken")
+    pieces = [bytes([b]) for b in range(256)] + [f" w{i}".encode() for i in range(151643 - 256)]
+    path = tmp_path_factory.mktemp("tok") / "qwen.tiktoken"
+    path.write_text("".join(f"{base64.b64encode(p).decode()} {r}\n" for r, p in enumerate(pieces)))
+    return path
+
+
+def test_chat_prompt_with_tokenizer_strips_specials(qwen_tiktoken: Path, tmp_path: Path, run_cli,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    args = ["--model", "qwen", "--dtype", "fp32", "--tokenizer", str(qwen_tiktoken), "--chat",
+            "--prompt", "hello world", "--max-new-tokens", "4"]
+    opts = GenerateOptions(model="qwen", tokenizer=str(qwen_tiktoken), chat=True, prompt="hello world")
+    prompt = generate.plan(opts, ModelSource.resolve("qwen")).ids
+    _boost_im_end(monkeypatch, prompt, at_step=1)
+    code, out, rep = gen_cli(run_cli, tmp_path, *args)
+    assert code == 0, out
+    g = rep["generation"]
+    assert g["prompt"]["ids"] == prompt and prompt[0] == IM_START and g["prompt"]["how"] == "chatml text template"
+    assert g["reference"]["tokens"][-1] == IM_END and len(g["reference"]["tokens"]) == 2
+    text = g["reference"]["text"]
+    assert "<|im_end|>" not in text and text.startswith(" w") and text == g["candidate"]["text"]
+    assert f"reference (stop token `<|im_end|>`): {text}" in out

@@ -70,6 +70,12 @@ def render_summary(report: ReportData, console: Any) -> None:
     curve = gen.get("error_curve") or []
     if gen["mode"] == "teacher-forced" and curve:
         _line(console, "error curve (logits max abs err per step): " + " ".join(fmt(e, 2) for e in curve))
+    flip = gen.get("first_token_flip_step")
+    if flip is not None:
+        r = gen["steps"][flip]
+        _line(console, f"first token flip: step {flip}, {_tok(gen, r['ref_token'])} -> {_tok(gen, r['cand_token'])}, "
+              f"reference margin {fmt(r['ref_margin'], 3)}, gap to the candidate's token {fmt(r['gap'], 3)} "
+              f"-> {r['flip']} (near tie: gap <= {gen['near_tie_factor']:g} x logits tolerance band)")
     if gen.get("overrun"):
         _line(console, gen["overrun"]["message"], "bold red")
     for d in gen.get("sampling_diff") or []:
