@@ -387,7 +387,7 @@ def generation_section(opts: GenerateOptions, p: Plan, rows: list[dict[str, Any]
         "reference": {**p.ref_settings.to_dict(v), "tokens": ref.seq, "text": v.text(ref.seq),
                       "ended_by": _ended(ref, v)},
         "candidate": {**p.cand_settings.to_dict(v), "tokens": cnd.seq, "text": v.text(cnd.seq),
-                      "predicted": choices, "ended_by": _ended(cnd, v)},
+                      "predicted": choices, "predicted_text": v.text(choices), "ended_by": _ended(cnd, v)},
         "stop_set_diff": stop_set_diff(p.ref_settings, p.cand_settings, v),
         "sampling_diff": sampling_diff(p.ref_settings.config, p.cand_settings.config),
         "overrun": stop_outcome(ref, cnd, v),

@@ -64,7 +64,12 @@ def render_summary(report: ReportData, console: Any) -> None:
     gen = report.generation or {}
     ref, cand = gen["reference"], gen["candidate"]
     _line(console, f"reference ({ref['ended_by']}): {ref['text']}")
-    _line(console, f"candidate ({cand['ended_by']}): {cand['text']}")
+    if gen["mode"] == "teacher-forced":
+        _line(console, f"candidate's own choices (fed the reference's tokens): {cand['predicted_text']}")
+        if len(cand["tokens"]) > len(ref["tokens"]):
+            _line(console, f"candidate sequence ({cand['ended_by']}): {cand['text']}")
+    else:
+        _line(console, f"candidate ({cand['ended_by']}): {cand['text']}")
     _line(console, "stop sets: reference " + ", ".join(ref["stop_tokens"]) + " | candidate "
           + ", ".join(cand["stop_tokens"]))
     curve = gen.get("error_curve") or []
