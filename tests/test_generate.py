@@ -229,3 +229,23 @@ def test_chat_prompt_with_tokenizer_strips_specials(qwen_tiktoken: Path, tmp_pat
     text = g["reference"]["text"]
     assert "<|im_end|>" not in text and text.startswith(" w") and text == g["candidate"]["text"]
     assert f"reference (stop token `<|im_end|>`): {text}" in out
+
+
+def test_candidate_config_with_extra_stop_stops_early(tmp_path: Path) -> None:
+    """An engine whose generation config names a different end token stops where the
+    reference decodes on: early stop, and the stop-set difference that caused it."""
+    ref = ModelSource.resolve("llama").build("cpu")
+    with Stepper(ref) as st:
+        first = int(st.prefill(PROMPT).argmax())
+    path = tmp_path / "gen.json"
+    path.write_text(json.dumps({"eos_token_id": [2, first], "pad_token_id": 0, "do_sample": True,
+                                "top_p": 0.9, "temperature": 0.6, "max_length": 4096, "bos_token_id": 1}))
+    ids = tmp_path / "ids.txt"
+    ids.write_text(" ".join(map(str, PROMPT)))
+    res = generate.execute(GenerateOptions(model="llama", dtype="fp32", device="cpu", input_ids=str(ids),
+                                           max_new_tokens=4, candidate_generation_config=str(path)))
+    g = res.report.generation
+    assert not res.passed and g["sampling_diff"][0]["key"] == "eos_token_id"
+    assert g["stop_set_diff"]["extra_in_candidate"] == [str(first)]
+    assert g["overrun"]["kind"] == "early-stop" and g["overrun"]["at_step"] == 0 and g["overrun"]["tokens"] == 3
+    assert g["candidate"]["tokens"] == [first] and len(g["reference"]["tokens"]) == 4
