@@ -249,3 +249,27 @@ def test_candidate_config_with_extra_stop_stops_early(tmp_path: Path) -> None:
     assert g["stop_set_diff"]["extra_in_candidate"] == [str(first)]
     assert g["overrun"]["kind"] == "early-stop" and g["overrun"]["at_step"] == 0 and g["overrun"]["tokens"] == 3
     assert g["candidate"]["tokens"] == [first] and len(g["reference"]["tokens"]) == 4
+
+
+# --------------------------------------------------------------------------- GPU
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize(("model", "dtype"), [("qwen", "fp16"), ("qwen2", "bf16"), ("llama", "fp32")])
+def test_cuda_generation(model: str, dtype: str, tmp_path: Path, run_cli) -> None:
+    code, _, _ = run_cli("generate", "--model", model, "--device", "cuda", "--dtype", dtype,
+                         "--max-new-tokens", "16", "-q", "--out", str(tmp_path))
+    rep = read_report(tmp_path)
+    g = rep["generation"]
+    assert rep["run"]["candidate"]["device"].startswith("cuda")
+    assert code == 0, rep["summary"]["message"]
+    assert g["first_divergent_step"] is None and all(s["flip"] in (None, "near-tie") for s in g["steps"])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_kv_position_fault(tmp_path: Path, run_cli) -> None:
+    code, _, _ = run_cli("generate", "--model", "qwen2", "--device", "cuda", "--dtype", "fp16", "--max-new-tokens", "4",
+                         "--fault", "kv-position", "--teacher-forcing", "-q", "--out", str(tmp_path))
+    assert code == 1 and read_report(tmp_path)["generation"]["first_divergent_step"] == 1
