@@ -58,4 +58,8 @@ def cmd_generate(ns: argparse.Namespace, progress: Any, run_id: str) -> int:
         out = Path(ns.out) if ns.out else Path("reports") / run_id
         paths = gen_report.write(result.report, out)
         print(f"Reports: {paths['json']}  {paths['csv']}")
+    if getattr(ns, "html", None):  # the output group's --html, where the HTML report exists
+        from parity.report import html  # type: ignore[attr-defined]
+
+        print(f"HTML report: {html.write(result.report, ns.html)}")
     return 0 if result.passed else 1
