@@ -38,7 +38,6 @@ from parity.source import ModelSource
 from parity.tolerances import Tolerance
 
 NEAR_TIE_FACTOR = 2.0
-DEFAULT_PROMPT_TOKENS = 8
 Progress = Callable[[str], Any]
 
 
@@ -202,8 +201,6 @@ def load_vocab(opts: GenerateOptions, source: ModelSource) -> chatfmt.Vocab:
 def prompt_ids(opts: GenerateOptions, source: ModelSource, vocab: chatfmt.Vocab) -> tuple[list[int], str]:
     from parity.run import resolve_inputs
 
-    if opts.tokens is None and opts.prompt is None and opts.input_ids is None:
-        opts.tokens = DEFAULT_PROMPT_TOKENS
     if opts.chat:
         template = source.preset.chat.get("template", "chatml")
         raw = None if opts.prompt is not None else resolve_inputs(opts, source)
