@@ -277,8 +277,9 @@ def verdict(gen: dict[str, Any], tol: Tolerance) -> tuple[bool, str, list[str]]:
         reasons.append(gen["overrun"]["message"])
     if gen["stop_set_diff"]:
         d = gen["stop_set_diff"]
-        reasons.append("stop set differs: candidate lacks " + (", ".join(d["missing_in_candidate"]) or "-")
-                       + "; candidate adds " + (", ".join(d["extra_in_candidate"]) or "-"))
+        parts = [f"candidate lacks {', '.join(d['missing_in_candidate'])}" if d["missing_in_candidate"] else "",
+                 f"candidate adds {', '.join(d['extra_in_candidate'])}" if d["extra_in_candidate"] else ""]
+        reasons.append("stop set differs: " + "; ".join(p for p in parts if p))
     if gen["sampling_diff"]:
         reasons.append("sampling config differs: " + ", ".join(d["key"] for d in gen["sampling_diff"]))
     return not reasons, "FAILED | " + " | ".join(reasons) if reasons else "", reasons

@@ -81,8 +81,6 @@ def render_summary(report: ReportData, console: Any) -> None:
         _line(console, f"first token flip: step {flip}, {_tok(gen, r['ref_token'])} -> {_tok(gen, r['cand_token'])}, "
               f"reference margin {fmt(r['ref_margin'], 3)}, gap to the candidate's token {fmt(r['gap'], 3)} "
               f"-> {r['flip']} (near tie: gap <= {gen['near_tie_factor']:g} x logits tolerance band)")
-    if gen.get("overrun"):
-        _line(console, gen["overrun"]["message"], "bold red")
     for d in gen.get("sampling_diff") or []:
         _line(console, f"sampling: {d['key']}: reference {d['reference']!r}, candidate {d['candidate']!r}")
     s = report.summary
