@@ -57,6 +57,12 @@ def cmd_run(ns: argparse.Namespace) -> int:
     return EXIT_OK if report.summary["verdict"] == "pass" else EXIT_DIVERGED
 
 
+def cmd_generate(ns: argparse.Namespace) -> int:
+    from parity import gencli
+
+    return gencli.cmd_generate(ns, _progress(ns.quiet), "gen-" + run_id(ns))
+
+
 def probe_shape(point: str, cfg: Any) -> str:
     """Canonical shape (no batch) of a probe point, from the model config."""
     h = getattr(cfg, "hidden_size", None)
@@ -118,6 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
     for g in ("model", "input", "candidate", "compare", "output"):
         add_group(p, g)
     p.set_defaults(func=cmd_run)
+
+    from parity import gencli
+
+    gencli.add_parser(sub, common, cmd_generate)
 
     p = sub.add_parser("probes", parents=[common], help="list the probes a model provides, with shapes and locations")
     add_group(p, "model")

@@ -1,0 +1,136 @@
+"""Chat formats, stop tokens and token display per family.
+
+The preset's ``[chat]`` table names the template (``chatml`` for Qwen v1 / Qwen2,
+``llama2`` for LLaMA), the stop tokens (texts) and the special-token ids. A tokenizer, when
+there is one, adds its own special tokens and renders real text; without one (the tiny
+presets) a chat prompt is wrapped with the special ids only and texts are shown as id lists.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from parity.errors import InputError
+
+DEFAULT_SYSTEM = "You are a helpful assistant."
+
+# Text templates: {system} and {prompt} are filled in, then the text is encoded with special
+# tokens allowed.
+TEMPLATES: dict[str, str] = {
+    "chatml": "<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n",
+    "llama2": "<s>[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{prompt} [/INST]",
+}
+
+# Without a tokenizer: the special tokens placed before / after the prompt ids.
+ID_WRAPS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "chatml": (("<|im_start|>",), ("<|im_end|>", "<|im_start|>")),
+    "llama2": (("<s>",), ()),
+}
+
+
+@dataclass
+class Vocab:
+    """Special tokens (text <-> id) and, optionally, a tokenizer for text."""
+
+    specials: dict[str, int] = field(default_factory=dict)
+    tokenizer: Any = None
+
+    @property
+    def names(self) -> dict[int, str]:
+        return {v: k for k, v in self.specials.items()}
+
+    def token_id(self, text: str) -> int | None:
+        """The id of a special token text, or of a text that is exactly one token."""
+        if text in self.specials:
+            return self.specials[text]
+        tok = self.tokenizer
+        if tok is None:
+            return None
+        conv = getattr(tok, "convert_tokens_to_ids", None)
+        if conv is not None:
+            tid = conv(text)
+            unk = getattr(tok, "unk_token_id", None)
+            if isinstance(tid, int) and tid != unk:
+                return tid
+        ids = _encode(tok, text)
+        return ids[0] if len(ids) == 1 else None
+
+    def label(self, tid: int | None) -> str:
+        """``151645 <|im_end|>`` for specials, the bare id otherwise."""
+        if tid is None:
+            return "-"
+        name = self.names.get(tid)
+        return f"{tid} {name}" if name else str(tid)
+
+    def text(self, ids: Sequence[int]) -> str:
+        """Display text: special tokens stripped, as the chat format expects; an id list
+        when there is no tokenizer."""
+        if self.tokenizer is None:
+            return "[" + ", ".join(self.label(t) for t in ids) + "]"
+        return _decode(self.tokenizer, list(ids))
+
+
+def vocab_for(chat: dict[str, Any], tokenizer: Any = None) -> Vocab:
+    specials = {str(k): int(v) for k, v in chat.get("special_tokens", {}).items()}
+    if tokenizer is not None:
+        specials.update(_tokenizer_specials(tokenizer))
+    return Vocab(specials, tokenizer)
+
+
+def _tokenizer_specials(tok: Any) -> dict[str, int]:
+    own = getattr(tok, "special_tokens", None)
+    if isinstance(own, dict):  # QWenTokenizer
+        return {str(k): int(v) for k, v in own.items()}
+    out: dict[str, int] = {}
+    for text in getattr(tok, "all_special_tokens", []) or []:
+        tid = tok.convert_tokens_to_ids(text)
+        if isinstance(tid, int):
+            out[text] = tid
+    return out
+
+
+def _encode(tok: Any, text: str) -> list[int]:
+    try:
+        return list(tok.encode(text, add_special_tokens=False))
+    except TypeError:
+        return list(tok.encode(text))
+
+
+def _decode(tok: Any, ids: list[int]) -> str:
+    try:
+        return str(tok.decode(ids, skip_special_tokens=True))
+    except TypeError:
+        return str(tok.decode(ids, skip_special=True))
+
+
+def resolve_stop_tokens(texts: Iterable[str], vocab: Vocab, where: str = "--stop-token") -> list[int]:
+    """Stop-token texts to ids; an unknown text is an input error naming the valid ones."""
+    ids = []
+    for text in texts:
+        tid = vocab.token_id(text)
+        if tid is None:
+            raise InputError(f"{where} '{text}' is not a token of this model.",
+                             note="known special tokens: " + (", ".join(vocab.specials) or "none"))
+        ids.append(tid)
+    return ids
+
+
+def wrap_prompt(template: str, vocab: Vocab, *, prompt: str | None, ids: list[int] | None,
+                system: str = DEFAULT_SYSTEM) -> tuple[list[int], str]:
+    """Prompt ids in the family's chat format, and how they were made (for the report)."""
+    if template not in TEMPLATES:
+        raise InputError(f"unknown chat template '{template}'.", note="valid templates: " + ", ".join(TEMPLATES))
+    tok = vocab.tokenizer
+    if tok is not None and prompt is not None:
+        apply = getattr(tok, "apply_chat_template", None)
+        if apply is not None and getattr(tok, "chat_template", None):
+            msgs = [{"role": "system", "content": system}, {"role": "user", "content": prompt}]
+            return list(apply(msgs, add_generation_prompt=True, tokenize=True)), "tokenizer chat_template"
+        text = TEMPLATES[template].format(system=system, prompt=prompt)
+        return _encode(tok, text), f"{template} text template"
+    body = list(ids if ids is not None else _encode(tok, prompt or ""))
+    before, after = ID_WRAPS[template]
+    pre = resolve_stop_tokens(before, vocab, "chat template token")
+    post = resolve_stop_tokens(after, vocab, "chat template token")
+    return pre + body + post, f"{template} special ids only (no tokenizer: role text omitted)"

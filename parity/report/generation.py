@@ -1,0 +1,105 @@
+"""Renderers of the generation section (``report.generation``): console table and steps CSV.
+
+They read ReportData only and recompute nothing.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from parity.report.console import fmt
+from parity.report.data import ReportData
+from parity.report.files import atomic_write, to_json
+
+STEP_COLUMNS = ("step", "position", "ref_token", "cand_token", "fed_token", "match", "comparable", "passed",
+                "max_abs_err", "mean_abs_err", "cosine", "ref_margin", "gap", "flip", "topk_overlap")
+
+
+def _status(row: dict[str, Any]) -> str:
+    if not row["comparable"]:
+        return "[dim]not compared[/dim]"
+    if row["flip"] == "confident":
+        return "[bold red]CONFIDENT FLIP[/bold red]"
+    if not row["passed"]:
+        return "[bold red]FAIL[/bold red]"
+    if row["flip"] == "near-tie":
+        return "[yellow]near-tie flip[/yellow]"
+    return "[green]PASS[/green]"
+
+
+def _tok(gen: dict[str, Any], tid: int | None) -> str:
+    if tid is None:
+        return "-"
+    names = {int(v): k for k, v in gen.get("special_tokens", {}).items()}
+    return f"{tid} {names[tid]}" if tid in names else str(tid)
+
+
+def render(report: ReportData, console: Any = None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console(width=None if sys.stdout.isatty() else 160)
+    gen, run = report.generation or {}, report.run
+    cand = run.get("candidate", {})
+    title = (f"parity generate: {run.get('model')} ({run.get('source')}) | reference {run['reference'].get('dtype')} "
+             f"vs {cand.get('name')} {cand.get('dtype')} {cand.get('device')} | {gen['mode']} greedy | "
+             f"prompt {gen['prompt']['tokens']} tokens")
+    table = Table(title=title, title_justify="left", header_style="bold")
+    for c in ("step", "ref token", "cand token", "max abs err", "ref margin", f"top-{gen['overlap_k']} overlap", "status"):
+        table.add_column(c, justify="left" if c in ("ref token", "cand token", "status") else "right", no_wrap=True)
+    for r in gen["steps"]:
+        ov = "-" if r["topk_overlap"] is None else f"{r['topk_overlap']:.2f}"
+        table.add_row(str(r["step"]), _tok(gen, r["ref_token"]), _tok(gen, r["cand_token"]),
+                      fmt(r["max_abs_err"], 3), fmt(r["ref_margin"], 3), ov, _status(r))
+    console.print(table)
+    render_summary(report, console)
+
+
+def _line(console: Any, text: str, style: str | None = None) -> None:
+    console.print(text, style=style, markup=False, highlight=False, soft_wrap=True)
+
+
+def render_summary(report: ReportData, console: Any) -> None:
+    gen = report.generation or {}
+    ref, cand = gen["reference"], gen["candidate"]
+    _line(console, f"reference ({ref['ended_by']}): {ref['text']}")
+    if gen["mode"] == "teacher-forced":
+        _line(console, f"candidate's own choices (fed the reference's tokens): {cand['predicted_text']}")
+        if len(cand["tokens"]) > len(ref["tokens"]):
+            _line(console, f"candidate sequence ({cand['ended_by']}): {cand['text']}")
+    else:
+        _line(console, f"candidate ({cand['ended_by']}): {cand['text']}")
+    _line(console, "stop sets: reference " + ", ".join(ref["stop_tokens"]) + " | candidate "
+          + ", ".join(cand["stop_tokens"]))
+    curve = gen.get("error_curve") or []
+    if gen["mode"] == "teacher-forced" and curve:
+        _line(console, "error curve (logits max abs err per step): " + " ".join(fmt(e, 2) for e in curve))
+    flip = gen.get("first_token_flip_step")
+    if flip is not None:
+        r = gen["steps"][flip]
+        _line(console, f"first token flip: step {flip}, {_tok(gen, r['ref_token'])} -> {_tok(gen, r['cand_token'])}, "
+              f"reference margin {fmt(r['ref_margin'], 3)}, gap to the candidate's token {fmt(r['gap'], 3)} "
+              f"-> {r['flip']} (near tie: gap <= {gen['near_tie_factor']:g} x logits tolerance band)")
+    for d in gen.get("sampling_diff") or []:
+        _line(console, f"sampling: {d['key']}: reference {d['reference']!r}, candidate {d['candidate']!r}")
+    s = report.summary
+    _line(console, s["message"], "bold green" if s["verdict"] == "pass" else "bold red")
+    if gen.get("hint"):
+        _line(console, f"Diagnosis: {gen['hint']}")
+
+
+def steps_csv(report: ReportData) -> str:
+    import pandas as pd
+
+    rows = (report.generation or {}).get("steps", [])
+    return pd.DataFrame([{c: r.get(c) for c in STEP_COLUMNS} for r in rows], columns=list(STEP_COLUMNS)).to_csv(index=False)
+
+
+def write(report: ReportData, out_dir: Path) -> dict[str, Path]:
+    """report.json and steps.csv into ``out_dir``, both rendered before either is written."""
+    paths = {"json": out_dir / "report.json", "csv": out_dir / "steps.csv"}
+    texts = {"json": to_json(report), "csv": steps_csv(report)}
+    for key, path in paths.items():
+        atomic_write(path, texts[key])
+    return paths
