@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--debug", action="store_true", help="show tracebacks")
 
     p = sub.add_parser("run", parents=[common], help="compare a candidate against the reference, probe by probe")
-    for g in ("model", "input", "candidate", "compare", "output"):
+    for g in ("model", "input", "candidate", "engine", "compare", "output"):
         add_group(p, g)
     p.set_defaults(func=cmd_run)
 
