@@ -367,9 +367,10 @@ def reassemble(probe: str, shards: list[Any], shape: list[int] | None, rule: str
         return parts[0]
     if len(parts) > 1 and rule in (None, "concat"):
         for axis in range(rank - 1, 0, -1):
-            cat = torch.cat(parts, dim=axis) if all(p.dim() == rank for p in parts) else None
-            if cat is not None and list(cat.shape) == shape:
-                return cat
+            same = all(p.dim() == rank and [d for j, d in enumerate(p.shape) if j != axis] ==
+                       [d for j, d in enumerate(shape) if j != axis] for p in parts)
+            if same and sum(p.shape[axis] for p in parts) == shape[axis]:
+                return torch.cat(parts, dim=axis)
         if rank == 3 and all(p.dim() == 2 for p in parts):  # flat [T, heads/tp * head_dim]
             cat = torch.cat(parts, dim=-1)
             if cat.numel() == _numel(shape) and cat.shape[0] == shape[0]:
