@@ -10,10 +10,12 @@ builds of the candidate that each mark ``marks`` probes (default 1):
    build marks ``marks`` evenly spaced probes inside that range and keeps the sub-range
    before the first failing one.
 
-With one mark per build that is at most ``ceil(log2 P) + 1`` builds for P probes. The
-search assumes divergence persists downstream once it starts (true of a step fault);
-the answer's predecessor was measured passing in some build, and the report says which
-builds marked what.
+Probes on parallel branches (``attn.q/k/v``; ``attn.q_rot/k_rot``; ``rope.cos/sin``) are one
+*unit*, marked together: a fault in q leaves k and v passing, which would mislead a search
+over single probes. With one unit per build that is at most ``ceil(log2 U) + 1 <=
+ceil(log2 P) + 1`` builds for U units of P probes. The search assumes divergence persists
+downstream once it starts (true of a step fault); the report lists every build, what it
+marked and what failed.
 """
 from __future__ import annotations
 
@@ -49,33 +51,64 @@ def max_builds(num_probes: int, marks: int = 1) -> int:
     return 1 + math.ceil(math.log(num_probes) / math.log(marks + 1) - 1e-12)
 
 
+# Probes on parallel branches: none is downstream of another, so a fault in q leaves k and v
+# passing. Each group is searched as one unit (marked together, failing when any member fails).
+PARALLEL = (("attn.q", "attn.k", "attn.v"), ("attn.q_rot", "attn.k_rot"), ("rope.cos", "rope.sin"))
+
+
+def units(order: list[str]) -> list[list[str]]:
+    """``order`` cut into units: parallel-branch probes of one block together, others alone."""
+    out: list[list[str]] = []
+    last_key: tuple[int | None, int] | None = None
+    for name in order:
+        p = canon.parse(name)
+        group = next((g for g, pts in enumerate(PARALLEL) if p.point in pts), None)
+        key = (p.block, group) if group is not None else None
+        if key is not None and key == last_key:
+            out[-1].append(name)
+        else:
+            out.append([name])
+        last_key = key
+    return out
+
+
 def search(order: list[str], measure: Any, marks: int = 1) -> tuple[str | None, list[Build]]:
-    """First failing probe of ``order`` using ``measure(probes) -> set of failing probes``."""
+    """First failing probe of ``order`` using ``measure(probes) -> set of failing probes``.
+
+    The search runs over :func:`units`; ``marks`` units are marked per build."""
     if marks < 1:
         raise UsageError("--bisect-marks must be at least 1.")
     builds: list[Build] = []
+    us = units(order)
 
-    def run(probes: list[str]) -> set[str]:
+    def run(picked: list[int]) -> list[int]:
+        probes = [p for i in picked for p in us[i]]
         failed = measure(probes)
-        builds.append(Build(list(probes), [p for p in probes if p in failed]))
-        return failed
+        builds.append(Build(probes, [p for p in probes if p in failed]))
+        return [i for i in picked if any(p in failed for p in us[i])]
 
-    if not order:
+    if not us:
         return None, builds
-    if order[-1] not in run([order[-1]]):
+    if not run([len(us) - 1]):
         return None, builds
-    lo, hi = 0, len(order) - 1  # the answer lies in order[lo..hi]; order[hi] fails
+    lo, hi = 0, len(us) - 1  # the answer lies in units[lo..hi]; units[hi] fails
     while lo < hi:
         span = hi - lo  # candidates strictly before hi
         picks = sorted({lo + (span * j) // (marks + 1) for j in range(1, marks + 1)})
-        failed = run([order[i] for i in picks])
-        bad = [i for i in picks if order[i] in failed]
+        bad = run(picks)
         if bad:
             hi = bad[0]
             lo = max([lo] + [i + 1 for i in picks if i < hi])
         else:
             lo = picks[-1] + 1
-    return order[hi], builds
+    failing = builds_failed(builds, us[hi])
+    return (failing[0] if failing else us[hi][0]), builds
+
+
+def builds_failed(builds: list[Build], unit: list[str]) -> list[str]:
+    """Members of ``unit`` seen failing in any build, in execution order."""
+    seen = {p for b in builds for p in b.failed}
+    return [p for p in unit if p in seen]
 
 
 def execute_bisect(opts: RunOptions, progress: Progress | None = None, marks: int = 1) -> RunResult:
@@ -126,8 +159,8 @@ def execute_bisect(opts: RunOptions, progress: Progress | None = None, marks: in
     facts = run_facts(opts, source, reference.describe(), cand_meta, ids, tols, timings)
     summary = diagnose(rows, cand_cap.meta.get("dtype"))
     summary["bisect"] = {
-        "probes_in_order": len(order), "marks_per_build": marks, "builds_made": len(builds),
-        "max_builds": max_builds(len(order), marks), "answer": answer,
+        "probes_in_order": len(order), "units": len(units(order)), "marks_per_build": marks,
+        "builds_made": len(builds), "max_builds": max_builds(len(units(order)), marks), "answer": answer,
         "builds": [b.to_dict() for b in builds],
     }
     if answer is None and builds:

@@ -63,6 +63,7 @@ FAULTS = [
     ("qwen2", "fp32", "model.layers.2.mlp.down_proj", "blocks.2.mlp_out", 2),
     ("qwen", "fp32", "transformer.h.1.attn.c_proj", "blocks.1.attn_out", 1),
     ("llama", "fp16", "model.layers.3.post_attention_layernorm.weight", "blocks.3.mlp_in", 3),
+    ("llama", "fp32", "model.layers.0.self_attn.q_proj", "blocks.0.attn.q", 0),  # k, v (parallel) still pass
 ]
 
 
@@ -81,12 +82,12 @@ def test_injected_fault_found_by_all_and_bisect(model: str, dtype: str, target: 
     b = rep["summary"]["bisect"]
     assert b["answer"] == probe and rep["summary"]["first_divergence"]["probe"] == probe
     n = b["probes_in_order"]
-    assert b["builds_made"] <= math.ceil(math.log2(n)) + 1 == b["max_builds"]
+    assert b["builds_made"] <= b["max_builds"] <= math.ceil(math.log2(n)) + 1
     assert rep["run"]["candidate"]["mode"] == "bisect"
-    assert all(len(x["marked"]) == 1 for x in b["builds"]) and b["builds"][0]["marked"] == ["logits"]
+    assert all(len(x["marked"]) <= 3 for x in b["builds"]) and b["builds"][0]["marked"] == ["logits"]
     assert f"first divergent probe: {probe}" in out
     measured = [p for p in rep["probes"] if p["passed"] is not None]
-    assert len(measured) == b["builds_made"]
+    assert len(measured) == len({p for x in b["builds"] for p in x["marked"]})
     print(f"{model} {dtype}: bisect {b['builds_made']} builds for {n} probes")
 
 
@@ -115,4 +116,4 @@ def test_bisect_on_torch_candidate_with_marks(tmp_path: Path, run_cli, monkeypat
     code, out, _ = run_cli("bisect", "--model", "llama", "--dtype", "fp32", "--tokens", "8", "--bisect-marks", "3", "-q", "--out", str(tmp_path))
     assert code == 1
     b = read_report(tmp_path)["summary"]["bisect"]
-    assert b["answer"] == "blocks.1.mlp_out" and b["builds_made"] <= b["max_builds"] == 1 + math.ceil(math.log(b["probes_in_order"], 4))
+    assert b["answer"] == "blocks.1.mlp_out" and b["builds_made"] <= b["max_builds"] <= 1 + math.ceil(math.log(b["probes_in_order"], 4))
