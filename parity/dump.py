@@ -428,5 +428,6 @@ def write_dump(out: str | Path, tensors: dict[str, Any], meta: dict[str, Any]) -
 
 def check_ids(dump: Dump, ids: list[int]) -> None:
     if dump.input_ids is not None and list(dump.input_ids) != list(ids):
-        raise ParityError(f"the dump in {dump.folder} was made from {len(dump.input_ids)} other input ids than this run's {len(ids)}.",
+        raise ParityError(f"the dump in {dump.folder} was made from other input ids ({len(dump.input_ids)} tokens) "
+                          f"than this run's ({len(ids)} tokens).",
                           note=f"run with --input-ids {dump.folder / IDS}" if dump.layout == "parity" else "give the same --input-ids the engine ran")

@@ -225,6 +225,11 @@ def test_bad_dumps_are_one_line_errors(ref_dump: Path, ref: dict[str, torch.Tens
     _expect_error(run_cli, tmp_path / "empty", tmp_path / "r10", "not a dump folder")
     code, _, err = run_cli("run", "--model", MODEL, "--candidate", "dump", "-q", "--no-files")
     assert code == 2 and "--dump DIR" in err
+    # a dump of another model, or of other input ids
+    code, _, err = run_cli("run", "--model", "llama", "--candidate", "dump", "--dump", str(ref_dump), "-q", "--no-files")
+    assert code == 2 and "is of model 'qwen2'" in err
+    code, _, err = run_cli("run", "--model", MODEL, "--candidate", "dump", "--dump", str(ref_dump), "--seed", "5", "--tokens", T, "-q", "--no-files")
+    assert code == 2 and "other input ids" in err and "--input-ids" in err
 
 
 def _map(tmp_path: Path) -> Path:

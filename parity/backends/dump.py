@@ -49,4 +49,9 @@ def create(ctx: Any) -> DumpBackend:
     if not getattr(o, "dump", None):
         raise UsageError("--candidate dump needs --dump DIR.", note="a folder written by `parity dump`, a tllm_debug/ folder, or rank<N>/*.pt dumps")
     nm: NameMap = load_name_map(getattr(o, "dump_map", None))
-    return DumpBackend(read_dump(o.dump, nm), ctx.source.config, ctx.source.num_blocks)
+    dump = read_dump(o.dump, nm)
+    made_for = dump.meta.get("model")
+    if made_for and made_for != ctx.source.family.name:
+        raise UsageError(f"the dump in {dump.folder} is of model '{made_for}', this run is '{ctx.source.family.name}'.",
+                         note=f"run with --model {made_for}")
+    return DumpBackend(dump, ctx.source.config, ctx.source.num_blocks)
