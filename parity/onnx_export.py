@@ -26,11 +26,10 @@ import json
 import os
 import warnings
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from parity import probes as canon
 from parity.errors import BackendError, ParityError
 from parity.probemap import ProbeMap
 
@@ -68,9 +67,6 @@ class ExportedGraph:
 
         return onnx.load(str(self.path))
 
-    def manifest(self) -> dict[str, Any]:
-        return {"format": EXPORT_FORMAT, "exporter": self.exporter, "dtype": self.dtype, "seq_len": self.seq_len,
-                "located": {k: asdict(v) for k, v in self.located.items()}, "missing": self.missing}
 
 
 # -- export ----------------------------------------------------------------------------------
@@ -288,7 +284,8 @@ def locate(model_proto: Any, probe_map: ProbeMap, probes: Sequence[str], config:
 
 
 def value_types(model_proto: Any) -> dict[str, Any]:
-    """name -> TypeProto for every value whose type the graph records (shape inference if needed)."""
+    """name -> TypeProto for every value whose type the graph records (the dynamo exporter
+    records every intermediate value; a tensor without one cannot be marked)."""
     g = model_proto.graph
     types = {v.name: v.type for v in list(g.value_info) + list(g.input) + list(g.output)}
     return types
@@ -350,6 +347,3 @@ def inject_fault(model_proto: Any, target: str, scale: float) -> list[str]:
 def _is_weight(init: Any) -> bool:
     return len(init.dims) >= 1 and init.data_type in (1, 10, 11, 16) and max(init.dims) > 1
 
-
-def probe_order(probes: Iterable[str]) -> list[str]:
-    return canon.in_order(probes)
