@@ -43,9 +43,16 @@ def cmd_run(ns: argparse.Namespace) -> int:
     from parity.run import execute
 
     opts = run_options(ns)
-    result = execute(opts, _progress(ns.quiet))
+    if getattr(ns, "mode", "all") == "bisect":
+        from parity.bisect import execute_bisect, render_builds
+
+        result = execute_bisect(opts, _progress(ns.quiet), marks=getattr(ns, "bisect_marks", 1) or 1)
+        console_report.render(result.report, show_all=not ns.failures_only)
+        print(render_builds(result.report.summary))
+    else:
+        result = execute(opts, _progress(ns.quiet))
+        console_report.render(result.report, show_all=not ns.failures_only)
     report = result.report
-    console_report.render(report, show_all=not ns.failures_only)
     if not ns.no_files:
         out = Path(ns.out) if ns.out else Path("reports") / run_id(ns)
         paths = files.write(report, out)
@@ -121,13 +128,23 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--debug", action="store_true", help="show tracebacks")
 
     p = sub.add_parser("run", parents=[common], help="compare a candidate against the reference, probe by probe")
-    for g in ("model", "input", "candidate", "compare", "output"):
+    for g in ("model", "input", "candidate", "engine", "compare", "output"):
         add_group(p, g)
     p.set_defaults(func=cmd_run)
 
     from parity import gencli
 
     gencli.add_parser(sub, common, cmd_generate)
+
+    p = sub.add_parser("bisect", parents=[common], help="find the first divergent probe marking few probes per build (binary search)")
+    for g in ("model", "input", "candidate", "engine", "compare", "output"):
+        add_group(p, g)
+    p.add_argument("--bisect-marks", type=int, default=1, metavar="K", help="probes marked per build (default: 1)")
+    p.set_defaults(func=cmd_run, mode="bisect")
+
+    from parity.dump_cli import add_commands as _add_dump_commands
+
+    _add_dump_commands(sub, common)
 
     p = sub.add_parser("probes", parents=[common], help="list the probes a model provides, with shapes and locations")
     add_group(p, "model")

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from parity.errors import ProbeError
-from parity.probemap import TRANSFORMS, Binding
+from parity.probemap import TRANSFORMS, WHOLE_OUTPUT, Binding
 
 Sink = Callable[[str, torch.Tensor], None]
 
@@ -40,6 +40,8 @@ def extract(binding: Binding, args: tuple[Any, ...], kwargs: dict[str, Any], out
             value = kwargs[spec.kwarg]
         else:
             value = _pick(args, spec.index, what) if args else None
+    elif spec.transform in WHOLE_OUTPUT:
+        value = output
     else:
         value = _pick(output, spec.index, what)
     if spec.transform is not None:

@@ -42,6 +42,14 @@ class RunOptions:
     prompt: str | None = None
     input_ids: str | None = None
     tokenizer: str | None = None
+    # engine backends (issue 4)
+    ort_opt: str = "all"
+    ort_provider: str = "CPUExecutionProvider"
+    ort_fault: list[str] | None = None
+    dump: str | None = None
+    dump_map: str | None = None
+    trtllm_map: str | None = None
+    mode: str = "all"
 
 
 GROUPS: dict[str, tuple[str, list[Opt]]] = {
@@ -66,6 +74,15 @@ GROUPS: dict[str, tuple[str, list[Opt]]] = {
         Opt(("--ref-device",), {"help": "reference device (default: the candidate's)"}),
         Opt(("--attn",), {"default": "eager", "help": "candidate attention: eager, sdpa (default: eager)"}),
         Opt(("--compile",), {"action": "store_true", "help": "torch.compile the candidate"}),
+    ]),
+    "engine": ("engine backends", [
+        Opt(("--ort-opt",), {"default": "all", "choices": ["disable", "basic", "extended", "all"], "help": "ONNX Runtime graph optimization level (default: all)"}),
+        Opt(("--ort-provider",), {"default": "CPUExecutionProvider", "metavar": "EP", "help": "ONNX Runtime execution provider (default: CPUExecutionProvider)"}),
+        Opt(("--ort-fault",), {"action": "append", "metavar": "TARGET*SCALE", "help": argparse.SUPPRESS}),
+        Opt(("--dump",), {"metavar": "DIR", "help": "--candidate dump: folder of dumped tensors (parity dump, tllm_debug/, rank<N>/*.pt)"}),
+        Opt(("--dump-map",), {"metavar": "TOML", "help": "--candidate dump: map from dumped tensor names to canonical probes"}),
+        Opt(("--trtllm-map",), {"metavar": "NAME|TOML", "help": "--candidate trtllm: probe map for the TensorRT-LLM model (default: trtllm_<family>)"}),
+        Opt(("--mode",), {"default": "all", "choices": ["all", "bisect"], "help": "all: mark every probe in one build; bisect: few marked probes per build, binary search (default: all)"}),
     ]),
     "compare": ("comparison", [
         Opt(("--probes", "-p"), {"action": "append", "metavar": "GLOB", "help": "probes to capture, globs, repeatable or comma-separated (e.g. 'blocks.*.mlp_out')"}),

@@ -20,6 +20,8 @@ _KEYS = {"module", "io", "index", "kwarg", "heads", "batched", "transform"}
 
 # Named transforms a map may apply to the extracted value (before batch removal).
 TRANSFORMS: dict[str, Callable[[Any], Any]] = {}
+# Transforms that receive the module's whole output (a tuple), not the ``index``-th element.
+WHOLE_OUTPUT: set[str] = set()
 
 
 def transform(name: str) -> Callable[[Callable[[Any], Any]], Callable[[Any], Any]]:
@@ -30,6 +32,16 @@ def transform(name: str) -> Callable[[Callable[[Any], Any]], Callable[[Any], Any
         return fn
 
     return deco
+
+
+@transform("add_hidden_residual")
+def _add_hidden_residual(value: Any) -> Any:
+    """``(hidden, residual) -> hidden + residual``: the residual stream leaving a decoder
+    layer whose residual add is fused into the next norm (TensorRT-LLM's PyTorch backend)."""
+    return value[0] + value[1]
+
+
+WHOLE_OUTPUT.add("add_hidden_residual")
 
 
 @dataclass(frozen=True)

@@ -24,3 +24,12 @@ def run_cli(capsys: pytest.CaptureFixture[str]):
 
 def read_report(folder: Path) -> dict[str, Any]:
     return json.loads((folder / "report.json").read_text())
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _parity_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """ONNX exports are cached per test session (not in the user's ~/.cache/parity)."""
+    import os
+
+    if "PARITY_CACHE" not in os.environ:
+        os.environ["PARITY_CACHE"] = str(tmp_path_factory.mktemp("parity-cache"))

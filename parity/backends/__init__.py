@@ -33,6 +33,22 @@ CANDIDATES: dict[str, BackendInfo] = {
         "torch", "parity.backends.pytorch", ("torch",),
         "the reference weights in another dtype / device / attention implementation",
     ),
+    "onnxruntime": BackendInfo(
+        "onnxruntime", "parity.backends.onnxrt", ("onnx", "onnxruntime", "onnxscript"),
+        "the reference exported to ONNX (probes marked as outputs), run in ONNX Runtime",
+    ),
+    "tensorrt": BackendInfo(
+        "tensorrt", "parity.backends.tensorrt", ("onnx", "onnxscript", "tensorrt"),
+        "the same probe-marked ONNX parsed and built by TensorRT (needs a CUDA GPU)",
+    ),
+    "trtllm": BackendInfo(
+        "trtllm", "parity.backends.trtllm", ("tensorrt_llm",),
+        "TensorRT-LLM's PyTorch backend, hooked through a trtllm_<family> probe map",
+    ),
+    "dump": BackendInfo(
+        "dump", "parity.backends.dump", ("safetensors",),
+        "tensors dumped by any runtime (--dump DIR): parity dumps, tllm_debug/ .npy, rank<N>/*.pt",
+    ),
 }
 
 

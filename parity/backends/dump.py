@@ -1,0 +1,57 @@
+"""The ``dump`` candidate: tensors some runtime already wrote (see parity.dump)."""
+from __future__ import annotations
+
+from typing import Any
+
+from parity import probes as canon
+from parity.backends.base import Backend, Sink
+from parity.dump import Dump, NameMap, canonical_shape, check_ids, load_name_map, read_dump
+from parity.errors import UsageError
+
+
+class DumpBackend(Backend):
+    requires = ("safetensors",)
+
+    def __init__(self, dump: Dump, config: Any, num_blocks: int) -> None:
+        super().__init__("dump")
+        self.dump = dump
+        self.config = config
+        wanted = set(canon.all_probes(num_blocks))
+        beyond = [p for p in dump.probes if p not in wanted]
+        if beyond:
+            raise UsageError(f"the dump holds '{beyond[0]}', which a {num_blocks}-block model does not have.",
+                             note="is the dump from another model?")
+
+    def available_probes_impl(self) -> list[str]:
+        return self.dump.probes
+
+    def capture_impl(self, input_ids: Any, probes: list[str], sink: Sink) -> Any:
+        ids = [int(x) for x in input_ids]
+        check_ids(self.dump, ids)
+        logits = None
+        for p in probes:
+            t = self.dump.tensor(p, canonical_shape(canon.parse(p).point, self.config, len(ids)))
+            sink(p, t)
+            if p == "logits":
+                logits = t
+        return logits
+
+    def describe(self) -> dict[str, Any]:
+        m = self.dump.meta
+        dtypes = {str(m.get("probes", {}).get(p, {}).get("dtype")) for p in self.dump.probes} - {"None"}
+        return {"backend": self.label, "layout": self.dump.layout, "folder": str(self.dump.folder),
+                "tp_ranks": self.dump.ranks, "dtype": dtypes.pop() if len(dtypes) == 1 else m.get("dtype"),
+                "written_by": m.get("backend")}
+
+
+def create(ctx: Any) -> DumpBackend:
+    o = ctx.options
+    if not getattr(o, "dump", None):
+        raise UsageError("--candidate dump needs --dump DIR.", note="a folder written by `parity dump`, a tllm_debug/ folder, or rank<N>/*.pt dumps")
+    nm: NameMap = load_name_map(getattr(o, "dump_map", None))
+    dump = read_dump(o.dump, nm)
+    made_for = dump.meta.get("model")
+    if made_for and made_for != ctx.source.family.name:
+        raise UsageError(f"the dump in {dump.folder} is of model '{made_for}', this run is '{ctx.source.family.name}'.",
+                         note=f"run with --model {made_for}")
+    return DumpBackend(dump, ctx.source.config, ctx.source.num_blocks)
