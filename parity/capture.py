@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from parity.diff import DiffStats, TensorStats, compare, tensor_stats
+from parity.diff import DiffStats, TensorStats, TokenProfile, compare, tensor_stats, token_profile
 from parity.errors import ProbeError
 from parity.tolerances import ToleranceTable
 
@@ -67,6 +67,8 @@ class Comparator:
         self.tolerances = tolerances
         self.keep = keep
         self.diffs: dict[str, DiffStats] = {}
+        self.profiles: dict[str, TokenProfile] = {}
+        self.last: str | None = None  # the last probe received (names where a failing run got to)
 
     def __call__(self, name: str, tensor: torch.Tensor) -> None:
         if name not in self.reference:
@@ -80,5 +82,10 @@ class Comparator:
             )
         ref = ref.to(tensor.device, non_blocking=True)
         self.diffs[name] = compare(ref, tensor, self.tolerances.lookup(name))
+        if not self.diffs[name].passed:  # only failing probes need the per-token shape
+            prof = token_profile(ref, tensor)
+            if prof is not None:
+                self.profiles[name] = prof
+        self.last = name
         kept = tensor.detach().clone() if self.keep else None
         self.capture.records[name] = ProbeRecord(name, tensor_stats(tensor), kept)

@@ -9,7 +9,7 @@ dtype's rounding unit), or when it turns finite values non-finite.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from parity.report.data import ProbeRow
@@ -33,7 +33,8 @@ def classify(rows: Sequence[ProbeRow], index: int, dtype: str | None) -> tuple[s
     return ("step" if ratio >= STEP_FACTOR else "accumulation"), ratio
 
 
-def diagnose(rows: Sequence[ProbeRow], dtype: str | None) -> dict[str, Any]:
+def diagnose(rows: Sequence[ProbeRow], dtype: str | None, isolated: Mapping[str, Any] | None = None,
+             profiles: Mapping[str, Any] | None = None) -> dict[str, Any]:
     compared = [r for r in rows if r.compared]
     failed = [i for i, r in enumerate(rows) if r.passed is False]
     summary: dict[str, Any] = {

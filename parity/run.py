@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -18,7 +19,7 @@ from parity import probes as canon
 from parity.capture import Capture, Comparator, Recorder
 from parity.diagnose import diagnose
 from parity.diff import DiffStats, TensorStats, fp16_headroom
-from parity.errors import ParityError
+from parity.errors import ParityError, UsageError
 from parity.probemap import ProbeMap, find_map
 from parity.report.data import ProbeRow, ReportData
 from parity.source import ModelSource
@@ -71,6 +72,37 @@ def resolve_inputs(opts: RunOptions, source: ModelSource) -> list[int]:
     return inputs.seeded_ids(inputs.DEFAULT_TOKENS if opts.tokens is None else opts.tokens, vocab, source.seed, high)
 
 
+class CandidateFailed(ParityError):
+    """The candidate raised during its forward pass; ``report`` holds what was compared before."""
+
+    def __init__(self, message: str, note: str | None, report: ReportData) -> None:
+        super().__init__(message, note)
+        self.report = report
+
+
+def check_port_options(opts: RunOptions, num_blocks: int) -> list[Any]:
+    """Validate --port / --port-map / --fault before any work; returns the fault specs."""
+    from parity import faults
+
+    if opts.candidate != "port":
+        for flag, value in (("--port", opts.port), ("--port-map", opts.port_map)):
+            if value:
+                raise UsageError(f"{flag} needs --candidate port.", note="e.g. parity run --candidate port --port my_port.py:build")
+    specs = faults.parse(opts.faults, num_blocks)
+    if opts.candidate != "port":
+        wrong = [s for s in specs if s.fault.target == "port"]
+        if wrong:
+            raise UsageError(f"fault '{wrong[0].fault.name}' alters the built-in port: it needs --candidate port.",
+                             note="model faults (" + ", ".join(n for n, f in faults.FAULTS.items() if f.target == "model")
+                             + ") work with any candidate")
+    return specs
+
+
+def isolation_inputs(num_blocks: int) -> list[str]:
+    """Reference probes that teacher forcing feeds to each block."""
+    return ["embed"] + [f"blocks.{i}.resid_post" for i in range(num_blocks - 1)]
+
+
 def execute(opts: RunOptions, progress: Progress | None = None) -> RunResult:
     from parity.backends.pytorch import ModuleBackend, check_device, torch_dtype
 
@@ -80,17 +112,22 @@ def execute(opts: RunOptions, progress: Progress | None = None) -> RunResult:
     ref_device = check_device(opts.ref_device or device)
     cand_mod = backends.load(opts.candidate)
     source = ModelSource.resolve(opts.model, opts.checkpoint, opts.seed, opts.trust_remote_code)
+    fault_specs = check_port_options(opts, source.num_blocks)
     pmap = find_map(source.preset.probe_map, opts.probe_dirs)
-    selected = canon.select(pmap.names(source.num_blocks), opts.probes)
+    all_names = pmap.names(source.num_blocks)
+    selected = canon.select(all_names, opts.probes)
+    ref_probes = canon.in_order(set(selected) | (set(isolation_inputs(source.num_blocks)) & set(all_names) if opts.isolate else set()))
     ids = resolve_inputs(opts, source)
     tols = source.preset.tolerance_table(opts.dtype).override(opts.atol, opts.rtol)
 
     with _stage(progress, "building reference", timings):
         ref_model = source.build(ref_device)
+        for spec in (s for s in fault_specs if s.fault.target == "model"):
+            spec.fault.apply(ref_model, spec, SimpleNamespace(num_blocks=source.num_blocks, probe_map=pmap, config=source.config))
     reference = ModuleBackend(ref_model, pmap, getattr(ref_model, "config", source.config), "reference", source.num_blocks)
     ref_cap = Capture("reference", reference.describe())
     with _stage(progress, "running reference", timings), reference:
-        reference.capture(ids, selected, Recorder(ref_cap, keep=True, store_device="cpu"))
+        reference.capture(ids, ref_probes, Recorder(ref_cap, keep=True, store_device="cpu"))
 
     with _stage(progress, f"building candidate ({opts.candidate})", timings):
         cand = cand_mod.create(CandidateContext(opts, source, pmap, ref_model, device))
@@ -99,13 +136,60 @@ def execute(opts: RunOptions, progress: Progress | None = None) -> RunResult:
     wanted = [p for p in selected if p in offered]
     cand_cap = Capture(cand.label, cand.describe())
     comparator = Comparator(ref_cap, cand_cap, tols, keep=opts.keep_tensors)
+    iso_diffs: dict[str, DiffStats] = {}
     with _stage(progress, f"running candidate ({opts.candidate})", timings), cand:
-        cand.capture(ids, wanted, comparator)
+        try:
+            cand.capture(ids, wanted, comparator)
+        except ParityError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the candidate's own code failed
+            offered = set(cand.available_probes())
+            rows = build_rows(selected, offered, ref_cap, cand_cap, comparator.diffs, tols)
+            raise _failed(opts, source, reference, cand, ids, tols, timings, rows, comparator, exc) from exc
+        offered = set(cand.available_probes())  # a port's offer is known once it has run
+        if opts.isolate and cand.supports_isolation():
+            iso_diffs = _isolated(cand, ids, ref_cap, tols, [p for p in wanted if p in comparator.diffs], source.num_blocks)
 
     rows = build_rows(selected, offered, ref_cap, cand_cap, comparator.diffs, tols)
+    for r in rows:
+        if r.name in iso_diffs:
+            r.isolated_max_abs_err = iso_diffs[r.name].max_abs_err
     facts = run_facts(opts, source, reference.describe(), cand.describe(), ids, tols, timings)
-    report = ReportData(run=facts, probes=rows, summary=diagnose(rows, cand_cap.meta.get("dtype")))
+    summary = diagnose(rows, cand_cap.meta.get("dtype"), isolated=iso_diffs, profiles=comparator.profiles)
+    summary["isolation"] = "measured" if iso_diffs else ("off" if not opts.isolate else "not supported by this candidate")
+    report = ReportData(run=facts, probes=rows, summary=summary)
     return RunResult(report, ref_cap, cand_cap, ids)
+
+
+def _isolated(cand: Any, ids: list[int], ref_cap: Capture, tols: ToleranceTable, probes: list[str],
+              num_blocks: int) -> dict[str, DiffStats]:
+    """Teacher-forced pass: every block runs on the reference's input of that block."""
+    names = isolation_inputs(num_blocks)
+    if not all(n in ref_cap for n in names):
+        return {}
+    block_probes = [p for p in probes if canon.parse(p).block is not None]
+    inputs = {i: ref_cap.tensor(n) for i, n in enumerate(names)}
+    iso = Comparator(ref_cap, Capture(cand.label + " (isolated)"), tols)
+    cand.capture_isolated(ids, inputs, block_probes, iso)
+    return {k: v for k, v in iso.diffs.items() if k in set(block_probes)}
+
+
+def _failed(opts: RunOptions, source: ModelSource, reference: Any, cand: Any, ids: list[int], tols: ToleranceTable,
+            timings: dict[str, float], rows: list[ProbeRow], comparator: Comparator, exc: Exception) -> CandidateFailed:
+    """The error (with a partial report) for a candidate that raised during its forward."""
+    text = " ".join(str(exc).split())
+    what = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    last = comparator.last
+    summary = diagnose(rows, cand.describe().get("dtype"), profiles=comparator.profiles)
+    summary["verdict"] = "error"
+    summary["error"] = {"exception": what, "last_probe": last, "probes_compared": len(comparator.diffs)}
+    where = f"after probe '{last}'" if last else "before its first probe"
+    summary["message"] = f"ERROR | candidate '{opts.candidate}' raised during the forward pass {where} | {what}"
+    facts = run_facts(opts, source, reference.describe(), cand.describe(), ids, tols, timings)
+    report = ReportData(run=facts, probes=rows, summary=summary)
+    msg = (f"candidate '{opts.candidate}' raised {what} during the forward pass, {where} "
+           f"({len(comparator.diffs)} probes compared).")
+    return CandidateFailed(msg, "the partial report holds the probes captured before the failure; --debug shows the traceback", report)
 
 
 def make_row(name: str, ref: TensorStats, cand: TensorStats, d: DiffStats, tols: ToleranceTable) -> ProbeRow:

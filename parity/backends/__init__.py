@@ -33,6 +33,10 @@ CANDIDATES: dict[str, BackendInfo] = {
         "torch", "parity.backends.pytorch", ("torch",),
         "the reference weights in another dtype / device / attention implementation",
     ),
+    "port": BackendInfo(
+        "port", "parity.backends.port", ("torch",),
+        "a PyTorch port (--port FILE.py:factory, or the family's built-in engine-style port with --fault)",
+    ),
 }
 
 
