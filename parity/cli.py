@@ -40,14 +40,21 @@ def run_id(ns: argparse.Namespace) -> str:
 def cmd_run(ns: argparse.Namespace) -> int:
     from parity.report import console as console_report
     from parity.report import files
-    from parity.run import execute
+    from parity.run import CandidateFailed, execute
 
     opts = run_options(ns)
-    result = execute(opts, _progress(ns.quiet))
+    out = Path(ns.out) if ns.out else Path("reports") / run_id(ns)
+    try:
+        result = execute(opts, _progress(ns.quiet))
+    except CandidateFailed as exc:  # the candidate raised mid-forward: keep what it got to
+        console_report.render(exc.report, show_all=not ns.failures_only)
+        if not ns.no_files:
+            paths = files.write(exc.report, out)
+            exc.note = f"partial report: {paths['json']}; --debug shows the traceback"
+        raise
     report = result.report
     console_report.render(report, show_all=not ns.failures_only)
     if not ns.no_files:
-        out = Path(ns.out) if ns.out else Path("reports") / run_id(ns)
         paths = files.write(report, out)
         print(f"Reports: {paths['json']}  {paths['csv']}")
     return EXIT_OK if report.summary["verdict"] == "pass" else EXIT_DIVERGED
