@@ -58,6 +58,11 @@ class Recorder:
         self.capture.records[name] = ProbeRecord(name, tensor_stats(tensor), kept)
 
 
+# Per-token profiles (float64 copies) for passing probes only up to this size; failing
+# probes always get one (the diagnosis reads it).
+PROFILE_MAX_NUMEL = 1 << 22
+
+
 class Comparator:
     """Sink that diffs each candidate tensor against the reference capture on arrival."""
 
@@ -82,7 +87,7 @@ class Comparator:
             )
         ref = ref.to(tensor.device, non_blocking=True)
         self.diffs[name] = compare(ref, tensor, self.tolerances.lookup(name))
-        if not self.diffs[name].passed:  # only failing probes need the per-token shape
+        if not self.diffs[name].passed or tensor.numel() <= PROFILE_MAX_NUMEL:
             prof = token_profile(ref, tensor)
             if prof is not None:
                 self.profiles[name] = prof

@@ -9,6 +9,7 @@ dtype's rounding unit), or when it turns finite values non-finite.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -36,7 +37,7 @@ def classify(rows: Sequence[ProbeRow], index: int, dtype: str | None) -> tuple[s
 
 
 def diagnose(rows: Sequence[ProbeRow], dtype: str | None, isolated: Mapping[str, Any] | None = None,
-             profiles: Mapping[str, Any] | None = None) -> dict[str, Any]:
+             profiles: Mapping[str, Any] | None = None, isolated_profiles: Mapping[str, Any] | None = None) -> dict[str, Any]:
     compared = [r for r in rows if r.compared]
     failed = [i for i, r in enumerate(rows) if r.passed is False]
     summary: dict[str, Any] = {
@@ -67,7 +68,7 @@ def diagnose(rows: Sequence[ProbeRow], dtype: str | None, isolated: Mapping[str,
     else:
         summary["classification"] = "accumulation" if worst is not None and (worst.nrmse or 0) > 0 else "exact"
     summary["message"] = message(summary)
-    diag = explain(rows, summary, dtype, isolated or {}, profiles or {})
+    diag = explain(rows, summary, dtype, isolated or {}, profiles or {}, isolated_profiles or {})
     if diag is not None:
         summary["diagnosis"] = diag
     return summary
@@ -138,7 +139,7 @@ def _token_split(prof: Any, row: ProbeRow) -> bool:
     if prof is None or prof.later_tokens_err is None:
         return False
     tol = (row.atol or 0.0) + (row.rtol or 0.0)
-    return prof.first_token_err <= tol and prof.later_tokens_err > 10 * max(prof.first_token_err, 1e-12)
+    return prof.first_token_err <= tol and prof.later_tokens_err > 4 * max(prof.first_token_err, 1e-12)
 
 
 def _per_scale(prof: Any, row: ProbeRow) -> bool:
@@ -237,33 +238,67 @@ def _isolation_evidence(rows: Sequence[ProbeRow], isolated: Mapping[str, Any], b
     return culprit, lines
 
 
+def _jump(d: Any, dtype: str | None) -> bool:
+    """An isolated diff far above the dtype's rounding (even if within tolerance)."""
+    return d.n_nonfinite_mismatch > 0 or not math.isfinite(d.nrmse) or d.nrmse >= STEP_FACTOR * _floor(dtype)
+
+
+def _focus(rows: Sequence[ProbeRow], fd: dict[str, Any], culprit: int | None, isolated: Mapping[str, Any],
+           dtype: str | None) -> str:
+    """The probe to explain: the first divergence, unless isolation shows the bug elsewhere
+    (in another block, or hidden under tolerance ahead of an 'accumulation' first divergence):
+    then the first probe of the culprit block whose own (isolated) error jumps."""
+    upstream = fd["block"] == culprit or fd["probe"] in canon.HEAD_PROBES  # embed / rope tables
+    if culprit is None or (fd["classification"] == "step" and upstream):
+        return fd["probe"]
+    block_rows = [r.name for r in rows if r.block == culprit]
+    for name in block_rows:
+        if name in isolated and _jump(isolated[name], dtype):
+            return name
+    return next((n for n in block_rows if n in isolated and not isolated[n].passed), fd["probe"])
+
+
 def explain(rows: Sequence[ProbeRow], summary: dict[str, Any], dtype: str | None,
-            isolated: Mapping[str, Any], profiles: Mapping[str, Any]) -> dict[str, Any] | None:
+            isolated: Mapping[str, Any], profiles: Mapping[str, Any],
+            isolated_profiles: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
     """``summary.diagnosis``: {block, component, cause, kind, hint, evidence} for a divergence."""
     fd = summary.get("first_divergence")
     if fd is None:
         return None
     by_name = {r.name: r for r in rows}
-    row = by_name[fd["probe"]]
-    culprit, iso_lines = _isolation_evidence(rows, isolated, row.block, dtype)
+    first = by_name[fd["probe"]]
+    culprit, iso_lines = _isolation_evidence(rows, isolated, first.block, dtype)
     if fd["classification"] == "accumulation" and culprit is None:
-        return {"block": row.block, "component": row.component, "cause": "accumulation", "kind": "accumulation",
+        return {"block": first.block, "component": first.component, "cause": "accumulation", "kind": "accumulation",
                 "hint": (f"precision accumulation: no step at one point -- the error grows gradually along the model "
                          f"({dtype or 'candidate dtype'}); loosen the tolerances or keep sensitive ops (norms, softmax, "
                          "residual stream) in float32"),
-                "evidence": [_state(row, row.name)] + iso_lines}
-    prof = profiles.get(row.name)
+                "evidence": [_state(first, first.name)] + iso_lines}
+    name = _focus(rows, fd, culprit, isolated, dtype)
+    row = by_name[name]
+    moved = name != fd["probe"]
+    prof = (isolated_profiles or {}).get(name) if moved else profiles.get(name)
+    if moved and name in isolated:  # judge the probe by its own (teacher-forced) error
+        row = dataclasses.replace(row, nrmse=isolated[name].nrmse, max_abs_err=isolated[name].max_abs_err,
+                                  passed=isolated[name].passed)
     cause, hint = _signature(row, by_name, prof, dtype)
     evidence = []
+    if moved:
+        evidence.append(f"first over tolerance: {fd['probe']} ({fd['classification']}); but isolation shows block "
+                        f"{culprit}'s own error starts at {name} (isolated nrmse {_fmt(row.nrmse)}, "
+                        f"{_fmt(row.nrmse / _floor(dtype))} x the {dtype} rounding unit)")
     blocks_seen = {r.block for r in rows if r.block is not None}
-    src = _input_of(row.name, blocks_seen)
+    src = _input_of(name, blocks_seen)
     if src is not None:
         evidence.append(_state(by_name.get(src), src))
-    if src is not None and row.name.endswith("attn_out"):
-        for extra in (row.name.replace("attn_out", "attn.q"), row.name.replace("attn_out", "attn.q_rot")):
+    if src is not None and name.endswith("attn_out"):
+        for extra in (name.replace("attn_out", "attn.q"), name.replace("attn_out", "attn.q_rot")):
             if extra in by_name and by_name[extra].compared:
                 evidence.append(_state(by_name[extra], extra))
-    evidence.append(_state(row, row.name) + (f", nrmse {_fmt(row.nrmse)}" if row.nrmse is not None else ""))
+    if moved and row.passed:
+        evidence.append(f"{name} within tolerance in isolation (max abs {_fmt(row.max_abs_err)}) but far above rounding: nrmse {_fmt(row.nrmse)}")
+    else:
+        evidence.append(_state(row, name) + (f", nrmse {_fmt(row.nrmse)}" if row.nrmse is not None else ""))
     if prof is not None and prof.later_tokens_err is not None:
         evidence.append(f"per token: token 0 max abs {_fmt(prof.first_token_err)}, tokens 1.. max abs {_fmt(prof.later_tokens_err)}")
     if cause == "norm-eps" and prof is not None:
@@ -271,5 +306,5 @@ def explain(rows: Sequence[ProbeRow], summary: dict[str, Any], dtype: str | None
     if cause == "overflow":
         evidence.append(f"reference max |x| {_fmt(row.ref_abs_max)} = {_fmt(row.fp16_headroom)} x float16 max; candidate has {row.inf or 0} inf, {row.nan or 0} nan")
     evidence.extend(iso_lines)
-    block = row.block if culprit is None or row.block is None else min(row.block, culprit)
-    return {"block": block, "component": row.component, "cause": cause, "kind": "bug", "hint": hint, "evidence": evidence}
+    return {"block": row.block, "component": row.component, "cause": cause, "kind": "bug", "hint": hint,
+            "evidence": evidence, "probe": name}

@@ -55,8 +55,9 @@ def fault(name: str, summary: str, *, target: str = "port", per_block: bool = Tr
 
 def parse(specs: Sequence[str] | None, num_blocks: int) -> list[FaultSpec]:
     """``["silu-wrong-branch@5", "double-rope"]`` -> FaultSpecs; UsageError with the valid list."""
-    _load_builtin()
-    out = []
+    out: list[FaultSpec] = []
+    if specs:
+        _load_builtin()
     for raw in specs or ():
         name, _, where = raw.partition("@")
         if name not in FAULTS:

@@ -137,6 +137,7 @@ def execute(opts: RunOptions, progress: Progress | None = None) -> RunResult:
     cand_cap = Capture(cand.label, cand.describe())
     comparator = Comparator(ref_cap, cand_cap, tols, keep=opts.keep_tensors)
     iso_diffs: dict[str, DiffStats] = {}
+    iso_profiles: dict[str, Any] = {}
     with _stage(progress, f"running candidate ({opts.candidate})", timings), cand:
         try:
             cand.capture(ids, wanted, comparator)
@@ -147,31 +148,38 @@ def execute(opts: RunOptions, progress: Progress | None = None) -> RunResult:
             rows = build_rows(selected, offered, ref_cap, cand_cap, comparator.diffs, tols)
             raise _failed(opts, source, reference, cand, ids, tols, timings, rows, comparator, exc) from exc
         offered = set(cand.available_probes())  # a port's offer is known once it has run
+        iso_state = "off" if not opts.isolate else "not supported by this candidate"
         if opts.isolate and cand.supports_isolation():
-            iso_diffs = _isolated(cand, ids, ref_cap, tols, [p for p in wanted if p in comparator.diffs], source.num_blocks)
+            try:
+                iso_diffs, iso_profiles = _isolated(cand, ids, ref_cap, tols, [p for p in wanted if p in comparator.diffs], source.num_blocks)
+                iso_state = "measured" if iso_diffs else "nothing to isolate"
+            except Exception as exc:  # noqa: BLE001 - isolation is extra evidence, never fatal
+                iso_state = f"failed: {type(exc).__name__}: {' '.join(str(exc).split())}"
 
     rows = build_rows(selected, offered, ref_cap, cand_cap, comparator.diffs, tols)
     for r in rows:
         if r.name in iso_diffs:
             r.isolated_max_abs_err = iso_diffs[r.name].max_abs_err
     facts = run_facts(opts, source, reference.describe(), cand.describe(), ids, tols, timings)
-    summary = diagnose(rows, cand_cap.meta.get("dtype"), isolated=iso_diffs, profiles=comparator.profiles)
-    summary["isolation"] = "measured" if iso_diffs else ("off" if not opts.isolate else "not supported by this candidate")
+    summary = diagnose(rows, cand_cap.meta.get("dtype"), isolated=iso_diffs, profiles=comparator.profiles,
+                       isolated_profiles=iso_profiles)
+    summary["isolation"] = iso_state
     report = ReportData(run=facts, probes=rows, summary=summary)
     return RunResult(report, ref_cap, cand_cap, ids)
 
 
 def _isolated(cand: Any, ids: list[int], ref_cap: Capture, tols: ToleranceTable, probes: list[str],
-              num_blocks: int) -> dict[str, DiffStats]:
+              num_blocks: int) -> tuple[dict[str, DiffStats], dict[str, Any]]:
     """Teacher-forced pass: every block runs on the reference's input of that block."""
     names = isolation_inputs(num_blocks)
     if not all(n in ref_cap for n in names):
-        return {}
+        return {}, {}
     block_probes = [p for p in probes if canon.parse(p).block is not None]
     inputs = {i: ref_cap.tensor(n) for i, n in enumerate(names)}
     iso = Comparator(ref_cap, Capture(cand.label + " (isolated)"), tols)
     cand.capture_isolated(ids, inputs, block_probes, iso)
-    return {k: v for k, v in iso.diffs.items() if k in set(block_probes)}
+    keep = set(block_probes)
+    return {k: v for k, v in iso.diffs.items() if k in keep}, {k: v for k, v in iso.profiles.items() if k in keep}
 
 
 def _failed(opts: RunOptions, source: ModelSource, reference: Any, cand: Any, ids: list[int], tols: ToleranceTable,

@@ -141,3 +141,17 @@ def test_port_kv_cache_matches_full_forward(model: str) -> None:
     inc = torch.cat([out.logits, step.logits, last.logits], dim=1)
     assert torch.allclose(full, inc, atol=1e-5)
     assert last.past_key_values.seq_len == 7
+
+
+@pytest.mark.parametrize(("model", "dtype"), [("llama", "fp16"), ("qwen", "bf16")])
+def test_isolation_finds_a_bug_hidden_under_tolerance(model: str, dtype: str) -> None:
+    """The wrong eps is within tolerance where it happens (low precision), so the first
+    probe over tolerance is later and looks like accumulation; the teacher-forced error
+    still shows the step at the norm, and the diagnosis says so."""
+    fault = "norm-eps@3" if dtype == "fp16" else "norm-eps"
+    s = run(model, dtype, [fault]).summary
+    assert s["first_divergence"]["classification"] == "accumulation"
+    diag = s["diagnosis"]
+    block = 3 if dtype == "fp16" else 0
+    assert (diag["kind"], diag["cause"], diag["block"], diag["probe"]) == ("bug", "norm-eps", block, f"blocks.{block}.attn_in")
+    assert "isolation shows" in diag["evidence"][0]
