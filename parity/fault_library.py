@@ -13,7 +13,7 @@ from parity.models.engine import EnginePort, RotaryTable
 
 WRONG_NORM_EPS = 0.1
 OUTLIER_CHANNEL = 7
-OUTLIER_TARGET = 2.5e5  # typical |value| of the outlier channel in the reference (fp16 max 65504)
+OUTLIER_TARGET = 2.5e5  # scale of the outlier channel; measured |x| max 4.7e5 (qwen), 8.7e5 (llama) vs fp16 max 65504
 
 
 def _layers(port: Any, spec: FaultSpec) -> list[Any]:
@@ -72,7 +72,7 @@ def _mlp_down(model: nn.Module, block: int, ctx: Any) -> nn.Linear:
 
 
 @fault("mlp-overflow", f"an outlier hidden channel ({OUTLIER_CHANNEL}) in one block's MLP output, "
-       "|x| ~ 2.5e5: finite in float32, beyond the float16 range (default block: the middle one)",
+       "|x| ~ 1e5..1e6: finite in float32, beyond the float16 range (default block: the middle one)",
        target="model")
 def _mlp_overflow(model: Any, spec: FaultSpec, ctx: Any) -> None:
     n = ctx.num_blocks

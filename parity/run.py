@@ -116,13 +116,14 @@ def execute(opts: RunOptions, progress: Progress | None = None) -> RunResult:
     pmap = find_map(source.preset.probe_map, opts.probe_dirs)
     all_names = pmap.names(source.num_blocks)
     selected = canon.select(all_names, opts.probes)
-    ref_probes = canon.in_order(set(selected) | (set(isolation_inputs(source.num_blocks)) & set(all_names) if opts.isolate else set()))
+    forcing = set(isolation_inputs(source.num_blocks)) & set(all_names) if opts.isolate else set()
+    ref_probes = canon.in_order(set(selected) | forcing)  # teacher forcing needs the block inputs
     ids = resolve_inputs(opts, source)
     tols = source.preset.tolerance_table(opts.dtype).override(opts.atol, opts.rtol)
 
     with _stage(progress, "building reference", timings):
         ref_model = source.build(ref_device)
-        for spec in (s for s in fault_specs if s.fault.target == "model"):
+        for spec in (s for s in fault_specs if s.fault.target == "model"):  # weights both sides load
             spec.fault.apply(ref_model, spec, SimpleNamespace(num_blocks=source.num_blocks, probe_map=pmap, config=source.config))
     reference = ModuleBackend(ref_model, pmap, getattr(ref_model, "config", source.config), "reference", source.num_blocks)
     ref_cap = Capture("reference", reference.describe())
@@ -136,8 +137,6 @@ def execute(opts: RunOptions, progress: Progress | None = None) -> RunResult:
     wanted = [p for p in selected if p in offered]
     cand_cap = Capture(cand.label, cand.describe())
     comparator = Comparator(ref_cap, cand_cap, tols, keep=opts.keep_tensors)
-    iso_diffs: dict[str, DiffStats] = {}
-    iso_profiles: dict[str, Any] = {}
     with _stage(progress, f"running candidate ({opts.candidate})", timings), cand:
         try:
             cand.capture(ids, wanted, comparator)
@@ -148,13 +147,8 @@ def execute(opts: RunOptions, progress: Progress | None = None) -> RunResult:
             rows = build_rows(selected, offered, ref_cap, cand_cap, comparator.diffs, tols)
             raise _failed(opts, source, reference, cand, ids, tols, timings, rows, comparator, exc) from exc
         offered = set(cand.available_probes())  # a port's offer is known once it has run
-        iso_state = "off" if not opts.isolate else "not supported by this candidate"
-        if opts.isolate and cand.supports_isolation():
-            try:
-                iso_diffs, iso_profiles = _isolated(cand, ids, ref_cap, tols, [p for p in wanted if p in comparator.diffs], source.num_blocks)
-                iso_state = "measured" if iso_diffs else "nothing to isolate"
-            except Exception as exc:  # noqa: BLE001 - isolation is extra evidence, never fatal
-                iso_state = f"failed: {type(exc).__name__}: {' '.join(str(exc).split())}"
+        measured = [p for p in wanted if p in comparator.diffs]
+        iso_state, iso_diffs, iso_profiles = _isolation_pass(opts, cand, ids, ref_cap, tols, measured, source.num_blocks)
 
     rows = build_rows(selected, offered, ref_cap, cand_cap, comparator.diffs, tols)
     for r in rows:
@@ -166,6 +160,20 @@ def execute(opts: RunOptions, progress: Progress | None = None) -> RunResult:
     summary["isolation"] = iso_state
     report = ReportData(run=facts, probes=rows, summary=summary)
     return RunResult(report, ref_cap, cand_cap, ids)
+
+
+def _isolation_pass(opts: RunOptions, cand: Any, ids: list[int], ref_cap: Capture, tols: ToleranceTable,
+                    probes: list[str], num_blocks: int) -> tuple[str, dict[str, DiffStats], dict[str, Any]]:
+    """(state, isolated diffs, isolated per-token profiles); isolation is extra evidence, never fatal."""
+    if not opts.isolate:
+        return "off", {}, {}
+    if not cand.supports_isolation():
+        return "not supported by this candidate", {}, {}
+    try:
+        diffs, profiles = _isolated(cand, ids, ref_cap, tols, probes, num_blocks)
+    except Exception as exc:  # noqa: BLE001
+        return f"failed: {type(exc).__name__}: {' '.join(str(exc).split())}", {}, {}
+    return ("measured" if diffs else "nothing to isolate"), diffs, profiles
 
 
 def _isolated(cand: Any, ids: list[int], ref_cap: Capture, tols: ToleranceTable, probes: list[str],

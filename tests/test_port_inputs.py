@@ -112,6 +112,16 @@ def test_port_file_that_fails_to_import(tmp_path: Path, run_cli) -> None:
     assert not any(getattr(mod, "__file__", None) == str(f) for mod in list(sys.modules.values()))
 
 
+def test_port_imports_its_sibling_module_without_polluting_sys_path(tmp_path: Path, run_cli) -> None:
+    (tmp_path / "port_helpers_xyz.py").write_text("SCALE = 1.0\n")
+    f = tmp_path / "port.py"
+    f.write_text("from port_helpers_xyz import SCALE\n" + GOOD.format(body="x = x * SCALE"))
+    before = list(sys.path)
+    code, _, err = run_cli(*BASE, "--port", f"{f}:build", "--no-files")
+    assert code == 1, err  # runs (no blocks, so the logits differ)
+    assert sys.path == before
+
+
 def test_non_canonical_probe_name(tmp_path: Path, run_cli) -> None:
     f = _port(tmp_path, 'parity.probe("blocks.0.attention_output", x)')
     _usage_error(run_cli(*BASE, "--port", f"{f}:build", "--no-files"),

@@ -55,12 +55,17 @@ def load_module(path: Path) -> Any:
         raise BackendError(f"cannot import port file '{path}'.")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses and pickling look modules up here
+    folder = str(path.resolve().parent)
+    sys.path.insert(0, folder)  # only while it is imported: its top-level sibling imports work
     try:
         spec.loader.exec_module(module)
     except Exception as exc:  # noqa: BLE001 - anything the user's file raises
         sys.modules.pop(name, None)
         raise BackendError(f"port file '{path}' raised while importing: {_one_line(exc)}",
                            note="run it with python to see the traceback, or add --debug") from exc
+    finally:
+        if folder in sys.path:
+            sys.path.remove(folder)
     return module
 
 

@@ -15,10 +15,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from parity.backends.base import Backend, Sink
-from parity.errors import BackendError, ProbeError, UsageError
 from parity import api
 from parity import probes as canon
+from parity.backends.base import Backend, Sink
+from parity.errors import BackendError, ProbeError, UsageError
 from parity.hooks import attached, teacher_forced
 from parity.probemap import BlockSpec, ProbeMap
 
