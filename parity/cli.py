@@ -107,6 +107,12 @@ def cmd_doctor(ns: argparse.Namespace) -> int:
     for bi in CANDIDATES.values():
         state = "available" if bi.is_available() else "unavailable (needs " + ", ".join(bi.missing()) + ")"
         print(f"  {bi.name:14s} {state} - {bi.summary}")
+    if CANDIDATES["port"].is_available():
+        from parity import faults
+
+        print("faults (--candidate port --fault NAME[@BLOCK]):")
+        for name, summary in faults.describe().items():
+            print(f"  {name:18s} {summary}")
     return EXIT_OK
 
 

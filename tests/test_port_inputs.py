@@ -195,3 +195,8 @@ def test_fused_pair_transforms() -> None:
     h, r = torch.ones(2), torch.full((2,), 2.0)
     assert TRANSFORMS["hidden"]((h, r)) is h and TRANSFORMS["residual"]((h, r)) is r
     assert TRANSFORMS["hidden_plus_residual"]((h, r)).tolist() == [3.0, 3.0]
+
+
+def test_doctor_lists_port_and_faults(run_cli) -> None:
+    code, out, _ = run_cli("doctor")
+    assert code == 0 and "port" in out and "double-rope" in out and "mlp-overflow" in out

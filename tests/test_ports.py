@@ -155,3 +155,23 @@ def test_isolation_finds_a_bug_hidden_under_tolerance(model: str, dtype: str) ->
     block = 3 if dtype == "fp16" else 0
     assert (diag["kind"], diag["cause"], diag["block"], diag["probe"]) == ("bug", "norm-eps", block, f"blocks.{block}.attn_in")
     assert "isolation shows" in diag["evidence"][0]
+
+
+def test_qwen_port_has_dynamic_ntk_and_logn_past_seq_length() -> None:
+    """Beyond seq_length the reference changes every position (NTK) and scales q (logN);
+    the built-in port must too, prefill and decode."""
+    from parity.backends import port
+    from parity.source import ModelSource
+
+    src = ModelSource.resolve("qwen", overrides={"seq_length": 16})
+    ref = src.build("cpu")
+    factory, _ = port.load_factory(port.builtin_spec("qwen"))
+    m = factory(src.config, ref.state_dict()).eval()
+    ids = torch.randint(0, 1000, (1, 40))
+    with torch.no_grad():
+        want = ref(ids).logits
+        assert torch.allclose(m(ids).logits, want, atol=1e-4)
+        r_out, p_out = ref(ids[:, :39], use_cache=True), m(ids[:, :39], use_cache=True)
+        r_step = ref(ids[:, 39:], past_key_values=r_out.past_key_values, use_cache=True).logits
+        p_step = m(ids[:, 39:], past_key_values=p_out.past_key_values, use_cache=True).logits
+    assert torch.allclose(p_step, r_step, atol=1e-4)
