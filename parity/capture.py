@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from parity.diff import DiffStats, TensorStats, compare, tensor_stats
+from parity.diff import DiffStats, TensorStats, TokenProfile, compare, tensor_stats, token_profile
 from parity.errors import ProbeError
 from parity.tolerances import ToleranceTable
 
@@ -58,6 +58,11 @@ class Recorder:
         self.capture.records[name] = ProbeRecord(name, tensor_stats(tensor), kept)
 
 
+# Per-token profiles (float64 copies) for passing probes only up to this size; failing
+# probes always get one (the diagnosis reads it).
+PROFILE_MAX_NUMEL = 1 << 22
+
+
 class Comparator:
     """Sink that diffs each candidate tensor against the reference capture on arrival."""
 
@@ -67,6 +72,8 @@ class Comparator:
         self.tolerances = tolerances
         self.keep = keep
         self.diffs: dict[str, DiffStats] = {}
+        self.profiles: dict[str, TokenProfile] = {}
+        self.last: str | None = None  # the last probe received (names where a failing run got to)
 
     def __call__(self, name: str, tensor: torch.Tensor) -> None:
         if name not in self.reference:
@@ -80,5 +87,10 @@ class Comparator:
             )
         ref = ref.to(tensor.device, non_blocking=True)
         self.diffs[name] = compare(ref, tensor, self.tolerances.lookup(name))
+        if not self.diffs[name].passed or tensor.numel() <= PROFILE_MAX_NUMEL:
+            prof = token_profile(ref, tensor)
+            if prof is not None:
+                self.profiles[name] = prof
+        self.last = name
         kept = tensor.detach().clone() if self.keep else None
         self.capture.records[name] = ProbeRecord(name, tensor_stats(tensor), kept)

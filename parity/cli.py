@@ -40,21 +40,28 @@ def run_id(ns: argparse.Namespace) -> str:
 def cmd_run(ns: argparse.Namespace) -> int:
     from parity.report import console as console_report
     from parity.report import files
-    from parity.run import execute
+    from parity.run import CandidateFailed, execute
 
     opts = run_options(ns)
-    if getattr(ns, "mode", "all") == "bisect":
-        from parity.bisect import execute_bisect, render_builds
+    out = Path(ns.out) if ns.out else Path("reports") / run_id(ns)
+    try:
+        if getattr(ns, "mode", "all") == "bisect":
+            from parity.bisect import execute_bisect, render_builds
 
-        result = execute_bisect(opts, _progress(ns.quiet), marks=getattr(ns, "bisect_marks", 1) or 1)
-        console_report.render(result.report, show_all=not ns.failures_only)
-        print(render_builds(result.report.summary))
-    else:
-        result = execute(opts, _progress(ns.quiet))
-        console_report.render(result.report, show_all=not ns.failures_only)
+            result = execute_bisect(opts, _progress(ns.quiet), marks=getattr(ns, "bisect_marks", 1) or 1)
+            console_report.render(result.report, show_all=not ns.failures_only)
+            print(render_builds(result.report.summary))
+        else:
+            result = execute(opts, _progress(ns.quiet))
+            console_report.render(result.report, show_all=not ns.failures_only)
+    except CandidateFailed as exc:  # the candidate raised mid-forward: keep what it got to
+        console_report.render(exc.report, show_all=not ns.failures_only)
+        if not ns.no_files:
+            paths = files.write(exc.report, out)
+            exc.note = f"partial report: {paths['json']}; --debug shows the traceback"
+        raise
     report = result.report
     if not ns.no_files:
-        out = Path(ns.out) if ns.out else Path("reports") / run_id(ns)
         paths = files.write(report, out)
         print(f"Reports: {paths['json']}  {paths['csv']}")
     if getattr(ns, "html", None):
@@ -117,6 +124,12 @@ def cmd_doctor(ns: argparse.Namespace) -> int:
     for bi in CANDIDATES.values():
         state = "available" if bi.is_available() else "unavailable (needs " + ", ".join(bi.missing()) + ")"
         print(f"  {bi.name:14s} {state} - {bi.summary}")
+    if CANDIDATES["port"].is_available():
+        from parity import faults
+
+        print("faults (--candidate port --fault NAME[@BLOCK]):")
+        for name, summary in faults.describe().items():
+            print(f"  {name:18s} {summary}")
     return EXIT_OK
 
 

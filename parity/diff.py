@@ -174,3 +174,43 @@ def _unravel(flat: int, shape: list[int]) -> list[int]:
 def fp16_headroom(abs_max: float) -> float:
     """max |x| as a fraction of the float16 range; > 1 overflows float16."""
     return abs_max / FP16_MAX
+
+
+@dataclass
+class TokenProfile:
+    """Per-token shape of the error of one probe (dim 0 = tokens), computed on device.
+
+    ``first_token_err`` / ``later_tokens_err``: max |ref - cand| at token 0 / at tokens >= 1
+    (inf where one side is non-finite); ``scale_fit_nrmse``: the nrmse left after fitting one
+    scalar per token (``cand_t ~ a_t * ref_t``): near 0 when the error is a per-token rescale,
+    as a norm with the wrong epsilon produces; ``token_scale_min/max``: range of those a_t.
+    """
+
+    first_token_err: float
+    later_tokens_err: float | None
+    scale_fit_nrmse: float
+    token_scale_min: float
+    token_scale_max: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def token_profile(ref: torch.Tensor, cand: torch.Tensor) -> TokenProfile | None:
+    """Per-token error profile of two same-shape tensors whose dim 0 is tokens."""
+    if ref.dim() < 2 or ref.shape[0] < 1 or ref.numel() == 0:
+        return None
+    r = ref.detach().reshape(ref.shape[0], -1).to(torch.float64)
+    c = cand.detach().reshape(cand.shape[0], -1).to(torch.float64)
+    both = torch.isfinite(r) & torch.isfinite(c)
+    d = torch.where(both, (r - c).abs(), math.inf)
+    per_tok = d.max(dim=1).values
+    r0, c0 = torch.where(both, r, 0.0), torch.where(both, c, 0.0)
+    rr = (r0 * r0).sum(dim=1)
+    a = torch.where(rr > 0, (r0 * c0).sum(dim=1) / rr.clamp_min(1e-300), 1.0)
+    resid = ((c0 - a[:, None] * r0) ** 2).sum()
+    head = torch.stack([per_tok[0], per_tok[1:].max() if r.shape[0] > 1 else per_tok[0],
+                        resid, rr.sum(), a.min(), a.max()]).tolist()
+    first, later, res, total, amin, amax = head
+    return TokenProfile(first, later if r.shape[0] > 1 else None,
+                        math.sqrt(res / total) if total > 0 else 0.0, amin, amax)

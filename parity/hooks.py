@@ -7,7 +7,7 @@ map's reshape/transform, drops the batch dim, and hands ``(probe, tensor)`` to `
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from parity.errors import ProbeError
-from parity.probemap import TRANSFORMS, WHOLE_OUTPUT, Binding
+from parity.probemap import TRANSFORMS, WHOLE_OUTPUT, Binding, BlockSpec
 
 Sink = Callable[[str, torch.Tensor], None]
 
@@ -40,8 +40,8 @@ def extract(binding: Binding, args: tuple[Any, ...], kwargs: dict[str, Any], out
             value = kwargs[spec.kwarg]
         else:
             value = _pick(args, spec.index, what) if args else None
-    elif spec.transform in WHOLE_OUTPUT:
-        value = output
+    elif spec.transform in WHOLE_OUTPUT or (spec.transform is not None and spec.index is None):
+        value = output  # a transform without an index sees the whole output (e.g. a pair)
     else:
         value = _pick(output, spec.index, what)
     if spec.transform is not None:
@@ -101,5 +101,41 @@ def _post_hook(group: list[Binding], sink: Sink) -> Callable[..., None]:
     def hook(_mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
         for b in group:
             sink(b.probe, extract(b, args, kwargs, output))
+
+    return hook
+
+
+@contextmanager
+def teacher_forced(model: nn.Module, block: BlockSpec, inputs: Mapping[int, torch.Tensor]) -> Iterator[None]:
+    """Replace block i's residual-stream input with ``inputs[i]`` ([T, H], no batch dim).
+
+    Every listed block then runs on the given input during one ordinary forward pass, so
+    positions, rotary tables and masks are exactly those of the full run.
+    """
+    handles: list[Any] = []
+    try:
+        for i, x in inputs.items():
+            module = _get(model, block.module.replace("{i}", str(i)), f"block {i}")
+            handles.append(module.register_forward_pre_hook(_forcing_hook(block, x), with_kwargs=True))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _forcing_hook(block: BlockSpec, x: torch.Tensor) -> Callable[..., Any]:
+    def hook(_mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        current = kwargs.get(block.input, args[0] if args else None)
+        if not isinstance(current, torch.Tensor):
+            raise ProbeError(f"cannot teacher-force '{block.module}': no tensor input '{block.input}'.")
+        forced = x.to(device=current.device, dtype=current.dtype).reshape(current.shape)
+        if block.input in kwargs:
+            kwargs[block.input] = forced
+        else:
+            args = (forced, *args[1:])
+        for name in block.reset:
+            if name in kwargs:
+                kwargs[name] = None
+        return args, kwargs
 
     return hook

@@ -50,6 +50,10 @@ class RunOptions:
     dump_map: str | None = None
     trtllm_map: str | None = None
     mode: str = "all"
+    port: str | None = None
+    port_map: str | None = None
+    faults: list[str] = field(default_factory=list)
+    isolate: bool = True
 
 
 GROUPS: dict[str, tuple[str, list[Opt]]] = {
@@ -74,6 +78,10 @@ GROUPS: dict[str, tuple[str, list[Opt]]] = {
         Opt(("--ref-device",), {"help": "reference device (default: the candidate's)"}),
         Opt(("--attn",), {"default": "eager", "help": "candidate attention: eager, sdpa (default: eager)"}),
         Opt(("--compile",), {"action": "store_true", "help": "torch.compile the candidate"}),
+        Opt(("--port",), {"metavar": "FILE.py:FACTORY", "help": "with --candidate port: your port, factory(config, state_dict) -> nn.Module (default: the family's built-in port)"}),
+        Opt(("--port-map",), {"metavar": "FILE.toml", "help": "probe map of your port (module paths -> canonical names); parity.probe() calls need none"}),
+        Opt(("--fault",), {"dest": "faults", "action": "append", "default": [], "metavar": "NAME[@BLOCK]", "help": "inject a known porting bug into the built-in port (repeatable): double-rope, silu-wrong-branch, qkv-split, rope-base, norm-eps, mlp-overflow"}),
+        Opt(("--no-isolate",), {"dest": "isolate", "action": "store_false", "default": True, "help": "skip the isolated (teacher-forced) per-block pass"}),
     ]),
     "engine": ("engine backends", [
         Opt(("--ort-opt",), {"default": "all", "choices": ["disable", "basic", "extended", "all"], "help": "ONNX Runtime graph optimization level (default: all)"}),

@@ -44,6 +44,48 @@ def _add_hidden_residual(value: Any) -> Any:
 WHOLE_OUTPUT.add("add_hidden_residual")
 
 
+def _pair(value: Any, what: str) -> tuple[Any, Any]:
+    if not isinstance(value, (tuple, list)) or len(value) < 2:
+        raise ProbeError(f"transform '{what}' needs a (hidden, residual) pair, got {type(value).__name__}.")
+    return value[0], value[1]
+
+
+# TensorRT-LLM-style decoder layers fuse the residual add into the next norm and pass
+# ``(hidden, residual)`` around. With no ``index``, a transform receives the whole value.
+@transform("hidden")
+def _hidden(value: Any) -> Any:
+    """Element 0 of a fused ``(hidden, residual)`` pair."""
+    return _pair(value, "hidden")[0]
+
+
+@transform("residual")
+def _residual(value: Any) -> Any:
+    """Element 1 of a fused ``(hidden, residual)`` pair: the residual stream."""
+    return _pair(value, "residual")[1]
+
+
+@transform("hidden_plus_residual")
+def _hidden_plus_residual(value: Any) -> Any:
+    """``hidden + residual``: what the next fused add+norm computes, i.e. the stream
+    leaving a layer that returns ``(mlp_out, resid_mid)``."""
+    h, r = _pair(value, "hidden_plus_residual")
+    return h + r
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """How to feed one block a given residual-stream input (teacher forcing).
+
+    ``module``: the block (``{i}`` = index); ``input``: keyword of its stream input (the first
+    positional argument is used when the call does not pass it by keyword); ``reset``:
+    keywords set to None (e.g. a fused layer's incoming ``residual``).
+    """
+
+    module: str
+    input: str = "hidden_states"
+    reset: tuple[str, ...] = ()
+
+
 @dataclass(frozen=True)
 class ProbeSpec:
     module: str
@@ -71,6 +113,16 @@ class ProbeMap:
     path: Path | None
     entries: dict[str, ProbeSpec] = field(default_factory=dict)
     architecture: str | None = None
+    block: BlockSpec | None = None
+
+    def block_spec(self) -> BlockSpec | None:
+        """The block spec: the ``[block]`` table, else the module of ``resid_post``."""
+        if self.block is not None:
+            return self.block
+        spec = self.entries.get("blocks.{i}.resid_post")
+        if spec is None or spec.io != "output" or spec.transform is not None:
+            return None
+        return BlockSpec(spec.module)
 
     def names(self, num_blocks: int) -> list[str]:
         """Canonical names this map provides for a model of ``num_blocks`` blocks."""
@@ -136,7 +188,15 @@ def load_map(path: Path, name: str | None = None) -> ProbeMap:
         if not isinstance(raw, dict):
             raise ProbeError(f"{where}: probe '{key}' must be a table.")
         entries[key] = _spec_from(key, raw, where)
-    return ProbeMap(name or path.stem, path, entries, data.get("architecture"))
+    return ProbeMap(name or path.stem, path, entries, data.get("architecture"), _block_from(data.get("block"), where))
+
+
+def _block_from(raw: Any, where: str) -> BlockSpec | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or "module" not in raw or set(raw) - {"module", "input", "reset"}:
+        raise ProbeError(f"{where}: [block] must be a table with 'module' (and optional 'input', 'reset').")
+    return BlockSpec(str(raw["module"]), str(raw.get("input", "hidden_states")), tuple(raw.get("reset", ())))
 
 
 def find_map(name: str, extra_dirs: Sequence[str | Path] = ()) -> ProbeMap:

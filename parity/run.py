@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -18,7 +19,7 @@ from parity import probes as canon
 from parity.capture import Capture, Comparator, Recorder
 from parity.diagnose import diagnose
 from parity.diff import DiffStats, TensorStats, fp16_headroom
-from parity.errors import ParityError
+from parity.errors import ParityError, UsageError
 from parity.probemap import ProbeMap, find_map
 from parity.report.data import ProbeRow, ReportData
 from parity.source import ModelSource
@@ -71,6 +72,37 @@ def resolve_inputs(opts: RunOptions, source: ModelSource) -> list[int]:
     return inputs.seeded_ids(inputs.DEFAULT_TOKENS if opts.tokens is None else opts.tokens, vocab, source.seed, high)
 
 
+class CandidateFailed(ParityError):
+    """The candidate raised during its forward pass; ``report`` holds what was compared before."""
+
+    def __init__(self, message: str, note: str | None, report: ReportData) -> None:
+        super().__init__(message, note)
+        self.report = report
+
+
+def check_port_options(opts: RunOptions, num_blocks: int) -> list[Any]:
+    """Validate --port / --port-map / --fault before any work; returns the fault specs."""
+    from parity import faults
+
+    if opts.candidate != "port":
+        for flag, value in (("--port", opts.port), ("--port-map", opts.port_map)):
+            if value:
+                raise UsageError(f"{flag} needs --candidate port.", note="e.g. parity run --candidate port --port my_port.py:build")
+    specs = faults.parse(opts.faults, num_blocks)
+    if opts.candidate != "port":
+        wrong = [s for s in specs if s.fault.target == "port"]
+        if wrong:
+            raise UsageError(f"fault '{wrong[0].fault.name}' alters the built-in port: it needs --candidate port.",
+                             note="model faults (" + ", ".join(n for n, f in faults.FAULTS.items() if f.target == "model")
+                             + ") work with any candidate")
+    return specs
+
+
+def isolation_inputs(num_blocks: int) -> list[str]:
+    """Reference probes that teacher forcing feeds to each block."""
+    return ["embed"] + [f"blocks.{i}.resid_post" for i in range(num_blocks - 1)]
+
+
 @dataclass
 class Reference:
     """A reference capture that several candidates can be compared against."""
@@ -88,7 +120,8 @@ class Reference:
 
 
 def prepare_reference(opts: RunOptions, progress: Progress | None = None) -> Reference:
-    """Build the reference model and capture every selected probe (kept on the CPU)."""
+    """Build the reference model and capture every selected probe (kept on the CPU), plus
+    the block inputs teacher forcing needs."""
     from parity.backends.pytorch import ModuleBackend, check_device, torch_dtype
 
     timings: dict[str, float] = {}
@@ -96,16 +129,22 @@ def prepare_reference(opts: RunOptions, progress: Progress | None = None) -> Ref
     device = check_device(opts.device)
     ref_device = check_device(opts.ref_device or device)
     source = ModelSource.resolve(opts.model, opts.checkpoint, opts.seed, opts.trust_remote_code, opts.shape)
+    fault_specs = check_port_options(opts, source.num_blocks)
     pmap = find_map(source.preset.probe_map, opts.probe_dirs)
-    selected = canon.select(pmap.names(source.num_blocks), opts.probes)
+    all_names = pmap.names(source.num_blocks)
+    selected = canon.select(all_names, opts.probes)
+    forcing = set(isolation_inputs(source.num_blocks)) & set(all_names) if opts.isolate else set()
+    ref_probes = canon.in_order(set(selected) | forcing)  # teacher forcing needs the block inputs
     ids = resolve_inputs(opts, source)
 
     with _stage(progress, "building reference", timings):
         ref_model = source.build(ref_device)
+        for spec in (s for s in fault_specs if s.fault.target == "model"):  # weights both sides load
+            spec.fault.apply(ref_model, spec, SimpleNamespace(num_blocks=source.num_blocks, probe_map=pmap, config=source.config))
     reference = ModuleBackend(ref_model, pmap, getattr(ref_model, "config", source.config), "reference", source.num_blocks)
     ref_cap = Capture("reference", reference.describe())
     with _stage(progress, "running reference", timings), reference:
-        reference.capture(ids, selected, Recorder(ref_cap, keep=True, store_device="cpu"))
+        reference.capture(ids, ref_probes, Recorder(ref_cap, keep=True, store_device="cpu"))
     return Reference(opts, source, pmap, selected, ids, ref_model, reference.describe(), ref_cap, device, timings)
 
 
@@ -118,28 +157,91 @@ def compare_candidate(ref: Reference, opts: RunOptions, progress: Progress | Non
     timings = dict(ref.timings)
     if create is None:
         create = backends.load(opts.candidate).create
-    tols = tolerances or ref.source.preset.tolerance_table(opts.dtype).override(opts.atol, opts.rtol)
+    source, ids, ref_cap, selected = ref.source, ref.ids, ref.capture, ref.selected
+    tols = tolerances or source.preset.tolerance_table(opts.dtype).override(opts.atol, opts.rtol)
     with _stage(progress, f"building candidate ({opts.candidate})", timings):
-        cand = create(CandidateContext(opts, ref.source, ref.probe_map, ref.model, ref.device))
+        cand = create(CandidateContext(opts, source, ref.probe_map, ref.model, ref.device))
     if release_reference:
         ref.model = None
     offered = set(cand.available_probes())
-    wanted = [p for p in ref.selected if p in offered]
+    wanted = [p for p in selected if p in offered]
     cand_cap = Capture(cand.label, cand.describe())
-    comparator = Comparator(ref.capture, cand_cap, tols, keep=opts.keep_tensors)
+    comparator = Comparator(ref_cap, cand_cap, tols, keep=opts.keep_tensors)
     with _stage(progress, f"running candidate ({opts.candidate})", timings), cand:
-        cand.capture(ref.ids, wanted, comparator)
+        try:
+            cand.capture(ids, wanted, comparator)
+        except ParityError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the candidate's own code failed
+            offered = set(cand.available_probes())
+            rows = build_rows(selected, offered, ref_cap, cand_cap, comparator.diffs, tols)
+            raise _failed(opts, source, ref.facts, cand, ids, tols, timings, rows, comparator, exc) from exc
+        offered = set(cand.available_probes())  # a port's offer is known once it has run
+        measured = [p for p in wanted if p in comparator.diffs]
+        iso_state, iso_diffs, iso_profiles = _isolation_pass(opts, cand, ids, ref_cap, tols, measured, source.num_blocks)
 
-    rows = build_rows(ref.selected, offered, ref.capture, cand_cap, comparator.diffs, tols)
-    facts = run_facts(opts, ref.source, ref.facts, cand.describe(), ref.ids, tols, timings)
-    report = ReportData(run=facts, probes=rows, summary=diagnose(rows, cand_cap.meta.get("dtype")))
-    return RunResult(report, ref.capture, cand_cap, ref.ids)
+    rows = build_rows(selected, offered, ref_cap, cand_cap, comparator.diffs, tols)
+    for r in rows:
+        if r.name in iso_diffs:
+            r.isolated_max_abs_err = iso_diffs[r.name].max_abs_err
+    facts = run_facts(opts, source, ref.facts, cand.describe(), ids, tols, timings)
+    summary = diagnose(rows, cand_cap.meta.get("dtype"), isolated=iso_diffs, profiles=comparator.profiles,
+                       isolated_profiles=iso_profiles)
+    summary["isolation"] = iso_state
+    report = ReportData(run=facts, probes=rows, summary=summary)
+    return RunResult(report, ref_cap, cand_cap, ids)
 
 
 def execute(opts: RunOptions, progress: Progress | None = None) -> RunResult:
     backends.load(opts.candidate)  # fail on an unknown candidate before any work
     ref = prepare_reference(opts, progress)
     return compare_candidate(ref, opts, progress, release_reference=True)
+
+
+def _isolation_pass(opts: RunOptions, cand: Any, ids: list[int], ref_cap: Capture, tols: ToleranceTable,
+                    probes: list[str], num_blocks: int) -> tuple[str, dict[str, DiffStats], dict[str, Any]]:
+    """(state, isolated diffs, isolated per-token profiles); isolation is extra evidence, never fatal."""
+    if not opts.isolate:
+        return "off", {}, {}
+    if not cand.supports_isolation():
+        return "not supported by this candidate", {}, {}
+    try:
+        diffs, profiles = _isolated(cand, ids, ref_cap, tols, probes, num_blocks)
+    except Exception as exc:  # noqa: BLE001
+        return f"failed: {type(exc).__name__}: {' '.join(str(exc).split())}", {}, {}
+    return ("measured" if diffs else "nothing to isolate"), diffs, profiles
+
+
+def _isolated(cand: Any, ids: list[int], ref_cap: Capture, tols: ToleranceTable, probes: list[str],
+              num_blocks: int) -> tuple[dict[str, DiffStats], dict[str, Any]]:
+    """Teacher-forced pass: every block runs on the reference's input of that block."""
+    names = isolation_inputs(num_blocks)
+    if not all(n in ref_cap for n in names):
+        return {}, {}
+    block_probes = [p for p in probes if canon.parse(p).block is not None]
+    inputs = {i: ref_cap.tensor(n) for i, n in enumerate(names)}
+    iso = Comparator(ref_cap, Capture(cand.label + " (isolated)"), tols)
+    cand.capture_isolated(ids, inputs, block_probes, iso)
+    keep = set(block_probes)
+    return {k: v for k, v in iso.diffs.items() if k in keep}, {k: v for k, v in iso.profiles.items() if k in keep}
+
+
+def _failed(opts: RunOptions, source: ModelSource, ref_facts: dict[str, Any], cand: Any, ids: list[int], tols: ToleranceTable,
+            timings: dict[str, float], rows: list[ProbeRow], comparator: Comparator, exc: Exception) -> CandidateFailed:
+    """The error (with a partial report) for a candidate that raised during its forward."""
+    text = " ".join(str(exc).split())
+    what = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    last = comparator.last
+    summary = diagnose(rows, cand.describe().get("dtype"), profiles=comparator.profiles)
+    summary["verdict"] = "error"
+    summary["error"] = {"exception": what, "last_probe": last, "probes_compared": len(comparator.diffs)}
+    where = f"after probe '{last}'" if last else "before its first probe"
+    summary["message"] = f"ERROR | candidate '{opts.candidate}' raised during the forward pass {where} | {what}"
+    facts = run_facts(opts, source, ref_facts, cand.describe(), ids, tols, timings)
+    report = ReportData(run=facts, probes=rows, summary=summary)
+    msg = (f"candidate '{opts.candidate}' raised {what} during the forward pass, {where} "
+           f"({len(comparator.diffs)} probes compared).")
+    return CandidateFailed(msg, "the partial report holds the probes captured before the failure; --debug shows the traceback", report)
 
 
 def make_row(name: str, ref: TensorStats, cand: TensorStats, d: DiffStats, tols: ToleranceTable) -> ProbeRow:

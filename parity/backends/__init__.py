@@ -49,6 +49,10 @@ CANDIDATES: dict[str, BackendInfo] = {
         "dump", "parity.backends.dump", ("safetensors",),
         "tensors dumped by any runtime (--dump DIR): parity dumps, tllm_debug/ .npy, rank<N>/*.pt",
     ),
+    "port": BackendInfo(
+        "port", "parity.backends.port", ("torch",),
+        "a PyTorch port (--port FILE.py:factory, or the family's built-in engine-style port with --fault)",
+    ),
 }
 
 

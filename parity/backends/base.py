@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from parity.errors import BackendError, ProbeError
@@ -74,6 +74,25 @@ class Backend(ABC):
                 note="`parity probes` lists what each model provides",
             )
         return self.capture_impl(input_ids, list(probes), sink)
+
+    # -- optional capability: isolated (teacher-forced) blocks ---------------------------
+    def supports_isolation(self) -> bool:
+        """True when the backend can run its blocks on given inputs (see capture_isolated)."""
+        return False
+
+    def capture_isolated(self, input_ids: Any, block_inputs: Mapping[int, Any], probes: Sequence[str], sink: Sink) -> None:
+        """One forward pass in which block i runs on ``block_inputs[i]`` (the reference's
+        residual stream entering block i, ``[T, H]``) instead of its own upstream output;
+        the requested block probes go to ``sink``. Positions and rotary tables are those of
+        the full run."""
+        if not self.is_active:
+            raise BackendError(f"backend '{self.label}' must be activated before capture_isolated().")
+        if not self.supports_isolation():
+            raise BackendError(f"backend '{self.label}' cannot run blocks in isolation.")
+        self.capture_isolated_impl(input_ids, block_inputs, list(probes), sink)
+
+    def capture_isolated_impl(self, input_ids: Any, block_inputs: Mapping[int, Any], probes: list[str], sink: Sink) -> None:
+        raise NotImplementedError
 
     def describe(self) -> dict[str, Any]:
         """Facts for the report (backend, dtype, device, versions...)."""

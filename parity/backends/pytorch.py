@@ -8,15 +8,19 @@ implementation, optionally compiled).
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
+from contextlib import ExitStack
 from typing import Any
 
 import torch
 from torch import nn
 
+from parity import api
+from parity import probes as canon
 from parity.backends.base import Backend, Sink
-from parity.errors import BackendError, UsageError
-from parity.hooks import attached
-from parity.probemap import ProbeMap
+from parity.errors import BackendError, ProbeError, UsageError
+from parity.hooks import attached, teacher_forced
+from parity.probemap import BlockSpec, ProbeMap
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 ATTN = ("eager", "sdpa")
@@ -41,6 +45,36 @@ def check_device(device: str) -> str:
     return device
 
 
+# Canonical rank (no batch dim) of each probe point, to tell a batch dim from none.
+_HEADED = {"attn.q", "attn.k", "attn.v", "attn.q_rot", "attn.k_rot"}
+
+
+class ApiSink:
+    """Receives ``parity.probe(name, tensor)`` calls: checks the name, drops a batch dim of 1,
+    forwards the requested probes to the run's sink."""
+
+    def __init__(self, wanted: set[str], sink: Sink) -> None:
+        self.wanted, self.sink = wanted, sink
+        self.emitted: set[str] = set()
+
+    def __call__(self, name: str, tensor: Any) -> None:
+        p = canon.parse(name)  # ProbeError for a non-canonical name
+        if not isinstance(tensor, torch.Tensor):
+            raise ProbeError(f"parity.probe('{name}', ...) got a {type(tensor).__name__}, not a tensor.")
+        self.emitted.add(name)
+        if name not in self.wanted:
+            return
+        rank = 3 if p.point in _HEADED else 2
+        if tensor.dim() == rank + 1:
+            if tensor.shape[0] != 1:
+                raise ProbeError(f"parity.probe('{name}'): batch size {tensor.shape[0]}; parity compares batch size 1.")
+            tensor = tensor[0]
+        elif tensor.dim() != rank:
+            raise ProbeError(f"parity.probe('{name}'): shape {list(tensor.shape)} has rank {tensor.dim()}, "
+                             f"expected {rank} (or {rank + 1} with a batch dim of 1).")
+        self.sink(name, tensor.detach())
+
+
 class ModuleBackend(Backend):
     requires = ("torch",)
 
@@ -53,6 +87,8 @@ class ModuleBackend(Backend):
         self.num_blocks = num_blocks
         self.forward_kwargs = {"use_cache": False, **(forward_kwargs or {})}
         self.runner: Any = model  # what is called (a compiled wrapper, for --compile)
+        self.positional_ids = False  # call runner(ids) instead of runner(input_ids=ids)
+        self.emitted: set[str] = set()  # probes the model sent through parity.probe()
 
     @property
     def device(self) -> torch.device:
@@ -66,10 +102,31 @@ class ModuleBackend(Backend):
         return self.probe_map.names(self.num_blocks)
 
     def capture_impl(self, input_ids: Any, probes: list[str], sink: Sink) -> Any:
-        bindings = self.probe_map.resolve(probes, self.config)
+        return self._forward(input_ids, probes, sink)
+
+    def supports_isolation(self) -> bool:
+        return self.probe_map.block_spec() is not None
+
+    def capture_isolated_impl(self, input_ids: Any, block_inputs: Mapping[int, Any], probes: list[str], sink: Sink) -> None:
+        spec = self.probe_map.block_spec()
+        assert spec is not None
+        self._forward(input_ids, probes, sink, forcing=(spec, block_inputs))
+
+    def _forward(self, input_ids: Any, probes: list[str], sink: Sink,
+                 forcing: tuple[BlockSpec, Mapping[int, Any]] | None = None) -> Any:
+        """One forward with hooks for the mapped probes and ``parity.probe`` routed to ``sink``."""
+        mapped = set(self.probe_map.names(self.num_blocks))
+        bindings = self.probe_map.resolve([p for p in probes if p in mapped], self.config)
         ids = torch.as_tensor(input_ids, dtype=torch.long, device=self.device).reshape(1, -1)
-        with torch.inference_mode(), attached(self.model, bindings, sink):
-            out = self.runner(input_ids=ids, **self.forward_kwargs)
+        api_sink = ApiSink(set(probes), sink)
+        with ExitStack() as stack:
+            stack.enter_context(torch.inference_mode())
+            stack.enter_context(attached(self.model, bindings, sink))
+            stack.enter_context(api.capturing(api_sink))
+            if forcing is not None:
+                stack.enter_context(teacher_forced(self.model, forcing[0], forcing[1]))
+            out = self.runner(ids, **self.forward_kwargs) if self.positional_ids else self.runner(input_ids=ids, **self.forward_kwargs)
+        self.emitted |= api_sink.emitted
         return getattr(out, "logits", out)
 
     def describe(self) -> dict[str, Any]:

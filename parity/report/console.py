@@ -46,13 +46,20 @@ def render(report: ReportData, console: Any = None, show_all: bool = True) -> No
              f"{run['reference'].get('device')} vs {cand.get('name')} {cand.get('dtype')} {cand.get('device')} | "
              f"{run.get('tokens')} tokens")
     table = Table(title=title, title_justify="left", header_style="bold")
-    for c in COLUMNS:
+    isolated = any(r.isolated_max_abs_err is not None for r in report.probes)
+    columns = list(COLUMNS)
+    if isolated:  # the block's own (teacher-forced) error, next to the accumulated one
+        columns.insert(columns.index("max abs err") + 1, "isolated err")
+    for c in columns:
         table.add_column(c, justify="left" if c in ("probe", "status") else "right", no_wrap=True)
     for r in report.probes:
         if not show_all and r.status not in ("fail",):
             continue
-        table.add_row(r.name, fmt(r.ref_mean), fmt(r.ref_sum), fmt(r.cand_mean), fmt(r.cand_sum),
-                      fmt(r.max_abs_err, 3), fmt(r.mean_abs_err, 3), fmt(r.max_rel_err, 3), _cos(r.cosine), _status(r))
+        cells = [r.name, fmt(r.ref_mean), fmt(r.ref_sum), fmt(r.cand_mean), fmt(r.cand_sum), fmt(r.max_abs_err, 3)]
+        if isolated:
+            cells.append(fmt(r.isolated_max_abs_err, 3))
+        cells += [fmt(r.mean_abs_err, 3), fmt(r.max_rel_err, 3), _cos(r.cosine), _status(r)]
+        table.add_row(*cells)
     console.print(table)
     render_summary(report, console)
 
