@@ -29,7 +29,8 @@ class ModelSource:
 
     @classmethod
     def resolve(cls, model: str, checkpoint: str | Path | None = None, seed: int | None = None,
-                trust_remote_code: bool = False, shape: str | None = None) -> ModelSource:
+                trust_remote_code: bool = False, shape: str | None = None,
+                overrides: dict[str, Any] | None = None) -> ModelSource:
         fam = families.get(model)
         preset = fam.preset()
         if shape is not None and shape not in preset.shapes:
@@ -38,6 +39,7 @@ class ModelSource:
         if checkpoint is None:
             cfg = dict(preset.config)
             cfg.update(preset.shapes.get(shape, {}) if shape else {})
+            cfg.update(overrides or {})
             folder = None
         else:
             folder = ckpt.checkpoint_dir(checkpoint)
