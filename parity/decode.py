@@ -19,6 +19,8 @@ from typing import Any
 import torch
 
 from parity.errors import UsageError
+from parity.faults import fault as _fault
+from parity.faults import parse as parse_faults
 
 
 class Stepper:
@@ -66,8 +68,10 @@ class Stepper:
         return self._forward([token])
 
     def _new_cache(self) -> Any:
-        if self._is_qwen_v1:
-            return None  # the model returns its QWenCache from the prefill
+        """A DynamicCache for transformers models; None for models that make their own
+        cache on the prefill (the clean-room Qwen v1, the engine-style ports)."""
+        if self._is_qwen_v1 or not hasattr(self.model, "generation_config"):
+            return None
         from transformers import DynamicCache
 
         return DynamicCache(config=self.model.config)
@@ -131,20 +135,17 @@ def fault_kv_position(gen: CandidateGeneration) -> None:
     gen.notes.append("kv-position: decode-step positions off by +1")
 
 
-# name -> callable(CandidateGeneration). Kept as a plain dict so it can be merged with the
-# weight/port-side fault registry (``--fault NAME[@block]``); these take no block.
-GENERATION_FAULTS: dict[str, Callable[[CandidateGeneration], None]] = {
-    "eos-token": fault_eos_token,
-    "kv-position": fault_kv_position,
-}
+# Registered in the one fault registry (parity.faults) with target "generation": a
+# generation fault receives the CandidateGeneration as its "module".
+_fault("eos-token", "candidate stops only at <|endoftext|> (the engine's single end token)",
+       target="generation", per_block=False)(lambda gen, spec, ctx: fault_eos_token(gen))
+_fault("kv-position", "decode steps use position past_length + 1 (KV-cache position bug)",
+       target="generation", per_block=False)(lambda gen, spec, ctx: fault_kv_position(gen))
 
 
-def apply_faults(names: list[str], gen: CandidateGeneration) -> None:
-    for spec in names:
-        name, _, block = spec.partition("@")
-        fn = GENERATION_FAULTS.get(name)
-        if fn is None:
-            raise UsageError(f"unknown generation fault '{spec}'.", note="valid faults: " + ", ".join(GENERATION_FAULTS))
-        if block:
-            raise UsageError(f"fault '{name}' takes no @block.", note="generation faults act on the whole decode loop")
-        fn(gen)
+def apply_faults(names: list[str], gen: CandidateGeneration, num_blocks: int) -> None:
+    """Apply the generation faults among ``names`` (port/model faults are applied where the
+    candidate and reference are built)."""
+    for spec in parse_faults(names, num_blocks):
+        if spec.fault.target == "generation":
+            spec.fault.apply(gen, spec, None)

@@ -5,10 +5,12 @@ A fault is registered with :func:`fault` and says how it alters the run:
 * ``target = "port"``: it changes the built-in engine port (parity.models.engine) after it
   is built and cast — the bug lives in the engine code;
 * ``target = "model"``: it changes the weights both sides load (a property of the
-  checkpoint, e.g. an outlier channel), applied to the reference before it runs.
+  checkpoint, e.g. an outlier channel), applied to the reference before it runs;
+* ``target = "generation"``: it changes the candidate's decode loop or generation config
+  (stop set, decode-step positions) — only ``parity generate`` can see it.
 
 ``block`` is None (every block, or the whole model) or the block index after ``@``.
-Later issues add their own (``eos-token``, ``kv-position``) with the same decorator.
+The generation faults (``eos-token``, ``kv-position``) are registered by parity.decode.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ class Fault:
     name: str
     summary: str
     apply: Apply
-    target: str = "port"  # "port" | "model"
+    target: str = "port"  # "port" | "model" | "generation"
     per_block: bool = True
 
 
@@ -68,6 +70,8 @@ def parse(specs: Sequence[str] | None, num_blocks: int) -> list[FaultSpec]:
                 block = int(where)
             except ValueError:
                 raise UsageError(f"--fault {raw}: '{where}' is not a block index.", note="use NAME@BLOCK, e.g. double-rope@1") from None
+            if not FAULTS[name].per_block:
+                raise UsageError(f"--fault {raw}: fault '{name}' takes no @block.", note="it acts on the whole model or decode loop")
             if not 0 <= block < num_blocks:
                 raise UsageError(f"--fault {raw}: block {block} does not exist.", note=f"this model has blocks 0..{num_blocks - 1}")
         out.append(FaultSpec(FAULTS[name], block))
@@ -77,6 +81,8 @@ def parse(specs: Sequence[str] | None, num_blocks: int) -> list[FaultSpec]:
 def _load_builtin() -> None:
     if "double-rope" not in FAULTS:
         import parity.fault_library  # noqa: F401  (registers the built-in faults)
+    if "kv-position" not in FAULTS:
+        import parity.decode  # noqa: F401  (registers the generation faults)
 
 
 def describe() -> dict[str, str]:

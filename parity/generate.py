@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from types import SimpleNamespace
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -239,7 +240,7 @@ def plan(opts: GenerateOptions, source: ModelSource) -> Plan:
     cand_s = candidate_settings(ref_s, opts.candidate_generation_config)
     gen = CandidateGeneration(list(cand_s.stop_ids), cand_s.config, vocab.specials,
                               eos_list(getattr(source.config, "eos_token_id", None)))
-    apply_faults(opts.faults, gen)
+    apply_faults(opts.faults, gen, source.num_blocks)
     cand_s.stop_ids, cand_s.config = gen.stop_ids, gen.config
     if opts.faults:
         cand_s.source += " + faults " + ", ".join(opts.faults)
@@ -323,7 +324,8 @@ def build_candidate(opts: GenerateOptions, source: ModelSource, ref_model: Any, 
 
 def execute(opts: GenerateOptions, progress: Progress | None = None) -> GenerateResult:
     from parity.backends.pytorch import ModuleBackend, check_device, torch_dtype
-    from parity.run import run_facts
+    from parity.probemap import find_map
+    from parity.run import check_port_options, run_facts
 
     timings: dict[str, float] = {}
     torch_dtype(opts.dtype)
@@ -331,6 +333,7 @@ def execute(opts: GenerateOptions, progress: Progress | None = None) -> Generate
     ref_device = check_device(opts.ref_device or device)
     backends.info(opts.candidate)
     source = ModelSource.resolve(opts.model, opts.checkpoint, opts.seed, opts.trust_remote_code, opts.shape)
+    fault_specs = check_port_options(opts, source.num_blocks, generation=True)
     p = plan(opts, source)
     tols = source.preset.tolerance_table(opts.dtype).override(opts.atol, opts.rtol)
     tol = tols.lookup("logits")
@@ -338,6 +341,10 @@ def execute(opts: GenerateOptions, progress: Progress | None = None) -> Generate
     t0 = time.perf_counter()
     _say(progress, "building reference")
     ref_model = source.build(ref_device)
+    for spec in (s for s in fault_specs if s.fault.target == "model"):  # weights both sides load
+        ctx = SimpleNamespace(num_blocks=source.num_blocks, config=source.config,
+                              probe_map=find_map(source.preset.probe_map, opts.probe_dirs))
+        spec.fault.apply(ref_model, spec, ctx)
     ref_desc = ModuleBackend(ref_model, None, source.config, "reference", source.num_blocks).describe()  # type: ignore[arg-type]
     _say(progress, f"building candidate ({opts.candidate})")
     cand = build_candidate(opts, source, ref_model, device)

@@ -80,7 +80,7 @@ class CandidateFailed(ParityError):
         self.report = report
 
 
-def check_port_options(opts: RunOptions, num_blocks: int) -> list[Any]:
+def check_port_options(opts: RunOptions, num_blocks: int, generation: bool = False) -> list[Any]:
     """Validate --port / --port-map / --fault before any work; returns the fault specs."""
     from parity import faults
 
@@ -89,11 +89,15 @@ def check_port_options(opts: RunOptions, num_blocks: int) -> list[Any]:
             if value:
                 raise UsageError(f"{flag} needs --candidate port.", note="e.g. parity run --candidate port --port my_port.py:build")
     specs = faults.parse(opts.faults, num_blocks)
+    gen = [s for s in specs if s.fault.target == "generation"]
+    if gen and not generation:
+        raise UsageError(f"fault '{gen[0].fault.name}' acts at decode steps: a single forward pass cannot show it.",
+                         note=f"use parity generate --fault {gen[0].fault.name}")
     if opts.candidate != "port":
         wrong = [s for s in specs if s.fault.target == "port"]
         if wrong:
             raise UsageError(f"fault '{wrong[0].fault.name}' alters the built-in port: it needs --candidate port.",
-                             note="model faults (" + ", ".join(n for n, f in faults.FAULTS.items() if f.target == "model")
+                             note="model faults (" + ", ".join(n for n, f in faults.FAULTS.items() if f.target != "port")
                              + ") work with any candidate")
     return specs
 

@@ -139,6 +139,27 @@ def test_kv_position_fault_only_generation_sees_it(tmp_path: Path, run_cli) -> N
     assert "Diagnosis:" in out and "error curve" in out
 
 
+@pytest.mark.parametrize("model", ["qwen", "llama"])
+def test_port_candidate_generates_and_kv_fault_is_found(model: str, tmp_path: Path, run_cli) -> None:
+    """Generation uses the engine-style ports (their own KV cache): clean = exact; the
+    kv-position fault on the port shows at step 1, a port fault at step 0."""
+    code, out, rep = gen_cli(run_cli, tmp_path / "clean", "--model", model, "--candidate", "port", "--dtype", "fp32",
+                             "--max-new-tokens", "4")
+    assert code == 0, out
+    assert all(s["max_abs_err"] < 1e-4 for s in rep["generation"]["steps"])
+    code, out, rep = gen_cli(run_cli, tmp_path / "kv", "--model", model, "--candidate", "port", "--dtype", "fp32",
+                             "--max-new-tokens", "4", "--fault", "kv-position", "--teacher-forcing")
+    assert code == 1 and rep["generation"]["first_divergent_step"] == 1
+    code, out, rep = gen_cli(run_cli, tmp_path / "rope", "--model", model, "--candidate", "port", "--dtype", "fp32",
+                             "--max-new-tokens", "2", "--fault", "silu-wrong-branch")
+    assert code == 1 and rep["generation"]["first_divergent_step"] == 0
+
+
+def test_run_refuses_generation_faults(run_cli) -> None:
+    code, _, err = run_cli("run", "--fault", "kv-position", "-q", "--no-files")
+    assert code == 2 and "single forward pass cannot show it" in err and "parity generate --fault kv-position" in err
+
+
 def test_kv_position_fault_hf_family_via_position_ids() -> None:
     opts = GenerateOptions(model="llama", dtype="fp32", device="cpu", tokens=6, max_new_tokens=3, faults=["kv-position"])
     res = generate.execute(opts)
@@ -183,7 +204,8 @@ def test_preset_generation_tables(model: str, eos, pad) -> None:  # noqa: ANN001
         (["--max-new-tokens", "-3"], "--max-new-tokens -3"),
         (["--model", "llama", "--tokens", "4096"], "context is 4096"),
         (["--stop-token", "<|im_stop|>"], "--stop-token '<|im_stop|>' is not a token"),
-        (["--fault", "eos-tokens"], "valid faults: eos-token, kv-position"),
+        (["--fault", "eos-tokens"], "unknown fault 'eos-tokens'"),
+        (["--fault", "double-rope"], "needs --candidate port"),
         (["--fault", "kv-position@3"], "takes no @block"),
         (["--model", "llama", "--fault", "eos-token"], "changes nothing"),
         (["--prompt", "hello"], "needs a tokenizer"),
