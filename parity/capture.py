@@ -15,16 +15,26 @@ from typing import Any
 
 import torch
 
-from parity.diff import DiffStats, TensorStats, TokenProfile, compare, tensor_stats, token_profile
+from parity.diff import (Batch, DiffStats, Pending, TensorStats, TokenProfile, cand_stats_from, diff_from,
+                         diff_vector, profile_from, stats_from, tensor_vector)
 from parity.errors import ProbeError
 from parity.tolerances import ToleranceTable
 
 
-@dataclass
 class ProbeRecord:
-    name: str
-    stats: TensorStats
-    tensor: torch.Tensor | None = None
+    """One probe of a capture: its statistics (possibly still on the device, resolved on
+    first access) and, when kept, the tensor."""
+
+    def __init__(self, name: str, stats: TensorStats | Pending, tensor: torch.Tensor | None = None) -> None:
+        self.name = name
+        self._stats = stats
+        self.tensor = tensor
+
+    @property
+    def stats(self) -> TensorStats:
+        if isinstance(self._stats, Pending):
+            self._stats = self._stats.get()
+        return self._stats
 
 
 @dataclass
@@ -37,6 +47,8 @@ class Capture:
         return name in self.records
 
     def tensor(self, name: str) -> torch.Tensor:
+        if self.meta.pop("_copies_in_flight", False):  # pinned copies issued without a sync
+            torch.cuda.synchronize()
         rec = self.records[name]
         if rec.tensor is None:
             raise ProbeError(f"capture '{self.backend}' kept no tensor for '{name}'.")
@@ -44,18 +56,40 @@ class Capture:
 
 
 class Recorder:
-    """Sink that records stats and (optionally) tensors into a Capture."""
+    """Sink that records stats and (optionally) tensors into a Capture.
 
-    def __init__(self, capture: Capture, keep: bool = True, store_device: str | torch.device | None = None) -> None:
+    ``store_device="cpu"`` keeps tensors in host memory (pinned and copied asynchronously
+    when they come from a GPU) except the first ``gpu_budget_bytes`` worth, which stay on
+    the GPU; statistics stay on the device until first read.
+    """
+
+    def __init__(self, capture: Capture, keep: bool = True, store_device: str | torch.device | None = None,
+                 gpu_budget_bytes: int = 0) -> None:
         self.capture = capture
         self.keep = keep
         self.store_device = store_device
+        self.gpu_budget = gpu_budget_bytes
+        self.batch = Batch()
+
+    def _keep(self, t: torch.Tensor) -> torch.Tensor:
+        if self.store_device is None:
+            return t.clone()
+        if t.is_cuda and str(self.store_device) == "cpu":
+            if t.numel() * t.element_size() <= self.gpu_budget:
+                self.gpu_budget -= t.numel() * t.element_size()
+                return t.clone()
+            host = torch.empty(t.shape, dtype=t.dtype, device="cpu", pin_memory=True)
+            host.copy_(t, non_blocking=True)
+            self.capture.meta["_copies_in_flight"] = True
+            return host
+        return t.to(self.store_device, copy=True)
 
     def __call__(self, name: str, tensor: torch.Tensor) -> None:
-        kept = None
-        if self.keep:
-            kept = tensor.detach().clone() if self.store_device is None else tensor.detach().to(self.store_device, copy=True)
-        self.capture.records[name] = ProbeRecord(name, tensor_stats(tensor), kept)
+        t = tensor.detach()
+        kept = self._keep(t) if self.keep else None
+        shape, dtype = list(t.shape), str(t.dtype).removeprefix("torch.")
+        pending = self.batch.add(tensor_vector(t), lambda v: stats_from(v, shape, dtype))
+        self.capture.records[name] = ProbeRecord(name, pending, kept)
 
 
 # Per-token profiles (float64 copies) for passing probes only up to this size; failing
@@ -64,16 +98,40 @@ PROFILE_MAX_NUMEL = 1 << 22
 
 
 class Comparator:
-    """Sink that diffs each candidate tensor against the reference capture on arrival."""
+    """Sink that diffs each candidate tensor against the reference capture on arrival.
+
+    Statistics stay on the device until ``diffs``/``profiles`` or a record's stats are read:
+    then the whole batch comes to the host in one transfer.
+    """
 
     def __init__(self, reference: Capture, capture: Capture, tolerances: ToleranceTable, keep: bool = False) -> None:
         self.reference = reference
         self.capture = capture
         self.tolerances = tolerances
         self.keep = keep
-        self.diffs: dict[str, DiffStats] = {}
-        self.profiles: dict[str, TokenProfile] = {}
+        self.batch = Batch()
+        self._pending: dict[str, Pending] = {}
+        self._diffs: dict[str, DiffStats] = {}
+        self._profiles: dict[str, TokenProfile] = {}
         self.last: str | None = None  # the last probe received (names where a failing run got to)
+
+    def _settle(self) -> None:
+        for name, p in list(self._pending.items()):
+            diff, prof = p.get()
+            self._diffs[name] = diff
+            if prof is not None:
+                self._profiles[name] = prof
+        self._pending.clear()
+
+    @property
+    def diffs(self) -> dict[str, DiffStats]:
+        self._settle()
+        return self._diffs
+
+    @property
+    def profiles(self) -> dict[str, TokenProfile]:
+        self._settle()
+        return self._profiles
 
     def __call__(self, name: str, tensor: torch.Tensor) -> None:
         if name not in self.reference:
@@ -85,12 +143,13 @@ class Comparator:
                 f"{list(tensor.shape)} in the candidate '{self.capture.backend}'.",
                 note="both sides must produce the canonical shape (see `parity probes`)",
             )
-        ref = ref.to(tensor.device, non_blocking=True)
-        self.diffs[name] = compare(ref, tensor, self.tolerances.lookup(name))
-        if not self.diffs[name].passed or tensor.numel() <= PROFILE_MAX_NUMEL:
-            prof = token_profile(ref, tensor)
-            if prof is not None:
-                self.profiles[name] = prof
+        t = tensor.detach()
+        ref = ref.to(t.device, non_blocking=True)
+        vec = diff_vector(ref, t, self.tolerances.lookup(name))
+        shape, dtype = list(t.shape), str(t.dtype).removeprefix("torch.")
+        diff_p = self.batch.add(vec, lambda v: (diff_from(v, shape), profile_from(v, shape)))
+        stats_p = self.batch.add(vec, lambda v: cand_stats_from(v, shape, dtype))
+        self._pending[name] = diff_p
         self.last = name
-        kept = tensor.detach().clone() if self.keep else None
-        self.capture.records[name] = ProbeRecord(name, tensor_stats(tensor), kept)
+        kept = t.clone() if self.keep else None
+        self.capture.records[name] = ProbeRecord(name, stats_p, kept)

@@ -1,13 +1,16 @@
 """Diff statistics: pure functions over tensors, computed where the tensors live.
 
-Everything accumulates in float64, in chunks (so a [4096, 151936] logits tensor never
-gets a full float64 copy), and is brought to the host in one transfer at the end.
+Everything accumulates in float64, in chunks of whole rows (so a [4096, 151936] logits
+tensor never gets a full float64 copy), in one pass per chunk, and reaches the host in one
+transfer per batch of probes.
 NaN/Inf never crash: they are counted, and an element that is non-finite on one side
 only counts as an infinite error.
 """
 from __future__ import annotations
 
 import math
+import os
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -57,86 +60,203 @@ class DiffStats:
         return asdict(self)
 
 
-def _flat_chunks(t: torch.Tensor) -> list[torch.Tensor]:
-    flat = t.detach().reshape(-1)
-    return list(flat.split(CHUNK)) if flat.numel() else []
+# -- device-side kernels -------------------------------------------------------------------
+#
+# One pass over a chunk of whole rows (dim 0 = tokens) computes every statistic at once into
+# a small float64 vector; chunks combine on device; the host sees one transfer per batch of
+# probes (``Batch.resolve``). On CUDA the chunk functions are compiled (torch.compile, one
+# fused kernel family instead of ~30 launches) unless PARITY_COMPILE_STATS=0.
+
+# Slots of the per-chunk vector built by _diff_chunk.
+(S_ERR_SUM, S_REL_MAX, S_BAD, S_MISMATCH, S_DOT, S_RR, S_CC, S_NOISE, S_MAX_ERR, S_WIDX, S_WREF,
+ S_WCAND, S_CSUM, S_CABSMAX, S_CNAN, S_CINF, S_TOK0, S_LATER, S_RESID, S_AMIN, S_AMAX) = range(21)
+_SUM = [S_ERR_SUM, S_BAD, S_MISMATCH, S_DOT, S_RR, S_CC, S_NOISE, S_CSUM, S_CNAN, S_CINF, S_RESID]
+_MAX = [S_REL_MAX, S_CABSMAX, S_AMAX]
+_F64 = torch.float64
+
+
+def _tensor_chunk(x: torch.Tensor) -> torch.Tensor:
+    """[sum, max |x| (NaN ignored), NaN count, Inf count] of a 2-D chunk, float64."""
+    x = x.to(_F64)
+    nan = torch.isnan(x)
+    return torch.stack([x.sum(), torch.where(nan, 0.0, x.abs()).amax(), nan.sum().to(_F64),
+                        torch.isinf(x).sum().to(_F64)])
+
+
+def _diff_chunk(ref: torch.Tensor, cand: torch.Tensor, tol: torch.Tensor) -> torch.Tensor:
+    """All diff statistics of one [rows, D] chunk; ``tol`` = [atol, rtol, eps] (float64)."""
+    r, c = ref.to(_F64), cand.to(_F64)
+    rf, cf = torch.isfinite(r), torch.isfinite(c)
+    both = rf & cf
+    mismatch = ~both & ~(~rf & ~cf & ((torch.isnan(r) & torch.isnan(c)) | (r == c)))
+    r0, c0 = torch.where(both, r, 0.0), torch.where(both, c, 0.0)
+    d = (r0 - c0).abs()
+    err = torch.where(mismatch, math.inf, d)
+    rel = torch.where(mismatch, math.inf, d / (r0.abs() + tol[2]))
+    bad = d > (tol[0] + tol[1] * r0.abs())
+    m, i = err.reshape(-1).max(dim=0)
+    row_err = err.amax(dim=1)
+    rr_t, rc_t, cc_t = (r0 * r0).sum(dim=1), (r0 * c0).sum(dim=1), (c0 * c0).sum(dim=1)
+    a_t = torch.where(rr_t > 0, rc_t / rr_t.clamp_min(1e-300), 1.0)
+    resid = (cc_t - 2.0 * a_t * rc_t + a_t * a_t * rr_t).clamp_min(0.0).sum()
+    later = torch.cat([row_err[1:], row_err.new_full((1,), -math.inf)]).amax()
+    cnan = torch.isnan(c)
+    return torch.stack([
+        err.sum(), rel.amax(), bad.sum().to(_F64), mismatch.sum().to(_F64),
+        rc_t.sum(), rr_t.sum(), cc_t.sum(), (d * d).sum(),
+        m, i.to(_F64), r.reshape(-1)[i], c.reshape(-1)[i],
+        c.sum(), torch.where(cnan, 0.0, c.abs()).amax(), cnan.sum().to(_F64), torch.isinf(c).sum().to(_F64),
+        row_err[0], later, resid, a_t.amin(), a_t.amax(),
+    ])
+
+
+_KERNELS: dict[str, Any] = {}
+_BROKEN: set[str] = set()
+
+
+def _run(name: str, fn: Any, *args: torch.Tensor) -> torch.Tensor:
+    """``fn(*args)``, compiled on CUDA (falls back to eager, once, if compiling fails)."""
+    dev = args[0].device
+    if dev.type != "cuda" or name in _BROKEN or os.environ.get("PARITY_COMPILE_STATS", "1") == "0":
+        return fn(*args)
+    kernel = _KERNELS.get(name)
+    if kernel is None:
+        kernel = _KERNELS[name] = torch.compile(fn, dynamic=True, fullgraph=True)
+    try:
+        return kernel(*args)
+    except Exception as exc:  # noqa: BLE001 - a compiler problem must not stop a parity run
+        _BROKEN.add(name)
+        warnings.warn(f"parity: compiled statistics unavailable ({type(exc).__name__}); using eager kernels", stacklevel=2)
+        return fn(*args)
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """View as [rows, D] with dim 0 = tokens (a 0-/1-D tensor is one row)."""
+    t = t.detach()
+    return t.reshape(1, -1) if t.dim() < 2 else t.reshape(t.shape[0], -1)
+
+
+def _row_chunks(t: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
+    """(flat offset, chunk) over whole rows, about CHUNK elements each."""
+    per = max(1, CHUNK // max(1, t.shape[1]))
+    return [(k * t.shape[1], t[k:k + per]) for k in range(0, t.shape[0], per)]
+
+
+def tensor_vector(t: torch.Tensor) -> torch.Tensor:
+    """Device vector [sum, absmax, nan, inf] of ``t`` (see tensor_stats)."""
+    x = _rows(t)
+    if x.numel() == 0:
+        return torch.zeros(4, dtype=_F64, device=t.device)
+    parts = torch.stack([_run("tensor", _tensor_chunk, ch) for _, ch in _row_chunks(x)])
+    return torch.cat([parts[:, 0].sum().reshape(1), parts[:, 1].amax().reshape(1), parts[:, 2:].sum(dim=0)])
+
+
+def diff_vector(ref: torch.Tensor, cand: torch.Tensor, tol: Tolerance, eps: float = REL_EPS) -> torch.Tensor:
+    """Device vector of every diff statistic (slots S_*), combined over row chunks."""
+    if ref.shape != cand.shape:
+        raise ValueError(f"shape mismatch {tuple(ref.shape)} vs {tuple(cand.shape)}")
+    r, c = _rows(ref), _rows(cand)
+    tv = torch.tensor([tol.atol, tol.rtol, eps], dtype=_F64, device=cand.device)
+    parts = []
+    for (off, rch), (_, cch) in zip(_row_chunks(r), _row_chunks(c)):
+        v = _run("diff", _diff_chunk, rch, cch, tv)
+        if off:
+            v = v.clone()
+            v[S_WIDX] += off
+        parts.append(v)
+    if len(parts) == 1:
+        return parts[0]
+    p = torch.stack(parts)
+    out = p[0].clone()
+    out[_SUM] = p[:, _SUM].sum(dim=0)
+    out[_MAX] = p[:, _MAX].amax(dim=0)
+    out[S_AMIN] = p[:, S_AMIN].amin()
+    j = torch.argmax(p[:, S_MAX_ERR])
+    out[S_MAX_ERR:S_WCAND + 1] = p[j, S_MAX_ERR:S_WCAND + 1]
+    out[S_LATER] = torch.maximum(p[0, S_LATER], p[1:, [S_TOK0, S_LATER]].amax())
+    return out
+
+
+def stats_from(v: list[float], t_shape: list[int], dtype: str) -> TensorStats:
+    s, absmax, nan_n, inf_n = v
+    n = math.prod(t_shape)
+    return TensorStats(list(t_shape), dtype, s / n if n else 0.0, s, absmax, int(nan_n), int(inf_n))
+
+
+def diff_from(v: list[float], shape: list[int]) -> DiffStats:
+    n = math.prod(shape)
+    if n == 0:
+        return DiffStats(0, 0.0, 0.0, 0.0, 1.0, math.inf, 0.0, 0, 0, [], 0.0, 0.0)
+    rr, noise = v[S_RR], v[S_NOISE]
+    return DiffStats(
+        numel=n, max_abs_err=v[S_MAX_ERR], mean_abs_err=v[S_ERR_SUM] / n, max_rel_err=v[S_REL_MAX],
+        cosine=_cosine(v[S_DOT], rr, v[S_CC]), snr_db=_snr_db(rr, noise), nrmse=_nrmse(rr, noise),
+        n_bad=int(v[S_BAD]), n_nonfinite_mismatch=int(v[S_MISMATCH]),
+        worst_index=_unravel(int(v[S_WIDX]), list(shape)), worst_ref=v[S_WREF], worst_cand=v[S_WCAND],
+    )
+
+
+def cand_stats_from(v: list[float], shape: list[int], dtype: str) -> TensorStats:
+    """The candidate tensor's own statistics, which diff_vector computes on the way."""
+    return stats_from([v[S_CSUM], v[S_CABSMAX], v[S_CNAN], v[S_CINF]], shape, dtype)
+
+
+def profile_from(v: list[float], shape: list[int]) -> TokenProfile | None:
+    if len(shape) < 2 or shape[0] < 1 or math.prod(shape) == 0:
+        return None
+    total = v[S_RR]
+    return TokenProfile(v[S_TOK0], v[S_LATER] if shape[0] > 1 else None,
+                        math.sqrt(v[S_RESID] / total) if total > 0 else 0.0, v[S_AMIN], v[S_AMAX])
+
+
+class Pending:
+    """A device-side statistics vector and how to build its result; resolved with its batch."""
+
+    def __init__(self, batch: Batch, vec: torch.Tensor, build: Any) -> None:
+        self.batch, self.vec, self.build = batch, vec, build
+        self._value: Any = None
+        self.done = False
+
+    def get(self) -> Any:
+        if not self.done:
+            self.batch.resolve()
+        return self._value
+
+
+class Batch:
+    """Pending statistics brought to the host together: one device-to-host transfer per
+    device, however many probes, so capturing never stalls the GPU probe by probe."""
+
+    def __init__(self) -> None:
+        self.items: list[Pending] = []
+
+    def add(self, vec: torch.Tensor, build: Any) -> Pending:
+        item = Pending(self, vec, build)
+        self.items.append(item)
+        return item
+
+    def resolve(self) -> None:
+        items, self.items = self.items, []
+        by_dev: dict[torch.device, list[Pending]] = {}
+        for it in items:
+            by_dev.setdefault(it.vec.device, []).append(it)
+        for group in by_dev.values():
+            flat = torch.cat([it.vec for it in group]).tolist()
+            pos = 0
+            for it in group:
+                n = it.vec.numel()
+                it._value, it.done, it.vec = it.build(flat[pos:pos + n]), True, None
+                pos += n
 
 
 def tensor_stats(t: torch.Tensor) -> TensorStats:
     """Mean, sum, max |x| (NaN ignored), NaN and Inf counts of one tensor."""
-    acc = torch.zeros(4, dtype=torch.float64, device=t.device)  # sum, absmax, nan, inf
-    for ch in _flat_chunks(t):
-        x = ch.to(torch.float64)
-        nan = torch.isnan(x)
-        acc[0] += x.sum()
-        acc[1] = torch.maximum(acc[1], torch.where(nan, 0.0, x.abs()).max())
-        acc[2] += nan.sum()
-        acc[3] += torch.isinf(x).sum()
-    s, absmax, nan_n, inf_n = acc.tolist()
-    n = t.numel()
-    return TensorStats(list(t.shape), str(t.dtype).removeprefix("torch."), s / n if n else 0.0, s, absmax, int(nan_n), int(inf_n))
-
-
-# Slots of the on-device accumulator used by compare().
-_ERR_SUM, _REL_MAX, _BAD, _MISMATCH, _DOT, _RR, _CC, _NOISE = range(8)
-
-
-def _compare_chunk(r: torch.Tensor, c: torch.Tensor, tol: Tolerance, eps: float, acc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    rf, cf = torch.isfinite(r), torch.isfinite(c)
-    both = rf & cf
-    same_nonfinite = ~rf & ~cf & ((torch.isnan(r) & torch.isnan(c)) | (r == c))
-    mismatch = ~both & ~same_nonfinite
-    r0 = torch.where(both, r, 0.0)
-    c0 = torch.where(both, c, 0.0)
-    d = (r0 - c0).abs()
-    err = torch.where(mismatch, math.inf, d)
-    rel = torch.where(mismatch, math.inf, d / (r0.abs() + eps))
-    bad = d > (tol.atol + tol.rtol * r0.abs())
-    acc[_ERR_SUM] += err.sum()
-    acc[_REL_MAX] = torch.maximum(acc[_REL_MAX], rel.max())
-    acc[_BAD] += bad.sum()
-    acc[_MISMATCH] += mismatch.sum()
-    acc[_DOT] += (r0 * c0).sum()
-    acc[_RR] += (r0 * r0).sum()
-    acc[_CC] += (c0 * c0).sum()
-    acc[_NOISE] += (d * d).sum()
-    m, i = err.max(dim=0)
-    return m, i
+    return stats_from(tensor_vector(t).tolist(), list(t.shape), str(t.dtype).removeprefix("torch."))
 
 
 def compare(ref: torch.Tensor, cand: torch.Tensor, tol: Tolerance, eps: float = REL_EPS) -> DiffStats:
     """Error statistics of ``cand`` against ``ref`` (same shape, same device)."""
-    if ref.shape != cand.shape:
-        raise ValueError(f"shape mismatch {tuple(ref.shape)} vs {tuple(cand.shape)}")
-    n = ref.numel()
-    acc = torch.zeros(8, dtype=torch.float64, device=cand.device)
-    maxes, idxs = [], []
-    for k, (rc, cc) in enumerate(zip(_flat_chunks(ref), _flat_chunks(cand))):
-        m, i = _compare_chunk(rc.to(torch.float64), cc.to(torch.float64), tol, eps, acc)
-        maxes.append(m)
-        idxs.append(i + k * CHUNK)
-    if not maxes:
-        return DiffStats(0, 0.0, 0.0, 0.0, 1.0, math.inf, 0.0, 0, 0, [], 0.0, 0.0)
-    m_all = torch.stack(maxes)
-    j = int(torch.argmax(m_all).item()) if m_all.numel() > 1 else 0
-    flat_idx = torch.stack(idxs)[j]
-    host = torch.cat([acc, m_all[j : j + 1], flat_idx.to(torch.float64).reshape(1)]).tolist()
-    err_sum, rel_max, bad, mismatch, dot, rr, cc, noise, max_err, widx = host
-    widx = int(widx)
-    return DiffStats(
-        numel=n,
-        max_abs_err=max_err,
-        mean_abs_err=err_sum / n,
-        max_rel_err=rel_max,
-        cosine=_cosine(dot, rr, cc),
-        snr_db=_snr_db(rr, noise),
-        nrmse=_nrmse(rr, noise),
-        n_bad=int(bad),
-        n_nonfinite_mismatch=int(mismatch),
-        worst_index=_unravel(widx, list(ref.shape)),
-        worst_ref=float(ref.reshape(-1)[widx].item()),
-        worst_cand=float(cand.reshape(-1)[widx].item()),
-    )
+    return diff_from(diff_vector(ref, cand, tol, eps).tolist(), list(ref.shape))
 
 
 def _cosine(dot: float, rr: float, cc: float) -> float:
@@ -200,17 +320,4 @@ def token_profile(ref: torch.Tensor, cand: torch.Tensor) -> TokenProfile | None:
     """Per-token error profile of two same-shape tensors whose dim 0 is tokens."""
     if ref.dim() < 2 or ref.shape[0] < 1 or ref.numel() == 0:
         return None
-    r = ref.detach().reshape(ref.shape[0], -1).to(torch.float64)
-    c = cand.detach().reshape(cand.shape[0], -1).to(torch.float64)
-    both = torch.isfinite(r) & torch.isfinite(c)
-    d = torch.where(both, (r - c).abs(), math.inf)
-    per_tok = d.max(dim=1).values
-    r0, c0 = torch.where(both, r, 0.0), torch.where(both, c, 0.0)
-    rr = (r0 * r0).sum(dim=1)
-    a = torch.where(rr > 0, (r0 * c0).sum(dim=1) / rr.clamp_min(1e-300), 1.0)
-    resid = ((c0 - a[:, None] * r0) ** 2).sum()
-    head = torch.stack([per_tok[0], per_tok[1:].max() if r.shape[0] > 1 else per_tok[0],
-                        resid, rr.sum(), a.min(), a.max()]).tolist()
-    first, later, res, total, amin, amax = head
-    return TokenProfile(first, later if r.shape[0] > 1 else None,
-                        math.sqrt(res / total) if total > 0 else 0.0, amin, amax)
+    return profile_from(diff_vector(ref, cand, Tolerance(0.0, 0.0)).tolist(), list(ref.shape))

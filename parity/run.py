@@ -102,6 +102,17 @@ def check_port_options(opts: RunOptions, num_blocks: int, generation: bool = Fal
     return specs
 
 
+def gpu_keep_bytes() -> int:
+    """GPU memory the reference may keep probe tensors in ($PARITY_GPU_KEEP_GIB, default
+    0.5); the rest go to pinned host memory and are copied back probe by probe."""
+    import os
+
+    try:
+        return int(float(os.environ.get("PARITY_GPU_KEEP_GIB", "0.5")) * 2**30)
+    except ValueError:
+        raise UsageError(f"PARITY_GPU_KEEP_GIB={os.environ['PARITY_GPU_KEEP_GIB']!r} is not a number.") from None
+
+
 def isolation_inputs(num_blocks: int) -> list[str]:
     """Reference probes that teacher forcing feeds to each block."""
     return ["embed"] + [f"blocks.{i}.resid_post" for i in range(num_blocks - 1)]
@@ -148,7 +159,8 @@ def prepare_reference(opts: RunOptions, progress: Progress | None = None) -> Ref
     reference = ModuleBackend(ref_model, pmap, getattr(ref_model, "config", source.config), "reference", source.num_blocks)
     ref_cap = Capture("reference", reference.describe())
     with _stage(progress, "running reference", timings), reference:
-        reference.capture(ids, ref_probes, Recorder(ref_cap, keep=True, store_device="cpu"))
+        reference.capture(ids, ref_probes, Recorder(ref_cap, keep=True, store_device="cpu",
+                                                    gpu_budget_bytes=gpu_keep_bytes()))
     return Reference(opts, source, pmap, selected, ids, ref_model, reference.describe(), ref_cap, device, timings)
 
 
