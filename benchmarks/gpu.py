@@ -53,18 +53,26 @@ def overhead(model_name: str, shape: str, tokens: int) -> dict:
     torch.cuda.empty_cache()
     plain = timed_forward(cand.model, ids)
     tols = src.preset.tolerance_table("fp16")
-    with torch.inference_mode():
+    out: dict = {}
+    for compiled in ("1", "0"):
+        os.environ["PARITY_COMPILE_STATS"] = compiled
         times = []
-        with cand:
-            for i in range(4):
+        with torch.inference_mode(), cand:
+            for i in range(5):
                 torch.cuda.synchronize()
                 t0 = time.perf_counter()
-                cand.capture(ids, names, Comparator(ref_cap, Capture("c"), tols))
+                comp = Comparator(ref_cap, Capture("c"), tols)
+                cand.capture(ids, names, comp)
+                _ = comp.diffs  # the one host transfer is part of the cost
                 torch.cuda.synchronize()
-                if i:  # first is warm-up
-                    times.append(time.perf_counter() - t0)
-    hooked = statistics.median(times)
-    return {"plain_s": plain, "hooked_s": hooked, "ratio": hooked / plain, "probes": len(names)}
+                times.append(time.perf_counter() - t0)
+        key = "compiled" if compiled == "1" else "eager"
+        out[f"first_call_s_{key}"] = times[0]
+        out[f"hooked_s_{key}"] = statistics.median(times[1:])
+    os.environ["PARITY_COMPILE_STATS"] = "1"
+    hooked = out["hooked_s_compiled"]
+    return {"plain_s": plain, "hooked_s": hooked, "ratio": hooked / plain, "probes": len(names),
+            "ratio_eager_stats": out["hooked_s_eager"] / plain, **out}
 
 
 def weights_gib(model_name: str, shape: str, dtype_bytes: int) -> float:

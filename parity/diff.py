@@ -104,7 +104,7 @@ def _diff_chunk(ref: torch.Tensor, cand: torch.Tensor, tol: torch.Tensor) -> tor
     return torch.stack([
         err.sum(), rel.amax(), bad.sum().to(_F64), mismatch.sum().to(_F64),
         rc_t.sum(), rr_t.sum(), cc_t.sum(), (d * d).sum(),
-        m, i.to(_F64), r.reshape(-1)[i], c.reshape(-1)[i],
+        m, i.to(_F64), r.reshape(-1).index_select(0, i.reshape(1))[0], c.reshape(-1).index_select(0, i.reshape(1))[0],
         c.sum(), torch.where(cnan, 0.0, c.abs()).amax(), cnan.sum().to(_F64), torch.isinf(c).sum().to(_F64),
         row_err[0], later, resid, a_t.amin(), a_t.amax(),
     ])

@@ -27,3 +27,23 @@ def test_cuda_fp32_is_close(tmp_path: Path, run_cli) -> None:
 def test_cuda_sdpa_bf16(tmp_path: Path, run_cli) -> None:
     code, _, _ = run_cli("run", "--model", "llama", "--device", "cuda", "--dtype", "bf16", "--attn", "sdpa", "-q", "--out", str(tmp_path))
     assert code == 0
+
+
+def test_compiled_statistics_equal_eager(monkeypatch: pytest.MonkeyPatch) -> None:
+    from parity import diff
+    from parity.tolerances import Tolerance
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    ref = torch.randn(300, 4096, device="cuda", generator=g)
+    cand = (ref + 1e-3 * torch.randn(300, 4096, device="cuda", generator=g)).half()
+    cand[5, 7] = float("nan")
+    cand[250, 4000] = float("inf")
+    tol = Tolerance(1e-2, 1e-2)
+    monkeypatch.setattr(diff, "CHUNK", 1 << 18)  # several row chunks
+    compiled = diff.diff_vector(ref, cand, tol).cpu()
+    monkeypatch.setenv("PARITY_COMPILE_STATS", "0")
+    eager = diff.diff_vector(ref, cand, tol).cpu()
+    assert "diff" not in diff._BROKEN
+    assert torch.allclose(compiled, eager, rtol=1e-9, equal_nan=True)
+    cpu = diff.diff_vector(ref.cpu(), cand.cpu(), tol)
+    assert torch.allclose(compiled, cpu, rtol=1e-9, equal_nan=True)
