@@ -69,6 +69,16 @@ def overhead(model_name: str, shape: str, tokens: int) -> dict:
         key = "compiled" if compiled == "1" else "eager"
         out[f"first_call_s_{key}"] = times[0]
         out[f"hooked_s_{key}"] = statistics.median(times[1:])
+        if os.environ.get("PARITY_BENCH_PROFILE"):
+            from torch.profiler import ProfilerActivity, profile
+
+            with torch.inference_mode(), cand, profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                comp = Comparator(ref_cap, Capture("c"), tols)
+                cand.capture(ids, names, comp)
+                _ = comp.diffs
+                torch.cuda.synchronize()
+            print(f"== profile, compiled statistics={compiled}", flush=True)
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=18), flush=True)
     os.environ["PARITY_COMPILE_STATS"] = "1"
     hooked = out["hooked_s_compiled"]
     return {"plain_s": plain, "hooked_s": hooked, "ratio": hooked / plain, "probes": len(names),
@@ -107,6 +117,7 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=["qwen", "llama"])
     ap.add_argument("--skip-overhead", action="store_true")
     ap.add_argument("--skip-4096", action="store_true")
+    ap.add_argument("--skip-e2e", action="store_true")
     args = ap.parse_args()
     out = Path(os.environ.get("OUT", "."))
     results: list[dict] = []
@@ -120,10 +131,10 @@ def main() -> None:
 
     for model in args.models:
         sfx = "" if model == "qwen" else f"_{model}"
-        for dtype in ("fp16", "bf16"):
+        for dtype in () if args.skip_e2e else ("fp16", "bf16"):
             r = end_to_end(model, "7b", 512, dtype)
             add(f"gpu_run_512_seconds{sfx}" + ("" if dtype == "fp16" else "_bf16"), r["seconds"], "s", r)
-        if not args.skip_4096:
+        if not args.skip_4096 and not args.skip_e2e:
             r = end_to_end(model, "7b", 4096)
             add(f"gpu_peak_mem_over_weights_gib_4096{sfx}", r["over_weights_gib"], "GiB", r)
         if not args.skip_overhead:

@@ -142,6 +142,25 @@ def _row_chunks(t: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
     return [(k * t.shape[1], t[k:k + per]) for k in range(0, t.shape[0], per)]
 
 
+# Small constant tensors, made once per device: building them per probe would be a
+# host-to-device copy, i.e. a stall, in the middle of the forward pass.
+_CONST: dict[tuple[Any, ...], torch.Tensor] = {}
+
+
+def _tol_tensor(atol: float, rtol: float, eps: float, device: torch.device) -> torch.Tensor:
+    key = ("tol", atol, rtol, eps, str(device))
+    if key not in _CONST:
+        _CONST[key] = torch.tensor([atol, rtol, eps], dtype=_F64, device=device)
+    return _CONST[key]
+
+
+def _index(slots: list[int], device: torch.device) -> torch.Tensor:
+    key = ("idx", tuple(slots), str(device))
+    if key not in _CONST:
+        _CONST[key] = torch.tensor(slots, dtype=torch.long, device=device)
+    return _CONST[key]
+
+
 def tensor_vector(t: torch.Tensor) -> torch.Tensor:
     """Device vector [sum, absmax, nan, inf] of ``t`` (see tensor_stats)."""
     x = _rows(t)
@@ -156,7 +175,7 @@ def diff_vector(ref: torch.Tensor, cand: torch.Tensor, tol: Tolerance, eps: floa
     if ref.shape != cand.shape:
         raise ValueError(f"shape mismatch {tuple(ref.shape)} vs {tuple(cand.shape)}")
     r, c = _rows(ref), _rows(cand)
-    tv = torch.tensor([tol.atol, tol.rtol, eps], dtype=_F64, device=cand.device)
+    tv = _tol_tensor(tol.atol, tol.rtol, eps, cand.device)
     parts = []
     for (off, rch), (_, cch) in zip(_row_chunks(r), _row_chunks(c)):
         v = _run("diff", _diff_chunk, rch, cch, tv)
@@ -168,12 +187,13 @@ def diff_vector(ref: torch.Tensor, cand: torch.Tensor, tol: Tolerance, eps: floa
         return parts[0]
     p = torch.stack(parts)
     out = p[0].clone()
-    out[_SUM] = p[:, _SUM].sum(dim=0)
-    out[_MAX] = p[:, _MAX].amax(dim=0)
+    idx_sum, idx_max = _index(_SUM, p.device), _index(_MAX, p.device)
+    out[idx_sum] = p[:, idx_sum].sum(dim=0)
+    out[idx_max] = p[:, idx_max].amax(dim=0)
     out[S_AMIN] = p[:, S_AMIN].amin()
     j = torch.argmax(p[:, S_MAX_ERR])
     out[S_MAX_ERR:S_WCAND + 1] = p[j, S_MAX_ERR:S_WCAND + 1]
-    out[S_LATER] = torch.maximum(p[0, S_LATER], p[1:, [S_TOK0, S_LATER]].amax())
+    out[S_LATER] = torch.maximum(p[0, S_LATER], p[1:, S_TOK0:S_LATER + 1].amax())
     return out
 
 
