@@ -110,6 +110,7 @@ def _diff_chunk(ref: torch.Tensor, cand: torch.Tensor, tol: torch.Tensor) -> tor
     ])
 
 
+COMPILE_MIN_NUMEL = 1 << 20
 _KERNELS: dict[str, Any] = {}
 _BROKEN: set[str] = set()
 
@@ -117,7 +118,8 @@ _BROKEN: set[str] = set()
 def _run(name: str, fn: Any, *args: torch.Tensor) -> torch.Tensor:
     """``fn(*args)``, compiled on CUDA (falls back to eager, once, if compiling fails)."""
     dev = args[0].device
-    if dev.type != "cuda" or name in _BROKEN or os.environ.get("PARITY_COMPILE_STATS", "1") == "0":
+    small = args[0].numel() < COMPILE_MIN_NUMEL  # compiling costs seconds; small tensors are cheap eager
+    if dev.type != "cuda" or small or name in _BROKEN or os.environ.get("PARITY_COMPILE_STATS", "1") == "0":
         return fn(*args)
     kernel = _KERNELS.get(name)
     if kernel is None:

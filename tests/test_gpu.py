@@ -39,7 +39,8 @@ def test_compiled_statistics_equal_eager(monkeypatch: pytest.MonkeyPatch) -> Non
     cand[5, 7] = float("nan")
     cand[250, 4000] = float("inf")
     tol = Tolerance(1e-2, 1e-2)
-    monkeypatch.setattr(diff, "CHUNK", 1 << 18)  # several row chunks
+    monkeypatch.setattr(diff, "CHUNK", 1 << 20)  # several row chunks, each big enough to compile
+    monkeypatch.setattr(diff, "COMPILE_MIN_NUMEL", 1 << 10)
     compiled = diff.diff_vector(ref, cand, tol).cpu()
     monkeypatch.setenv("PARITY_COMPILE_STATS", "0")
     eager = diff.diff_vector(ref, cand, tol).cpu()
