@@ -20,7 +20,6 @@ graph outputs: one "build" of the candidate. Nothing here imports onnx at module
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import os
@@ -33,7 +32,7 @@ from typing import Any
 from parity.errors import BackendError, ParityError
 from parity.probemap import ProbeMap
 
-EXPORT_FORMAT = 1
+EXPORT_FORMAT = 2
 WRAPPER = "m"  # attribute of the export wrapper that holds the model: scopes start "m."
 INPUT, OUTPUT = "input_ids", "logits"
 
@@ -141,9 +140,11 @@ class _Logits:
 def _export(reference: Any, seq_len: int, dtype: str) -> tuple[Any, str]:
     import torch
 
-    from parity.backends.pytorch import torch_dtype
+    from parity.backends.pytorch import derive
 
-    model = copy.deepcopy(reference).to(device="cpu", dtype=torch_dtype(dtype)).eval()
+    # Parameters in ``dtype``, buffers (rotary inv_freq) as they are: as an fp16 deployment
+    # loads the model, and as the torch candidate is made.
+    model = derive(reference, dtype, "cpu", "eager")
     wrapper = _Logits.wrap(model)
     ids = torch.zeros(1, seq_len, dtype=torch.long)
     names = {"input_names": [INPUT], "output_names": [OUTPUT]}
@@ -206,6 +207,11 @@ class _GraphIndex:
         self.constants = {i.name for i in g.initializer}
         self.constants |= {o for n in self.nodes if n.op_type == "Constant" for o in n.output}
         self.outputs = {o.name for o in g.output}
+        self.last_dim: dict[str, int] = {}
+        for vi in [*g.value_info, *g.output]:
+            dims = vi.type.tensor_type.shape.dim
+            if dims and dims[-1].HasField("dim_value"):
+                self.last_dim[vi.name] = dims[-1].dim_value
         self.producer: dict[str, int] = {}
         self.consumers: dict[str, list[int]] = {}
         for i, n in enumerate(self.nodes):
@@ -235,15 +241,25 @@ class _GraphIndex:
         return module in self.scopes[i]
 
     def escaping(self, module: str) -> list[str]:
-        """Values produced inside ``module`` and used outside it (or graph outputs), in order."""
-        out: list[str] = []
+        """Values produced inside ``module`` and used outside it (or graph outputs), in order;
+        values its parent module uses come first. (The optimizer shares common subexpressions
+        across blocks: a rotary table computed in block 0's attention and reused by block 1's
+        escapes block 0's attention too, but only the real output is used by block 0 itself.)"""
+        parent = module.rpartition(".")[0]
+        own: list[str] = []
+        other: list[str] = []
         for i, n in enumerate(self.nodes):
             if not self.inside(i, module):
                 continue
             for v in n.output:
-                if v and v not in out and (v in self.outputs or any(not self.inside(c, module) for c in self.consumers.get(v, []))):
-                    out.append(v)
-        return out
+                if not v or v in own or v in other:
+                    continue
+                outside = [c for c in self.consumers.get(v, []) if not self.inside(c, module)]
+                if v in self.outputs or (outside and (not parent or any(self.inside(c, parent) for c in outside))):
+                    own.append(v)
+                elif outside:
+                    other.append(v)
+        return own + other
 
     def entering(self, module: str) -> list[str]:
         """Non-constant values produced outside ``module`` and used inside it, in order of use."""
@@ -263,6 +279,20 @@ class _GraphIndex:
         return any(module in s for s in self.scopes)
 
 
+def expected_last_dim(probe: str, config: Any) -> int | None:
+    """Last dim of a probe's tensor in the graph (before any reshape to heads), if known."""
+    from parity import probes as canon
+
+    point = canon.parse(probe).point
+    hidden = getattr(config, "hidden_size", None)
+    if point in ("embed", "attn_in", "attn_out", "resid_mid", "mlp_in", "mlp_out", "resid_post", "final_norm"):
+        return hidden if isinstance(hidden, int) else None
+    if point == "logits":
+        v = getattr(config, "padded_vocab_size", None) or getattr(config, "vocab_size", None)
+        return v if isinstance(v, int) else None
+    return None
+
+
 def locate(model_proto: Any, probe_map: ProbeMap, probes: Sequence[str], config: Any) -> tuple[dict[str, OnnxProbe], dict[str, str]]:
     """(probe -> OnnxProbe for probes found, probe -> reason for probes not exposed)."""
     idx = _GraphIndex(model_proto)
@@ -275,6 +305,9 @@ def locate(model_proto: Any, probe_map: ProbeMap, probes: Sequence[str], config:
             missing[probe] = f"module '{b.module}' left no node in the exported graph (folded into constants or traced away)"
             continue
         cands = idx.entering(b.module) if spec.io == "input" else idx.escaping(b.module)
+        want = expected_last_dim(probe, config)
+        if want is not None and spec.io == "output":  # drop values shared across blocks by CSE
+            cands = [c for c in cands if idx.last_dim.get(c, want) == want] or cands
         pos = spec.index or 0
         if spec.kwarg is not None or pos >= len(cands):
             missing[probe] = f"{spec.io} {pos} of module '{b.module}' is not a distinct tensor of the exported graph"

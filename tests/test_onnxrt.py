@@ -48,6 +48,19 @@ def test_fp16_passes(model: str, tmp_path: Path, run_cli) -> None:
     assert rep["run"]["candidate"]["dtype"] == "float16"
 
 
+@pytest.mark.parametrize("dtype", ["fp32", "fp16"])
+def test_long_sequence_locates_the_real_block_outputs(dtype: str, tmp_path: Path, run_cli) -> None:
+    """At 512 tokens the exporter's optimizer shares the rotary tables across blocks, so more
+    than one value escapes a block; the block's own output (hidden-size last dim) must win,
+    and the fp16 graph keeps rotary inv_freq in float32 as an fp16 deployment does."""
+    code, out, err = run_cli("run", "--candidate", "onnxruntime", "--model", "qwen2", "--dtype", dtype, "--tokens", "512",
+                             "-q", "--out", str(tmp_path))
+    assert code == 0, out + err
+    rep = read_report(tmp_path)
+    shapes = {p["name"]: p["shape"] for p in rep["probes"] if p["passed"] is not None}
+    assert shapes["blocks.0.attn_out"] == shapes["blocks.0.resid_post"] == [512, 128]
+
+
 def test_opt_level_and_provider_options(tmp_path: Path, run_cli) -> None:
     code, rep, _, err = _run(run_cli, tmp_path, "--model", "qwen2", "--dtype", "fp32", "--ort-opt", "disable", "-p", "blocks.0.*")
     assert code == 0, err and rep["run"]["candidate"]["ort_opt"] == "disable"
