@@ -43,7 +43,10 @@ test-gpu:
 	PYTHONPATH=. $(PYTHON_BASE) -m pytest -q -m gpu $(PYTEST_ARGS)
 
 bench: setup
+	$(PY) -m pip install -q polygraphy
 	$(PY) benchmarks/cpu.py
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) benchmarks/polygraphy_compare.py
+	@echo "GPU figures: run benchmarks/gpu.py on a CUDA machine, then python benchmarks/results.py --add gpu_results.json"
 
 lint: setup
 	$(PY) -m ruff check parity tests || true

@@ -118,6 +118,8 @@ def main() -> None:
     ap.add_argument("--skip-overhead", action="store_true")
     ap.add_argument("--skip-4096", action="store_true")
     ap.add_argument("--skip-e2e", action="store_true")
+    ap.add_argument("--shape", default="7b", help="preset shape; 'tiny' = the embedded preset (smoke test)")
+    ap.add_argument("--tokens", type=int, nargs=2, default=[512, 4096], metavar=("SHORT", "LONG"))
     args = ap.parse_args()
     out = Path(os.environ.get("OUT", "."))
     results: list[dict] = []
@@ -129,16 +131,18 @@ def main() -> None:
         print(f"{name} = {value:.4g} {unit} | {detail}", flush=True)
         (out / "gpu_results.json").write_text(json.dumps(results, indent=2))
 
+    shape = None if args.shape == "tiny" else args.shape
+    short, long = args.tokens
     for model in args.models:
         sfx = "" if model == "qwen" else f"_{model}"
         for dtype in () if args.skip_e2e else ("fp16", "bf16"):
-            r = end_to_end(model, "7b", 512, dtype)
-            add(f"gpu_run_512_seconds{sfx}" + ("" if dtype == "fp16" else "_bf16"), r["seconds"], "s", r)
+            r = end_to_end(model, shape, short, dtype)
+            add(f"gpu_run_{short}_seconds{sfx}" + ("" if dtype == "fp16" else "_bf16"), r["seconds"], "s", r)
         if not args.skip_4096 and not args.skip_e2e:
-            r = end_to_end(model, "7b", 4096)
-            add(f"gpu_peak_mem_over_weights_gib_4096{sfx}", r["over_weights_gib"], "GiB", r)
+            r = end_to_end(model, shape, long)
+            add(f"gpu_peak_mem_over_weights_gib_{long}{sfx}", r["over_weights_gib"], "GiB", r)
         if not args.skip_overhead:
-            r = overhead(model, "7b", 512)
+            r = overhead(model, shape, short)
             add(f"gpu_probe_overhead_ratio{sfx}", r["ratio"], "x", r)
 
 

@@ -17,6 +17,11 @@ TARGETS: dict[str, tuple[str, float]] = {
     "gpu_probe_overhead_ratio": ("<=", 1.10),
     "gpu_run_512_seconds": ("<=", 20.0),
     "gpu_peak_mem_over_weights_gib_4096": ("<=", 2.0),
+    "gpu_probe_overhead_ratio_llama": ("<=", 1.10),
+    "gpu_run_512_seconds_llama": ("<=", 20.0),
+    "gpu_run_512_seconds_bf16": ("<=", 20.0),
+    "gpu_run_512_seconds_llama_bf16": ("<=", 20.0),
+    "gpu_peak_mem_over_weights_gib_4096_llama": ("<=", 2.0),
     "cpu_default_run_seconds": ("<=", 10.0),
     "cpu_help_seconds": ("<=", 0.5),
     "cpu_import_seconds": ("<=", 0.5),
@@ -67,5 +72,17 @@ def table(path: Path = RESULTS) -> str:
     return "\n".join(rows)
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """``python benchmarks/results.py [--add gpu_results.json]``: merge, then print the table."""
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--add", metavar="FILE", help="a results file written by benchmarks/gpu.py ($OUT/gpu_results.json)")
+    args = ap.parse_args()
+    if args.add:
+        record(json.loads(Path(args.add).read_text()))
     print(table())
+
+
+if __name__ == "__main__":
+    main()
