@@ -41,6 +41,7 @@ def test_compiled_statistics_equal_eager(monkeypatch: pytest.MonkeyPatch) -> Non
     tol = Tolerance(1e-2, 1e-2)
     monkeypatch.setattr(diff, "CHUNK", 1 << 20)  # several row chunks, each big enough to compile
     monkeypatch.setattr(diff, "COMPILE_MIN_NUMEL", 1 << 10)
+    monkeypatch.setenv("PARITY_COMPILE_STATS", "1")
     compiled = diff.diff_vector(ref, cand, tol).cpu()
     monkeypatch.setenv("PARITY_COMPILE_STATS", "0")
     eager = diff.diff_vector(ref, cand, tol).cpu()
