@@ -44,13 +44,18 @@ def extract(binding: Binding, args: tuple[Any, ...], kwargs: dict[str, Any], out
         value = output  # a transform without an index sees the whole output (e.g. a pair)
     else:
         value = _pick(output, spec.index, what)
-    if spec.transform is not None:
-        value = TRANSFORMS[spec.transform](value)
+    return canonical(value, spec.transform, binding.heads, spec.batched, what)
+
+
+def canonical(value: Any, transform: str | None, heads: int | None, batched: bool, what: str) -> torch.Tensor:
+    """Apply a probe map's transform, head reshape and batch removal (every backend's rules)."""
+    if transform is not None:
+        value = TRANSFORMS[transform](value)
     if not isinstance(value, torch.Tensor):
         raise ProbeError(f"{what} is a {type(value).__name__}, not a tensor; fix the probe map.")
-    if binding.heads is not None:
-        value = value.reshape(*value.shape[:-1], binding.heads, value.shape[-1] // binding.heads)
-    if spec.batched:
+    if heads is not None:
+        value = value.reshape(*value.shape[:-1], heads, value.shape[-1] // heads)
+    if batched:
         if value.shape[0] != 1:
             raise ProbeError(f"{what}: batch size {value.shape[0]}; parity compares batch size 1.")
         value = value[0]

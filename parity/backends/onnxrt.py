@@ -15,7 +15,7 @@ import torch
 from parity.backends.base import Backend, Sink
 from parity.errors import BackendError, UsageError
 from parity.onnx_export import INPUT, OUTPUT, ExportedGraph, OnnxProbe, export_graph, inject_fault, parse_fault, value_types, with_outputs
-from parity.probemap import TRANSFORMS
+from parity import hooks
 
 OPT_LEVELS = ("disable", "basic", "extended", "all")
 
@@ -23,15 +23,7 @@ OPT_LEVELS = ("disable", "basic", "extended", "all")
 def canonical(arr: np.ndarray, where: OnnxProbe) -> torch.Tensor:
     """An output array brought to the canonical probe shape (the hooks' rules)."""
     t = torch.from_numpy(np.ascontiguousarray(arr))
-    if where.transform is not None:
-        t = TRANSFORMS[where.transform](t)
-    if where.heads is not None:
-        t = t.reshape(*t.shape[:-1], where.heads, t.shape[-1] // where.heads)
-    if where.batched:
-        if t.shape[0] != 1:
-            raise BackendError(f"probe '{where.probe}': ONNX tensor '{where.tensor}' has batch {t.shape[0]}, expected 1.")
-        t = t[0]
-    return t
+    return hooks.canonical(t, where.transform, where.heads, where.batched, f"probe '{where.probe}' (ONNX tensor '{where.tensor}')")
 
 
 class OnnxRuntimeBackend(Backend):

@@ -13,6 +13,7 @@ from typing import Any
 
 from parity.errors import UsageError
 from parity.report import charts
+from parity.report.console import fmt as console_fmt
 from parity.report.data import ReportData
 from parity.report.files import atomic_write
 
@@ -38,17 +39,9 @@ def _env() -> Any:
 
 def fmt(x: Any, digits: int = 4) -> str:
     """Numbers as in the console: 4 significant digits, '-' for missing."""
-    if x is None:
-        return "-"
     if isinstance(x, bool):
         return str(x).lower()
-    if isinstance(x, float):
-        if math.isnan(x):
-            return "nan"
-        if math.isinf(x):
-            return "inf" if x > 0 else "-inf"
-        return f"{x:.{digits}g}" if x != 0 else "0"
-    return str(x)
+    return console_fmt(x, digits)
 
 
 def sort_key(x: Any) -> str:
