@@ -82,6 +82,8 @@ def message(summary: dict[str, Any]) -> str:
     fd = summary.get("first_divergence")
     if fd is None:
         le = summary.get("largest_error") or {}
+        if summary.get("classification") == "exact":
+            return f"PASSED | {summary['probes_compared']} probes within tolerance | all identical to the reference | exact"
         return (
             f"PASSED | {summary['probes_compared']} probes within tolerance | "
             f"largest error at {le.get('probe', 'n/a')} (nrmse {_g(le.get('nrmse'))}) | {summary.get('classification')}"
