@@ -110,3 +110,14 @@ def test_probes_command_lists_shapes(run_cli) -> None:
 def test_doctor(run_cli) -> None:
     code, out, _ = run_cli("doctor")
     assert code == 0 and "torch" in out and "candidates:" in out
+
+
+@pytest.mark.slow
+def test_compiled_candidate_captures_every_probe(tmp_path: Path, run_cli) -> None:
+    """--compile: torch.compile'd candidate still reports every probe (hooks survive dynamo)."""
+    code, out, _ = run_cli("run", "--model", "llama", "--compile", "--tokens", "8", "-q", "--out", str(tmp_path))
+    rep = read_report(tmp_path)
+    assert code == 0, out
+    assert rep["run"]["candidate"]["compiled"] is True
+    assert all(p["passed"] for p in rep["probes"] if p["status"] != "not exposed")
+    assert rep["summary"]["probes_compared"] == 41
