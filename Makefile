@@ -49,7 +49,8 @@ bench: setup
 	@echo "GPU figures: run benchmarks/gpu.py on a CUDA machine, then python benchmarks/results.py --add gpu_results.json"
 
 lint: setup
-	$(PY) -m ruff check parity tests || true
+	$(PY) -m pip install -q ruff
+	$(PY) -m ruff check --select F,E9 parity tests benchmarks
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache

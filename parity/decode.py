@@ -12,7 +12,6 @@ through a forward pre-hook on ``transformer.rotary_emb``, removed when the stepp
 """
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 

@@ -271,18 +271,7 @@ def _read_tllm(folder: Path, nm: NameMap) -> Dump:
             raise DumpError(f"{root}: pipeline stages have different numbers of TP_ folders.")
         tps_count = len(tps)
         per_rank = [_tllm_files(tp) for tp in tps]
-        names = set().union(*per_rank)
-        for n in sorted(names):
-            lacking = [tps[r].name for r, files in enumerate(per_rank) if n not in files]
-            if lacking:
-                raise DumpError(f"dump {pp}: '{n}' is missing from {', '.join(lacking)} (other ranks have it).")
-            probe, tp = nm.canonical(n)
-            if probe is None:
-                continue
-            if probe in dump.shards:
-                raise DumpError(f"dump {root}: '{probe}' is dumped twice (as '{n}' and another tensor / stage).")
-            dump.shards[probe] = [files[n] for files in per_rank]
-            dump.tp_rules[probe] = tp
+        _collect(dump, nm, per_rank, [tp.name for tp in tps], pp, "is dumped twice (as '{name}' and another tensor / stage)")
         ids = per_rank[0].get("input_ids")
         if ids is not None and "input_ids" not in dump.meta:
             dump.meta["input_ids"] = [int(x) for x in load_array(ids).reshape(-1).tolist()]
@@ -322,19 +311,25 @@ def _read_torch(folder: Path, nm: NameMap) -> Dump:
             if f.suffix == ".pt":
                 files[f.name] = f
         per_rank.append(files)
+    _collect(dump, nm, per_rank, [r.name for r in ranks], folder, "is mapped from two files (one is '{name}')")
+    _check_nonempty(dump)
+    return dump
+
+
+def _collect(dump: Dump, nm: Any, per_rank: list[dict[str, Path]], rank_names: list[str], where: Path,
+             twice: str) -> None:
+    """Add each tensor name present on every rank to ``dump`` as its canonical probe's shards."""
     for n in sorted(set().union(*per_rank)):
-        lacking = [ranks[i].name for i, files in enumerate(per_rank) if n not in files]
+        lacking = [rank_names[r] for r, files in enumerate(per_rank) if n not in files]
         if lacking:
-            raise DumpError(f"dump {folder}: '{n}' is missing from {', '.join(lacking)} (other ranks have it).")
+            raise DumpError(f"dump {where}: '{n}' is missing from {', '.join(lacking)} (other ranks have it).")
         probe, tp = nm.canonical(n)
         if probe is None:
             continue
         if probe in dump.shards:
-            raise DumpError(f"dump {folder}: '{probe}' is mapped from two files (one is '{n}').")
+            raise DumpError(f"dump {where}: '{probe}' " + twice.format(name=n) + ".")
         dump.shards[probe] = [files[n] for files in per_rank]
         dump.tp_rules[probe] = tp
-    _check_nonempty(dump)
-    return dump
 
 
 def _check_nonempty(dump: Dump) -> None:

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from parity.report import compare, files, html
-from report_samples import XSS_IMG, XSS_SCRIPT, hostile, sample_reports
+from report_samples import XSS_SCRIPT, hostile, sample_reports
 
 
 def test_script_json_cannot_break_out() -> None:
