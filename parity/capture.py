@@ -25,14 +25,14 @@ class ProbeRecord:
     """One probe of a capture: its statistics (possibly still on the device, resolved on
     first access) and, when kept, the tensor."""
 
-    def __init__(self, name: str, stats: TensorStats | Pending, tensor: torch.Tensor | None = None) -> None:
+    def __init__(self, name: str, stats: TensorStats | Any, tensor: torch.Tensor | None = None) -> None:
         self.name = name
         self._stats = stats
         self.tensor = tensor
 
     @property
     def stats(self) -> TensorStats:
-        if isinstance(self._stats, Pending):
+        if not isinstance(self._stats, TensorStats):  # still on the device: resolve its batch
             self._stats = self._stats.get()
         return self._stats
 
@@ -117,7 +117,7 @@ class Comparator:
 
     def _settle(self) -> None:
         for name, p in list(self._pending.items()):
-            diff, prof = p.get()
+            diff, prof, _ = p.get()
             self._diffs[name] = diff
             if prof is not None:
                 self._profiles[name] = prof
@@ -147,9 +147,8 @@ class Comparator:
         ref = ref.to(t.device, non_blocking=True)
         vec = diff_vector(ref, t, self.tolerances.lookup(name))
         shape, dtype = list(t.shape), str(t.dtype).removeprefix("torch.")
-        diff_p = self.batch.add(vec, lambda v: (diff_from(v, shape), profile_from(v, shape)))
-        stats_p = self.batch.add(vec, lambda v: cand_stats_from(v, shape, dtype))
-        self._pending[name] = diff_p
+        pending = self.batch.add(vec, lambda v: (diff_from(v, shape), profile_from(v, shape), cand_stats_from(v, shape, dtype)))
+        self._pending[name] = pending
         self.last = name
         kept = t.clone() if self.keep else None
-        self.capture.records[name] = ProbeRecord(name, stats_p, kept)
+        self.capture.records[name] = ProbeRecord(name, pending.part(2), kept)

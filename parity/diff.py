@@ -246,6 +246,18 @@ class Pending:
             self.batch.resolve()
         return self._value
 
+    def part(self, i: int) -> _Part:
+        """Element ``i`` of this pending tuple result, resolved with it (no second transfer)."""
+        return _Part(self, i)
+
+
+class _Part:
+    def __init__(self, parent: Pending, i: int) -> None:
+        self.parent, self.i = parent, i
+
+    def get(self) -> Any:
+        return self.parent.get()[self.i]
+
 
 class Batch:
     """Pending statistics brought to the host together: one device-to-host transfer per
