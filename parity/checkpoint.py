@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from parity.errors import CheckpointError
+from parity.errors import CheckpointError, ParityError
 
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq", ".masked_bias", ".attn.bias")
 
@@ -22,17 +22,22 @@ def checkpoint_dir(path: str | Path) -> Path:
     return p
 
 
+def read_json_object(path: Path, error: type[ParityError], label: str) -> dict[str, Any]:
+    """A JSON file holding an object; ``error(...)`` naming ``label`` otherwise."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise error(f"cannot read {label}: {exc}") from None
+    if not isinstance(data, dict):
+        raise error(f"{label} is not a JSON object.")
+    return data
+
+
 def read_config(folder: Path) -> dict[str, Any]:
     cfg = folder / "config.json"
     if not cfg.is_file():
         raise CheckpointError(f"checkpoint '{folder}' has no config.json.", note="a Hugging Face model folder has config.json beside its weights")
-    try:
-        data = json.loads(cfg.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"cannot read {cfg}: {exc}") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{cfg} is not a JSON object.")
-    return data
+    return read_json_object(cfg, CheckpointError, str(cfg))
 
 
 def weight_files(folder: Path) -> list[Path]:

@@ -31,6 +31,7 @@ class Preset:
     tolerances: dict[str, ToleranceTable]
     chat: dict[str, Any] = field(default_factory=dict)
     shapes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    generation: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
 
     def tolerance_table(self, dtype: str) -> ToleranceTable:
@@ -136,6 +137,7 @@ def load_preset(family: str, extra_dirs: Sequence[str | Path] = ()) -> Preset:
             tolerances=tols,
             chat=dict(raw.get("chat", {})),
             shapes={k: dict(v) for k, v in raw.get("shapes", {}).items()},
+            generation=dict(raw.get("generation", {})),
             path=path,
         )
     except KeyError as exc:

@@ -19,8 +19,6 @@ GENERATION_OPTS: list[Opt] = [
     Opt(("--atol",), {"type": float, "help": "logits absolute tolerance (default: the preset's per-dtype table)"}),
     Opt(("--rtol",), {"type": float, "help": "logits relative tolerance"}),
 ]
-FAULT_OPT = Opt(("--fault",), {"dest": "faults", "action": "append", "default": [], "metavar": "NAME",
-                               "help": "inject a generation-side fault into the candidate: eos-token, kv-position"})
 
 
 def add_parser(sub: Any, common: argparse.ArgumentParser, func: Any) -> None:
@@ -30,8 +28,6 @@ def add_parser(sub: Any, common: argparse.ArgumentParser, func: Any) -> None:
     group = p.add_argument_group("generation")
     for o in GENERATION_OPTS:
         group.add_argument(*o.flags, **o.kwargs)
-    if "--fault" not in p._option_string_actions:  # the candidate group may bring its own --fault
-        group.add_argument(*FAULT_OPT.flags, **FAULT_OPT.kwargs)
     add_group(p, "output")
     p.set_defaults(func=func)
 
@@ -43,8 +39,6 @@ def options(ns: argparse.Namespace) -> Any:
 
     names = {f.name for f in fields(GenerateOptions)}
     given = {k: v for k, v in vars(ns).items() if k in names and v is not None}
-    faults = getattr(ns, "faults", None) or getattr(ns, "fault", None) or []
-    given["faults"] = [faults] if isinstance(faults, str) else list(faults)
     return GenerateOptions(**given)
 
 

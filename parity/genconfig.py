@@ -11,13 +11,12 @@ generation config stops where it says and nowhere else — otherwise a copy of t
 """
 from __future__ import annotations
 
-import json
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from parity.chat import Vocab
+from parity.checkpoint import read_json_object
 from parity.errors import InputError
 
 # Keys compared between the two sides, in report order.
@@ -46,25 +45,11 @@ def eos_list(value: Any) -> list[int]:
     return [int(value)]
 
 
-def preset_generation(preset: Any) -> dict[str, Any]:
-    """The preset's ``[generation]`` table (read here so families.py stays untouched)."""
-    path = getattr(preset, "path", None)
-    if path is None:
-        return {}
-    return dict(tomllib.loads(Path(path).read_text()).get("generation", {}))
-
-
 def read_json_config(path: str | Path, what: str) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise InputError(f"{what} '{p}' does not exist.", note="give a generation_config.json file")
-    try:
-        data = json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"cannot read {what} '{p}': {exc}") from None
-    if not isinstance(data, dict):
-        raise InputError(f"{what} '{p}' is not a JSON object.")
-    return data
+    return read_json_object(p, InputError, f"{what} '{p}'")
 
 
 def reference_settings(preset: Any, checkpoint: Path | None, chat_stop_ids: list[int]) -> GenSettings:
@@ -72,7 +57,7 @@ def reference_settings(preset: Any, checkpoint: Path | None, chat_stop_ids: list
     if gen_file is not None and gen_file.is_file():
         cfg, src = read_json_config(gen_file, "generation config"), str(gen_file)
     else:
-        cfg, src = preset_generation(preset), f"preset:{preset.family} [generation]"
+        cfg, src = dict(preset.generation), f"preset:{preset.family} [generation]"
     stops = _unique(eos_list(cfg.get("eos_token_id")) + chat_stop_ids)
     return GenSettings(src, cfg, stops)
 

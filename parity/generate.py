@@ -50,7 +50,6 @@ class GenerateOptions(RunOptions):
     system: str = chatfmt.DEFAULT_SYSTEM
     stop_tokens: list[str] | None = None
     candidate_generation_config: str | None = None
-    faults: list[str] = field(default_factory=list)
     overlap_k: int = 5
 
 
