@@ -16,9 +16,9 @@ from typing import Any
 import torch
 
 from parity.diff import (Batch, DiffStats, Pending, TensorStats, TokenProfile, cand_stats_from, diff_from,
-                         diff_vector, profile_from, stats_from, tensor_vector)
+                         profile_from, stats_from)
 from parity.errors import ProbeError
-from parity.tolerances import ToleranceTable
+from parity.tolerances import Tolerance, ToleranceTable
 
 
 class ProbeRecord:
@@ -88,7 +88,7 @@ class Recorder:
         t = tensor.detach()
         kept = self._keep(t) if self.keep else None
         shape, dtype = list(t.shape), str(t.dtype).removeprefix("torch.")
-        pending = self.batch.add(tensor_vector(t), lambda v: stats_from(v, shape, dtype))
+        pending = self.batch.add_tensor(t, lambda v: stats_from(v, shape, dtype))
         self.capture.records[name] = ProbeRecord(name, pending, kept)
 
 
@@ -114,6 +114,7 @@ class Comparator:
         self._diffs: dict[str, DiffStats] = {}
         self._profiles: dict[str, TokenProfile] = {}
         self.last: str | None = None  # the last probe received (names where a failing run got to)
+        self._tols: dict[str, Tolerance] = {}
 
     def _settle(self) -> None:
         for name, p in list(self._pending.items()):
@@ -144,10 +145,14 @@ class Comparator:
                 note="both sides must produce the canonical shape (see `parity probes`)",
             )
         t = tensor.detach()
-        ref = ref.to(t.device, non_blocking=True)
-        vec = diff_vector(ref, t, self.tolerances.lookup(name))
+        if ref.device != t.device:
+            ref = ref.to(t.device, non_blocking=True)
+        tol = self._tols.get(name)
+        if tol is None:
+            tol = self._tols[name] = self.tolerances.lookup(name)
         shape, dtype = list(t.shape), str(t.dtype).removeprefix("torch.")
-        pending = self.batch.add(vec, lambda v: (diff_from(v, shape), profile_from(v, shape), cand_stats_from(v, shape, dtype)))
+        pending = self.batch.add_diff(ref, t, tol,
+                                      lambda v: (diff_from(v, shape), profile_from(v, shape), cand_stats_from(v, shape, dtype)))
         self._pending[name] = pending
         self.last = name
         kept = t.clone() if self.keep else None

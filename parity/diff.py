@@ -9,13 +9,12 @@ only counts as an infinite error.
 from __future__ import annotations
 
 import math
-import os
-import warnings
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 
+from parity import fused
 from parity.tolerances import Tolerance
 
 FP16_MAX = 65504.0
@@ -60,14 +59,13 @@ class DiffStats:
         return asdict(self)
 
 
-# -- device-side kernels -------------------------------------------------------------------
+# -- device-side statistics ----------------------------------------------------------------
 #
 # One pass over a chunk of whole rows (dim 0 = tokens) computes every statistic at once into
 # a small float64 vector; chunks combine on device; the host sees one transfer per batch of
-# probes (``Batch.resolve``). With PARITY_COMPILE_STATS=1 the chunk functions are compiled on
-# CUDA (torch.compile). Off by default: measured on an H200 (7B shape, 512 tokens) compiled
-# statistics cost seconds of compile time and were not reliably faster (14x-40x forward time
-# against 13x-15x eager, recompiles across shapes and dtypes).
+# probes (``Batch.resolve``). On CUDA, parity.fused does the same in one Triton kernel per
+# probe (these torch ops are about a hundred small kernels); the eager code below is the
+# definition it is tested against, and the path on CPU.
 
 # Slots of the per-chunk vector built by _diff_chunk.
 (S_ERR_SUM, S_REL_MAX, S_BAD, S_MISMATCH, S_DOT, S_RR, S_CC, S_NOISE, S_MAX_ERR, S_WIDX, S_WREF,
@@ -112,32 +110,10 @@ def _diff_chunk(ref: torch.Tensor, cand: torch.Tensor, tol: torch.Tensor) -> tor
     ])
 
 
-COMPILE_MIN_NUMEL = 1 << 20
-_KERNELS: dict[str, Any] = {}
-_BROKEN: set[str] = set()
-
-
-def _run(name: str, fn: Any, *args: torch.Tensor) -> torch.Tensor:
-    """``fn(*args)``, compiled on CUDA (falls back to eager, once, if compiling fails)."""
-    dev = args[0].device
-    small = args[0].numel() < COMPILE_MIN_NUMEL  # compiling costs seconds; small tensors are cheap eager
-    if dev.type != "cuda" or small or name in _BROKEN or os.environ.get("PARITY_COMPILE_STATS", "0") != "1":
-        return fn(*args)
-    kernel = _KERNELS.get(name)
-    if kernel is None:
-        kernel = _KERNELS[name] = torch.compile(fn, dynamic=True, fullgraph=True)
-    try:
-        return kernel(*args)
-    except Exception as exc:  # noqa: BLE001 - a compiler problem must not stop a parity run
-        _BROKEN.add(name)
-        warnings.warn(f"parity: compiled statistics unavailable ({type(exc).__name__}); using eager kernels", stacklevel=2)
-        return fn(*args)
-
-
 def _rows(t: torch.Tensor) -> torch.Tensor:
     """View as [rows, D] with dim 0 = tokens (a 0-/1-D tensor is one row)."""
     t = t.detach()
-    return t.reshape(1, -1) if t.dim() < 2 else t.reshape(t.shape[0], -1)
+    return t.reshape(1, -1) if t.dim() < 2 else t.reshape(t.shape[0], math.prod(t.shape[1:]))
 
 
 def _row_chunks(t: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
@@ -167,10 +143,16 @@ def _index(slots: list[int], device: torch.device) -> torch.Tensor:
 
 def tensor_vector(t: torch.Tensor) -> torch.Tensor:
     """Device vector [sum, absmax, nan, inf] of ``t`` (see tensor_stats)."""
+    if t.numel() and fused.enabled(t):
+        got: list[torch.Tensor] = []
+        arena = fused.Arena(t.device)
+        arena.add(t.detach(), None, 0.0, 0.0, REL_EPS, got.append)
+        arena.finish()
+        return got[0][S_CSUM:S_CINF + 1]
     x = _rows(t)
     if x.numel() == 0:
         return torch.zeros(4, dtype=_F64, device=t.device)
-    parts = torch.stack([_run("tensor", _tensor_chunk, ch) for _, ch in _row_chunks(x)])
+    parts = torch.stack([_tensor_chunk(ch) for _, ch in _row_chunks(x)])
     return torch.cat([parts[:, 0].sum().reshape(1), parts[:, 1].amax().reshape(1), parts[:, 2:].sum(dim=0)])
 
 
@@ -178,11 +160,15 @@ def diff_vector(ref: torch.Tensor, cand: torch.Tensor, tol: Tolerance, eps: floa
     """Device vector of every diff statistic (slots S_*), combined over row chunks."""
     if ref.shape != cand.shape:
         raise ValueError(f"shape mismatch {tuple(ref.shape)} vs {tuple(cand.shape)}")
+    if cand.numel() == 0:
+        return torch.zeros(21, dtype=_F64, device=cand.device)
+    if fused.enabled(cand):
+        return fused.diff_vector(ref.detach(), cand.detach(), tol.atol, tol.rtol, eps)
     r, c = _rows(ref), _rows(cand)
     tv = _tol_tensor(tol.atol, tol.rtol, eps, cand.device)
     parts = []
     for (off, rch), (_, cch) in zip(_row_chunks(r), _row_chunks(c)):
-        v = _run("diff", _diff_chunk, rch, cch, tv)
+        v = _diff_chunk(rch, cch, tv)
         if off:
             v = v.clone()
             v[S_WIDX] += off
@@ -236,8 +222,9 @@ def profile_from(v: list[float], shape: list[int]) -> TokenProfile | None:
 class Pending:
     """A device-side statistics vector and how to build its result; resolved with its batch."""
 
-    def __init__(self, batch: Batch, vec: torch.Tensor, build: Any) -> None:
+    def __init__(self, batch: Batch, vec: torch.Tensor | None, build: Any, device: torch.device | None = None) -> None:
         self.batch, self.vec, self.build = batch, vec, build
+        self.device = vec.device if vec is not None else device
         self._value: Any = None
         self.done = False
 
@@ -245,6 +232,9 @@ class Pending:
         if not self.done:
             self.batch.resolve()
         return self._value
+
+    def set_vec(self, vec: torch.Tensor) -> None:
+        self.vec = vec
 
     def part(self, i: int) -> _Part:
         """Element ``i`` of this pending tuple result, resolved with it (no second transfer)."""
@@ -265,17 +255,49 @@ class Batch:
 
     def __init__(self) -> None:
         self.items: list[Pending] = []
+        self.arenas: dict[torch.device, fused.Arena] = {}
+        self.fused = fused.allowed()
 
     def add(self, vec: torch.Tensor, build: Any) -> Pending:
         item = Pending(self, vec, build)
         self.items.append(item)
         return item
 
+    def _arena(self, device: torch.device) -> fused.Arena:
+        arena = self.arenas.get(device)
+        if arena is None:
+            arena = self.arenas[device] = fused.Arena(device)
+        return arena
+
+    def add_diff(self, ref: torch.Tensor, cand: torch.Tensor, tol: Tolerance, build: Any) -> Pending:
+        """Queue the diff vector of ``cand`` against ``ref`` (slots S_*); on CUDA one fused
+        kernel launch, finished with the rest of the batch."""
+        if cand.numel() == 0 or not fused.enabled(cand, self.fused):
+            return self.add(diff_vector(ref, cand, tol), build)
+        if ref.shape != cand.shape:
+            raise ValueError(f"shape mismatch {tuple(ref.shape)} vs {tuple(cand.shape)}")
+        item = Pending(self, None, build, cand.device)
+        self._arena(cand.device).add(cand, ref, tol.atol, tol.rtol, REL_EPS, item.set_vec)
+        self.items.append(item)
+        return item
+
+    def add_tensor(self, t: torch.Tensor, build: Any) -> Pending:
+        """Queue [sum, absmax, nan, inf] of ``t`` (see tensor_vector)."""
+        if t.numel() == 0 or not fused.enabled(t, self.fused):
+            return self.add(tensor_vector(t), build)
+        item = Pending(self, None, lambda v: build(v[S_CSUM:S_CINF + 1]), t.device)
+        self._arena(t.device).add(t, None, 0.0, 0.0, REL_EPS, item.set_vec)
+        self.items.append(item)
+        return item
+
     def resolve(self) -> None:
         items, self.items = self.items, []
+        arenas, self.arenas = self.arenas, {}
+        for arena in arenas.values():
+            arena.finish()
         by_dev: dict[torch.device, list[Pending]] = {}
         for it in items:
-            by_dev.setdefault(it.vec.device, []).append(it)
+            by_dev.setdefault(it.device, []).append(it)
         for group in by_dev.values():
             flat = torch.cat([it.vec for it in group]).tolist()
             pos = 0

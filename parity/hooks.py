@@ -73,15 +73,21 @@ def _get(model: nn.Module, path: str, probe: str) -> nn.Module:
 
 
 @contextmanager
-def attached(model: nn.Module, bindings: Sequence[Binding], sink: Sink) -> Iterator[None]:
-    """Hook ``bindings`` into ``model`` for the duration of the block."""
+def attached(model: nn.Module, bindings: Sequence[Binding], sink: Sink,
+             modules: dict[str, nn.Module] | None = None) -> Iterator[None]:
+    """Hook ``bindings`` into ``model`` for the duration of the block (``modules``: a cache
+    of path -> submodule kept by the caller across forwards)."""
     by_module: dict[str, list[Binding]] = defaultdict(list)
     for b in bindings:
         by_module[b.module].append(b)
     handles: list[Any] = []
     try:
         for path, group in by_module.items():
-            module = _get(model, path, group[0].probe)
+            module = modules.get(path) if modules is not None else None
+            if module is None:
+                module = _get(model, path, group[0].probe)
+                if modules is not None:
+                    modules[path] = module
             inputs = [b for b in group if b.spec.io == "input"]
             outputs = [b for b in group if b.spec.io == "output"]
             if inputs:
@@ -94,10 +100,36 @@ def attached(model: nn.Module, bindings: Sequence[Binding], sink: Sink) -> Itera
             h.remove()
 
 
+def _call(sink: Sink, name: str, tensor: torch.Tensor) -> None:
+    sink(name, tensor)
+
+
+_EAGER_CALL: Any = None  # _call wrapped by torch._dynamo.disable, made by outside_graph()
+
+
+def outside_graph() -> None:
+    """Run sinks outside torch.compile'd graphs from now on (a graph break at each probe).
+
+    Called before a hooked model is compiled: sinks keep Python state and launch their own
+    kernels, which dynamo should not trace. Importing dynamo is slow, so only then."""
+    global _EAGER_CALL
+    if _EAGER_CALL is None:
+        import torch._dynamo
+
+        _EAGER_CALL = torch._dynamo.disable(_call)
+
+
+def _emit(sink: Sink, name: str, tensor: torch.Tensor) -> None:
+    if _EAGER_CALL is not None and torch.compiler.is_compiling():
+        _EAGER_CALL(sink, name, tensor)
+    else:
+        sink(name, tensor)
+
+
 def _pre_hook(group: list[Binding], sink: Sink) -> Callable[..., None]:
     def hook(_mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         for b in group:
-            sink(b.probe, extract(b, args, kwargs, None))
+            _emit(sink, b.probe, extract(b, args, kwargs, None))
 
     return hook
 
@@ -105,7 +137,7 @@ def _pre_hook(group: list[Binding], sink: Sink) -> Callable[..., None]:
 def _post_hook(group: list[Binding], sink: Sink) -> Callable[..., None]:
     def hook(_mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
         for b in group:
-            sink(b.probe, extract(b, args, kwargs, output))
+            _emit(sink, b.probe, extract(b, args, kwargs, output))
 
     return hook
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from conftest import read_report
+from parity import fused
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -29,23 +30,30 @@ def test_cuda_sdpa_bf16(tmp_path: Path, run_cli) -> None:
     assert code == 0
 
 
-def test_compiled_statistics_equal_eager(monkeypatch: pytest.MonkeyPatch) -> None:
-    from parity import diff
-    from parity.tolerances import Tolerance
+def test_fused_statistics_equal_eager(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Triton kernels (compiled for this GPU) against the eager definition and the CPU."""
+    from fused_cases import CASES, check_case
 
-    g = torch.Generator(device="cuda").manual_seed(0)
-    ref = torch.randn(300, 4096, device="cuda", generator=g)
-    cand = (ref + 1e-3 * torch.randn(300, 4096, device="cuda", generator=g)).half()
-    cand[5, 7] = float("nan")
-    cand[250, 4000] = float("inf")
-    tol = Tolerance(1e-2, 1e-2)
-    monkeypatch.setattr(diff, "CHUNK", 1 << 20)  # several row chunks, each big enough to compile
-    monkeypatch.setattr(diff, "COMPILE_MIN_NUMEL", 1 << 10)
-    monkeypatch.setenv("PARITY_COMPILE_STATS", "1")
-    compiled = diff.diff_vector(ref, cand, tol).cpu()
-    monkeypatch.setenv("PARITY_COMPILE_STATS", "0")
-    eager = diff.diff_vector(ref, cand, tol).cpu()
-    assert "diff" not in diff._BROKEN
-    assert torch.allclose(compiled, eager, rtol=1e-9, equal_nan=True)
-    cpu = diff.diff_vector(ref.cpu(), cand.cpu(), tol)
-    assert torch.allclose(compiled, cpu, rtol=1e-9, equal_nan=True)
+    assert fused.enabled(torch.empty(1, device="cuda")), "Triton should be usable on a CUDA machine"
+    for name, make in CASES.items():
+        check_case(name, make, "cuda", monkeypatch)
+
+
+def test_fused_run_equals_eager_run(tmp_path: Path, run_cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A whole CUDA run reports the same numbers with fused and with eager statistics."""
+    reports = {}
+    for flag in ("1", "0"):
+        monkeypatch.setenv("PARITY_FUSED_STATS", flag)
+        out = tmp_path / flag
+        code, _, _ = run_cli("run", "--model", "llama", "--device", "cuda", "--tokens", "40", "-q", "--out", str(out))
+        assert code == 0
+        reports[flag] = {p["name"]: p for p in read_report(out)["probes"]}
+    assert reports["1"].keys() == reports["0"].keys()
+    for name, fast in reports["1"].items():
+        slow = reports["0"][name]
+        for key in ("max_abs_err", "mean_abs_err", "max_rel_err", "cosine", "nrmse", "n_bad", "worst_index",
+                    "ref_mean", "cand_mean", "cand_abs_max", "nan", "inf", "isolated_max_abs_err"):
+            if fast[key] is None or isinstance(fast[key], list):
+                assert fast[key] == slow[key], (name, key)
+            else:
+                assert fast[key] == pytest.approx(slow[key], rel=1e-6, abs=1e-12), (name, key)

@@ -27,6 +27,7 @@ class Backend(ABC):
     def __init__(self, label: str) -> None:
         self.label = label
         self.is_active = False
+        self._offered: frozenset[str] | None = None
 
     @classmethod
     def is_available(cls) -> bool:
@@ -36,6 +37,7 @@ class Backend(ABC):
     def activate(self) -> None:
         if self.is_active:
             raise BackendError(f"backend '{self.label}' is already active.")
+        self._offered = None
         self.activate_impl()
         self.is_active = True
 
@@ -65,8 +67,9 @@ class Backend(ABC):
         """
         if not self.is_active:
             raise BackendError(f"backend '{self.label}' must be activated before capture().")
-        offered = set(self.available_probes())
-        missing = [p for p in probes if p not in offered]
+        if self._offered is None:  # fixed while active; computing it per forward costs per probe
+            self._offered = frozenset(self.available_probes())
+        missing = [p for p in probes if p not in self._offered]
         if missing:
             raise ProbeError(
                 f"backend '{self.label}' does not expose {missing[0]}"

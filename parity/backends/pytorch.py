@@ -19,7 +19,7 @@ from parity import api
 from parity import probes as canon
 from parity.backends.base import Backend, Sink
 from parity.errors import BackendError, ProbeError, UsageError
-from parity.hooks import attached, teacher_forced
+from parity.hooks import attached, outside_graph, teacher_forced
 from parity.probemap import BlockSpec, ProbeMap
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -89,6 +89,8 @@ class ModuleBackend(Backend):
         self.runner: Any = model  # what is called (a compiled wrapper, for --compile)
         self.positional_ids = False  # call runner(ids) instead of runner(input_ids=ids)
         self.emitted: set[str] = set()  # probes the model sent through parity.probe()
+        self._bindings: dict[tuple[str, ...], list[Any]] = {}
+        self._modules: dict[str, nn.Module] = {}  # module path -> module, for attaching hooks
 
     @property
     def device(self) -> torch.device:
@@ -115,13 +117,16 @@ class ModuleBackend(Backend):
     def _forward(self, input_ids: Any, probes: list[str], sink: Sink,
                  forcing: tuple[BlockSpec, Mapping[int, Any]] | None = None) -> Any:
         """One forward with hooks for the mapped probes and ``parity.probe`` routed to ``sink``."""
-        mapped = set(self.probe_map.names(self.num_blocks))
-        bindings = self.probe_map.resolve([p for p in probes if p in mapped], self.config)
+        key = tuple(probes)
+        bindings = self._bindings.get(key)
+        if bindings is None:  # resolved once per probe list: a forward should cost hooks only
+            mapped = set(self.probe_map.names(self.num_blocks))
+            bindings = self._bindings[key] = self.probe_map.resolve([p for p in probes if p in mapped], self.config)
         ids = torch.as_tensor(input_ids, dtype=torch.long, device=self.device).reshape(1, -1)
         api_sink = ApiSink(set(probes), sink)
         with ExitStack() as stack:
             stack.enter_context(torch.inference_mode())
-            stack.enter_context(attached(self.model, bindings, sink))
+            stack.enter_context(attached(self.model, bindings, sink, self._modules))
             stack.enter_context(api.capturing(api_sink))
             if forcing is not None:
                 stack.enter_context(teacher_forced(self.model, forcing[0], forcing[1]))
@@ -174,6 +179,7 @@ def make_candidate(reference: nn.Module, probe_map: ProbeMap, config: Any, num_b
     model = derive(reference, dtype, device, attn)
     backend = ModuleBackend(model, probe_map, getattr(model, "config", config), "torch", num_blocks)
     if compile:
+        outside_graph()
         backend.runner = torch.compile(model)
     return backend
 

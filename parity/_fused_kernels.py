@@ -1,0 +1,203 @@
+"""Triton kernels of parity.fused (imported only when a CUDA tensor needs them)."""
+import triton
+import triton.language as tl
+
+@triton.jit(do_not_specialize=["first"])
+def _rows_kernel(ref_ptr, cand_ptr, rec_ptr, tol_ptr, first, D, TILE, ref_stride, cand_stride,
+                 HAS_REF: tl.constexpr, BLOCK: tl.constexpr):
+    """Statistics of one (row, column tile): a program reads its slice of the candidate (and
+    of the reference) once, accumulating per lane; lanes are reduced once at the end.
+
+    Elementwise terms are float32 (the inputs are float32 or narrower; ref - cand is exact
+    when the two are within a factor 2 of each other); products and sums are float64 (a
+    product of two float32 values is exact there, which the per-token scale fit needs), and
+    the worst element's error is recomputed in float64 from the stored values."""
+    row = tl.program_id(0).to(tl.int64)
+    tile = tl.program_id(1)
+    ntiles = tl.num_programs(1)
+    start = tile * TILE
+    stop = tl.minimum(start + TILE, D)
+    lanes = tl.arange(0, BLOCK)
+    c_row = cand_ptr + row * cand_stride
+    r_row = ref_ptr + row * ref_stride
+    inf = float("inf")
+    csum = tl.zeros([BLOCK], tl.float64)
+    cabs = tl.zeros([BLOCK], tl.float32)  # |x| of a float16/bfloat16/float32 value is exact in float32
+    n_nan = tl.zeros([BLOCK], tl.int32)
+    n_inf = tl.zeros([BLOCK], tl.int32)
+    if HAS_REF:
+        atol = tl.load(tol_ptr).to(tl.float32)
+        rtol = tl.load(tol_ptr + 1).to(tl.float32)
+        eps = tl.load(tol_ptr + 2).to(tl.float32)
+        err_sum = tl.zeros([BLOCK], tl.float64)
+        dot = tl.zeros([BLOCK], tl.float64)
+        rr = tl.zeros([BLOCK], tl.float64)
+        cc = tl.zeros([BLOCK], tl.float64)
+        noise = tl.zeros([BLOCK], tl.float64)
+        rel_max = tl.zeros([BLOCK], tl.float32)
+        best = tl.full([BLOCK], -1.0, tl.float32)
+        best_col = tl.zeros([BLOCK], tl.int32)
+        n_bad = tl.zeros([BLOCK], tl.int32)
+        n_mis = tl.zeros([BLOCK], tl.int32)
+    for off in range(start, stop, BLOCK):
+        cols = off + lanes
+        m = cols < stop
+        c = tl.load(c_row + cols, mask=m, other=0.0).to(tl.float32)
+        c_nan = c != c
+        c_fin = tl.abs(c) < inf
+        csum += c.to(tl.float64)
+        cabs = tl.maximum(cabs, tl.where(c_nan, 0.0, tl.abs(c)))
+        n_nan += c_nan.to(tl.int32)
+        n_inf += (~c_fin & ~c_nan).to(tl.int32)
+        if HAS_REF:
+            r = tl.load(r_row + cols, mask=m, other=0.0).to(tl.float32)
+            r_nan = r != r
+            r_fin = tl.abs(r) < inf
+            both = r_fin & c_fin
+            same_special = ~r_fin & ~c_fin & ((r_nan & c_nan) | (r == c))
+            mismatch = ~both & ~same_special
+            r0 = tl.where(both, r, 0.0)
+            c0 = tl.where(both, c, 0.0)
+            d = r0 - c0
+            ad = tl.abs(d)
+            ar = tl.abs(r0)
+            err = tl.where(mismatch, inf, ad)
+            err_sum += err.to(tl.float64)
+            rel_max = tl.maximum(rel_max, tl.where(mismatch, inf, ad / (ar + eps)))
+            n_bad += (ad > atol + rtol * ar).to(tl.int32)
+            n_mis += mismatch.to(tl.int32)
+            r64 = r0.to(tl.float64)  # products of float32 values are exact in float64
+            c64 = c0.to(tl.float64)
+            d64 = d.to(tl.float64)
+            dot += r64 * c64
+            rr += r64 * r64
+            cc += c64 * c64
+            noise += d64 * d64
+            better = m & (err > best)  # strict: a lane keeps its first worst column
+            best = tl.where(better, err, best)
+            best_col = tl.where(better, cols, best_col)
+    out = rec_ptr + (first + row * ntiles + tile) * 16
+    if HAS_REF:
+        worst = tl.max(best, axis=0)
+        col = tl.min(tl.where(best == worst, best_col, stop), axis=0)
+        col = tl.minimum(tl.maximum(col, start), stop - 1)
+        w_ref = tl.load(r_row + col).to(tl.float64)
+        w_cand = tl.load(c_row + col).to(tl.float64)
+        w_err = tl.where(worst == inf, inf, tl.abs(w_ref - w_cand))  # the float64 value of the worst error
+        tl.store(out + 0, tl.sum(err_sum, axis=0))
+        tl.store(out + 1, tl.max(rel_max, axis=0).to(tl.float64))
+        tl.store(out + 2, tl.sum(n_bad, axis=0).to(tl.float64))
+        tl.store(out + 3, tl.sum(n_mis, axis=0).to(tl.float64))
+        tl.store(out + 4, tl.sum(dot, axis=0))
+        tl.store(out + 5, tl.sum(rr, axis=0))
+        tl.store(out + 6, tl.sum(cc, axis=0))
+        tl.store(out + 7, tl.sum(noise, axis=0))
+        tl.store(out + 8, w_err)
+        tl.store(out + 9, col.to(tl.float64))
+        tl.store(out + 10, w_ref)
+        tl.store(out + 11, w_cand)
+    else:
+        zero = tl.zeros([], tl.float64)
+        for k in tl.static_range(12):
+            tl.store(out + k, zero)
+    tl.store(out + 12, tl.sum(csum, axis=0))
+    tl.store(out + 13, tl.max(cabs, axis=0).to(tl.float64))
+    tl.store(out + 14, tl.sum(n_nan, axis=0).to(tl.float64))
+    tl.store(out + 15, tl.sum(n_inf, axis=0).to(tl.float64))
+
+
+@triton.jit
+def _finalize_kernel(rec_ptr, desc_ptr, out_ptr, RB: tl.constexpr):
+    """Fold one probe's records (desc row: first record, rows, tiles, row length) into
+    the 21 slots of parity.diff.S_*."""
+    p = tl.program_id(0).to(tl.int64)
+    first = tl.load(desc_ptr + p * 4)
+    R = tl.load(desc_ptr + p * 4 + 1)
+    T = tl.load(desc_ptr + p * 4 + 2)
+    D = tl.load(desc_ptr + p * 4 + 3)
+    inf = float("inf")
+    lanes = tl.arange(0, RB).to(tl.int64)
+    err_sum = tl.zeros([], tl.float64)
+    n_bad = tl.zeros([], tl.float64)
+    n_mis = tl.zeros([], tl.float64)
+    dot = tl.zeros([], tl.float64)
+    rr = tl.zeros([], tl.float64)
+    cc = tl.zeros([], tl.float64)
+    noise = tl.zeros([], tl.float64)
+    csum = tl.zeros([], tl.float64)
+    n_nan = tl.zeros([], tl.float64)
+    n_inf = tl.zeros([], tl.float64)
+    resid = tl.zeros([], tl.float64)
+    tok0 = tl.zeros([], tl.float64)
+    rel_max = tl.full([], -inf, tl.float64)
+    cabs = tl.full([], -inf, tl.float64)
+    later = tl.full([], -inf, tl.float64)
+    a_min = tl.full([], inf, tl.float64)
+    a_max = tl.full([], -inf, tl.float64)
+    best = tl.full([], -inf, tl.float64)
+    best_flat = tl.zeros([], tl.int64)
+    w_ref = tl.zeros([], tl.float64)
+    w_cand = tl.zeros([], tl.float64)
+    for r0 in range(0, R, RB):
+        rows = r0 + lanes
+        m = rows < R
+        rc_t = tl.zeros([RB], tl.float64)
+        rr_t = tl.zeros([RB], tl.float64)
+        cc_t = tl.zeros([RB], tl.float64)
+        row_err = tl.full([RB], -inf, tl.float64)
+        for t in range(0, T):
+            rec = rec_ptr + (first + rows * T + t) * 16
+            err_sum += tl.sum(tl.load(rec + 0, mask=m, other=0.0), axis=0)
+            rel_max = tl.maximum(rel_max, tl.max(tl.load(rec + 1, mask=m, other=-inf), axis=0))
+            n_bad += tl.sum(tl.load(rec + 2, mask=m, other=0.0), axis=0)
+            n_mis += tl.sum(tl.load(rec + 3, mask=m, other=0.0), axis=0)
+            rc_t += tl.load(rec + 4, mask=m, other=0.0)
+            rr_t += tl.load(rec + 5, mask=m, other=0.0)
+            cc_t += tl.load(rec + 6, mask=m, other=0.0)
+            noise += tl.sum(tl.load(rec + 7, mask=m, other=0.0), axis=0)
+            e = tl.load(rec + 8, mask=m, other=-inf)
+            row_err = tl.maximum(row_err, e)
+            flat = rows * D + tl.load(rec + 9, mask=m, other=0.0).to(tl.int64)
+            blk = tl.max(e, axis=0)
+            blk_flat = tl.min(tl.where(m & (e == blk), flat, R * D), axis=0)
+            pick = m & (flat == blk_flat)
+            better = (blk > best) | ((blk == best) & (blk_flat < best_flat))
+            best = tl.where(better, blk, best)
+            best_flat = tl.where(better, blk_flat, best_flat)
+            w_ref = tl.where(better, tl.sum(tl.where(pick, tl.load(rec + 10, mask=m, other=0.0), 0.0), axis=0), w_ref)
+            w_cand = tl.where(better, tl.sum(tl.where(pick, tl.load(rec + 11, mask=m, other=0.0), 0.0), axis=0), w_cand)
+            csum += tl.sum(tl.load(rec + 12, mask=m, other=0.0), axis=0)
+            cabs = tl.maximum(cabs, tl.max(tl.load(rec + 13, mask=m, other=-inf), axis=0))
+            n_nan += tl.sum(tl.load(rec + 14, mask=m, other=0.0), axis=0)
+            n_inf += tl.sum(tl.load(rec + 15, mask=m, other=0.0), axis=0)
+        dot += tl.sum(rc_t, axis=0)
+        rr += tl.sum(rr_t, axis=0)
+        cc += tl.sum(cc_t, axis=0)
+        a = tl.where(rr_t > 0, rc_t / tl.maximum(rr_t, 1e-300), 1.0)
+        resid += tl.sum(tl.where(m, tl.maximum(cc_t - 2.0 * a * rc_t + a * a * rr_t, 0.0), 0.0), axis=0)
+        a_min = tl.minimum(a_min, tl.min(tl.where(m, a, inf), axis=0))
+        a_max = tl.maximum(a_max, tl.max(tl.where(m, a, -inf), axis=0))
+        tok0 += tl.sum(tl.where(rows == 0, row_err, 0.0), axis=0)
+        later = tl.maximum(later, tl.max(tl.where(m & (rows > 0), row_err, -inf), axis=0))
+    out = out_ptr + p * 21
+    tl.store(out + 0, err_sum)
+    tl.store(out + 1, rel_max)
+    tl.store(out + 2, n_bad)
+    tl.store(out + 3, n_mis)
+    tl.store(out + 4, dot)
+    tl.store(out + 5, rr)
+    tl.store(out + 6, cc)
+    tl.store(out + 7, noise)
+    tl.store(out + 8, best)
+    tl.store(out + 9, best_flat.to(tl.float64))
+    tl.store(out + 10, w_ref)
+    tl.store(out + 11, w_cand)
+    tl.store(out + 12, csum)
+    tl.store(out + 13, cabs)
+    tl.store(out + 14, n_nan)
+    tl.store(out + 15, n_inf)
+    tl.store(out + 16, tok0)
+    tl.store(out + 17, later)
+    tl.store(out + 18, resid)
+    tl.store(out + 19, a_min)
+    tl.store(out + 20, a_max)
