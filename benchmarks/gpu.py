@@ -18,71 +18,133 @@ from pathlib import Path
 import torch
 
 
-def timed_forward(model, ids, reps: int = 5) -> float:
-    with torch.inference_mode():
-        for _ in range(2):
-            model(input_ids=ids, use_cache=False)
+def _median_time(fn, reps: int) -> tuple[float, float]:
+    """(first call, median of the rest) wall seconds of ``fn()``, synchronized."""
+    times = []
+    for _ in range(reps + 1):
         torch.cuda.synchronize()
-        times = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
+        t0 = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return times[0], statistics.median(times[1:])
+
+
+def timed_forward(model, ids, reps: int = 7) -> float:
+    def fwd():
+        with torch.inference_mode():
             model(input_ids=ids, use_cache=False)
-            torch.cuda.synchronize()
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+
+    _median_time(fwd, 2)  # warm-up
+    return _median_time(fwd, reps)[1]
 
 
-def overhead(model_name: str, shape: str, tokens: int) -> dict:
-    """Candidate forward with every probe hooked and compared on device vs no hooks."""
+def _kernel_ms(fn) -> float:
+    """Sum of GPU kernel time of one ``fn()`` call (torch profiler), milliseconds."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    total = 0.0
+    for e in prof.key_averages():
+        total += getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0.0)
+    return total / 1000.0
+
+
+def overhead(model_name: str, shape: str, tokens: int, more_tokens: tuple[int, ...] = ()) -> dict:
+    """Candidate forward with every probe hooked and compared on device vs no hooks.
+
+    Also splits the cost: hooks alone (a sink that does nothing), the default fused
+    statistics, the eager torch statistics (PARITY_FUSED_STATS=0), GPU kernel time of the
+    plain and hooked forwards, and the same at 16 tokens, where the forward is bound by
+    the CPU launching kernels (so the difference is the CPU cost of the probes)."""
     from parity.backends.pytorch import ModuleBackend, make_candidate
     from parity.capture import Capture, Comparator, Recorder
+    from parity.diff import Batch
     from parity.probemap import find_map
     from parity.source import ModelSource
+    from parity.tolerances import Tolerance
 
     src = ModelSource.resolve(model_name, shape=shape)
     pmap = find_map(src.preset.probe_map)
     names = pmap.names(src.num_blocks)
     ref_model = src.build("cuda")
-    ids = torch.randint(0, 32000, (1, tokens), device="cuda")
+    ids_for = {n: torch.randint(0, 32000, (1, n), device="cuda") for n in (tokens, *more_tokens)}
+    ids = ids_for[tokens]
     ref = ModuleBackend(ref_model, pmap, getattr(ref_model, "config", src.config), "reference", src.num_blocks)
-    ref_cap = Capture("reference")
+    ref_caps = {n: Capture("reference") for n in ids_for}
     with ref:
-        ref.capture(ids, names, Recorder(ref_cap, keep=True, store_device="cuda"))
+        for n, x in ids_for.items():
+            ref.capture(x, names, Recorder(ref_caps[n], keep=True, store_device="cuda"))
+    ref_cap = ref_caps[tokens]
     cand = make_candidate(ref_model, pmap, src.config, src.num_blocks, dtype="fp16", device="cuda")
     del ref_model
     torch.cuda.empty_cache()
-    plain = timed_forward(cand.model, ids)
     tols = src.preset.tolerance_table("fp16")
-    out: dict = {}
-    for compiled in ("1", "0"):
-        os.environ["PARITY_COMPILE_STATS"] = compiled
-        times = []
-        with torch.inference_mode(), cand:
-            for i in range(5):
-                torch.cuda.synchronize()
-                t0 = time.perf_counter()
-                comp = Comparator(ref_cap, Capture("c"), tols)
-                cand.capture(ids, names, comp)
-                _ = comp.diffs  # the one host transfer is part of the cost
-                torch.cuda.synchronize()
-                times.append(time.perf_counter() - t0)
-        key = "compiled" if compiled == "1" else "eager"
-        out[f"first_call_s_{key}"] = times[0]
-        out[f"hooked_s_{key}"] = statistics.median(times[1:])
-        if os.environ.get("PARITY_BENCH_PROFILE"):
-            from torch.profiler import ProfilerActivity, profile
+    out: dict = {"probes": len(names), "tokens": tokens}
 
-            with torch.inference_mode(), cand, profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-                comp = Comparator(ref_cap, Capture("c"), tols)
-                cand.capture(ids, names, comp)
-                _ = comp.diffs
-                torch.cuda.synchronize()
-            print(f"== profile, compiled statistics={compiled}", flush=True)
-            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=18), flush=True)
-    os.environ.pop("PARITY_COMPILE_STATS", None)
-    hooked = out["hooked_s_eager"]  # the default path
-    return {"plain_s": plain, "hooked_s": hooked, "ratio": hooked / plain, "probes": len(names),
-            "ratio_compiled_stats": out["hooked_s_compiled"] / plain, **out}
+    def compared(x, cap=ref_cap) -> None:
+        comp = Comparator(cap, Capture("c"), tols)
+        cand.capture(x, names, comp)
+        _ = comp.diffs  # the one host transfer is part of the cost
+
+    def plain(x) -> None:
+        with torch.inference_mode():
+            cand.model(input_ids=x, use_cache=False)
+
+    def hooks_only(x) -> None:
+        cand.capture(x, names, lambda n, t: None)
+
+    def self_diff(x) -> None:  # fused statistics of each tensor against itself (no reference needed)
+        batch, tol = Batch(), Tolerance(0.0, 0.0)
+        cand.capture(x, names, lambda n, t: batch.add_diff(t, t, tol, len))
+        batch.resolve()
+
+    with cand:
+        out["plain_s"] = timed_forward(cand.model, ids)
+        out["first_call_s"], out["hooked_s"] = _median_time(lambda: compared(ids), 7)
+        out["hooks_only_s"] = _median_time(lambda: hooks_only(ids), 5)[1]
+        os.environ["PARITY_FUSED_STATS"] = "0"
+        out["eager_stats_s"] = _median_time(lambda: compared(ids), 3)[1]
+        os.environ.pop("PARITY_FUSED_STATS")
+        out["plain_kernel_ms"] = _kernel_ms(lambda: plain(ids))
+        out["hooked_kernel_ms"] = _kernel_ms(lambda: compared(ids))
+        small = ids[:, :16]
+        out["plain_16_s"] = timed_forward(cand.model, small)
+        out["hooks_only_16_s"] = _median_time(lambda: hooks_only(small), 5)[1]
+        out["self_diff_16_s"] = _median_time(lambda: self_diff(small), 5)[1]
+        for m in more_tokens:  # longer prompts: the forward is bound by the GPU, not the host
+            x, cap = ids_for[m], ref_caps[m]
+            plain_m = timed_forward(cand.model, x, 3)
+            hooked_m = _median_time(lambda: compared(x, cap), 3)[1]
+            out[f"plain_{m}_s"], out[f"hooked_{m}_s"], out[f"ratio_{m}"] = plain_m, hooked_m, hooked_m / plain_m
+    n = len(names)
+    out["ratio"] = out["hooked_s"] / out["plain_s"]
+    out["ratio_hooks_only"] = out["hooks_only_s"] / out["plain_s"]
+    out["ratio_eager_stats"] = out["eager_stats_s"] / out["plain_s"]
+    out["cpu_us_per_probe_hooks"] = 1e6 * (out["hooks_only_16_s"] - out["plain_16_s"]) / n
+    out["cpu_us_per_probe_fused"] = 1e6 * (out["self_diff_16_s"] - out["plain_16_s"]) / n
+    out["gpu_us_per_probe"] = 1e3 * (out["hooked_kernel_ms"] - out["plain_kernel_ms"]) / n
+    if os.environ.get("PARITY_BENCH_PROFILE"):
+        from torch.profiler import ProfilerActivity, profile
+
+        with cand, profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            compared(ids)
+            torch.cuda.synchronize()
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25), flush=True)
+        print(prof.key_averages().table(sort_by="self_device_time_total", row_limit=25), flush=True)
+        import cProfile
+        import pstats
+
+        with cand:
+            self_diff(ids[:, :16])
+            pr = cProfile.Profile()
+            pr.enable()
+            self_diff(ids[:, :16])
+            pr.disable()
+        pstats.Stats(pr).sort_stats("tottime").print_stats(25)
+    return out
 
 
 def weights_gib(model_name: str, shape: str, dtype_bytes: int) -> float:
@@ -112,6 +174,14 @@ def end_to_end(model_name: str, shape: str, tokens: int, dtype: str = "fp16") ->
             "timings": res.report.run["timings_s"], "dtype": dtype, "tokens": tokens, "model": model_name}
 
 
+def _triton_version() -> str:
+    try:
+        import triton
+        return triton.__version__
+    except Exception:  # noqa: BLE001
+        return "absent"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", nargs="+", default=["qwen", "llama"])
@@ -120,10 +190,12 @@ def main() -> None:
     ap.add_argument("--skip-e2e", action="store_true")
     ap.add_argument("--shape", default="7b", help="preset shape; 'tiny' = the embedded preset (smoke test)")
     ap.add_argument("--tokens", type=int, nargs=2, default=[512, 4096], metavar=("SHORT", "LONG"))
+    ap.add_argument("--overhead-tokens", type=int, nargs="*", default=[2048],
+                    help="also measure the probe overhead at these prompt lengths (detail only)")
     args = ap.parse_args()
     out = Path(os.environ.get("OUT", "."))
     results: list[dict] = []
-    meta = {"machine": f"{torch.cuda.get_device_name()} (torch {torch.__version__}, Python {platform.python_version()})",
+    meta = {"machine": f"{torch.cuda.get_device_name()} (torch {torch.__version__}, Triton {_triton_version()}, Python {platform.python_version()})",
             "date": date.today().isoformat()}
 
     def add(name: str, value: float, unit: str, detail: dict) -> None:
@@ -142,7 +214,7 @@ def main() -> None:
             r = end_to_end(model, shape, long)
             add(f"gpu_peak_mem_over_weights_gib_{long}{sfx}", r["over_weights_gib"], "GiB", r)
         if not args.skip_overhead:
-            r = overhead(model, shape, short)
+            r = overhead(model, shape, short, tuple(args.overhead_tokens))
             add(f"gpu_probe_overhead_ratio{sfx}", r["ratio"], "x", r)
 
 

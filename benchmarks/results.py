@@ -46,10 +46,15 @@ def load(path: Path = RESULTS) -> list[dict[str, Any]]:
     return json.loads(path.read_text()) if path.is_file() else []
 
 
+def _kind(machine: str) -> str:
+    """The machine without its software versions ("NVIDIA H200 (torch ...)" -> "NVIDIA H200")."""
+    return machine.split(" (")[0]
+
+
 def record(entries: list[dict[str, Any]], path: Path = RESULTS) -> None:
     current = load(path)
-    keys = {(e["name"], e["machine"]) for e in entries}
-    merged = [e for e in current if (e["name"], e["machine"]) not in keys]
+    keys = {(e["name"], _kind(e["machine"])) for e in entries}  # a newer figure replaces the older one
+    merged = [e for e in current if (e["name"], _kind(e["machine"])) not in keys]
     for e in entries:
         e = dict(e)
         e.setdefault("target", target_of(e["name"]))
