@@ -162,7 +162,7 @@ def diff_vector(ref: torch.Tensor, cand: torch.Tensor, tol: Tolerance, eps: floa
         raise ValueError(f"shape mismatch {tuple(ref.shape)} vs {tuple(cand.shape)}")
     if cand.numel() == 0:
         return torch.zeros(21, dtype=_F64, device=cand.device)
-    if fused.enabled(cand):
+    if fused.enabled(cand) and fused.enabled(ref):
         return fused.diff_vector(ref.detach(), cand.detach(), tol.atol, tol.rtol, eps)
     r, c = _rows(ref), _rows(cand)
     tv = _tol_tensor(tol.atol, tol.rtol, eps, cand.device)
@@ -272,7 +272,7 @@ class Batch:
     def add_diff(self, ref: torch.Tensor, cand: torch.Tensor, tol: Tolerance, build: Any) -> Pending:
         """Queue the diff vector of ``cand`` against ``ref`` (slots S_*); on CUDA one fused
         kernel launch, finished with the rest of the batch."""
-        if cand.numel() == 0 or not fused.enabled(cand, self.fused):
+        if cand.numel() == 0 or not (fused.enabled(cand, self.fused) and fused.enabled(ref, self.fused)):
             return self.add(diff_vector(ref, cand, tol), build)
         if ref.shape != cand.shape:
             raise ValueError(f"shape mismatch {tuple(ref.shape)} vs {tuple(cand.shape)}")

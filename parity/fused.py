@@ -54,6 +54,8 @@ def enabled(t: torch.Tensor, allow: bool | None = None) -> bool:
     """Whether the fused kernels handle tensors on ``t``'s device (imports Triton once)."""
     if not (t.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
         return False
+    if t.dtype == torch.float64:  # elementwise terms are float32: float64 inputs take the eager path
+        return False
     if not (allowed() if allow is None else allow):
         return False
     return _load() is not False

@@ -40,3 +40,5 @@ def test_off_switch_and_cpu_default(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     monkeypatch.setenv("PARITY_FUSED_STATS", "0")
     assert not fused.enabled(torch.zeros(2))
+    monkeypatch.setenv("PARITY_FUSED_STATS", "1")
+    assert not fused.enabled(torch.zeros(2, dtype=torch.float64))  # float64 keeps its precision (eager)
