@@ -25,8 +25,26 @@ def per_call_us(fn, n: int = 2000) -> float:
     return dt / n * 1e6
 
 
+def graph_us(fn, n: int = 20, replays: int = 5) -> float:
+    """GPU microseconds per ``fn()``: n calls captured in a CUDA graph and replayed, so host
+    launch cost is out of the figure."""
+    fn()
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(n):
+            fn()
+    g.replay()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(replays):
+        g.replay()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / (n * replays) * 1e6
+
+
 def main() -> None:
-    from parity import fused
+    from parity import diff, fused
     from parity.capture import Capture, Comparator, ProbeRecord
     from parity.tolerances import Tolerance, ToleranceTable
 
@@ -36,7 +54,7 @@ def main() -> None:
     assert fused.enabled(cand)
     k = fused._kernels()
     arena = fused.Arena(dev)
-    tol = fused._tol_tensor(0.01, 0.01, 1e-6, dev)
+    tol = diff._tol_tensor(0.01, 0.01, 1e-6, dev)
     buf = torch.empty(4096, fused.REC, dtype=torch.float64, device=dev)
     out: dict[str, float] = {}
 
@@ -64,7 +82,7 @@ def main() -> None:
         print("direct launch failed:", type(exc).__name__, exc)
     out["torch_add_launch"] = per_call_us(lambda: torch.add(ref, 1.0))
     out["torch_empty"] = per_call_us(lambda: torch.empty(16, 16, device=dev))
-    out["arena_add"] = per_call_us(lambda: arena.add(cand, ref, 0.01, 0.01, 1e-6, lambda v: None), 500)
+    out["arena_add"] = per_call_us(lambda: arena.add(cand, ref, tol, lambda v: None), 500)
     arena.blocks.clear()
     lin = nn.Identity()
     x = torch.randn(1, 16, 64, device=dev)
@@ -87,35 +105,17 @@ def main() -> None:
         r = torch.randn(rows, cols, device=dev)
         c = (r + 1e-3 * torch.randn_like(r)).to(cdt)
         a = fused.Arena(dev)
-        a.add(c, r, 0.01, 0.01, 1e-6, lambda v: None)  # compile
+
+        def stats(a=a, r=r, c=c):
+            a.add(c, r, tol, lambda v: None)
+
+        stats()  # compile
         a.blocks.clear()
-        torch.cuda.synchronize()
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            for _ in range(20):
-                a.add(c, r, 0.01, 0.01, 1e-6, lambda v: None)
-        g.replay()
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(5):
-            g.replay()
-        torch.cuda.synchronize()
-        us = (time.perf_counter() - t0) / 100 * 1e6
+        us = graph_us(stats)
         gbs = r.numel() * (4 + c.element_size()) / us / 1e3
         out[f"gpu_rows_kernel_{rows}x{cols}_{str(cdt)[6:]}"] = us
         print(f"rows kernel {rows}x{cols} {cdt}: {us:.1f} us GPU, {gbs:.0f} GB/s", flush=True)
-        r.sum(dim=1)
-        g2 = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g2):
-            for _ in range(20):
-                r.sum(dim=1)
-        g2.replay()
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(5):
-            g2.replay()
-        torch.cuda.synchronize()
-        print(f"  torch r.sum(dim=1) same shape: {(time.perf_counter() - t0) / 100 * 1e6:.1f} us", flush=True)
+        print(f"  torch r.sum(dim=1) same shape: {graph_us(lambda r=r: r.sum(dim=1)):.1f} us", flush=True)
     for key, v in out.items():
         print(f"{key:24s} {v:8.2f} us")
 

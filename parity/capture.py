@@ -18,7 +18,7 @@ import torch
 from parity.diff import (Batch, DiffStats, Pending, TensorStats, TokenProfile, cand_stats_from, diff_from,
                          profile_from, stats_from)
 from parity.errors import ProbeError
-from parity.tolerances import Tolerance, ToleranceTable
+from parity.tolerances import ToleranceTable
 
 
 class ProbeRecord:
@@ -114,7 +114,6 @@ class Comparator:
         self._diffs: dict[str, DiffStats] = {}
         self._profiles: dict[str, TokenProfile] = {}
         self.last: str | None = None  # the last probe received (names where a failing run got to)
-        self._tols: dict[str, Tolerance] = {}
 
     def _settle(self) -> None:
         for name, p in list(self._pending.items()):
@@ -147,9 +146,7 @@ class Comparator:
         t = tensor.detach()
         if ref.device != t.device:
             ref = ref.to(t.device, non_blocking=True)
-        tol = self._tols.get(name)
-        if tol is None:
-            tol = self._tols[name] = self.tolerances.lookup(name)
+        tol = self.tolerances.lookup(name)
         shape, dtype = list(t.shape), str(t.dtype).removeprefix("torch.")
         pending = self.batch.add_diff(ref, t, tol,
                                       lambda v: (diff_from(v, shape), profile_from(v, shape), cand_stats_from(v, shape, dtype)))

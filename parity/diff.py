@@ -141,14 +141,19 @@ def _index(slots: list[int], device: torch.device) -> torch.Tensor:
     return _CONST[key]
 
 
+def _fused_vector(cand: torch.Tensor, ref: torch.Tensor | None, tv: torch.Tensor) -> torch.Tensor:
+    """The 21-slot vector of one tensor (or pair) through parity.fused (two launches)."""
+    got: list[torch.Tensor] = []
+    arena = fused.Arena(cand.device)
+    arena.add(cand.detach(), None if ref is None else ref.detach(), tv, got.append)
+    arena.finish()
+    return got[0]
+
+
 def tensor_vector(t: torch.Tensor) -> torch.Tensor:
     """Device vector [sum, absmax, nan, inf] of ``t`` (see tensor_stats)."""
     if t.numel() and fused.enabled(t):
-        got: list[torch.Tensor] = []
-        arena = fused.Arena(t.device)
-        arena.add(t.detach(), None, 0.0, 0.0, REL_EPS, got.append)
-        arena.finish()
-        return got[0][S_CSUM:S_CINF + 1]
+        return _fused_vector(t, None, _tol_tensor(0.0, 0.0, REL_EPS, t.device))[S_CSUM:S_CINF + 1]
     x = _rows(t)
     if x.numel() == 0:
         return torch.zeros(4, dtype=_F64, device=t.device)
@@ -162,10 +167,10 @@ def diff_vector(ref: torch.Tensor, cand: torch.Tensor, tol: Tolerance, eps: floa
         raise ValueError(f"shape mismatch {tuple(ref.shape)} vs {tuple(cand.shape)}")
     if cand.numel() == 0:
         return torch.zeros(21, dtype=_F64, device=cand.device)
-    if fused.enabled(cand) and fused.enabled(ref):
-        return fused.diff_vector(ref.detach(), cand.detach(), tol.atol, tol.rtol, eps)
-    r, c = _rows(ref), _rows(cand)
     tv = _tol_tensor(tol.atol, tol.rtol, eps, cand.device)
+    if fused.enabled(cand) and fused.enabled(ref):
+        return _fused_vector(cand, ref, tv)
+    r, c = _rows(ref), _rows(cand)
     parts = []
     for (off, rch), (_, cch) in zip(_row_chunks(r), _row_chunks(c)):
         v = _diff_chunk(rch, cch, tv)
@@ -277,7 +282,7 @@ class Batch:
         if ref.shape != cand.shape:
             raise ValueError(f"shape mismatch {tuple(ref.shape)} vs {tuple(cand.shape)}")
         item = Pending(self, None, build, cand.device)
-        self._arena(cand.device).add(cand, ref, tol.atol, tol.rtol, REL_EPS, item.set_vec)
+        self._arena(cand.device).add(cand, ref, _tol_tensor(tol.atol, tol.rtol, REL_EPS, cand.device), item.set_vec)
         self.items.append(item)
         return item
 
@@ -286,7 +291,7 @@ class Batch:
         if t.numel() == 0 or not fused.enabled(t, self.fused):
             return self.add(tensor_vector(t), build)
         item = Pending(self, None, lambda v: build(v[S_CSUM:S_CINF + 1]), t.device)
-        self._arena(t.device).add(t, None, 0.0, 0.0, REL_EPS, item.set_vec)
+        self._arena(t.device).add(t, None, _tol_tensor(0.0, 0.0, REL_EPS, t.device), item.set_vec)
         self.items.append(item)
         return item
 

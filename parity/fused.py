@@ -112,19 +112,6 @@ def _tiles(rows: int, length: int, block: int) -> tuple[int, int]:
     return -(-length // width), width
 
 
-_TOLS: dict[tuple[float, float, float, torch.device], torch.Tensor] = {}
-
-
-def _tol_tensor(atol: float, rtol: float, eps: float, device: torch.device) -> torch.Tensor:
-    """[atol, rtol, eps] in float64 on the device, made once (Triton passes Python floats
-    as float32, which would move the tolerance boundary)."""
-    key = (atol, rtol, eps, device)
-    t = _TOLS.get(key)
-    if t is None:
-        t = _TOLS[key] = torch.tensor([atol, rtol, eps], dtype=torch.float64, device=device)
-    return t
-
-
 class Arena:
     """Records of the probes of one batch on one device, and how to finish them."""
 
@@ -142,17 +129,17 @@ class Arena:
         block[1] += n
         return block, first
 
-    def add(self, cand: torch.Tensor, ref: torch.Tensor | None, atol: float, rtol: float, eps: float,
-            on_done: Any) -> None:
-        """Launch the row kernel for one probe; ``on_done(vector)`` receives its 21-slot
-        device vector when the arena is finished."""
+    def add(self, cand: torch.Tensor, ref: torch.Tensor | None, tol: torch.Tensor, on_done: Any) -> None:
+        """Launch the row kernel for one probe (``tol``: float64 [atol, rtol, eps] on the
+        device; Triton would pass Python floats as float32 and move the tolerance boundary);
+        ``on_done(vector)`` receives its 21-slot device vector when the arena is finished."""
         c, (_, rows, length, c_stride, block_w, tiles, width) = _rows(cand)
         if ref is not None:
             r, (_, _, _, r_stride, _, _, _) = _rows(ref)
         else:
             r, r_stride = c, c_stride
         buf, first = self._reserve(rows * tiles)
-        self.kernels._rows_kernel[(rows, tiles)](r, c, buf[0], _tol_tensor(atol, rtol, eps, c.device), first, length,
+        self.kernels._rows_kernel[(rows, tiles)](r, c, buf[0], tol, first, length,
                                                  width, r_stride, c_stride, HAS_REF=ref is not None, BLOCK=block_w)
         buf[2].append((first, rows, tiles, length, on_done))
 
@@ -165,12 +152,3 @@ class Arena:
             self.kernels._finalize_kernel[(len(entries),)](buf, desc, out, RB=128)
             for i, e in enumerate(entries):
                 e[4](out[i])
-
-
-def diff_vector(ref: torch.Tensor, cand: torch.Tensor, atol: float, rtol: float, eps: float) -> torch.Tensor:
-    """The 21-slot diff vector of one pair, on its device (two launches)."""
-    got: list[torch.Tensor] = []
-    arena = Arena(cand.device)
-    arena.add(cand, ref, atol, rtol, eps, got.append)
-    arena.finish()
-    return got[0]

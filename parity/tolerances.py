@@ -33,12 +33,15 @@ def specificity(pattern: str) -> tuple[int, int]:
 class ToleranceTable:
     default: Tolerance
     rules: dict[str, Tolerance] = field(default_factory=dict)
+    _cache: dict[str, Tolerance] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def lookup(self, probe: str) -> Tolerance:
-        hits = [p for p in self.rules if fnmatch.fnmatchcase(probe, p)]
-        if not hits:
-            return self.default
-        return self.rules[max(hits, key=specificity)]
+        """The tolerance of ``probe`` (cached: a run looks up every probe once per pass)."""
+        tol = self._cache.get(probe)
+        if tol is None:
+            hits = [p for p in self.rules if fnmatch.fnmatchcase(probe, p)]
+            tol = self._cache[probe] = self.rules[max(hits, key=specificity)] if hits else self.default
+        return tol
 
     def override(self, atol: float | None, rtol: float | None) -> ToleranceTable:
         """Command-line --atol/--rtol replace that field everywhere."""
