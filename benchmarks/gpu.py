@@ -56,7 +56,8 @@ def overhead(model_name: str, shape: str, tokens: int, more_tokens: tuple[int, .
     """Candidate forward with every probe hooked and compared on device vs no hooks.
 
     Also splits the cost: hooks alone (a sink that does nothing), the default fused
-    statistics, the eager torch statistics (PARITY_FUSED_STATS=0), GPU kernel time of the
+    statistics (batched launches), fused statistics with one launch per probe (as a port
+    gets), the eager torch statistics (PARITY_FUSED_STATS=0), GPU kernel time of the
     plain and hooked forwards, and the same at 16 tokens, where the forward is bound by
     the CPU launching kernels (so the difference is the CPU cost of the probes)."""
     from parity.backends.pytorch import ModuleBackend, make_candidate
@@ -105,6 +106,10 @@ def overhead(model_name: str, shape: str, tokens: int, more_tokens: tuple[int, .
         out["plain_s"] = timed_forward(cand.model, ids)
         out["first_call_s"], out["hooked_s"] = _median_time(lambda: compared(ids), 7)
         out["hooks_only_s"] = _median_time(lambda: hooks_only(ids), 5)[1]
+        out["deferred"] = cand.defer_stats
+        cand.defer_stats = False  # one launch per probe, as for a port
+        out["per_probe_launch_s"] = _median_time(lambda: compared(ids), 5)[1]
+        cand.defer_stats = out["deferred"]
         os.environ["PARITY_FUSED_STATS"] = "0"
         out["eager_stats_s"] = _median_time(lambda: compared(ids), 3)[1]
         os.environ.pop("PARITY_FUSED_STATS")
@@ -123,6 +128,7 @@ def overhead(model_name: str, shape: str, tokens: int, more_tokens: tuple[int, .
     out["ratio"] = out["hooked_s"] / out["plain_s"]
     out["ratio_hooks_only"] = out["hooks_only_s"] / out["plain_s"]
     out["ratio_eager_stats"] = out["eager_stats_s"] / out["plain_s"]
+    out["ratio_per_probe_launch"] = out["per_probe_launch_s"] / out["plain_s"]
     out["cpu_us_per_probe_hooks"] = 1e6 * (out["hooks_only_16_s"] - out["plain_16_s"]) / n
     out["cpu_us_per_probe_fused"] = 1e6 * (out["self_diff_16_s"] - out["plain_16_s"]) / n
     out["gpu_us_per_probe"] = 1e3 * (out["hooked_kernel_ms"] - out["plain_kernel_ms"]) / n

@@ -2,33 +2,53 @@
 import triton
 import triton.language as tl
 
-@triton.jit(do_not_specialize=["first"])
-def _rows_kernel(ref_ptr, cand_ptr, rec_ptr, tol_ptr, first, D, TILE, ref_stride, cand_stride,
-                 HAS_REF: tl.constexpr, BLOCK: tl.constexpr):
-    """Statistics of one (row, column tile): a program reads its slice of the candidate (and
-    of the reference) once, accumulating per lane; lanes are reduced once at the end.
+NDESC = tl.constexpr(12)  # int64 columns of a probe's descriptor, see parity.fused.Arena
+
+
+@triton.jit
+def _rows_kernel(desc_ptr, rec_ptr, cand_base, ref_base,
+                 HAS_REF: tl.constexpr, BLOCK: tl.constexpr, C_ALIGN: tl.constexpr, R_ALIGN: tl.constexpr,
+                 LEN_ALIGN: tl.constexpr):
+    """Statistics of one (row, column tile) of one probe of a batch: program (q, p) reads its
+    slice of probe p's candidate (and reference) once, accumulating per lane; lanes are
+    reduced once at the end.
+
+    Probe p is described by row p of ``desc_ptr`` (int64): programs (rows * tiles), tiles
+    per row, row length, tile width, candidate and reference offsets in elements from
+    ``cand_base`` / ``ref_base``, their row strides, its first record, and the float64 bits
+    of atol, rtol and eps. Programs past a probe's count do nothing (the grid is as wide as
+    the widest probe). ``C_ALIGN``/``R_ALIGN``: every row start is a multiple of that many
+    elements (16 bytes when the host saw so), ``LEN_ALIGN``: so is every row length; with
+    both, loads are vectorized.
 
     Elementwise terms are float32 (the inputs are float32 or narrower; ref - cand is exact
     when the two are within a factor 2 of each other); products and sums are float64 (a
     product of two float32 values is exact there, which the per-token scale fit needs), and
     the worst element's error is recomputed in float64 from the stored values."""
-    row = tl.program_id(0).to(tl.int64)
-    tile = tl.program_id(1)
-    ntiles = tl.num_programs(1)
+    q = tl.program_id(0)
+    dp = desc_ptr + tl.program_id(1).to(tl.int64) * NDESC
+    if q >= tl.load(dp):
+        return
+    ntiles = tl.load(dp + 1).to(tl.int32)
+    D = tl.load(dp + 2).to(tl.int32)  # the host keeps row lengths below 2**31
+    TILE = tl.multiple_of(tl.load(dp + 3).to(tl.int32), BLOCK)
+    row = (q // ntiles).to(tl.int64)
+    tile = q % ntiles
+    first = tl.load(dp + 8)
     start = tile * TILE
-    stop = tl.minimum(start + TILE, D)
+    stop = tl.multiple_of(tl.minimum(start + TILE, D), LEN_ALIGN)
     lanes = tl.arange(0, BLOCK)
-    c_row = cand_ptr + row * cand_stride
-    r_row = ref_ptr + row * ref_stride
+    c_row = cand_base + tl.multiple_of(tl.load(dp + 4) + row * tl.load(dp + 6), C_ALIGN)
+    r_row = ref_base + tl.multiple_of(tl.load(dp + 5) + row * tl.load(dp + 7), R_ALIGN)
     inf = float("inf")
     csum = tl.zeros([BLOCK], tl.float64)
     cabs = tl.zeros([BLOCK], tl.float32)  # |x| of a float16/bfloat16/float32 value is exact in float32
     n_nan = tl.zeros([BLOCK], tl.int32)
     n_inf = tl.zeros([BLOCK], tl.int32)
     if HAS_REF:
-        atol = tl.load(tol_ptr).to(tl.float32)
-        rtol = tl.load(tol_ptr + 1).to(tl.float32)
-        eps = tl.load(tol_ptr + 2).to(tl.float32)
+        atol = tl.load(dp + 9).to(tl.float64, bitcast=True).to(tl.float32)
+        rtol = tl.load(dp + 10).to(tl.float64, bitcast=True).to(tl.float32)
+        eps = tl.load(dp + 11).to(tl.float64, bitcast=True).to(tl.float32)
         err_sum = tl.zeros([BLOCK], tl.float64)
         dot = tl.zeros([BLOCK], tl.float64)
         rr = tl.zeros([BLOCK], tl.float64)
@@ -76,7 +96,7 @@ def _rows_kernel(ref_ptr, cand_ptr, rec_ptr, tol_ptr, first, D, TILE, ref_stride
             better = m & (err > best)  # strict: a lane keeps its first worst column
             best = tl.where(better, err, best)
             best_col = tl.where(better, cols, best_col)
-    out = rec_ptr + (first + row * ntiles + tile) * 16
+    out = rec_ptr + (first + q) * 16
     if HAS_REF:
         worst = tl.max(best, axis=0)
         col = tl.min(tl.where(best == worst, best_col, stop), axis=0)

@@ -141,11 +141,11 @@ def _index(slots: list[int], device: torch.device) -> torch.Tensor:
     return _CONST[key]
 
 
-def _fused_vector(cand: torch.Tensor, ref: torch.Tensor | None, tv: torch.Tensor) -> torch.Tensor:
+def _fused_vector(cand: torch.Tensor, ref: torch.Tensor | None, atol: float, rtol: float, eps: float) -> torch.Tensor:
     """The 21-slot vector of one tensor (or pair) through parity.fused (two launches)."""
     got: list[torch.Tensor] = []
     arena = fused.Arena(cand.device)
-    arena.add(cand.detach(), None if ref is None else ref.detach(), tv, got.append)
+    arena.add(cand.detach(), None if ref is None else ref.detach(), fused.tol_bits(atol, rtol, eps), got.append)
     arena.finish()
     return got[0]
 
@@ -153,7 +153,7 @@ def _fused_vector(cand: torch.Tensor, ref: torch.Tensor | None, tv: torch.Tensor
 def tensor_vector(t: torch.Tensor) -> torch.Tensor:
     """Device vector [sum, absmax, nan, inf] of ``t`` (see tensor_stats)."""
     if t.numel() and fused.enabled(t):
-        return _fused_vector(t, None, _tol_tensor(0.0, 0.0, REL_EPS, t.device))[S_CSUM:S_CINF + 1]
+        return _fused_vector(t, None, 0.0, 0.0, REL_EPS)[S_CSUM:S_CINF + 1]
     x = _rows(t)
     if x.numel() == 0:
         return torch.zeros(4, dtype=_F64, device=t.device)
@@ -167,9 +167,9 @@ def diff_vector(ref: torch.Tensor, cand: torch.Tensor, tol: Tolerance, eps: floa
         raise ValueError(f"shape mismatch {tuple(ref.shape)} vs {tuple(cand.shape)}")
     if cand.numel() == 0:
         return torch.zeros(21, dtype=_F64, device=cand.device)
-    tv = _tol_tensor(tol.atol, tol.rtol, eps, cand.device)
     if fused.enabled(cand) and fused.enabled(ref):
-        return _fused_vector(cand, ref, tv)
+        return _fused_vector(cand, ref, tol.atol, tol.rtol, eps)
+    tv = _tol_tensor(tol.atol, tol.rtol, eps, cand.device)
     r, c = _rows(ref), _rows(cand)
     parts = []
     for (off, rch), (_, cch) in zip(_row_chunks(r), _row_chunks(c)):
@@ -227,6 +227,8 @@ def profile_from(v: list[float], shape: list[int]) -> TokenProfile | None:
 class Pending:
     """A device-side statistics vector and how to build its result; resolved with its batch."""
 
+    __slots__ = ("batch", "vec", "build", "device", "_value", "done")
+
     def __init__(self, batch: Batch, vec: torch.Tensor | None, build: Any, device: torch.device | None = None) -> None:
         self.batch, self.vec, self.build = batch, vec, build
         self.device = vec.device if vec is not None else device
@@ -247,6 +249,8 @@ class Pending:
 
 
 class _Part:
+    __slots__ = ("parent", "i")
+
     def __init__(self, parent: Pending, i: int) -> None:
         self.parent, self.i = parent, i
 
@@ -276,22 +280,24 @@ class Batch:
 
     def add_diff(self, ref: torch.Tensor, cand: torch.Tensor, tol: Tolerance, build: Any) -> Pending:
         """Queue the diff vector of ``cand`` against ``ref`` (slots S_*); on CUDA one fused
-        kernel launch, finished with the rest of the batch."""
-        if cand.numel() == 0 or not (fused.enabled(cand, self.fused) and fused.enabled(ref, self.fused)):
+        kernel launch (or a share of one, see parity.fused.deferred), finished with the
+        rest of the batch. Called for every probe: keep it lean."""
+        if not (self.fused and cand.numel() and fused.usable(cand) and fused.usable(ref)):
             return self.add(diff_vector(ref, cand, tol), build)
         if ref.shape != cand.shape:
             raise ValueError(f"shape mismatch {tuple(ref.shape)} vs {tuple(cand.shape)}")
-        item = Pending(self, None, build, cand.device)
-        self._arena(cand.device).add(cand, ref, _tol_tensor(tol.atol, tol.rtol, REL_EPS, cand.device), item.set_vec)
+        device = cand.device
+        item = Pending(self, None, build, device)
+        self._arena(device).add(cand, ref, fused.tol_bits(tol.atol, tol.rtol, REL_EPS), item.set_vec)
         self.items.append(item)
         return item
 
     def add_tensor(self, t: torch.Tensor, build: Any) -> Pending:
         """Queue [sum, absmax, nan, inf] of ``t`` (see tensor_vector)."""
-        if t.numel() == 0 or not fused.enabled(t, self.fused):
+        if not (self.fused and t.numel() and fused.usable(t)):
             return self.add(tensor_vector(t), build)
         item = Pending(self, None, lambda v: build(v[S_CSUM:S_CINF + 1]), t.device)
-        self._arena(t.device).add(t, None, _tol_tensor(0.0, 0.0, REL_EPS, t.device), item.set_vec)
+        self._arena(t.device).add(t, None, fused.tol_bits(0.0, 0.0, REL_EPS), item.set_vec)
         self.items.append(item)
         return item
 

@@ -20,6 +20,10 @@ Used for CUDA tensors when Triton imports; ``PARITY_FUSED_STATS=0`` turns it off
 from __future__ import annotations
 
 import os
+import struct
+from array import array
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -29,7 +33,8 @@ _KERNELS: Any = None  # parity._fused_kernels once imported; False when Triton i
 REC = 16  # slots per record; the first 16 slots of parity.diff's vector, see _finalize_kernel
 OUT = 21  # slots of the finished vector (parity.diff.S_*)
 BLOCK = 256
-SMALL_BLOCK = 128
+WARPS = 2  # 4 elements of a row per thread: 16-byte loads of a float32 reference
+NDESC = 12  # int64 columns of a probe's descriptor (parity._fused_kernels._rows_kernel)
 PROGRAMS = 1024  # split rows into column tiles until about this many programs run
 ARENA_RECORDS = 1 << 16
 
@@ -50,15 +55,21 @@ def allowed() -> bool:
     return os.environ.get("PARITY_FUSED_STATS", "1") != "0"
 
 
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # Triton reads it once too
+
+
+def usable(t: torch.Tensor) -> bool:
+    """Whether the fused kernels handle ``t`` (imports Triton once): a CUDA tensor (any
+    tensor under TRITON_INTERPRET=1) that is not float64 (elementwise terms are float32:
+    those take the eager path) and has fewer than 2**31 elements (32-bit row indexing).
+    Called for every probe, so cheap checks first."""
+    return ((t.is_cuda or _INTERPRET) and t.dtype is not torch.float64 and t.numel() < 1 << 31
+            and (_KERNELS if _KERNELS is not None else _load()) is not False)
+
+
 def enabled(t: torch.Tensor, allow: bool | None = None) -> bool:
-    """Whether the fused kernels handle tensors on ``t``'s device (imports Triton once)."""
-    if not (t.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
-        return False
-    if t.dtype == torch.float64:  # elementwise terms are float32: float64 inputs take the eager path
-        return False
-    if not (allowed() if allow is None else allow):
-        return False
-    return _load() is not False
+    """:func:`usable`, unless PARITY_FUSED_STATS=0 (or ``allow`` is False)."""
+    return (allowed() if allow is None else allow) and usable(t)
 
 
 def _kernels() -> Any:
@@ -67,13 +78,13 @@ def _kernels() -> Any:
     return _KERNELS
 
 
-_GEOMETRY: dict[tuple[Any, Any], tuple[bool, int, int, int, int, int, int]] = {}
+_GEOMETRY: dict[tuple[Any, Any], tuple[bool, int, int, int, int, int]] = {}
 
 
-def _geometry(shape: Any, strides: Any) -> tuple[bool, int, int, int, int, int, int]:
-    """(copy first, rows, row length, row stride, block, tiles per row, tile width) of a
-    tensor: dim 0 is the row (a 0-/1-D tensor is one row); a tensor whose rows are not
-    contiguous in memory is copied first (and then has contiguous rows)."""
+def _geometry(shape: Any, strides: Any) -> tuple[bool, int, int, int, int, int]:
+    """(copy first, rows, row length, row stride, tiles per row, tile width) of a tensor:
+    dim 0 is the row (a 0-/1-D tensor is one row); a tensor whose rows are not contiguous
+    in memory is copied first (and then has contiguous rows)."""
     numel = 1
     for size in shape:
         numel *= size
@@ -88,13 +99,12 @@ def _geometry(shape: Any, strides: Any) -> tuple[bool, int, int, int, int, int, 
             expect *= size
         rows = shape[0]
         length = numel // rows if rows else 0
-        row_stride = length if copy else strides[0]
-    block = BLOCK if length > SMALL_BLOCK else SMALL_BLOCK
-    tiles, width = _tiles(rows, length, block)
-    return copy, rows, length, row_stride, block, tiles, width
+        row_stride = (length if copy else strides[0]) if rows > 1 else 0
+    tiles, width = _tiles(rows, length, BLOCK)
+    return copy, rows, length, row_stride, tiles, width
 
 
-def _rows(t: torch.Tensor) -> tuple[torch.Tensor, tuple[bool, int, int, int, int, int, int]]:
+def _rows(t: torch.Tensor) -> tuple[torch.Tensor, tuple[bool, int, int, int, int, int]]:
     """The tensor to read (copied only when its rows are not contiguous) and its geometry;
     geometries are cached by shape and strides, which repeat from block to block."""
     key = (t.shape, t.stride())
@@ -112,6 +122,75 @@ def _tiles(rows: int, length: int, block: int) -> tuple[int, int]:
     return -(-length // width), width
 
 
+_TOL_BITS: dict[tuple[float, float, float], tuple[int, int, int]] = {}
+
+
+def tol_bits(atol: float, rtol: float, eps: float) -> tuple[int, int, int]:
+    """The float64 bit patterns of (atol, rtol, eps), as the kernel reads them from its
+    int64 descriptor (Triton would pass Python floats as float32 and move the tolerance
+    boundary)."""
+    key = (atol, rtol, eps)
+    bits = _TOL_BITS.get(key)
+    if bits is None:
+        bits = _TOL_BITS[key] = struct.unpack("<3q", struct.pack("<3d", atol, rtol, eps))
+    return bits
+
+
+# -- deferred launches ----------------------------------------------------------------------
+#
+# Inside ``deferred()`` an arena queues probes instead of launching one kernel each, and
+# launches the queue as one kernel (per dtype pair) when it holds HOLD_BYTES of candidates,
+# when it runs out of records, when it is finished, and when the outermost ``deferred()``
+# exits. Queued tensors are read later than they were produced, so this is only correct
+# while nothing writes them in place in between: the backend that opens the scope vouches
+# for that (parity.backends.pytorch does for Hugging Face and parity's own models).
+
+HOLD_BYTES = 256 << 20
+_DEPTH = 0
+_WAITING: dict[int, Arena] = {}
+
+
+def deferring() -> bool:
+    return _DEPTH > 0
+
+
+@contextmanager
+def deferred() -> Iterator[None]:
+    """Queue fused statistics until the block exits (see above), then launch them."""
+    global _DEPTH
+    _DEPTH += 1
+    ok = False
+    try:
+        yield
+        ok = True
+    finally:
+        _DEPTH -= 1
+        if _DEPTH == 0:
+            waiting = list(_WAITING.values())
+            _WAITING.clear()
+            if ok:  # after an error the queue stays with its arena (launched if it is finished)
+                for arena in waiting:
+                    arena.flush()
+
+
+class _Group:
+    """Queued probes of one (candidate dtype, reference dtype) pair: one launch."""
+
+    __slots__ = ("cand_base", "ref_base", "c_ptr", "r_ptr", "c_size", "r_size", "desc", "held", "widest",
+                 "c_align", "r_align", "len_align")
+
+    def __init__(self, c: torch.Tensor, r: torch.Tensor) -> None:
+        self.cand_base, self.ref_base = c, r
+        self.c_ptr, self.r_ptr = c.data_ptr(), r.data_ptr()
+        self.c_size, self.r_size = c.element_size(), r.element_size()
+        self.desc = array("q")
+        self.held: list[torch.Tensor] = []  # keeps queued tensors alive until the launch
+        self.widest = 0
+        self.c_align = 16 // self.c_size if self.c_ptr % 16 == 0 else 1
+        self.r_align = 16 // self.r_size if self.r_ptr % 16 == 0 else 1
+        self.len_align = 8  # row lengths: a multiple of 8 elements, until one is not
+
+
 class Arena:
     """Records of the probes of one batch on one device, and how to finish them."""
 
@@ -119,35 +198,86 @@ class Arena:
         self.kernels = _kernels()
         self.device = device
         self.blocks: list[list[Any]] = []  # [buffer, used records, entries]
+        self.groups: dict[tuple[Any, Any, bool], _Group] = {}
+        self.held = 0  # candidate bytes queued
 
-    def _reserve(self, n: int) -> tuple[list[Any], int]:
-        if not self.blocks or self.blocks[-1][1] + n > self.blocks[-1][0].shape[0]:
-            size = max(n, ARENA_RECORDS)
-            self.blocks.append([torch.empty(size, REC, dtype=torch.float64, device=self.device), 0, []])
-        block = self.blocks[-1]
-        first = block[1]
-        block[1] += n
-        return block, first
+    def _new_block(self, n: int) -> list[Any]:
+        """Start a block of records; queued probes write into the current one, so they
+        are launched first."""
+        self.flush()
+        block = [torch.empty(max(n, ARENA_RECORDS), REC, dtype=torch.float64, device=self.device), 0, []]
+        self.blocks.append(block)
+        return block
 
-    def add(self, cand: torch.Tensor, ref: torch.Tensor | None, tol: torch.Tensor, on_done: Any) -> None:
-        """Launch the row kernel for one probe (``tol``: float64 [atol, rtol, eps] on the
-        device; Triton would pass Python floats as float32 and move the tolerance boundary);
-        ``on_done(vector)`` receives its 21-slot device vector when the arena is finished."""
-        c, (_, rows, length, c_stride, block_w, tiles, width) = _rows(cand)
+    def add(self, cand: torch.Tensor, ref: torch.Tensor | None, tol: tuple[int, int, int], on_done: Any) -> None:
+        """Queue the row statistics of one probe (``tol``: see :func:`tol_bits`) and launch
+        now unless inside ``deferred()``; ``on_done(vector)`` receives its 21-slot device
+        vector when the arena is finished. Runs for every probe: keep it lean."""
+        c, (_, rows, length, c_stride, tiles, width) = _rows(cand)
         if ref is not None:
-            r, (_, _, _, r_stride, _, _, _) = _rows(ref)
+            r, rg = _rows(ref)
+            r_stride = rg[3]
         else:
             r, r_stride = c, c_stride
-        buf, first = self._reserve(rows * tiles)
-        self.kernels._rows_kernel[(rows, tiles)](r, c, buf[0], tol, first, length,
-                                                 width, r_stride, c_stride, HAS_REF=ref is not None, BLOCK=block_w)
-        buf[2].append((first, rows, tiles, length, on_done))
+        count = rows * tiles
+        block = self.blocks[-1] if self.blocks else None
+        if block is None or block[1] + count > block[0].shape[0]:
+            block = self._new_block(count)
+        first = block[1]
+        block[1] = first + count
+        key = (c.dtype, r.dtype, ref is not None)
+        g = self.groups.get(key)
+        if g is None:
+            g = self.groups[key] = _Group(c, r)
+        c_off, c_rem = divmod(c.data_ptr() - g.c_ptr, g.c_size)
+        r_off, r_rem = divmod(r.data_ptr() - g.r_ptr, g.r_size)
+        if c_rem or r_rem:  # not on the element grid of the group's first tensor: a group of its own
+            self.flush()
+            g = self.groups[key] = _Group(c, r)
+            c_off = r_off = 0
+        if g.c_align > 1 and (c_off % g.c_align or c_stride % g.c_align):
+            g.c_align = 1
+        if g.r_align > 1 and (r_off % g.r_align or r_stride % g.r_align):
+            g.r_align = 1
+        if length % g.len_align:
+            g.len_align = 1
+        g.desc.extend((count, tiles, length, width, c_off, r_off, c_stride, r_stride, first, *tol))
+        g.held.append(c)
+        if ref is not None:
+            g.held.append(r)
+        if count > g.widest:
+            g.widest = count
+        block[2].append((first, rows, tiles, length, on_done))
+        self.held += rows * length * g.c_size
+        if _DEPTH == 0 or self.held > HOLD_BYTES:
+            self.flush()
+        elif len(g.held) < 3:
+            _WAITING[id(self)] = self
+
+    def flush(self) -> None:
+        """Launch the queued probes: one kernel per dtype pair."""
+        groups, self.groups, self.held = self.groups, {}, 0
+        if not groups:
+            return
+        rec = self.blocks[-1][0]
+        for (_, _, has_ref), g in groups.items():
+            desc = torch.frombuffer(g.desc, dtype=torch.int64).to(self.device, non_blocking=True)
+            self.kernels._rows_kernel[(g.widest, len(g.desc) // NDESC)](
+                desc, rec, g.cand_base, g.ref_base, HAS_REF=has_ref, BLOCK=BLOCK, C_ALIGN=g.c_align,
+                R_ALIGN=g.r_align, LEN_ALIGN=g.len_align, num_warps=WARPS)
 
     def finish(self) -> None:
         """Fold every probe's records (one launch per arena block) and hand out the vectors."""
+        self.flush()
+        _WAITING.pop(id(self), None)
         blocks, self.blocks = self.blocks, []
         for buf, _, entries in blocks:
-            desc = torch.tensor([e[:4] for e in entries], dtype=torch.int64).to(self.device)
+            if not entries:
+                continue
+            flat = array("q")
+            for e in entries:
+                flat.extend(e[:4])
+            desc = torch.frombuffer(flat, dtype=torch.int64).to(self.device, non_blocking=True)
             out = torch.empty(len(entries), OUT, dtype=torch.float64, device=self.device)
             self.kernels._finalize_kernel[(len(entries),)](buf, desc, out, RB=128)
             for i, e in enumerate(entries):

@@ -1,7 +1,7 @@
 """Attach forward hooks for the requested probes only, and always remove them.
 
 ``attached(model, bindings, sink)`` is a context manager: on exit (normal or not) every
-hook it added is removed. A hook extracts the value the probe map names, applies the
+hook it added is removed. :class:`Taps` keeps the same hooks across forwards. A hook extracts the value the probe map names, applies the
 map's reshape/transform, drops the batch dim, and hands ``(probe, tensor)`` to ``sink``.
 """
 from __future__ import annotations
@@ -20,11 +20,17 @@ from parity.probemap import TRANSFORMS, WHOLE_OUTPUT, Binding, BlockSpec
 Sink = Callable[[str, torch.Tensor], None]
 
 
-def _pick(value: Any, index: int | None, what: str) -> Any:
+def _where(what: str | Binding) -> str:
+    """An error message's subject; a binding is described only when an error needs it (a
+    formatted string per probe and forward would cost more than the hook)."""
+    return what if isinstance(what, str) else f"probe '{what.probe}' at '{what.module}'"
+
+
+def _pick(value: Any, index: int | None, what: str | Binding) -> Any:
     if isinstance(value, (tuple, list)):
         i = 0 if index is None else index
         if i >= len(value):
-            raise ProbeError(f"{what}: tuple has {len(value)} elements, map asks for index {i}.")
+            raise ProbeError(f"{_where(what)}: tuple has {len(value)} elements, map asks for index {i}.")
         return value[i]
     if hasattr(value, "to_tuple") and not isinstance(value, torch.Tensor):  # HF ModelOutput
         return _pick(value.to_tuple(), index, what)
@@ -34,7 +40,7 @@ def _pick(value: Any, index: int | None, what: str) -> Any:
 def extract(binding: Binding, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> torch.Tensor:
     """The tensor a binding names, from one module call, batch dim removed."""
     spec = binding.spec
-    what = f"probe '{binding.probe}' at '{binding.module}'"
+    what = binding
     if spec.io == "input":
         if spec.kwarg is not None and spec.kwarg in kwargs:
             value = kwargs[spec.kwarg]
@@ -47,19 +53,19 @@ def extract(binding: Binding, args: tuple[Any, ...], kwargs: dict[str, Any], out
     return canonical(value, spec.transform, binding.heads, spec.batched, what)
 
 
-def canonical(value: Any, transform: str | None, heads: int | None, batched: bool, what: str) -> torch.Tensor:
+def canonical(value: Any, transform: str | None, heads: int | None, batched: bool, what: str | Binding) -> torch.Tensor:
     """Apply a probe map's transform, head reshape and batch removal (every backend's rules)."""
     if transform is not None:
         value = TRANSFORMS[transform](value)
     if not isinstance(value, torch.Tensor):
-        raise ProbeError(f"{what} is a {type(value).__name__}, not a tensor; fix the probe map.")
+        raise ProbeError(f"{_where(what)} is a {type(value).__name__}, not a tensor; fix the probe map.")
     if heads is not None:
         value = value.reshape(*value.shape[:-1], heads, value.shape[-1] // heads)
     if batched:
         if value.shape[0] != 1:
-            raise ProbeError(f"{what}: batch size {value.shape[0]}; parity compares batch size 1.")
+            raise ProbeError(f"{_where(what)}: batch size {value.shape[0]}; parity compares batch size 1.")
         value = value[0]
-    return value.detach()
+    return value.detach() if value.requires_grad else value
 
 
 def _get(model: nn.Module, path: str, probe: str) -> nn.Module:
@@ -72,32 +78,69 @@ def _get(model: nn.Module, path: str, probe: str) -> nn.Module:
         ) from None
 
 
+class Taps:
+    """Hooks for ``bindings`` on ``model``, installed once and kept until :meth:`remove`;
+    they send to ``self.sink`` and do nothing while it is None. A backend keeps one across
+    forwards: registering a few hundred hooks per forward costs more than running them.
+    ``modules``: a cache of path -> submodule kept by the caller."""
+
+    def __init__(self, model: nn.Module, bindings: Sequence[Binding], modules: dict[str, nn.Module] | None = None) -> None:
+        self.sink: Sink | None = None
+        self.handles: list[Any] = []
+        by_module: dict[str, list[Binding]] = defaultdict(list)
+        for b in bindings:
+            by_module[b.module].append(b)
+        try:
+            for path, group in by_module.items():
+                module = modules.get(path) if modules is not None else None
+                if module is None:
+                    module = _get(model, path, group[0].probe)
+                    if modules is not None:
+                        modules[path] = module
+                inputs = [b for b in group if b.spec.io == "input"]
+                outputs = [b for b in group if b.spec.io == "output"]
+                if inputs:
+                    self.handles.append(module.register_forward_pre_hook(self._pre_hook(inputs), with_kwargs=True))
+                if outputs:
+                    self.handles.append(module.register_forward_hook(self._post_hook(outputs), with_kwargs=True))
+        except BaseException:
+            self.remove()
+            raise
+
+    def remove(self) -> None:
+        handles, self.handles = self.handles, []
+        for h in handles:
+            h.remove()
+
+    def _pre_hook(self, group: list[Binding]) -> Callable[..., None]:
+        def hook(_mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            sink = self.sink
+            if sink is not None:
+                for b in group:
+                    _emit(sink, b.probe, extract(b, args, kwargs, None))
+
+        return hook
+
+    def _post_hook(self, group: list[Binding]) -> Callable[..., None]:
+        def hook(_mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+            sink = self.sink
+            if sink is not None:
+                for b in group:
+                    _emit(sink, b.probe, extract(b, args, kwargs, output))
+
+        return hook
+
+
 @contextmanager
 def attached(model: nn.Module, bindings: Sequence[Binding], sink: Sink,
              modules: dict[str, nn.Module] | None = None) -> Iterator[None]:
-    """Hook ``bindings`` into ``model`` for the duration of the block (``modules``: a cache
-    of path -> submodule kept by the caller across forwards)."""
-    by_module: dict[str, list[Binding]] = defaultdict(list)
-    for b in bindings:
-        by_module[b.module].append(b)
-    handles: list[Any] = []
+    """Hook ``bindings`` into ``model`` for the duration of the block."""
+    taps = Taps(model, bindings, modules)
+    taps.sink = sink
     try:
-        for path, group in by_module.items():
-            module = modules.get(path) if modules is not None else None
-            if module is None:
-                module = _get(model, path, group[0].probe)
-                if modules is not None:
-                    modules[path] = module
-            inputs = [b for b in group if b.spec.io == "input"]
-            outputs = [b for b in group if b.spec.io == "output"]
-            if inputs:
-                handles.append(module.register_forward_pre_hook(_pre_hook(inputs, sink), with_kwargs=True))
-            if outputs:
-                handles.append(module.register_forward_hook(_post_hook(outputs, sink), with_kwargs=True))
         yield
     finally:
-        for h in handles:
-            h.remove()
+        taps.remove()
 
 
 def _call(sink: Sink, name: str, tensor: torch.Tensor) -> None:
@@ -124,22 +167,6 @@ def _emit(sink: Sink, name: str, tensor: torch.Tensor) -> None:
         _EAGER_CALL(sink, name, tensor)
     else:
         sink(name, tensor)
-
-
-def _pre_hook(group: list[Binding], sink: Sink) -> Callable[..., None]:
-    def hook(_mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        for b in group:
-            _emit(sink, b.probe, extract(b, args, kwargs, None))
-
-    return hook
-
-
-def _post_hook(group: list[Binding], sink: Sink) -> Callable[..., None]:
-    def hook(_mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
-        for b in group:
-            _emit(sink, b.probe, extract(b, args, kwargs, output))
-
-    return hook
 
 
 @contextmanager

@@ -5,6 +5,7 @@ must be set before Triton is imported, so test_fused.py runs this file in a subp
 it set. The same cases run compiled on a GPU in test_gpu.py."""
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pytest
@@ -48,3 +49,77 @@ def test_batch_of_probes_across_arena_blocks(monkeypatch: pytest.MonkeyPatch) ->
         assert got[k].worst_index == want.worst_index and got[k].n_bad == want.n_bad, k
         assert ref_cap.records[k].stats.sum == pytest.approx(diff.tensor_stats(r).sum, rel=1e-12, abs=1e-12), k
         assert comp.capture.records[k].stats.abs_max == diff.tensor_stats(c).abs_max, k
+
+
+def _deferred_pairs() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Probes of several dtype pairs, widths and layouts (strided views, one row)."""
+    g = torch.Generator().manual_seed(5)
+    pairs = {}
+    for i in range(15):
+        rows, width = 2 + i % 5, 40 + 13 * i
+        cdt = (torch.float16, torch.bfloat16, torch.float32)[i % 3]
+        if i % 4 == 3:  # a column slice of a wider buffer: rows not adjacent
+            r = torch.randn(rows, 3 * width, generator=g)[:, width:2 * width]
+        else:
+            r = torch.randn(rows, width, generator=g)
+        if i % 5 == 4:
+            r = r.half()  # a float16 reference: another dtype pair
+        pairs[f"p{i}"] = (r, (r.float() * (1 + 1e-3 * i) + 1e-3).to(cdt))
+    pairs["row"] = (torch.randn(70, generator=g), torch.randn(70, generator=g).half())
+    return pairs
+
+
+def test_deferred_launches_match_eager(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inside fused.deferred() probes queue and launch together (one kernel per dtype pair),
+    also when the queue fills up or the records run out mid-way: every probe gets the
+    numbers of the eager definition."""
+    monkeypatch.setattr(fused, "ARENA_RECORDS", 40)
+    monkeypatch.setattr(fused, "HOLD_BYTES", 6000)
+    pairs = _deferred_pairs()
+    batch = diff.Batch()
+    diffs, stats = {}, {}
+    launches = []
+    real = fused.Arena.flush
+
+    def counting(self: fused.Arena) -> None:
+        launches.append(len(self.groups))
+        real(self)
+
+    monkeypatch.setattr(fused.Arena, "flush", counting)
+    with fused.deferred():
+        for k, (r, c) in pairs.items():
+            diffs[k] = batch.add_diff(r, c, TOL, lambda v, s=list(r.shape): diff.diff_from(v, s))
+            stats[k] = batch.add_tensor(c, lambda v, s=list(c.shape): diff.stats_from(v, s, "x"))
+        assert fused.deferring() and fused._WAITING  # queued, not launched
+    assert not fused.deferring() and not fused._WAITING
+    assert sum(launches) < 2 * len(pairs)  # batched: fewer launches than probes
+    monkeypatch.setenv("PARITY_FUSED_STATS", "0")
+    for k, (r, c) in pairs.items():
+        want, got = diff.compare(r, c, TOL), diffs[k].get()
+        assert got.worst_index == want.worst_index and got.n_bad == want.n_bad, k
+        assert got.max_abs_err == pytest.approx(want.max_abs_err, rel=1e-6), k
+        assert got.cosine == pytest.approx(want.cosine, rel=1e-6), k
+        assert stats[k].get().sum == pytest.approx(diff.tensor_stats(c).sum, rel=1e-6, abs=1e-9), k
+
+
+def test_deferred_statistics_read_the_tensor_at_launch() -> None:
+    """Why only vouched-for models defer: a tensor written in place before the queued launch
+    is measured as written. Outside deferred() the launch comes first."""
+    r = torch.randn(4, 64, generator=torch.Generator().manual_seed(2))
+    for defer, want in ((False, 0.0), (True, 1.0)):
+        c = r.clone()
+        batch = diff.Batch()
+        with fused.deferred() if defer else contextlib.nullcontext():
+            p = batch.add_diff(r, c, TOL, lambda v: diff.diff_from(v, [4, 64]))
+            c.add_(1.0)
+        assert p.get().max_abs_err == pytest.approx(want), defer
+
+
+def test_error_inside_deferred_keeps_the_queue_for_finish() -> None:
+    r = torch.randn(3, 32, generator=torch.Generator().manual_seed(3))
+    batch = diff.Batch()
+    with pytest.raises(RuntimeError), fused.deferred():
+        p = batch.add_diff(r, r.half(), TOL, lambda v: diff.diff_from(v, [3, 32]))
+        raise RuntimeError("the forward failed")
+    assert not fused._WAITING
+    assert p.get().n_bad == 0  # launched when the batch is finished

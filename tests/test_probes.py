@@ -93,6 +93,48 @@ def test_only_requested_probes_are_hooked() -> None:
     assert hooked == ["transformer.h.2.mlp"]
 
 
+@pytest.mark.parametrize("model", ["qwen", "qwen2", "llama"])
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_shipped_models_never_write_a_captured_tensor_in_place(model: str, attn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batched (deferred) statistics read each probe after the forward went on; that is
+    only right if nothing writes a captured tensor in place afterwards. Version counters
+    (kept under no_grad, not under inference_mode) show it for every shipped model."""
+    from parity.backends import pytorch as pt
+
+    src = ModelSource.resolve(model)
+    ref = src.build(attn=attn)
+    pmap = find_map(src.preset.probe_map)
+    names = pmap.names(src.num_blocks)
+    backend = pt.ModuleBackend(ref, pmap, ref.config, "reference", src.num_blocks)
+    assert backend.defer_stats
+    monkeypatch.setattr(pt.torch, "inference_mode", torch.no_grad)
+    seen: list[tuple[str, torch.Tensor, int]] = []
+    with backend:
+        backend.capture(torch.arange(6), names, lambda n, t: seen.append((n, t, t._version)))
+    assert {n for n, _, _ in seen} == set(names)
+    changed = [n for n, t, v in seen if t._version != v]
+    assert not changed, f"written in place after capture: {changed}"
+
+
+def test_batched_statistics_only_where_vouched_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    from torch import nn
+
+    from parity.backends.pytorch import _defer_default
+
+    class Port(nn.Module):  # user code: it might update a captured residual in place
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+    hf = ModelSource.resolve("qwen2").build()
+    assert _defer_default(hf, known=True)
+    assert not _defer_default(nn.Sequential(Port()), known=True)
+    assert not _defer_default(hf, known=False)
+    monkeypatch.setenv("PARITY_DEFER_STATS", "1")
+    assert _defer_default(nn.Sequential(Port()), known=False)
+    monkeypatch.setenv("PARITY_DEFER_STATS", "0")
+    assert not _defer_default(hf, known=True)
+
+
 def test_import_and_help_do_not_import_torch() -> None:
     code = ("import sys, parity, parity.cli, parity.options, parity.probes, parity.backends\n"
             "heavy = [m for m in ('torch', 'transformers', 'pandas', 'rich') if m in sys.modules]\n"

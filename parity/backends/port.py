@@ -26,7 +26,7 @@ from torch import nn
 
 from parity import faults
 from parity import probes as canon
-from parity.backends.pytorch import ModuleBackend, Sink, torch_dtype
+from parity.backends.pytorch import ModuleBackend, Sink, _defer_default, torch_dtype
 from parity.errors import BackendError, UsageError
 from parity.probemap import ProbeMap, find_map, load_map
 from parity.resources import shipped_dir
@@ -104,6 +104,7 @@ class PortBackend(ModuleBackend):
     def __init__(self, model: nn.Module, probe_map: ProbeMap, config: Any, label: str, num_blocks: int,
                  source: str, faults_applied: list[str]) -> None:
         super().__init__(model, probe_map, config, label, num_blocks)
+        self.defer_stats = _defer_default(model, known=False)  # user code may write captured tensors in place
         self.forward_kwargs = {}
         self.positional_ids = True
         self.source = source

@@ -8,6 +8,7 @@ implementation, optionally compiled).
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Mapping
 from contextlib import ExitStack
 from typing import Any
@@ -15,11 +16,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from parity import api
+from parity import api, fused
 from parity import probes as canon
 from parity.backends.base import Backend, Sink
 from parity.errors import BackendError, ProbeError, UsageError
-from parity.hooks import attached, outside_graph, teacher_forced
+from parity.hooks import Taps, outside_graph, teacher_forced
 from parity.probemap import BlockSpec, ProbeMap
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -75,6 +76,23 @@ class ApiSink:
         self.sink(name, tensor.detach())
 
 
+_STABLE = ("transformers.", "parity.models.", "torch.nn.")
+
+
+def _defer_default(model: nn.Module, known: bool) -> bool:
+    """Batch the launches of fused statistics (parity.fused.deferred) for this model?
+
+    Only when no module writes a tensor in place after a hook has seen it, which holds for
+    Hugging Face modules and parity's own models (tests/test_capture.py checks it with
+    version counters); a port (or any other code) may do so, e.g. a fused add + norm
+    that updates the residual, so it gets one launch per probe. PARITY_DEFER_STATS=0 or
+    1 overrides (1: you vouch for your model)."""
+    env = os.environ.get("PARITY_DEFER_STATS")
+    if env in ("0", "1"):
+        return env == "1"
+    return known and all(type(m).__module__.startswith(_STABLE) for m in model.modules())
+
+
 class ModuleBackend(Backend):
     requires = ("torch",)
 
@@ -91,6 +109,10 @@ class ModuleBackend(Backend):
         self.emitted: set[str] = set()  # probes the model sent through parity.probe()
         self._bindings: dict[tuple[str, ...], list[Any]] = {}
         self._modules: dict[str, nn.Module] = {}  # module path -> module, for attaching hooks
+        self._taps: tuple[tuple[str, ...], Taps] | None = None  # hooks kept while active
+        #: whether captured tensors stay unwritten until the forward ends, so that fused
+        #: statistics may be launched in batches (see parity.fused.deferred)
+        self.defer_stats = _defer_default(model, known=True)
 
     @property
     def device(self) -> torch.device:
@@ -102,6 +124,11 @@ class ModuleBackend(Backend):
 
     def available_probes_impl(self) -> list[str]:
         return self.probe_map.names(self.num_blocks)
+
+    def deactivate_impl(self) -> None:
+        taps, self._taps = self._taps, None
+        if taps is not None:
+            taps[1].remove()
 
     def capture_impl(self, input_ids: Any, probes: list[str], sink: Sink) -> Any:
         return self._forward(input_ids, probes, sink)
@@ -124,13 +151,22 @@ class ModuleBackend(Backend):
             bindings = self._bindings[key] = self.probe_map.resolve([p for p in probes if p in mapped], self.config)
         ids = torch.as_tensor(input_ids, dtype=torch.long, device=self.device).reshape(1, -1)
         api_sink = ApiSink(set(probes), sink)
+        if self._taps is None or self._taps[0] != key:  # hooks stay installed while the backend is active
+            self.deactivate_impl()
+            self._taps = (key, Taps(self.model, bindings, self._modules))
+        taps = self._taps[1]
         with ExitStack() as stack:
             stack.enter_context(torch.inference_mode())
-            stack.enter_context(attached(self.model, bindings, sink, self._modules))
             stack.enter_context(api.capturing(api_sink))
             if forcing is not None:
                 stack.enter_context(teacher_forced(self.model, forcing[0], forcing[1]))
-            out = self.runner(ids, **self.forward_kwargs) if self.positional_ids else self.runner(input_ids=ids, **self.forward_kwargs)
+            if self.defer_stats:
+                stack.enter_context(fused.deferred())
+            taps.sink = sink
+            try:
+                out = self.runner(ids, **self.forward_kwargs) if self.positional_ids else self.runner(input_ids=ids, **self.forward_kwargs)
+            finally:
+                taps.sink = None
         self.emitted |= api_sink.emitted
         return getattr(out, "logits", out)
 
@@ -181,6 +217,7 @@ def make_candidate(reference: nn.Module, probe_map: ProbeMap, config: Any, num_b
     if compile:
         outside_graph()
         backend.runner = torch.compile(model)
+        backend.defer_stats = False  # compiled graphs manage their own buffers: one launch per probe
     return backend
 
 
