@@ -30,6 +30,20 @@ def _median_time(fn, reps: int) -> tuple[float, float]:
     return times[0], statistics.median(times[1:])
 
 
+def _interleaved(fns: dict, reps: int) -> dict:
+    """Median wall seconds of each function, calls alternating (after one warm-up round)."""
+    times: dict = {k: [] for k in fns}
+    for i in range(reps + 1):
+        for k, fn in fns.items():
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            fn()
+            torch.cuda.synchronize()
+            if i:
+                times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def timed_forward(model, ids, reps: int = 7) -> float:
     def fwd():
         with torch.inference_mode():
@@ -85,10 +99,15 @@ def overhead(model_name: str, shape: str, tokens: int, more_tokens: tuple[int, .
     tols = src.preset.tolerance_table("fp16")
     out: dict = {"probes": len(names), "tokens": tokens}
 
-    def compared(x, cap=ref_cap) -> None:
+    def on_device(x, cap=ref_cap) -> Comparator:
+        """Every probe captured and its statistics computed on the GPU (the timer synchronizes)."""
         comp = Comparator(cap, Capture("c"), tols)
         cand.capture(x, names, comp)
-        _ = comp.diffs  # the one host transfer is part of the cost
+        comp.batch.finish()
+        return comp
+
+    def compared(x, cap=ref_cap) -> None:
+        _ = on_device(x, cap).diffs  # and read back into Python results, as a run does
 
     def plain(x) -> None:
         with torch.inference_mode():
@@ -103,9 +122,12 @@ def overhead(model_name: str, shape: str, tokens: int, more_tokens: tuple[int, .
         batch.resolve()
 
     with cand:
-        out["plain_s"] = timed_forward(cand.model, ids)
-        out["first_call_s"], out["hooked_s"] = _median_time(lambda: compared(ids), 7)
-        out["hooks_only_s"] = _median_time(lambda: hooks_only(ids), 5)[1]
+        out["first_call_s"] = _median_time(lambda: compared(ids), 2)[0]
+        # The host of the device machine is noisy over a run: the main figures alternate
+        # their calls, so that drift hits every one of them alike.
+        med = _interleaved({"plain_s": lambda: plain(ids), "hooked_s": lambda: on_device(ids),
+                            "with_readback_s": lambda: compared(ids), "hooks_only_s": lambda: hooks_only(ids)}, 15)
+        out.update(med)
         out["deferred"] = cand.defer_stats
         cand.defer_stats = False  # one launch per probe, as for a port
         out["per_probe_launch_s"] = _median_time(lambda: compared(ids), 5)[1]
@@ -126,30 +148,48 @@ def overhead(model_name: str, shape: str, tokens: int, more_tokens: tuple[int, .
             out[f"plain_{m}_s"], out[f"hooked_{m}_s"], out[f"ratio_{m}"] = plain_m, hooked_m, hooked_m / plain_m
     n = len(names)
     out["ratio"] = out["hooked_s"] / out["plain_s"]
+    out["ratio_with_readback"] = out["with_readback_s"] / out["plain_s"]
     out["ratio_hooks_only"] = out["hooks_only_s"] / out["plain_s"]
     out["ratio_eager_stats"] = out["eager_stats_s"] / out["plain_s"]
     out["ratio_per_probe_launch"] = out["per_probe_launch_s"] / out["plain_s"]
     out["cpu_us_per_probe_hooks"] = 1e6 * (out["hooks_only_16_s"] - out["plain_16_s"]) / n
     out["cpu_us_per_probe_fused"] = 1e6 * (out["self_diff_16_s"] - out["plain_16_s"]) / n
     out["gpu_us_per_probe"] = 1e3 * (out["hooked_kernel_ms"] - out["plain_kernel_ms"]) / n
-    if os.environ.get("PARITY_BENCH_PROFILE"):
-        from torch.profiler import ProfilerActivity, profile
-
-        with cand, profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            compared(ids)
-            torch.cuda.synchronize()
-        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25), flush=True)
-        print(prof.key_averages().table(sort_by="self_device_time_total", row_limit=25), flush=True)
+    if os.environ.get("PARITY_BENCH_PROFILE"):  # where the host time goes (cProfile inflates Python)
         import cProfile
+        import gc
         import pstats
 
+        from parity import fused
+
+        def split() -> tuple[float, float]:
+            """(hooked forward + its launches, synchronized; reading the statistics back)"""
+            comp = Comparator(ref_cap, Capture("c"), tols)
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            cand.capture(ids, names, comp)
+            torch.cuda.synchronize()
+            t1 = time.perf_counter()
+            _ = comp.diffs
+            return t1 - t0, time.perf_counter() - t1
+
         with cand:
-            self_diff(ids[:, :16])
+            parts = sorted(split() for _ in range(7))
+            out["split_capture_s"], out["split_resolve_s"] = parts[3]
+            hold, fused.HOLD_BYTES = fused.HOLD_BYTES, 1 << 40
+            out["one_flush_s"] = _median_time(lambda: compared(ids), 5)[1]
+            fused.HOLD_BYTES = hold
+            gc.disable()
+            out["hooked_gc_off_s"] = _median_time(lambda: compared(ids), 5)[1]
+            out["plain_gc_off_s"] = timed_forward(cand.model, ids)
+            gc.enable()
+            compared(ids)
             pr = cProfile.Profile()
             pr.enable()
-            self_diff(ids[:, :16])
+            compared(ids)
+            torch.cuda.synchronize()
             pr.disable()
-        pstats.Stats(pr).sort_stats("tottime").print_stats(25)
+        pstats.Stats(pr).sort_stats("tottime").print_stats(30)
     return out
 
 

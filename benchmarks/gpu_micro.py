@@ -42,9 +42,9 @@ def kernel_us(fn, name: str, reps: int = 5) -> float:
     return total / reps
 
 
-def batched_gpu_us(fused, pairs, block: int, warps: int) -> float:
+def batched_gpu_us(fused, pairs, block: int, warps: int, stages: int) -> float:
     """GPU microseconds per probe of the statistics kernel, all ``pairs`` in one launch."""
-    fused.BLOCK, fused.WARPS = block, warps
+    fused.BLOCK, fused.WARPS, fused.STAGES = block, warps, stages
     fused._GEOMETRY.clear()  # tiles depend on BLOCK
     dev = pairs[0][0].device
 
@@ -52,7 +52,7 @@ def batched_gpu_us(fused, pairs, block: int, warps: int) -> float:
         a = fused.Arena(dev)
         with fused.deferred():
             for r, c in pairs:
-                a.add(c, r, fused.tol_bits(0.01, 0.01, 1e-6), lambda v: None)
+                a.add(c, r, fused.tol_bits(0.01, 0.01, 1e-6), lambda *a: None)
 
     return kernel_us(run, "_rows_kernel") / len(pairs)
 
@@ -73,7 +73,7 @@ def main() -> None:
     out: dict[str, float] = {}
     out["torch_add_launch"] = per_call_us(lambda: torch.add(ref, 1.0))
     arena = fused.Arena(dev)
-    out["arena_add_immediate"] = per_call_us(lambda: arena.add(cand, ref, tol, lambda v: None), 500)
+    out["arena_add_immediate"] = per_call_us(lambda: arena.add(cand, ref, tol, lambda *a: None), 500)
     arena.blocks.clear()
     held = 64
 
@@ -81,7 +81,7 @@ def main() -> None:
         a = fused.Arena(dev)
         with fused.deferred():
             for _ in range(held):
-                a.add(cand, ref, tol, lambda v: None)
+                a.add(cand, ref, tol, lambda *a: None)
 
     out["arena_add_deferred_incl_launch"] = per_call_us(queue_and_launch, 200) / held
     lin = nn.Identity()
@@ -103,18 +103,20 @@ def main() -> None:
     for key, v in out.items():
         print(f"{key:32s} {v:8.2f} us (host)", flush=True)
     shapes = [(512, 4096, torch.float16), (512, 11008, torch.float16), (512, 4096, torch.float32),
-              (2048, 4096, torch.float16), (512, 151936, torch.float16)]
-    choices = [(b, w) for b in (256, 512, 1024) for w in (2, 4, 8)] if args.tune else [(fused.BLOCK, fused.WARPS)]
+              (2048, 4096, torch.float16)] + ([] if args.tune else [(512, 151936, torch.float16)])
+    choices = ([(b, w, s) for b in (256, 512) for w in (2, 4) for s in (1, 2, 3, 4)] if args.tune
+               else [(fused.BLOCK, fused.WARPS, fused.STAGES)])
     for rows, cols, cdt in shapes:
         n = 4 if cols > 100000 else 48
         pairs = []
         for _ in range(n):
             r = torch.randn(rows, cols, device=dev)
             pairs.append((r, (r + 1e-3 * torch.randn_like(r)).to(cdt)))
-        for block, warps in choices:
-            us = batched_gpu_us(fused, pairs, block, warps)
+        for block, warps, stages in choices:
+            us = batched_gpu_us(fused, pairs, block, warps, stages)
             gbs = rows * cols * (4 + pairs[0][1].element_size()) / us / 1e3
-            print(f"rows kernel {rows}x{cols} {str(cdt)[6:]} BLOCK={block} warps={warps}: {us:.1f} us GPU per probe, {gbs:.0f} GB/s", flush=True)
+            print(f"rows kernel {rows}x{cols} {str(cdt)[6:]} BLOCK={block} warps={warps} stages={stages}: "
+                  f"{us:.1f} us GPU per probe, {gbs:.0f} GB/s", flush=True)
         del pairs
         torch.cuda.empty_cache()
 

@@ -8,7 +8,7 @@ NDESC = tl.constexpr(12)  # int64 columns of a probe's descriptor, see parity.fu
 @triton.jit
 def _rows_kernel(desc_ptr, rec_ptr, cand_base, ref_base,
                  HAS_REF: tl.constexpr, BLOCK: tl.constexpr, C_ALIGN: tl.constexpr, R_ALIGN: tl.constexpr,
-                 LEN_ALIGN: tl.constexpr):
+                 LEN_ALIGN: tl.constexpr, STAGES: tl.constexpr):
     """Statistics of one (row, column tile) of one probe of a batch: program (q, p) reads its
     slice of probe p's candidate (and reference) once, accumulating per lane; lanes are
     reduced once at the end.
@@ -27,28 +27,49 @@ def _rows_kernel(desc_ptr, rec_ptr, cand_base, ref_base,
     the worst element's error is recomputed in float64 from the stored values."""
     q = tl.program_id(0)
     dp = desc_ptr + tl.program_id(1).to(tl.int64) * NDESC
-    if q >= tl.load(dp):
-        return
-    ntiles = tl.load(dp + 1).to(tl.int32)
-    D = tl.load(dp + 2).to(tl.int32)  # the host keeps row lengths below 2**31
-    TILE = tl.multiple_of(tl.load(dp + 3).to(tl.int32), BLOCK)
-    row = (q // ntiles).to(tl.int64)
-    tile = q % ntiles
-    first = tl.load(dp + 8)
+    if q < tl.load(dp):
+        ntiles = tl.load(dp + 1).to(tl.int32)
+        row = (q // ntiles).to(tl.int64)
+        c_row = cand_base + tl.multiple_of(tl.load(dp + 4) + row * tl.load(dp + 6), C_ALIGN)
+        r_row = ref_base + tl.multiple_of(tl.load(dp + 5) + row * tl.load(dp + 7), R_ALIGN)
+        atol = tl.load(dp + 9).to(tl.float64, bitcast=True).to(tl.float32)
+        rtol = tl.load(dp + 10).to(tl.float64, bitcast=True).to(tl.float32)
+        eps = tl.load(dp + 11).to(tl.float64, bitcast=True).to(tl.float32)
+        D = tl.load(dp + 2).to(tl.int32)  # the host keeps row lengths below 2**31
+        TILE = tl.multiple_of(tl.load(dp + 3).to(tl.int32), BLOCK)
+        _row_stats(rec_ptr + (tl.load(dp + 8) + q) * 16, c_row, r_row, q % ntiles, D, TILE, atol, rtol, eps,
+                   HAS_REF, BLOCK, LEN_ALIGN, STAGES)
+
+
+@triton.jit(do_not_specialize=["first"])
+def _one_kernel(rec_ptr, cand_ptr, ref_ptr, tol_ptr, first, D, TILE, c_stride, r_stride,
+                HAS_REF: tl.constexpr, BLOCK: tl.constexpr):
+    """The same statistics for one probe, described by arguments (no descriptor to copy to
+    the device): program (row, tile). For probes launched one by one (ports, which may write
+    captured tensors in place later). ``tol_ptr``: float64 [atol, rtol, eps]."""
+    row = tl.program_id(0).to(tl.int64)
+    tile = tl.program_id(1)
+    out = rec_ptr + (first + row * tl.num_programs(1) + tile) * 16
+    atol = tl.load(tol_ptr).to(tl.float32)
+    rtol = tl.load(tol_ptr + 1).to(tl.float32)
+    eps = tl.load(tol_ptr + 2).to(tl.float32)
+    _row_stats(out, cand_ptr + row * c_stride, ref_ptr + row * r_stride, tile, D, TILE, atol, rtol, eps,
+               HAS_REF, BLOCK, 1, 1)
+
+
+@triton.jit
+def _row_stats(out, c_row, r_row, tile, D, TILE, atol, rtol, eps,
+               HAS_REF: tl.constexpr, BLOCK: tl.constexpr, LEN_ALIGN: tl.constexpr, STAGES: tl.constexpr):
+    """Accumulate columns [tile * TILE, (tile + 1) * TILE) of one row and store its record."""
     start = tile * TILE
     stop = tl.multiple_of(tl.minimum(start + TILE, D), LEN_ALIGN)
     lanes = tl.arange(0, BLOCK)
-    c_row = cand_base + tl.multiple_of(tl.load(dp + 4) + row * tl.load(dp + 6), C_ALIGN)
-    r_row = ref_base + tl.multiple_of(tl.load(dp + 5) + row * tl.load(dp + 7), R_ALIGN)
     inf = float("inf")
     csum = tl.zeros([BLOCK], tl.float64)
     cabs = tl.zeros([BLOCK], tl.float32)  # |x| of a float16/bfloat16/float32 value is exact in float32
     n_nan = tl.zeros([BLOCK], tl.int32)
     n_inf = tl.zeros([BLOCK], tl.int32)
     if HAS_REF:
-        atol = tl.load(dp + 9).to(tl.float64, bitcast=True).to(tl.float32)
-        rtol = tl.load(dp + 10).to(tl.float64, bitcast=True).to(tl.float32)
-        eps = tl.load(dp + 11).to(tl.float64, bitcast=True).to(tl.float32)
         err_sum = tl.zeros([BLOCK], tl.float64)
         dot = tl.zeros([BLOCK], tl.float64)
         rr = tl.zeros([BLOCK], tl.float64)
@@ -59,7 +80,7 @@ def _rows_kernel(desc_ptr, rec_ptr, cand_base, ref_base,
         best_col = tl.zeros([BLOCK], tl.int32)
         n_bad = tl.zeros([BLOCK], tl.int32)
         n_mis = tl.zeros([BLOCK], tl.int32)
-    for off in range(start, stop, BLOCK):
+    for off in tl.range(start, stop, BLOCK, num_stages=STAGES):
         cols = off + lanes
         m = cols < stop
         c = tl.load(c_row + cols, mask=m, other=0.0).to(tl.float32)
@@ -96,7 +117,6 @@ def _rows_kernel(desc_ptr, rec_ptr, cand_base, ref_base,
             better = m & (err > best)  # strict: a lane keeps its first worst column
             best = tl.where(better, err, best)
             best_col = tl.where(better, cols, best_col)
-    out = rec_ptr + (first + q) * 16
     if HAS_REF:
         worst = tl.max(best, axis=0)
         col = tl.min(tl.where(best == worst, best_col, stop), axis=0)

@@ -145,7 +145,11 @@ def _fused_vector(cand: torch.Tensor, ref: torch.Tensor | None, atol: float, rto
     """The 21-slot vector of one tensor (or pair) through parity.fused (two launches)."""
     got: list[torch.Tensor] = []
     arena = fused.Arena(cand.device)
-    arena.add(cand.detach(), None if ref is None else ref.detach(), fused.tol_bits(atol, rtol, eps), got.append)
+    args = (cand.detach(), None if ref is None else ref.detach())
+    if fused.deferring():  # launched with the rest of the queue
+        arena.add(*args, fused.tol_bits(atol, rtol, eps), lambda out, i: got.append(out[i]))
+    else:
+        arena.launch(*args, _tol_tensor(atol, rtol, eps, cand.device), lambda out, i: got.append(out[i]))
     arena.finish()
     return got[0]
 
@@ -227,10 +231,11 @@ def profile_from(v: list[float], shape: list[int]) -> TokenProfile | None:
 class Pending:
     """A device-side statistics vector and how to build its result; resolved with its batch."""
 
-    __slots__ = ("batch", "vec", "build", "device", "_value", "done")
+    __slots__ = ("batch", "vec", "row", "build", "device", "_value", "done")
 
     def __init__(self, batch: Batch, vec: torch.Tensor | None, build: Any, device: torch.device | None = None) -> None:
         self.batch, self.vec, self.build = batch, vec, build
+        self.row = 0  # the vector is row ``row`` of ``vec`` when that is 2-D (a fused batch)
         self.device = vec.device if vec is not None else device
         self._value: Any = None
         self.done = False
@@ -240,8 +245,8 @@ class Pending:
             self.batch.resolve()
         return self._value
 
-    def set_vec(self, vec: torch.Tensor) -> None:
-        self.vec = vec
+    def set_vec(self, out: torch.Tensor, row: int) -> None:
+        self.vec, self.row = out, row
 
     def part(self, i: int) -> _Part:
         """Element ``i`` of this pending tuple result, resolved with it (no second transfer)."""
@@ -288,7 +293,10 @@ class Batch:
             raise ValueError(f"shape mismatch {tuple(ref.shape)} vs {tuple(cand.shape)}")
         device = cand.device
         item = Pending(self, None, build, device)
-        self._arena(device).add(cand, ref, fused.tol_bits(tol.atol, tol.rtol, REL_EPS), item.set_vec)
+        if fused.deferring():
+            self._arena(device).add(cand, ref, fused.tol_bits(tol.atol, tol.rtol, REL_EPS), item.set_vec)
+        else:
+            self._arena(device).launch(cand, ref, _tol_tensor(tol.atol, tol.rtol, REL_EPS, device), item.set_vec)
         self.items.append(item)
         return item
 
@@ -296,26 +304,42 @@ class Batch:
         """Queue [sum, absmax, nan, inf] of ``t`` (see tensor_vector)."""
         if not (self.fused and t.numel() and fused.usable(t)):
             return self.add(tensor_vector(t), build)
-        item = Pending(self, None, lambda v: build(v[S_CSUM:S_CINF + 1]), t.device)
-        self._arena(t.device).add(t, None, fused.tol_bits(0.0, 0.0, REL_EPS), item.set_vec)
+        device = t.device
+        item = Pending(self, None, lambda v: build(v[S_CSUM:S_CINF + 1]), device)
+        if fused.deferring():
+            self._arena(device).add(t, None, fused.tol_bits(0.0, 0.0, REL_EPS), item.set_vec)
+        else:
+            self._arena(device).launch(t, None, _tol_tensor(0.0, 0.0, REL_EPS, device), item.set_vec)
         self.items.append(item)
         return item
 
-    def resolve(self) -> None:
-        items, self.items = self.items, []
+    def finish(self) -> None:
+        """Complete every queued statistic on its device (launches only; nothing comes to
+        the host until :meth:`resolve`)."""
         arenas, self.arenas = self.arenas, {}
         for arena in arenas.values():
             arena.finish()
+
+    def resolve(self) -> None:
+        self.finish()
+        items, self.items = self.items, []
         by_dev: dict[torch.device, list[Pending]] = {}
         for it in items:
             by_dev.setdefault(it.device, []).append(it)
-        for group in by_dev.values():
-            flat = torch.cat([it.vec for it in group]).tolist()
+        for group in by_dev.values():  # one transfer per device: each fused block's rows once
+            start: dict[int, int] = {}
+            parts = []
             pos = 0
             for it in group:
-                n = it.vec.numel()
-                it._value, it.done, it.vec = it.build(flat[pos:pos + n]), True, None
-                pos += n
+                if id(it.vec) not in start:
+                    start[id(it.vec)] = pos
+                    parts.append(it.vec.reshape(-1))
+                    pos += parts[-1].numel()
+            flat = torch.cat(parts).tolist()
+            for it in group:
+                n = it.vec.shape[-1]
+                at = start[id(it.vec)] + it.row * n
+                it._value, it.done, it.vec = it.build(flat[at:at + n]), True, None
 
 
 def tensor_stats(t: torch.Tensor) -> TensorStats:

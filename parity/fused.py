@@ -1,4 +1,4 @@
-"""Fused on-device statistics (Triton): one kernel launch per probe, finalized per batch.
+"""Fused on-device statistics (Triton), finalized per batch.
 
 The eager path in :mod:`parity.diff` builds each statistic with its own torch op (about a
 hundred small kernels per probe). Here one Triton kernel reads the candidate and the
@@ -6,6 +6,11 @@ reference once and writes a 16-slot float64 record per (row, column tile); a sec
 launched once per batch of probes, folds each probe's records into the same 21-slot vector
 the eager path produces (``parity.diff.S_*``). Nothing is copied: rows are read in place
 with their stride, so a view into a fused QKV buffer costs no ``.contiguous()``.
+
+Inside :func:`deferred` probes are queued and launched together: one kernel per dtype pair
+reads a table of probe descriptors (see ``Arena.add``). Outside, each probe is launched at
+once with its geometry as arguments (``Arena.launch``); that is the path for code that may
+write a captured tensor in place after its hook.
 
 Elementwise terms are float32 (exact for the differences that matter: ref - cand is exact
 whenever the two are within a factor 2); products and sums are float64 (a product of two
@@ -34,6 +39,7 @@ REC = 16  # slots per record; the first 16 slots of parity.diff's vector, see _f
 OUT = 21  # slots of the finished vector (parity.diff.S_*)
 BLOCK = 256
 WARPS = 2  # 4 elements of a row per thread: 16-byte loads of a float32 reference
+STAGES = 3  # loads in flight per program (Triton's software pipelining of the row loop)
 NDESC = 12  # int64 columns of a probe's descriptor (parity._fused_kernels._rows_kernel)
 PROGRAMS = 1024  # split rows into column tiles until about this many programs run
 ARENA_RECORDS = 1 << 16
@@ -211,8 +217,8 @@ class Arena:
 
     def add(self, cand: torch.Tensor, ref: torch.Tensor | None, tol: tuple[int, int, int], on_done: Any) -> None:
         """Queue the row statistics of one probe (``tol``: see :func:`tol_bits`) and launch
-        now unless inside ``deferred()``; ``on_done(vector)`` receives its 21-slot device
-        vector when the arena is finished. Runs for every probe: keep it lean."""
+        now unless inside ``deferred()``; ``on_done(out, i)`` is told where its 21-slot device
+        vector is (row ``i`` of ``out``) when the arena is finished. Runs for every probe: keep it lean."""
         c, (_, rows, length, c_stride, tiles, width) = _rows(cand)
         if ref is not None:
             r, rg = _rows(ref)
@@ -254,6 +260,28 @@ class Arena:
         elif len(g.held) < 3:
             _WAITING[id(self)] = self
 
+    def launch(self, cand: torch.Tensor, ref: torch.Tensor | None, tol: torch.Tensor, on_done: Any) -> None:
+        """One probe, launched now with its geometry as arguments (nothing copied to the
+        device first): the path outside ``deferred()``. ``tol``: float64 [atol, rtol, eps]
+        on the device (see parity.diff._tol_tensor)."""
+        if _DEPTH:
+            raise RuntimeError("Arena.launch is for probes outside deferred()")
+        c, (_, rows, length, c_stride, tiles, width) = _rows(cand)
+        if ref is not None:
+            r, rg = _rows(ref)
+            r_stride = rg[3]
+        else:
+            r, r_stride = c, c_stride
+        count = rows * tiles
+        block = self.blocks[-1] if self.blocks else None
+        if block is None or block[1] + count > block[0].shape[0]:
+            block = self._new_block(count)
+        first = block[1]
+        block[1] = first + count
+        self.kernels._one_kernel[(rows, tiles)](block[0], c, r, tol, first, length, width, c_stride, r_stride,
+                                                HAS_REF=ref is not None, BLOCK=BLOCK, num_warps=WARPS)
+        block[2].append((first, rows, tiles, length, on_done))
+
     def flush(self) -> None:
         """Launch the queued probes: one kernel per dtype pair."""
         groups, self.groups, self.held = self.groups, {}, 0
@@ -264,7 +292,7 @@ class Arena:
             desc = torch.frombuffer(g.desc, dtype=torch.int64).to(self.device, non_blocking=True)
             self.kernels._rows_kernel[(g.widest, len(g.desc) // NDESC)](
                 desc, rec, g.cand_base, g.ref_base, HAS_REF=has_ref, BLOCK=BLOCK, C_ALIGN=g.c_align,
-                R_ALIGN=g.r_align, LEN_ALIGN=g.len_align, num_warps=WARPS)
+                R_ALIGN=g.r_align, LEN_ALIGN=g.len_align, STAGES=STAGES, num_warps=WARPS)
 
     def finish(self) -> None:
         """Fold every probe's records (one launch per arena block) and hand out the vectors."""
@@ -281,4 +309,4 @@ class Arena:
             out = torch.empty(len(entries), OUT, dtype=torch.float64, device=self.device)
             self.kernels._finalize_kernel[(len(entries),)](buf, desc, out, RB=128)
             for i, e in enumerate(entries):
-                e[4](out[i])
+                e[4](out, i)

@@ -32,7 +32,7 @@ def _pick(value: Any, index: int | None, what: str | Binding) -> Any:
         if i >= len(value):
             raise ProbeError(f"{_where(what)}: tuple has {len(value)} elements, map asks for index {i}.")
         return value[i]
-    if hasattr(value, "to_tuple") and not isinstance(value, torch.Tensor):  # HF ModelOutput
+    if not isinstance(value, torch.Tensor) and hasattr(value, "to_tuple"):  # HF ModelOutput
         return _pick(value.to_tuple(), index, what)
     return value
 
@@ -117,7 +117,11 @@ class Taps:
             sink = self.sink
             if sink is not None:
                 for b in group:
-                    _emit(sink, b.probe, extract(b, args, kwargs, None))
+                    value = extract(b, args, kwargs, None)
+                    if _EAGER_CALL is None:
+                        sink(b.probe, value)
+                    else:
+                        _emit(sink, b.probe, value)
 
         return hook
 
@@ -126,7 +130,11 @@ class Taps:
             sink = self.sink
             if sink is not None:
                 for b in group:
-                    _emit(sink, b.probe, extract(b, args, kwargs, output))
+                    value = extract(b, args, kwargs, output)
+                    if _EAGER_CALL is None:
+                        sink(b.probe, value)
+                    else:
+                        _emit(sink, b.probe, value)
 
         return hook
 
