@@ -300,6 +300,17 @@ class Batch:
         self.items.append(item)
         return item
 
+    def queue(self, p: fused.Plan, cand: torch.Tensor) -> Pending:
+        """Queue the diff vector of ``cand``, laid out as plan ``p`` says (the caller
+        checked), inside ``fused.deferred()``; ``p.build`` makes its result."""
+        item = Pending(self, None, p.build, p.device)
+        arena = self.arenas.get(p.device)
+        if arena is None:
+            arena = self._arena(p.device)
+        arena.add_planned(p, cand, item.set_vec)
+        self.items.append(item)
+        return item
+
     def add_tensor(self, t: torch.Tensor, build: Any) -> Pending:
         """Queue [sum, absmax, nan, inf] of ``t`` (see tensor_vector)."""
         if not (self.fused and t.numel() and fused.usable(t)):

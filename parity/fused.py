@@ -197,6 +197,33 @@ class _Group:
         self.len_align = 8  # row lengths: a multiple of 8 elements, until one is not
 
 
+class Plan:
+    """What queueing one probe needs that stays the same from forward to forward (its
+    reference, tolerance, geometry), made once by :func:`plan`."""
+
+    __slots__ = ("shape", "stride", "dtype", "device", "ref", "r", "r_ptr", "r_stride", "key", "rows", "length",
+                 "c_stride", "tiles", "width", "count", "tol", "nbytes", "owner", "build")
+
+
+def plan(ref: torch.Tensor, cand: torch.Tensor, tol: tuple[int, int, int]) -> Plan | None:
+    """A plan for comparing tensors laid out like ``cand`` against ``ref``; None when such
+    a probe cannot simply be queued (not usable here, empty, or rows that need a copy)."""
+    if not (cand.numel() and usable(cand) and usable(ref)) or ref.shape != cand.shape or ref.device != cand.device:
+        return None
+    copy, rows, length, c_stride, tiles, width = _rows(cand)[1]
+    if copy:
+        return None
+    r, rg = _rows(ref)  # a reference whose rows are not contiguous is copied once, here
+    p = Plan()
+    p.shape, p.stride, p.dtype, p.device = cand.shape, cand.stride(), cand.dtype, cand.device
+    p.ref, p.r, p.r_ptr, p.r_stride = ref, r, r.data_ptr(), rg[3]
+    p.key = (cand.dtype, r.dtype, True)
+    p.rows, p.length, p.c_stride, p.tiles, p.width, p.count = rows, length, c_stride, tiles, width, rows * tiles
+    p.tol, p.nbytes = tol, rows * length * cand.element_size()
+    p.owner = p.build = None  # set by the caller
+    return p
+
+
 class Arena:
     """Records of the probes of one batch on one device, and how to finish them."""
 
@@ -258,6 +285,40 @@ class Arena:
         if _DEPTH == 0 or self.held > HOLD_BYTES:
             self.flush()
         elif len(g.held) < 3:
+            _WAITING[id(self)] = self
+
+    def add_planned(self, p: Plan, c: torch.Tensor, on_done: Any) -> None:
+        """:meth:`add` for a probe laid out as ``p`` says (the caller checked): queue it."""
+        count = p.count
+        block = self.blocks[-1] if self.blocks else None
+        if block is None or block[1] + count > block[0].shape[0]:
+            block = self._new_block(count)
+        first = block[1]
+        block[1] = first + count
+        g = self.groups.get(p.key)
+        if g is None:
+            g = self.groups[p.key] = _Group(c, p.r)
+        c_off, c_rem = divmod(c.data_ptr() - g.c_ptr, g.c_size)
+        r_off, r_rem = divmod(p.r_ptr - g.r_ptr, g.r_size)
+        if c_rem or r_rem:
+            self.flush()
+            g = self.groups[p.key] = _Group(c, p.r)
+            c_off = r_off = 0
+        if g.c_align > 1 and (c_off % g.c_align or p.c_stride % g.c_align):
+            g.c_align = 1
+        if g.r_align > 1 and (r_off % g.r_align or p.r_stride % g.r_align):
+            g.r_align = 1
+        if p.length % g.len_align:
+            g.len_align = 1
+        g.desc.extend((count, p.tiles, p.length, p.width, c_off, r_off, p.c_stride, p.r_stride, first, *p.tol))
+        g.held.append(c)  # the plan keeps the reference alive
+        if count > g.widest:
+            g.widest = count
+        block[2].append((first, p.rows, p.tiles, p.length, on_done))
+        self.held += p.nbytes
+        if self.held > HOLD_BYTES or not _DEPTH:
+            self.flush()
+        elif len(g.held) < 2:
             _WAITING[id(self)] = self
 
     def launch(self, cand: torch.Tensor, ref: torch.Tensor | None, tol: torch.Tensor, on_done: Any) -> None:

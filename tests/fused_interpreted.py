@@ -14,7 +14,7 @@ import torch
 from fused_cases import CASES, TOL, check_case
 from parity import diff, fused
 from parity.capture import Capture, Comparator, Recorder
-from parity.tolerances import ToleranceTable
+from parity.tolerances import Tolerance, ToleranceTable
 
 pytest.importorskip("triton", reason="Triton is not installed")
 if os.environ.get("TRITON_INTERPRET") != "1":
@@ -123,3 +123,47 @@ def test_error_inside_deferred_keeps_the_queue_for_finish() -> None:
         raise RuntimeError("the forward failed")
     assert not fused._WAITING
     assert p.get().n_bad == 0  # launched when the batch is finished
+
+
+def test_comparator_plans_across_forwards(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Comparator inside deferred() queues a probe with the plan made on an earlier
+    forward (same reference, layout and tolerances); a changed layout, tolerance table or
+    re-recorded reference falls back to the general path. Every forward gets the numbers
+    of the eager definition."""
+    monkeypatch.setattr(fused, "HOLD_BYTES", 5000)
+    pairs = _deferred_pairs()
+    ref_cap = Capture("reference")
+    rec = Recorder(ref_cap, keep=True)
+    for k, (r, _) in pairs.items():
+        rec(k, r)
+    queued = []
+    real = diff.Batch.queue
+
+    def counting(self: diff.Batch, p: fused.Plan, cand: torch.Tensor) -> diff.Pending:
+        queued.append(p)
+        return real(self, p, cand)
+
+    monkeypatch.setattr(diff.Batch, "queue", counting)
+    tight = ToleranceTable(Tolerance(1e-4, 0.0))
+    passes = [("first", ToleranceTable(TOL), lambda c: c), ("planned", ToleranceTable(TOL), lambda c: c),
+              ("other layout", ToleranceTable(TOL), lambda c: c.t().contiguous().t()),
+              ("other tolerances", tight, lambda c: c)]
+    for label, table, layout in passes:
+        if label == "other tolerances":
+            ref_cap.records["p0"] = type(ref_cap.records["p0"])("p0", None, pairs["p0"][0].clone())  # re-recorded
+        queued.clear()
+        comp = Comparator(ref_cap, Capture("candidate"), table)
+        with fused.deferred():
+            for k, (_, c) in pairs.items():
+                comp(k, layout(c))
+        got = comp.diffs
+        if label == "planned":
+            assert len(queued) >= len(pairs) - 2, label  # all but the probes no plan can take
+        if label != "planned":
+            assert not any(p.owner is table for p in queued) or label == "other layout", label
+        monkeypatch.setenv("PARITY_FUSED_STATS", "0")
+        for k, (r, c) in pairs.items():
+            want = diff.compare(r, c, table.lookup(k))
+            assert got[k].n_bad == want.n_bad and got[k].worst_index == want.worst_index, (label, k)
+            assert got[k].max_abs_err == pytest.approx(want.max_abs_err, rel=1e-6), (label, k)
+        monkeypatch.delenv("PARITY_FUSED_STATS")
