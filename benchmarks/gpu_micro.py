@@ -42,9 +42,9 @@ def kernel_us(fn, name: str, reps: int = 5) -> float:
     return total / reps
 
 
-def batched_gpu_us(fused, pairs, block: int, warps: int, stages: int) -> float:
+def batched_gpu_us(fused, pairs, block: int, warps: int, stages: int, programs: int) -> float:
     """GPU microseconds per probe of the statistics kernel, all ``pairs`` in one launch."""
-    fused.BLOCK, fused.WARPS, fused.STAGES = block, warps, stages
+    fused.BLOCK, fused.WARPS, fused.STAGES, fused.QUEUED_PROGRAMS = block, warps, stages, programs
     fused._GEOMETRY.clear()  # tiles depend on BLOCK
     dev = pairs[0][0].device
 
@@ -103,19 +103,21 @@ def main() -> None:
     for key, v in out.items():
         print(f"{key:32s} {v:8.2f} us (host)", flush=True)
     shapes = [(512, 4096, torch.float16), (512, 11008, torch.float16), (512, 4096, torch.float32),
-              (2048, 4096, torch.float16)] + ([] if args.tune else [(512, 151936, torch.float16)])
-    choices = ([(b, w, s) for b in (256, 512) for w in (2, 4) for s in (1, 2, 3, 4)] if args.tune
-               else [(fused.BLOCK, fused.WARPS, fused.STAGES)])
+              (16, 4096, torch.float16), (2048, 4096, torch.float16)] + ([] if args.tune else [(512, 151936, torch.float16)])
+    choices = ([(256, 2, 3, p) for p in (1024, 256, 64)] + [(256, 4, 3, p) for p in (256, 64)]
+               + [(512, 4, 3, 256), (128, 2, 3, 256), (128, 1, 3, 256)] if args.tune
+               else [(fused.BLOCK, fused.WARPS, fused.STAGES, fused.QUEUED_PROGRAMS)])
     for rows, cols, cdt in shapes:
         n = 4 if cols > 100000 else 48
         pairs = []
         for _ in range(n):
             r = torch.randn(rows, cols, device=dev)
             pairs.append((r, (r + 1e-3 * torch.randn_like(r)).to(cdt)))
-        for block, warps, stages in choices:
-            us = batched_gpu_us(fused, pairs, block, warps, stages)
+        for block, warps, stages, programs in choices:
+            us = batched_gpu_us(fused, pairs, block, warps, stages, programs)
             gbs = rows * cols * (4 + pairs[0][1].element_size()) / us / 1e3
-            print(f"rows kernel {rows}x{cols} {str(cdt)[6:]} BLOCK={block} warps={warps} stages={stages}: "
+            print(f"rows kernel {rows}x{cols} {str(cdt)[6:]} BLOCK={block} warps={warps} stages={stages} "
+                  f"programs={programs}: "
                   f"{us:.1f} us GPU per probe, {gbs:.0f} GB/s", flush=True)
         del pairs
         torch.cuda.empty_cache()

@@ -37,11 +37,16 @@ _KERNELS: Any = None  # parity._fused_kernels once imported; False when Triton i
 
 REC = 16  # slots per record; the first 16 slots of parity.diff's vector, see _finalize_kernel
 OUT = 21  # slots of the finished vector (parity.diff.S_*)
-BLOCK = 256
-WARPS = 2  # 4 elements of a row per thread: 16-byte loads of a float32 reference
-STAGES = 3  # loads in flight per program (Triton's software pipelining of the row loop)
 NDESC = 12  # int64 columns of a probe's descriptor (parity._fused_kernels._rows_kernel)
-PROGRAMS = 1024  # split rows into column tiles until about this many programs run
+# Queued probes (one launch for many; tuned on an H200 with benchmarks/gpu_micro.py --tune):
+BLOCK = 128  # columns per step of a program: 4 per thread, so 16-byte loads of a float32 row
+WARPS = 1
+STAGES = 3  # steps in flight per program (Triton's software pipelining of the row loop)
+QUEUED_PROGRAMS = 64  # split rows into column tiles until a probe has about this many programs
+# A probe launched on its own has the GPU to itself:
+ONE_BLOCK = 256
+ONE_WARPS = 2
+PROGRAMS = 1024
 ARENA_RECORDS = 1 << 16
 
 
@@ -84,10 +89,10 @@ def _kernels() -> Any:
     return _KERNELS
 
 
-_GEOMETRY: dict[tuple[Any, Any], tuple[bool, int, int, int, int, int]] = {}
+_GEOMETRY: dict[tuple[Any, Any, int], tuple[bool, int, int, int, int, int]] = {}
 
 
-def _geometry(shape: Any, strides: Any) -> tuple[bool, int, int, int, int, int]:
+def _geometry(shape: Any, strides: Any, programs: int, block: int) -> tuple[bool, int, int, int, int, int]:
     """(copy first, rows, row length, row stride, tiles per row, tile width) of a tensor:
     dim 0 is the row (a 0-/1-D tensor is one row); a tensor whose rows are not contiguous
     in memory is copied first (and then has contiguous rows)."""
@@ -106,24 +111,26 @@ def _geometry(shape: Any, strides: Any) -> tuple[bool, int, int, int, int, int]:
         rows = shape[0]
         length = numel // rows if rows else 0
         row_stride = (length if copy else strides[0]) if rows > 1 else 0
-    tiles, width = _tiles(rows, length, BLOCK)
+    tiles, width = _tiles(rows, length, block, programs)
     return copy, rows, length, row_stride, tiles, width
 
 
-def _rows(t: torch.Tensor) -> tuple[torch.Tensor, tuple[bool, int, int, int, int, int]]:
-    """The tensor to read (copied only when its rows are not contiguous) and its geometry;
-    geometries are cached by shape and strides, which repeat from block to block."""
-    key = (t.shape, t.stride())
+def _rows(t: torch.Tensor, programs: int, block: int) -> tuple[torch.Tensor, tuple[bool, int, int, int, int, int]]:
+    """The tensor to read (copied only when its rows are not contiguous) and its geometry
+    for about ``programs`` programs of ``block`` columns per step; geometries are cached by
+    shape and strides, which repeat from block to block."""
+    key = (t.shape, t.stride(), programs, block)
     g = _GEOMETRY.get(key)
     if g is None:
-        g = _GEOMETRY[key] = _geometry(tuple(t.shape), t.stride())
+        g = _GEOMETRY[key] = _geometry(tuple(t.shape), t.stride(), programs, block)
     return (t.contiguous() if g[0] else t), g
 
 
-def _tiles(rows: int, length: int, block: int) -> tuple[int, int]:
-    """(tiles per row, tile width): enough programs to fill the GPU on short, wide tensors."""
+def _tiles(rows: int, length: int, block: int, programs: int) -> tuple[int, int]:
+    """(tiles per row, tile width): about ``programs`` programs, so that short, wide
+    tensors fill the GPU."""
     blocks = -(-length // block)
-    want = max(1, min(blocks, -(-PROGRAMS // max(1, rows))))
+    want = max(1, min(blocks, -(-programs // max(1, rows))))
     width = -(-blocks // want) * block
     return -(-length // width), width
 
@@ -210,10 +217,10 @@ def plan(ref: torch.Tensor, cand: torch.Tensor, tol: tuple[int, int, int]) -> Pl
     a probe cannot simply be queued (not usable here, empty, or rows that need a copy)."""
     if not (cand.numel() and usable(cand) and usable(ref)) or ref.shape != cand.shape or ref.device != cand.device:
         return None
-    copy, rows, length, c_stride, tiles, width = _rows(cand)[1]
+    copy, rows, length, c_stride, tiles, width = _rows(cand, QUEUED_PROGRAMS, BLOCK)[1]
     if copy:
         return None
-    r, rg = _rows(ref)  # a reference whose rows are not contiguous is copied once, here
+    r, rg = _rows(ref, QUEUED_PROGRAMS, BLOCK)  # a reference whose rows are not contiguous is copied once, here
     p = Plan()
     p.shape, p.stride, p.dtype, p.device = cand.shape, cand.stride(), cand.dtype, cand.device
     p.ref, p.r, p.r_ptr, p.r_stride = ref, r, r.data_ptr(), rg[3]
@@ -246,9 +253,9 @@ class Arena:
         """Queue the row statistics of one probe (``tol``: see :func:`tol_bits`) and launch
         now unless inside ``deferred()``; ``on_done(out, i)`` is told where its 21-slot device
         vector is (row ``i`` of ``out``) when the arena is finished. Runs for every probe: keep it lean."""
-        c, (_, rows, length, c_stride, tiles, width) = _rows(cand)
+        c, (_, rows, length, c_stride, tiles, width) = _rows(cand, QUEUED_PROGRAMS, BLOCK)
         if ref is not None:
-            r, rg = _rows(ref)
+            r, rg = _rows(ref, QUEUED_PROGRAMS, BLOCK)
             r_stride = rg[3]
         else:
             r, r_stride = c, c_stride
@@ -327,9 +334,9 @@ class Arena:
         on the device (see parity.diff._tol_tensor)."""
         if _DEPTH:
             raise RuntimeError("Arena.launch is for probes outside deferred()")
-        c, (_, rows, length, c_stride, tiles, width) = _rows(cand)
+        c, (_, rows, length, c_stride, tiles, width) = _rows(cand, PROGRAMS, ONE_BLOCK)
         if ref is not None:
-            r, rg = _rows(ref)
+            r, rg = _rows(ref, PROGRAMS, ONE_BLOCK)
             r_stride = rg[3]
         else:
             r, r_stride = c, c_stride
@@ -340,7 +347,7 @@ class Arena:
         first = block[1]
         block[1] = first + count
         self.kernels._one_kernel[(rows, tiles)](block[0], c, r, tol, first, length, width, c_stride, r_stride,
-                                                HAS_REF=ref is not None, BLOCK=BLOCK, num_warps=WARPS)
+                                                HAS_REF=ref is not None, BLOCK=ONE_BLOCK, num_warps=ONE_WARPS)
         block[2].append((first, rows, tiles, length, on_done))
 
     def flush(self) -> None:

@@ -29,9 +29,10 @@ def test_kernels_match_eager_under_the_interpreter() -> None:
 
 def test_tiles_cover_every_column() -> None:
     for rows, length, block in [(1, 5000, 1024), (2, 151936, 1024), (512, 4096, 1024), (3, 100, 256), (1, 1, 256)]:
-        tiles, width = fused._tiles(rows, length, block)
-        assert width % block == 0 and (tiles - 1) * width < length <= tiles * width
-        assert rows * tiles <= max(rows, fused.PROGRAMS) + rows
+        for programs in (fused.PROGRAMS, fused.QUEUED_PROGRAMS):
+            tiles, width = fused._tiles(rows, length, block, programs)
+            assert width % block == 0 and (tiles - 1) * width < length <= tiles * width
+            assert rows * tiles <= max(rows, programs) + rows
 
 
 def test_off_switch_and_cpu_default(monkeypatch: pytest.MonkeyPatch) -> None:
