@@ -57,3 +57,27 @@ def test_fused_run_equals_eager_run(tmp_path: Path, run_cli, monkeypatch: pytest
                 assert fast[key] == slow[key], (name, key)
             else:
                 assert fast[key] == pytest.approx(slow[key], rel=1e-6, abs=1e-12), (name, key)
+
+
+def test_queued_statistics_survive_freed_tensors(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Queued launches read tensors the caller has already dropped, while new tensors are
+    allocated and written, as in a forward: the arena keeps what it reads until its launch,
+    so every probe gets its own numbers."""
+    from parity import diff
+    from parity.tolerances import Tolerance
+
+    monkeypatch.setattr(fused, "HOLD_BYTES", 3 << 20)
+    g = torch.Generator(device="cuda").manual_seed(0)
+    tol = Tolerance(1e-3, 1e-3)
+    batch, want, got = diff.Batch(), {}, {}
+    with fused.deferred():
+        for i in range(40):
+            r = torch.randn(256, 1024, device="cuda", generator=g)
+            c = (r + 1e-3 * i * torch.randn(r.shape, device="cuda", generator=g)).half()
+            want[i] = diff.compare(r.cpu(), c.cpu(), tol)  # CPU: the eager definition
+            got[i] = batch.add_diff(r, c, tol, lambda v: diff.diff_from(v, [256, 1024]))
+            del r, c
+            torch.randn(256, 1024, device="cuda", generator=g).mul_(7.0)  # reuses freed memory if it can
+    for i in want:
+        assert got[i].get().n_bad == want[i].n_bad, i
+        assert got[i].get().max_abs_err == pytest.approx(want[i].max_abs_err, rel=1e-6), i
