@@ -291,7 +291,7 @@ class Arena:
         self.held += rows * length * g.c_size
         if _DEPTH == 0 or self.held > HOLD_BYTES:
             self.flush()
-        elif len(g.held) < 3:
+        else:
             _WAITING[id(self)] = self
 
     def add_planned(self, p: Plan, c: torch.Tensor, on_done: Any) -> None:
@@ -318,14 +318,15 @@ class Arena:
         if p.length % g.len_align:
             g.len_align = 1
         g.desc.extend((count, p.tiles, p.length, p.width, c_off, r_off, p.c_stride, p.r_stride, first, *p.tol))
-        g.held.append(c)  # the plan keeps the reference alive
+        g.held.append(c)
+        g.held.append(p.r)
         if count > g.widest:
             g.widest = count
         block[2].append((first, p.rows, p.tiles, p.length, on_done))
         self.held += p.nbytes
         if self.held > HOLD_BYTES or not _DEPTH:
             self.flush()
-        elif len(g.held) < 2:
+        else:
             _WAITING[id(self)] = self
 
     def launch(self, cand: torch.Tensor, ref: torch.Tensor | None, tol: torch.Tensor, on_done: Any) -> None:

@@ -1,8 +1,9 @@
 """Attach forward hooks for the requested probes only, and always remove them.
 
 ``attached(model, bindings, sink)`` is a context manager: on exit (normal or not) every
-hook it added is removed. :class:`Taps` keeps the same hooks across forwards. A hook extracts the value the probe map names, applies the
-map's reshape/transform, drops the batch dim, and hands ``(probe, tensor)`` to ``sink``.
+hook it added is removed; :class:`Taps` keeps the same hooks across forwards. A hook
+extracts the value the probe map names, applies the map's reshape/transform, drops the
+batch dim, and hands ``(probe, tensor)`` to ``sink``.
 """
 from __future__ import annotations
 

@@ -83,7 +83,7 @@ def _defer_default(model: nn.Module, known: bool) -> bool:
     """Batch the launches of fused statistics (parity.fused.deferred) for this model?
 
     Only when no module writes a tensor in place after a hook has seen it, which holds for
-    Hugging Face modules and parity's own models (tests/test_capture.py checks it with
+    Hugging Face modules and parity's own models (tests/test_probes.py checks it with
     version counters); a port (or any other code) may do so, e.g. a fused add + norm
     that updates the residual, so it gets one launch per probe. PARITY_DEFER_STATS=0 or
     1 overrides (1: you vouch for your model)."""
