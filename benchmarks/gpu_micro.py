@@ -61,7 +61,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tune", action="store_true", help="try BLOCK x warps choices of the statistics kernel")
     args = ap.parse_args()
-    from parity import fused
+    from parity import diff, fused
     from parity.capture import Capture, Comparator, ProbeRecord
     from parity.tolerances import Tolerance, ToleranceTable
 
@@ -73,7 +73,8 @@ def main() -> None:
     out: dict[str, float] = {}
     out["torch_add_launch"] = per_call_us(lambda: torch.add(ref, 1.0))
     arena = fused.Arena(dev)
-    out["arena_add_immediate"] = per_call_us(lambda: arena.add(cand, ref, tol, lambda *a: None), 500)
+    tol_dev = diff._tol_tensor(0.01, 0.01, 1e-6, dev)  # one probe launched on its own (a port's path)
+    out["arena_launch_one"] = per_call_us(lambda: arena.launch(cand, ref, tol_dev, lambda *a: None), 500)
     arena.blocks.clear()
     held = 64
 

@@ -141,15 +141,21 @@ def _index(slots: list[int], device: torch.device) -> torch.Tensor:
     return _CONST[key]
 
 
+def _submit(arena: fused.Arena, cand: torch.Tensor, ref: torch.Tensor | None, atol: float, rtol: float,
+            eps: float, on_done: Any) -> None:
+    """One probe to ``arena``: queued inside ``fused.deferred()``, launched at once outside."""
+    if fused.deferring():
+        arena.add(cand, ref, fused.tol_bits(atol, rtol, eps), on_done)
+    else:
+        arena.launch(cand, ref, _tol_tensor(atol, rtol, eps, cand.device), on_done)
+
+
 def _fused_vector(cand: torch.Tensor, ref: torch.Tensor | None, atol: float, rtol: float, eps: float) -> torch.Tensor:
     """The 21-slot vector of one tensor (or pair) through parity.fused (two launches)."""
     got: list[torch.Tensor] = []
     arena = fused.Arena(cand.device)
-    args = (cand.detach(), None if ref is None else ref.detach())
-    if fused.deferring():  # launched with the rest of the queue
-        arena.add(*args, fused.tol_bits(atol, rtol, eps), lambda out, i: got.append(out[i]))
-    else:
-        arena.launch(*args, _tol_tensor(atol, rtol, eps, cand.device), lambda out, i: got.append(out[i]))
+    _submit(arena, cand.detach(), None if ref is None else ref.detach(), atol, rtol, eps,
+            lambda out, i: got.append(out[i]))
     arena.finish()
     return got[0]
 
@@ -293,10 +299,7 @@ class Batch:
             raise ValueError(f"shape mismatch {tuple(ref.shape)} vs {tuple(cand.shape)}")
         device = cand.device
         item = Pending(self, None, build, device)
-        if fused.deferring():
-            self._arena(device).add(cand, ref, fused.tol_bits(tol.atol, tol.rtol, REL_EPS), item.set_vec)
-        else:
-            self._arena(device).launch(cand, ref, _tol_tensor(tol.atol, tol.rtol, REL_EPS, device), item.set_vec)
+        _submit(self._arena(device), cand, ref, tol.atol, tol.rtol, REL_EPS, item.set_vec)
         self.items.append(item)
         return item
 
@@ -304,10 +307,7 @@ class Batch:
         """Queue the diff vector of ``cand``, laid out as plan ``p`` says (the caller
         checked), inside ``fused.deferred()``; ``p.build`` makes its result."""
         item = Pending(self, None, p.build, p.device)
-        arena = self.arenas.get(p.device)
-        if arena is None:
-            arena = self._arena(p.device)
-        arena.add_planned(p, cand, item.set_vec)
+        self._arena(p.device).add_planned(p, cand, item.set_vec)
         self.items.append(item)
         return item
 
@@ -317,10 +317,7 @@ class Batch:
             return self.add(tensor_vector(t), build)
         device = t.device
         item = Pending(self, None, lambda v: build(v[S_CSUM:S_CINF + 1]), device)
-        if fused.deferring():
-            self._arena(device).add(t, None, fused.tol_bits(0.0, 0.0, REL_EPS), item.set_vec)
-        else:
-            self._arena(device).launch(t, None, _tol_tensor(0.0, 0.0, REL_EPS, device), item.set_vec)
+        _submit(self._arena(device), t, None, 0.0, 0.0, REL_EPS, item.set_vec)
         self.items.append(item)
         return item
 

@@ -212,22 +212,32 @@ class Plan:
                  "c_stride", "tiles", "width", "count", "tol", "nbytes", "owner", "build")
 
 
+def _make_plan(c: torch.Tensor, cg: tuple[bool, int, int, int, int, int], r: torch.Tensor,
+               rg: tuple[bool, int, int, int, int, int], has_ref: bool, tol: tuple[int, int, int]) -> Plan:
+    """The plan of reading ``c`` (and ``r``), whose rows are contiguous, with geometries
+    ``cg`` / ``rg`` from :func:`_rows`."""
+    _, rows, length, c_stride, tiles, width = cg
+    p = Plan()
+    p.shape, p.stride, p.dtype, p.device = c.shape, c.stride(), c.dtype, c.device
+    p.ref, p.r, p.r_ptr, p.r_stride = r, r, r.data_ptr(), rg[3]
+    p.key = (c.dtype, r.dtype, has_ref)
+    p.rows, p.length, p.c_stride, p.tiles, p.width, p.count = rows, length, c_stride, tiles, width, rows * tiles
+    p.tol, p.nbytes = tol, rows * length * c.element_size()
+    p.owner = p.build = None  # set by a caller that keeps the plan
+    return p
+
+
 def plan(ref: torch.Tensor, cand: torch.Tensor, tol: tuple[int, int, int]) -> Plan | None:
     """A plan for comparing tensors laid out like ``cand`` against ``ref``; None when such
     a probe cannot simply be queued (not usable here, empty, or rows that need a copy)."""
     if not (cand.numel() and usable(cand) and usable(ref)) or ref.shape != cand.shape or ref.device != cand.device:
         return None
-    copy, rows, length, c_stride, tiles, width = _rows(cand, QUEUED_PROGRAMS, BLOCK)[1]
-    if copy:
+    cg = _rows(cand, QUEUED_PROGRAMS, BLOCK)[1]
+    if cg[0]:
         return None
     r, rg = _rows(ref, QUEUED_PROGRAMS, BLOCK)  # a reference whose rows are not contiguous is copied once, here
-    p = Plan()
-    p.shape, p.stride, p.dtype, p.device = cand.shape, cand.stride(), cand.dtype, cand.device
-    p.ref, p.r, p.r_ptr, p.r_stride = ref, r, r.data_ptr(), rg[3]
-    p.key = (cand.dtype, r.dtype, True)
-    p.rows, p.length, p.c_stride, p.tiles, p.width, p.count = rows, length, c_stride, tiles, width, rows * tiles
-    p.tol, p.nbytes = tol, rows * length * cand.element_size()
-    p.owner = p.build = None  # set by the caller
+    p = _make_plan(cand, cg, r, rg, True, tol)
+    p.ref = ref
     return p
 
 
@@ -249,65 +259,34 @@ class Arena:
         self.blocks.append(block)
         return block
 
+    def _reserve(self, count: int) -> tuple[list[Any], int]:
+        """(block, first record) of ``count`` consecutive records."""
+        block = self.blocks[-1] if self.blocks else None
+        if block is None or block[1] + count > block[0].shape[0]:
+            block = self._new_block(count)
+        first = block[1]
+        block[1] = first + count
+        return block, first
+
     def add(self, cand: torch.Tensor, ref: torch.Tensor | None, tol: tuple[int, int, int], on_done: Any) -> None:
         """Queue the row statistics of one probe (``tol``: see :func:`tol_bits`) and launch
         now unless inside ``deferred()``; ``on_done(out, i)`` is told where its 21-slot device
-        vector is (row ``i`` of ``out``) when the arena is finished. Runs for every probe: keep it lean."""
-        c, (_, rows, length, c_stride, tiles, width) = _rows(cand, QUEUED_PROGRAMS, BLOCK)
-        if ref is not None:
-            r, rg = _rows(ref, QUEUED_PROGRAMS, BLOCK)
-            r_stride = rg[3]
-        else:
-            r, r_stride = c, c_stride
-        count = rows * tiles
-        block = self.blocks[-1] if self.blocks else None
-        if block is None or block[1] + count > block[0].shape[0]:
-            block = self._new_block(count)
-        first = block[1]
-        block[1] = first + count
-        key = (c.dtype, r.dtype, ref is not None)
-        g = self.groups.get(key)
-        if g is None:
-            g = self.groups[key] = _Group(c, r)
-        c_off, c_rem = divmod(c.data_ptr() - g.c_ptr, g.c_size)
-        r_off, r_rem = divmod(r.data_ptr() - g.r_ptr, g.r_size)
-        if c_rem or r_rem:  # not on the element grid of the group's first tensor: a group of its own
-            self.flush()
-            g = self.groups[key] = _Group(c, r)
-            c_off = r_off = 0
-        if g.c_align > 1 and (c_off % g.c_align or c_stride % g.c_align):
-            g.c_align = 1
-        if g.r_align > 1 and (r_off % g.r_align or r_stride % g.r_align):
-            g.r_align = 1
-        if length % g.len_align:
-            g.len_align = 1
-        g.desc.extend((count, tiles, length, width, c_off, r_off, c_stride, r_stride, first, *tol))
-        g.held.append(c)
-        if ref is not None:
-            g.held.append(r)
-        if count > g.widest:
-            g.widest = count
-        block[2].append((first, rows, tiles, length, on_done))
-        self.held += rows * length * g.c_size
-        if _DEPTH == 0 or self.held > HOLD_BYTES:
-            self.flush()
-        else:
-            _WAITING[id(self)] = self
+        vector is (row ``i`` of ``out``) when the arena is finished."""
+        c, cg = _rows(cand, QUEUED_PROGRAMS, BLOCK)
+        r, rg = (c, cg) if ref is None else _rows(ref, QUEUED_PROGRAMS, BLOCK)
+        self.add_planned(_make_plan(c, cg, r, rg, ref is not None, tol), c, on_done)
 
     def add_planned(self, p: Plan, c: torch.Tensor, on_done: Any) -> None:
-        """:meth:`add` for a probe laid out as ``p`` says (the caller checked): queue it."""
+        """:meth:`add` for a probe laid out as ``p`` says (the caller checked). Runs for
+        every probe: keep it lean."""
         count = p.count
-        block = self.blocks[-1] if self.blocks else None
-        if block is None or block[1] + count > block[0].shape[0]:
-            block = self._new_block(count)
-        first = block[1]
-        block[1] = first + count
+        block, first = self._reserve(count)
         g = self.groups.get(p.key)
         if g is None:
             g = self.groups[p.key] = _Group(c, p.r)
         c_off, c_rem = divmod(c.data_ptr() - g.c_ptr, g.c_size)
         r_off, r_rem = divmod(p.r_ptr - g.r_ptr, g.r_size)
-        if c_rem or r_rem:
+        if c_rem or r_rem:  # not on the element grid of the group's first tensors: a group of its own
             self.flush()
             g = self.groups[p.key] = _Group(c, p.r)
             c_off = r_off = 0
@@ -341,12 +320,7 @@ class Arena:
             r_stride = rg[3]
         else:
             r, r_stride = c, c_stride
-        count = rows * tiles
-        block = self.blocks[-1] if self.blocks else None
-        if block is None or block[1] + count > block[0].shape[0]:
-            block = self._new_block(count)
-        first = block[1]
-        block[1] = first + count
+        block, first = self._reserve(rows * tiles)
         self.kernels._one_kernel[(rows, tiles)](block[0], c, r, tol, first, length, width, c_stride, r_stride,
                                                 HAS_REF=ref is not None, BLOCK=ONE_BLOCK, num_warps=ONE_WARPS)
         block[2].append((first, rows, tiles, length, on_done))

@@ -113,29 +113,25 @@ class Taps:
         for h in handles:
             h.remove()
 
+    def _send(self, group: list[Binding], args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+        sink = self.sink
+        if sink is not None:
+            for b in group:
+                value = extract(b, args, kwargs, output)
+                if _EAGER_CALL is None:
+                    sink(b.probe, value)
+                else:
+                    _emit(sink, b.probe, value)
+
     def _pre_hook(self, group: list[Binding]) -> Callable[..., None]:
         def hook(_mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            sink = self.sink
-            if sink is not None:
-                for b in group:
-                    value = extract(b, args, kwargs, None)
-                    if _EAGER_CALL is None:
-                        sink(b.probe, value)
-                    else:
-                        _emit(sink, b.probe, value)
+            self._send(group, args, kwargs, None)
 
         return hook
 
     def _post_hook(self, group: list[Binding]) -> Callable[..., None]:
         def hook(_mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
-            sink = self.sink
-            if sink is not None:
-                for b in group:
-                    value = extract(b, args, kwargs, output)
-                    if _EAGER_CALL is None:
-                        sink(b.probe, value)
-                    else:
-                        _emit(sink, b.probe, value)
+            self._send(group, args, kwargs, output)
 
         return hook
 
