@@ -16,9 +16,10 @@ from typing import Any
 import torch
 
 from parity import fused
-from parity.diff import (REL_EPS, Batch, DiffStats, Pending, TensorStats, TokenProfile, cand_stats_from, diff_from,
-                         profile_from, stats_from)
+from parity.diff import (REL_EPS, Batch, DiffStats, Pending, RunPending, TensorStats, TokenProfile, cand_stats_from,
+                         diff_from, profile_from, stats_from)
 from parity.errors import ProbeError
+from parity.hooks import canonical
 from parity.tolerances import ToleranceTable
 
 
@@ -26,17 +27,19 @@ class ProbeRecord:
     """One probe of a capture: its statistics (possibly still on the device, resolved on
     first access) and, when kept, the tensor."""
 
-    __slots__ = ("name", "_stats", "tensor")
+    __slots__ = ("name", "_stats", "tensor", "_k")
 
-    def __init__(self, name: str, stats: TensorStats | Any, tensor: torch.Tensor | None = None) -> None:
+    def __init__(self, name: str, stats: TensorStats | Any, tensor: torch.Tensor | None = None, k: int = -1) -> None:
         self.name = name
-        self._stats = stats
+        self._stats = stats  # or what get()s them: a pending part, or (k >= 0) a run of probes
         self.tensor = tensor
+        self._k = k
 
     @property
     def stats(self) -> TensorStats:
         if not isinstance(self._stats, TensorStats):  # still on the device: resolve its batch
-            self._stats = self._stats.get()
+            v = self._stats.get()
+            self._stats = v if self._k < 0 else v[self._k][2]
         return self._stats
 
 
@@ -47,6 +50,8 @@ class Capture:
     records: dict[str, ProbeRecord] = field(default_factory=dict)
     #: fused.Plan per probe, made by Comparators against this capture (see Comparator)
     plans: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    #: fused.Run per sequence of those plans (see Comparator.drain)
+    runs: dict[tuple[Any, ...], Any] = field(default_factory=dict, repr=False, compare=False)
 
     def __contains__(self, name: str) -> bool:
         return name in self.records
@@ -116,18 +121,56 @@ class Comparator:
         self.keep = keep
         self.batch = Batch()
         self.plans = reference.plans
-        self._pending: dict[str, Pending] = {}
+        self._pending: list[tuple[Any, Pending]] = []  # (name, pending) or (names, RunPending)
         self._diffs: dict[str, DiffStats] = {}
         self._profiles: dict[str, TokenProfile] = {}
+        self._held: list[tuple[str, Any, torch.Tensor, torch.Tensor | None]] = []  # see drain
+        self._held_bytes = 0
+        self.batch.before_finish.append(self.drain)
         self.last: str | None = None  # the last probe received (names where a failing run got to)
 
+    def drain(self) -> None:
+        """Queue the probes held by the fast path (see __call__): as one :class:`fused.Run`
+        when an earlier forward held the same plans in the same order."""
+        held, self._held, self._held_bytes = self._held, [], 0
+        if not held:
+            return
+        fused._SOURCES.pop(id(self), None)
+        plans = tuple([h[1] for h in held])
+        runs = self.reference.runs
+        r = runs.get(plans)
+        if r is None and plans not in runs:
+            if len(runs) >= 256:
+                runs.clear()
+            r = runs[plans] = fused.run(plans)
+        records = self.capture.records
+        if r is None:
+            for name, p, tensor, kept in held:
+                item = self.batch.queue(p, tensor)
+                self._pending.append((name, item))
+                records[name] = ProbeRecord(name, item.part(2), kept)
+            return
+        item = self.batch.queue_run(r, [h[2] for h in held])
+        names = [h[0] for h in held]
+        self._pending.append((names, item))
+        for k, (name, _, _, kept) in enumerate(held):
+            records[name] = ProbeRecord(name, item, kept, k)
+
     def _settle(self) -> None:
-        for name, p in list(self._pending.items()):
+        if self._held:
+            self.drain()
+        pending, self._pending = self._pending, []
+        for name, p in pending:
+            if isinstance(p, RunPending):
+                for n, (diff, prof, _) in zip(name, p.get()):
+                    self._diffs[n] = diff
+                    if prof is not None:
+                        self._profiles[n] = prof
+                continue
             diff, prof, _ = p.get()
             self._diffs[name] = diff
             if prof is not None:
                 self._profiles[name] = prof
-        self._pending.clear()
 
     @property
     def diffs(self) -> dict[str, DiffStats]:
@@ -139,22 +182,52 @@ class Comparator:
         self._settle()
         return self._profiles
 
+    def _planned(self, name: str, p: Any, tensor: torch.Tensor) -> bool:
+        """Hold ``tensor`` for ``name`` with plan ``p`` (whose layout it has: the caller
+        checked) if the plan still holds: same reference, same tolerances, queueing on."""
+        if not ((p.owner is self.tolerances or p.owner == self.tolerances) and self.batch.fused
+                and not tensor.requires_grad):
+            return False
+        rec = self.reference.records.get(name)
+        if rec is None or rec.tensor is not p.ref:
+            return False
+        q = self._held
+        if not q:
+            fused.hold(self)
+        q.append((name, p, tensor, tensor.clone() if self.keep else None))
+        self.last = name
+        self._held_bytes += p.nbytes
+        if self._held_bytes > fused.HOLD_BYTES:
+            self.drain()
+        return True
+
+    def take(self, name: str, value: Any, binding: Any) -> None:
+        """What a hook sends (see parity.hooks.Taps.connect): ``value`` as the module made
+        it, before ``binding``'s head reshape and batch removal. A probe that had the same
+        layout on an earlier forward is held as it is: the canonical view would start at
+        the same address with the layout the plan has, so making it is skipped."""
+        p = self.plans.get(name)
+        if (p is not None and p.raw_stride is not None and fused._DEPTH and not self.keep
+                and value.stride() == p.raw_stride and value.dtype is p.dtype and value.shape == p.raw_shape
+                and value.device == p.device and self._planned(name, p, value)):
+            return
+        t = canonical(value, None, binding.heads, binding.spec.batched, binding)
+        self(name, t)
+        p = self.plans.get(name)
+        if p is not None and isinstance(value, torch.Tensor) and value.data_ptr() == t.data_ptr():
+            p.raw_shape, p.raw_stride = value.shape, value.stride()
+
     def __call__(self, name: str, tensor: torch.Tensor) -> None:
         # Runs for every probe of every forward: keep it lean (see benchmarks/README.md).
-        # Fast path: inside fused.deferred(), a probe laid out as last time is queued with
-        # the plan made then (its reference, tolerance and geometry).
+        # Fast path: inside fused.deferred(), a probe laid out as last time is only held
+        # here, with the plan made then (its reference, tolerance and geometry); drain()
+        # queues what is held in one go (when the scope exits, or holds HOLD_BYTES).
         p = self.plans.get(name)
-        if (p is not None and (p.owner is self.tolerances or p.owner == self.tolerances) and fused.deferring()
-                and self.batch.fused
-                and tensor.stride() == p.stride and tensor.dtype is p.dtype and tensor.shape == p.shape
-                and tensor.device == p.device and not tensor.requires_grad):
-            rec = self.reference.records.get(name)
-            if rec is not None and rec.tensor is p.ref:
-                pending = self.batch.queue(p, tensor)
-                self._pending[name] = pending
-                self.last = name
-                self.capture.records[name] = ProbeRecord(name, pending.part(2), tensor.clone() if self.keep else None)
-                return
+        if (p is not None and fused._DEPTH and tensor.stride() == p.stride and tensor.dtype is p.dtype
+                and tensor.shape == p.shape and tensor.device == p.device and self._planned(name, p, tensor)):
+            return
+        if self._held:
+            self.drain()  # records stay in probe order
         if name not in self.reference.records:
             return  # the reference did not capture it: reported as not compared
         ref = self.reference.tensor(name)
@@ -179,7 +252,7 @@ class Comparator:
                 p.owner, p.build = self.tolerances, build
                 self.plans[name] = p
         pending = self.batch.add_diff(ref, t, tol, build)
-        self._pending[name] = pending
+        self._pending.append((name, pending))
         self.last = name
         self.capture.records[name] = ProbeRecord(name, pending.part(2), t.clone() if self.keep else None)
 

@@ -259,6 +259,17 @@ class Pending:
         return _Part(self, i)
 
 
+class RunPending(Pending):
+    """The device-side vectors of a run of probes (rows ``row`` to ``row + n - 1`` of
+    ``vec``); resolves to the list of their results."""
+
+    __slots__ = ("builds",)
+
+    def __init__(self, batch: Batch, builds: list[Any], device: torch.device) -> None:
+        super().__init__(batch, None, None, device)
+        self.builds = builds
+
+
 class _Part:
     __slots__ = ("parent", "i")
 
@@ -277,6 +288,7 @@ class Batch:
         self.items: list[Pending] = []
         self.arenas: dict[torch.device, fused.Arena] = {}
         self.fused = fused.allowed()
+        self.before_finish: list[Any] = []  # called first by finish() (sinks that hold probes)
 
     def add(self, vec: torch.Tensor, build: Any) -> Pending:
         item = Pending(self, vec, build)
@@ -311,6 +323,18 @@ class Batch:
         self.items.append(item)
         return item
 
+    def queue_run(self, r: fused.Run, cands: list[torch.Tensor]) -> RunPending:
+        """:meth:`queue` for every plan of run ``r`` and its tensor, in one go, and launch
+        now: a run is queued when the forward is done or holds enough (see
+        parity.capture.Comparator.drain), and the host has more to do for it after this."""
+        device = r.plans[0].device
+        item = RunPending(self, [p.build for p in r.plans], device)
+        arena = self._arena(device)
+        arena.add_run(r, cands, item.set_vec)
+        arena.flush()
+        self.items.append(item)
+        return item
+
     def add_tensor(self, t: torch.Tensor, build: Any) -> Pending:
         """Queue [sum, absmax, nan, inf] of ``t`` (see tensor_vector)."""
         if not (self.fused and t.numel() and fused.usable(t)):
@@ -324,6 +348,8 @@ class Batch:
     def finish(self) -> None:
         """Complete every queued statistic on its device (launches only; nothing comes to
         the host until :meth:`resolve`)."""
+        for call in self.before_finish:
+            call()
         arenas, self.arenas = self.arenas, {}
         for arena in arenas.values():
             arena.finish()
@@ -347,7 +373,11 @@ class Batch:
             for it in group:
                 n = it.vec.shape[-1]
                 at = start[id(it.vec)] + it.row * n
-                it._value, it.done, it.vec = it.build(flat[at:at + n]), True, None
+                if it.build is None:  # a RunPending
+                    it._value = [b(flat[a:a + n]) for a, b in zip(range(at, at + n * len(it.builds), n), it.builds)]
+                else:
+                    it._value = it.build(flat[at:at + n])
+                it.done, it.vec = True, None
 
 
 def tensor_stats(t: torch.Tensor) -> TensorStats:

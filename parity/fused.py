@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 import struct
 from array import array
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -161,10 +161,19 @@ def tol_bits(atol: float, rtol: float, eps: float) -> tuple[int, int, int]:
 HOLD_BYTES = 256 << 20
 _DEPTH = 0
 _WAITING: dict[int, Arena] = {}
+_SOURCES: dict[int, Any] = {}  # objects holding probes not yet given to an arena (see hold)
 
 
 def deferring() -> bool:
     return _DEPTH > 0
+
+
+def hold(source: Any) -> None:
+    """Register ``source``, which keeps probes of its own to queue later: ``source.drain()``
+    is called when the outermost ``deferred()`` exits, before the arenas launch. A sink
+    that only appends a probe during the forward and queues a whole run of them at once
+    spends far less host time per probe than one that queues each as it comes."""
+    _SOURCES[id(source)] = source
 
 
 @contextmanager
@@ -177,13 +186,19 @@ def deferred() -> Iterator[None]:
         yield
         ok = True
     finally:
-        _DEPTH -= 1
-        if _DEPTH == 0:
-            waiting = list(_WAITING.values())
-            _WAITING.clear()
-            if ok:  # after an error the queue stays with its arena (launched if it is finished)
-                for arena in waiting:
-                    arena.flush()
+        try:
+            if _DEPTH == 1 and ok:
+                while _SOURCES:  # still deferring: their probes join the arenas' queues
+                    _SOURCES.popitem()[1].drain()
+        finally:
+            _DEPTH -= 1
+            if _DEPTH == 0:
+                _SOURCES.clear()  # after an error a source keeps its probes (drained when read)
+                waiting = list(_WAITING.values())
+                _WAITING.clear()
+                if ok:  # after an error the queue stays with its arena (launched if it is finished)
+                    for arena in waiting:
+                        arena.flush()
 
 
 class _Group:
@@ -209,7 +224,7 @@ class Plan:
     reference, tolerance, geometry), made once by :func:`plan`."""
 
     __slots__ = ("shape", "stride", "dtype", "device", "ref", "r", "r_ptr", "r_stride", "key", "rows", "length",
-                 "c_stride", "tiles", "width", "count", "tol", "nbytes", "owner", "build")
+                 "c_stride", "tiles", "width", "count", "tol", "nbytes", "owner", "build", "raw_shape", "raw_stride")
 
 
 def _make_plan(c: torch.Tensor, cg: tuple[bool, int, int, int, int, int], r: torch.Tensor,
@@ -224,6 +239,7 @@ def _make_plan(c: torch.Tensor, cg: tuple[bool, int, int, int, int, int], r: tor
     p.rows, p.length, p.c_stride, p.tiles, p.width, p.count = rows, length, c_stride, tiles, width, rows * tiles
     p.tol, p.nbytes = tol, rows * length * c.element_size()
     p.owner = p.build = None  # set by a caller that keeps the plan
+    p.raw_shape = p.raw_stride = None  # the layout of the tensor a view of which was planned (if known)
     return p
 
 
@@ -241,6 +257,66 @@ def plan(ref: torch.Tensor, cand: torch.Tensor, tol: tuple[int, int, int]) -> Pl
     return p
 
 
+class _Unit:
+    """The probes of a run that share a (candidate dtype, reference dtype) pair: one launch."""
+
+    __slots__ = ("key", "idx", "desc", "c_size", "c_align", "r_base", "r_align", "len_align", "widest")
+
+
+class Run:
+    """A sequence of plans queued together, worked out once (see :meth:`Arena.add_run`):
+    every descriptor column but the candidates' offsets and the first records is known
+    from the plans, so a forward that repeats the sequence only reads its tensors'
+    addresses. Made by :func:`run`; None there when the plans cannot share launches."""
+
+    __slots__ = ("plans", "units", "entries", "records", "nbytes")
+
+
+def run(plans: Sequence[Plan]) -> Run | None:
+    """A :class:`Run` of ``plans`` (one device, references on the element grid of their
+    dtype's first reference), or None."""
+    import numpy as np
+
+    n = len(plans)
+    if not n or any(p.device != plans[0].device for p in plans):
+        return None
+    counts = np.fromiter((p.count for p in plans), np.int64, n)
+    firsts = np.cumsum(counts) - counts
+    by_key: dict[Any, list[int]] = {}
+    for i, p in enumerate(plans):
+        by_key.setdefault(p.key, []).append(i)
+    units = []
+    for key, members in by_key.items():
+        ps = [plans[i] for i in members]
+        u = _Unit()
+        u.key, u.idx = key, np.asarray(members, dtype=np.int64)
+        u.r_base = ps[0].r
+        r_ptrs = np.fromiter((p.r_ptr for p in ps), np.int64, len(ps))
+        r_size = ps[0].r.element_size()
+        u.c_size = torch.empty((), dtype=ps[0].dtype).element_size()
+        r_rel = r_ptrs - r_ptrs[0]
+        if (r_rel % r_size).any():
+            return None
+        desc = np.array([(p.count, p.tiles, p.length, p.width, 0, 0, p.c_stride, p.r_stride, 0, *p.tol) for p in ps],
+                        dtype=np.int64).reshape(len(ps), NDESC)
+        desc[:, 5] = r_rel // r_size
+        desc[:, 8] = firsts[u.idx]
+        u.desc = desc
+        c_vec, r_vec = 16 // u.c_size, 16 // r_size
+        u.c_align = c_vec if not (desc[:, 6] % c_vec).any() else 1  # and every address, checked per forward
+        u.r_align = r_vec if not (r_ptrs % 16).any() and not (desc[:, 7] % r_vec).any() else 1
+        u.len_align = 8 if not (desc[:, 2] % 8).any() else 1
+        u.widest = int(desc[:, 0].max())
+        units.append(u)
+    r = Run()
+    r.plans, r.units = tuple(plans), units
+    r.entries = np.array([(0, p.rows, p.tiles, p.length) for p in plans], dtype=np.int64).reshape(n, 4)
+    r.entries[:, 0] = firsts
+    r.records = int(counts.sum())
+    r.nbytes = sum(p.nbytes for p in plans)
+    return r
+
+
 class Arena:
     """Records of the probes of one batch on one device, and how to finish them."""
 
@@ -249,6 +325,7 @@ class Arena:
         self.device = device
         self.blocks: list[list[Any]] = []  # [buffer, used records, entries]
         self.groups: dict[tuple[Any, Any, bool], _Group] = {}
+        self.runs: list[tuple[_Unit, Any, torch.Tensor, int, list[torch.Tensor]]] = []  # queued by add_run
         self.held = 0  # candidate bytes queued
 
     def _new_block(self, n: int) -> list[Any]:
@@ -308,6 +385,42 @@ class Arena:
         else:
             _WAITING[id(self)] = self
 
+    def add_run(self, r: Run, tensors: list[torch.Tensor], on_done: Any) -> None:
+        """Queue one tensor per plan of ``r`` (laid out as its plan says: the caller
+        checked), like :meth:`add_planned` for each, in a few numpy operations;
+        ``on_done(out, row)``: the vectors are rows ``row`` to ``row + len(tensors) - 1``."""
+        import numpy as np
+
+        ptrs = np.fromiter(map(torch.Tensor.data_ptr, tensors), np.int64, len(tensors))
+        block, first = self._reserve(r.records)
+        for u in r.units:
+            cp = ptrs[u.idx]
+            rel = cp - cp[0]
+            if not (rel % u.c_size).any():
+                self._queue_unit(u, u.desc, cp, rel, first, tensors[int(u.idx[0])], tensors)
+                continue
+            grid = cp % u.c_size  # not all on one element grid (never seen): one launch per grid
+            for g in np.unique(grid).tolist():
+                sel = grid == g
+                ids = u.idx[sel]
+                self._queue_unit(u, u.desc[sel], cp[sel], cp[sel] - cp[sel][0], first, tensors[int(ids[0])], tensors)
+        entries = r.entries.copy()
+        entries[:, 0] += first
+        block[2].append((entries, on_done))
+        self.held += r.nbytes
+        if self.held > HOLD_BYTES or not _DEPTH:
+            self.flush()
+        else:
+            _WAITING[id(self)] = self
+
+    def _queue_unit(self, u: _Unit, template: Any, ptrs: Any, rel: Any, first: int, base: torch.Tensor,
+                    tensors: list[torch.Tensor]) -> None:
+        desc = template.copy()
+        desc[:, 4] = rel // u.c_size
+        desc[:, 8] += first
+        c_align = u.c_align if not (ptrs % 16).any() else 1
+        self.runs.append((u, desc, base, c_align, tensors))
+
     def launch(self, cand: torch.Tensor, ref: torch.Tensor | None, tol: torch.Tensor, on_done: Any) -> None:
         """One probe, launched now with its geometry as arguments (nothing copied to the
         device first): the path outside ``deferred()``. ``tol``: float64 [atol, rtol, eps]
@@ -326,16 +439,23 @@ class Arena:
         block[2].append((first, rows, tiles, length, on_done))
 
     def flush(self) -> None:
-        """Launch the queued probes: one kernel per dtype pair."""
+        """Launch the queued probes: one kernel per dtype pair (and per run's unit)."""
         groups, self.groups, self.held = self.groups, {}, 0
-        if not groups:
+        runs, self.runs = self.runs, []
+        if not (groups or runs):
             return
         rec = self.blocks[-1][0]
+        rows = self.kernels._rows_kernel
         for (_, _, has_ref), g in groups.items():
             desc = torch.frombuffer(g.desc, dtype=torch.int64).to(self.device, non_blocking=True)
-            self.kernels._rows_kernel[(g.widest, len(g.desc) // NDESC)](
+            rows[(g.widest, len(g.desc) // NDESC)](
                 desc, rec, g.cand_base, g.ref_base, HAS_REF=has_ref, BLOCK=BLOCK, C_ALIGN=g.c_align,
                 R_ALIGN=g.r_align, LEN_ALIGN=g.len_align, STAGES=STAGES, num_warps=WARPS)
+        for u, desc, cand_base, c_align, _ in runs:
+            rows[(u.widest, desc.shape[0])](
+                torch.from_numpy(desc).to(self.device, non_blocking=True), rec, cand_base, u.r_base,
+                HAS_REF=u.key[2], BLOCK=BLOCK, C_ALIGN=c_align, R_ALIGN=u.r_align, LEN_ALIGN=u.len_align,
+                STAGES=STAGES, num_warps=WARPS)
 
     def finish(self) -> None:
         """Fold every probe's records (one launch per arena block) and hand out the vectors."""
@@ -346,10 +466,18 @@ class Arena:
             if not entries:
                 continue
             flat = array("q")
+            calls: list[tuple[Any, int]] = []
+            n = 0
             for e in entries:
-                flat.extend(e[:4])
+                calls.append((e[-1], n))
+                if len(e) == 2:  # a run: entries [probes, 4], one callback for all
+                    flat.frombytes(e[0].tobytes())
+                    n += e[0].shape[0]
+                else:
+                    flat.extend(e[:4])
+                    n += 1
             desc = torch.frombuffer(flat, dtype=torch.int64).to(self.device, non_blocking=True)
-            out = torch.empty(len(entries), OUT, dtype=torch.float64, device=self.device)
-            self.kernels._finalize_kernel[(len(entries),)](buf, desc, out, RB=128)
-            for i, e in enumerate(entries):
-                e[4](out, i)
+            out = torch.empty(n, OUT, dtype=torch.float64, device=self.device)
+            self.kernels._finalize_kernel[(n,)](buf, desc, out, RB=128)
+            for call, row in calls:
+                call(out, row)

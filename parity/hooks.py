@@ -38,20 +38,23 @@ def _pick(value: Any, index: int | None, what: str | Binding) -> Any:
     return value
 
 
+def _value(binding: Binding, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> Any:
+    """What a binding names in one module call, before its transform, head reshape and
+    batch removal."""
+    spec = binding.spec
+    if spec.io == "input":
+        if spec.kwarg is not None and spec.kwarg in kwargs:
+            return kwargs[spec.kwarg]
+        return _pick(args, spec.index, binding) if args else None
+    if spec.transform in WHOLE_OUTPUT or (spec.transform is not None and spec.index is None):
+        return output  # a transform without an index sees the whole output (e.g. a pair)
+    return _pick(output, spec.index, binding)
+
+
 def extract(binding: Binding, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> torch.Tensor:
     """The tensor a binding names, from one module call, batch dim removed."""
     spec = binding.spec
-    what = binding
-    if spec.io == "input":
-        if spec.kwarg is not None and spec.kwarg in kwargs:
-            value = kwargs[spec.kwarg]
-        else:
-            value = _pick(args, spec.index, what) if args else None
-    elif spec.transform in WHOLE_OUTPUT or (spec.transform is not None and spec.index is None):
-        value = output  # a transform without an index sees the whole output (e.g. a pair)
-    else:
-        value = _pick(output, spec.index, what)
-    return canonical(value, spec.transform, binding.heads, spec.batched, what)
+    return canonical(_value(binding, args, kwargs, output), spec.transform, binding.heads, spec.batched, binding)
 
 
 def canonical(value: Any, transform: str | None, heads: int | None, batched: bool, what: str | Binding) -> torch.Tensor:
@@ -87,6 +90,7 @@ class Taps:
 
     def __init__(self, model: nn.Module, bindings: Sequence[Binding], modules: dict[str, nn.Module] | None = None) -> None:
         self.sink: Sink | None = None
+        self.take: Any = None  # the sink's take(probe, value, binding), see connect
         self.handles: list[Any] = []
         by_module: dict[str, list[Binding]] = defaultdict(list)
         for b in bindings:
@@ -108,6 +112,14 @@ class Taps:
             self.remove()
             raise
 
+    def connect(self, sink: Sink | None) -> None:
+        """Send to ``sink`` from now on (None: nothing). A sink with a ``take(probe, value,
+        binding)`` method gets the probes without a transform as the module produced them,
+        before the head reshape and batch removal (views it may not need: see
+        parity.capture.Comparator.take), and applies :func:`canonical` itself."""
+        self.sink = sink
+        self.take = getattr(sink, "take", None) if sink is not None else None
+
     def remove(self) -> None:
         handles, self.handles = self.handles, []
         for h in handles:
@@ -116,7 +128,11 @@ class Taps:
     def _send(self, group: list[Binding], args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
         sink = self.sink
         if sink is not None:
+            take = self.take if _EAGER_CALL is None else None
             for b in group:
+                if take is not None and b.spec.transform is None:
+                    take(b.probe, _value(b, args, kwargs, output), b)
+                    continue
                 value = extract(b, args, kwargs, output)
                 if _EAGER_CALL is None:
                     sink(b.probe, value)
@@ -141,7 +157,7 @@ def attached(model: nn.Module, bindings: Sequence[Binding], sink: Sink,
              modules: dict[str, nn.Module] | None = None) -> Iterator[None]:
     """Hook ``bindings`` into ``model`` for the duration of the block."""
     taps = Taps(model, bindings, modules)
-    taps.sink = sink
+    taps.connect(sink)
     try:
         yield
     finally:

@@ -143,9 +143,17 @@ def test_comparator_plans_across_forwards(monkeypatch: pytest.MonkeyPatch) -> No
         queued.append(p)
         return real(self, p, cand)
 
+    real_run = diff.Batch.queue_run
+
+    def counting_run(self: diff.Batch, r: fused.Run, cands: list[torch.Tensor]) -> diff.RunPending:
+        queued.extend(r.plans)
+        return real_run(self, r, cands)
+
     monkeypatch.setattr(diff.Batch, "queue", counting)
+    monkeypatch.setattr(diff.Batch, "queue_run", counting_run)
     tight = ToleranceTable(Tolerance(1e-4, 0.0))
     passes = [("first", ToleranceTable(TOL), lambda c: c), ("planned", ToleranceTable(TOL), lambda c: c),
+              ("planned", ToleranceTable(TOL), lambda c: c.clone()),  # runs made last time, new addresses
               ("other layout", ToleranceTable(TOL), lambda c: c.t().contiguous().t()),
               ("other tolerances", tight, lambda c: c)]
     for label, table, layout in passes:
@@ -166,4 +174,73 @@ def test_comparator_plans_across_forwards(monkeypatch: pytest.MonkeyPatch) -> No
             want = diff.compare(r, c, table.lookup(k))
             assert got[k].n_bad == want.n_bad and got[k].worst_index == want.worst_index, (label, k)
             assert got[k].max_abs_err == pytest.approx(want.max_abs_err, rel=1e-6), (label, k)
+            assert comp.capture.records[k].stats.sum == pytest.approx(diff.tensor_stats(c).sum, rel=1e-6, abs=1e-9)
+        assert list(comp.capture.records) == list(pairs), label  # in probe order
         monkeypatch.delenv("PARITY_FUSED_STATS")
+
+
+@pytest.mark.parametrize("model_name,layers", [("qwen", "n_layer"), ("llama", "num_hidden_layers")])
+def test_repeated_forwards_queue_planned_runs(model_name: str, layers: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shipped model's forwards, as a benchmark or an isolation pass repeats them: from the
+    second on, every probe is held as the module made it (no canonical view) and queued
+    with the others as one run; each forward still gets the eager numbers."""
+    from parity.backends.pytorch import ModuleBackend, make_candidate
+    from parity.probemap import find_map
+    from parity.source import ModelSource
+
+    monkeypatch.setattr(fused, "HOLD_BYTES", 4000)  # runs end mid-forward too
+    src = ModelSource.resolve(model_name, overrides={layers: 2, "vocab_size": 128})
+    pmap = find_map(src.preset.probe_map)
+    names = pmap.names(src.num_blocks)
+    model = src.build("cpu")
+    ids = torch.randint(0, 128, (1, 5), generator=torch.Generator().manual_seed(0))
+    ref_cap = Capture("reference")
+    with ModuleBackend(model, pmap, src.config, "reference", src.num_blocks) as ref:
+        ref.capture(ids, names, Recorder(ref_cap, keep=True))
+    cand = make_candidate(model, pmap, src.config, src.num_blocks, dtype="fp16", device="cpu")
+    assert cand.defer_stats
+    tols = src.preset.tolerance_table("fp16")
+    taken, runs, held = [], [], []
+    real_take, real_planned, real_run = Comparator.take, Comparator._planned, diff.Batch.queue_run
+
+    def planned(self: Comparator, name: str, p: fused.Plan, tensor: torch.Tensor) -> bool:
+        ok = real_planned(self, name, p, tensor)
+        if ok:
+            held.append(tensor)
+        return ok
+
+    def take(self: Comparator, name: str, value: torch.Tensor, binding: object) -> None:
+        n = len(held)
+        real_take(self, name, value, binding)
+        if len(held) > n and held[-1] is value:
+            taken.append(name)
+
+    def queue_run(self: diff.Batch, r: fused.Run, cands: list[torch.Tensor]) -> diff.RunPending:
+        runs.append(len(r.plans))
+        return real_run(self, r, cands)
+
+    monkeypatch.setattr(Comparator, "take", take)
+    monkeypatch.setattr(Comparator, "_planned", planned)
+    monkeypatch.setattr(diff.Batch, "queue_run", queue_run)
+    with cand:
+        for forward in range(3):
+            taken.clear()
+            runs.clear()
+            comp = Comparator(ref_cap, Capture("candidate"), tols)
+            cand.capture(ids, names, comp)
+            got = comp.diffs
+            monkeypatch.setenv("PARITY_FUSED_STATS", "0")
+            eager = Comparator(ref_cap, Capture("eager"), tols)
+            cand.capture(ids, names, eager)
+            monkeypatch.delenv("PARITY_FUSED_STATS")
+            assert set(got) == set(eager.diffs) and len(got) > 20
+            for k, want in eager.diffs.items():
+                assert got[k].n_bad == want.n_bad and got[k].worst_index == want.worst_index, (forward, k)
+                assert got[k].max_abs_err == pytest.approx(want.max_abs_err, rel=1e-6), (forward, k)
+                assert got[k].cosine == pytest.approx(want.cosine, rel=1e-9), (forward, k)
+                assert comp.capture.records[k].stats.sum == pytest.approx(
+                    eager.capture.records[k].stats.sum, rel=1e-5, abs=1e-6), (forward, k)
+            if forward:
+                plain = {b.probe for b in pmap.resolve(names, src.config) if b.spec.transform is None}
+                assert sorted(taken) == sorted(plain & set(got)) and len(plain) > 20, forward
+                assert sum(runs) == len(got) and len(runs) > 1, runs

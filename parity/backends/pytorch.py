@@ -162,11 +162,11 @@ class ModuleBackend(Backend):
                 stack.enter_context(teacher_forced(self.model, forcing[0], forcing[1]))
             if self.defer_stats:
                 stack.enter_context(fused.deferred())
-            taps.sink = sink
+            taps.connect(sink)
             try:
                 out = self.runner(ids, **self.forward_kwargs) if self.positional_ids else self.runner(input_ids=ids, **self.forward_kwargs)
             finally:
-                taps.sink = None
+                taps.connect(None)
         self.emitted |= api_sink.emitted
         return getattr(out, "logits", out)
 
