@@ -4,7 +4,8 @@ The probe-overhead figure on a launch-bound forward is decided by host time per 
 by the GPU time of the statistics. This prints: host microseconds per call of a forward
 hook, a torch kernel launch, queueing one probe in an arena (deferred), launching a queue,
 and the Comparator's own Python; and the GPU time per probe of the statistics kernel when
-48 probes go in one launch, for several BLOCK / warps choices (the kernel's tuning).
+48 probes go in one launch, for several BLOCK / warps / stages / programs / chunk choices
+(the kernel's tuning).
 Usage: python benchmarks/gpu_micro.py [--tune]
 """
 from __future__ import annotations
@@ -42,9 +43,10 @@ def kernel_us(fn, name: str, reps: int = 5) -> float:
     return total / reps
 
 
-def batched_gpu_us(fused, pairs, block: int, warps: int, stages: int, programs: int) -> float:
+def batched_gpu_us(fused, pairs, block: int, warps: int, stages: int, programs: int, chunk: int) -> float:
     """GPU microseconds per probe of the statistics kernel, all ``pairs`` in one launch."""
     fused.BLOCK, fused.WARPS, fused.STAGES, fused.QUEUED_PROGRAMS = block, warps, stages, programs
+    fused.CHUNK = chunk
     fused._GEOMETRY.clear()  # tiles depend on BLOCK
     dev = pairs[0][0].device
 
@@ -103,22 +105,23 @@ def main() -> None:
     out["comparator_call_deferred"] = per_call_us(compare_many, 200) / held
     for key, v in out.items():
         print(f"{key:32s} {v:8.2f} us (host)", flush=True)
-    shapes = [(512, 4096, torch.float16), (512, 11008, torch.float16), (512, 4096, torch.float32),
-              (16, 4096, torch.float16), (2048, 4096, torch.float16)] + ([] if args.tune else [(512, 151936, torch.float16)])
-    choices = ([(256, 2, 3, p) for p in (1024, 256, 64)] + [(256, 4, 3, p) for p in (256, 64)]
-               + [(512, 4, 3, 256), (128, 2, 3, 256), (128, 1, 3, 256)] if args.tune
-               else [(fused.BLOCK, fused.WARPS, fused.STAGES, fused.QUEUED_PROGRAMS)])
+    shapes = ([(512, 4096, torch.float16), (512, 11008, torch.float16), (512, 151936, torch.float16)] if args.tune else
+              [(512, 4096, torch.float16), (512, 11008, torch.float16), (512, 4096, torch.float32),
+               (16, 4096, torch.float16), (2048, 4096, torch.float16), (512, 151936, torch.float16)])
+    choices = ([(b, w, 3, p, ch) for b, w in ((128, 1), (128, 2), (256, 2), (256, 4))
+                for p in (64, 256) for ch in (1, 2, 4)] if args.tune
+               else [(fused.BLOCK, fused.WARPS, fused.STAGES, fused.QUEUED_PROGRAMS, fused.CHUNK)])
     for rows, cols, cdt in shapes:
         n = 4 if cols > 100000 else 48
         pairs = []
         for _ in range(n):
             r = torch.randn(rows, cols, device=dev)
             pairs.append((r, (r + 1e-3 * torch.randn_like(r)).to(cdt)))
-        for block, warps, stages, programs in choices:
-            us = batched_gpu_us(fused, pairs, block, warps, stages, programs)
+        for block, warps, stages, programs, chunk in choices:
+            us = batched_gpu_us(fused, pairs, block, warps, stages, programs, chunk)
             gbs = rows * cols * (4 + pairs[0][1].element_size()) / us / 1e3
             print(f"rows kernel {rows}x{cols} {str(cdt)[6:]} BLOCK={block} warps={warps} stages={stages} "
-                  f"programs={programs}: "
+                  f"programs={programs} chunk={chunk}: "
                   f"{us:.1f} us GPU per probe, {gbs:.0f} GB/s", flush=True)
         del pairs
         torch.cuda.empty_cache()

@@ -43,6 +43,7 @@ BLOCK = 128  # columns per step of a program: 4 per thread, so 16-byte loads of 
 WARPS = 1
 STAGES = 3  # steps in flight per program (Triton's software pipelining of the row loop)
 QUEUED_PROGRAMS = 64  # split rows into column tiles until a probe has about this many programs
+CHUNK = 4  # steps of a row whose candidate and error sums add in float32 before float64
 # A probe launched on its own has the GPU to itself:
 ONE_BLOCK = 256
 ONE_WARPS = 2
@@ -435,7 +436,8 @@ class Arena:
             r, r_stride = c, c_stride
         block, first = self._reserve(rows * tiles)
         self.kernels._one_kernel[(rows, tiles)](block[0], c, r, tol, first, length, width, c_stride, r_stride,
-                                                HAS_REF=ref is not None, BLOCK=ONE_BLOCK, num_warps=ONE_WARPS)
+                                                HAS_REF=ref is not None, BLOCK=ONE_BLOCK, CHUNK=CHUNK,
+                                                num_warps=ONE_WARPS)
         block[2].append((first, rows, tiles, length, on_done))
 
     def flush(self) -> None:
@@ -450,12 +452,12 @@ class Arena:
             desc = torch.frombuffer(g.desc, dtype=torch.int64).to(self.device, non_blocking=True)
             rows[(g.widest, len(g.desc) // NDESC)](
                 desc, rec, g.cand_base, g.ref_base, HAS_REF=has_ref, BLOCK=BLOCK, C_ALIGN=g.c_align,
-                R_ALIGN=g.r_align, LEN_ALIGN=g.len_align, STAGES=STAGES, num_warps=WARPS)
+                R_ALIGN=g.r_align, LEN_ALIGN=g.len_align, STAGES=STAGES, CHUNK=CHUNK, num_warps=WARPS)
         for u, desc, cand_base, c_align, _ in runs:
             rows[(u.widest, desc.shape[0])](
                 torch.from_numpy(desc).to(self.device, non_blocking=True), rec, cand_base, u.r_base,
                 HAS_REF=u.key[2], BLOCK=BLOCK, C_ALIGN=c_align, R_ALIGN=u.r_align, LEN_ALIGN=u.len_align,
-                STAGES=STAGES, num_warps=WARPS)
+                STAGES=STAGES, CHUNK=CHUNK, num_warps=WARPS)
 
     def finish(self) -> None:
         """Fold every probe's records (one launch per arena block) and hand out the vectors."""
