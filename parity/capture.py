@@ -208,13 +208,14 @@ class Comparator:
         the same address with the layout the plan has, so making it is skipped."""
         p = self.plans.get(name)
         if (p is not None and p.raw_stride is not None and fused._DEPTH and not self.keep
-                and value.stride() == p.raw_stride and value.dtype is p.dtype and value.shape == p.raw_shape
-                and value.device == p.device and self._planned(name, p, value)):
+                and isinstance(value, torch.Tensor) and value.stride() == p.raw_stride and value.dtype is p.dtype
+                and value.shape == p.raw_shape and value.device == p.device and self._planned(name, p, value)):
             return
         t = canonical(value, None, binding.heads, binding.spec.batched, binding)
         self(name, t)
-        p = self.plans.get(name)
-        if p is not None and isinstance(value, torch.Tensor) and value.data_ptr() == t.data_ptr():
+        p = self.plans.get(name)  # the plan for t's layout, if one was made: it learns value's
+        if (p is not None and t.data_ptr() == value.data_ptr() and t.stride() == p.stride and t.shape == p.shape
+                and t.dtype is p.dtype and t.device == p.device):
             p.raw_shape, p.raw_stride = value.shape, value.stride()
 
     def __call__(self, name: str, tensor: torch.Tensor) -> None:

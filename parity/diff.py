@@ -328,7 +328,7 @@ class Batch:
         now: a run is queued when the forward is done or holds enough (see
         parity.capture.Comparator.drain), and the host has more to do for it after this."""
         device = r.plans[0].device
-        item = RunPending(self, [p.build for p in r.plans], device)
+        item = RunPending(self, r.builds, device)
         arena = self._arena(device)
         arena.add_run(r, cands, item.set_vec)
         arena.flush()

@@ -270,7 +270,7 @@ class Run:
     from the plans, so a forward that repeats the sequence only reads its tensors'
     addresses. Made by :func:`run`; None there when the plans cannot share launches."""
 
-    __slots__ = ("plans", "units", "entries", "records", "nbytes")
+    __slots__ = ("plans", "units", "entries", "records", "nbytes", "builds")
 
 
 def run(plans: Sequence[Plan]) -> Run | None:
@@ -315,6 +315,9 @@ def run(plans: Sequence[Plan]) -> Run | None:
     r.entries[:, 0] = firsts
     r.records = int(counts.sum())
     r.nbytes = sum(p.nbytes for p in plans)
+    r.builds = [p.build for p in plans]
+    if len(units) == 1:
+        units[0].idx = None  # every probe, in order
     return r
 
 
@@ -395,16 +398,17 @@ class Arena:
         ptrs = np.fromiter(map(torch.Tensor.data_ptr, tensors), np.int64, len(tensors))
         block, first = self._reserve(r.records)
         for u in r.units:
-            cp = ptrs[u.idx]
+            cp = ptrs if u.idx is None else ptrs[u.idx]
             rel = cp - cp[0]
             if not (rel % u.c_size).any():
-                self._queue_unit(u, u.desc, cp, rel, first, tensors[int(u.idx[0])], tensors)
+                self._queue_unit(u, u.desc, cp, rel, first, tensors[0 if u.idx is None else int(u.idx[0])], tensors)
                 continue
+            idx = np.arange(len(tensors)) if u.idx is None else u.idx
             grid = cp % u.c_size  # not all on one element grid (never seen): one launch per grid
             for g in np.unique(grid).tolist():
                 sel = grid == g
-                ids = u.idx[sel]
-                self._queue_unit(u, u.desc[sel], cp[sel], cp[sel] - cp[sel][0], first, tensors[int(ids[0])], tensors)
+                self._queue_unit(u, u.desc[sel], cp[sel], cp[sel] - cp[sel][0], first, tensors[int(idx[sel][0])],
+                                 tensors)
         entries = r.entries.copy()
         entries[:, 0] += first
         block[2].append((entries, on_done))

@@ -244,3 +244,31 @@ def test_repeated_forwards_queue_planned_runs(model_name: str, layers: str, monk
                 plain = {b.probe for b in pmap.resolve(names, src.config) if b.spec.transform is None}
                 assert sorted(taken) == sorted(plain & set(got)) and len(plain) > 20, forward
                 assert sum(runs) == len(got) and len(runs) > 1, runs
+
+
+def test_take_holds_the_module_tensor_only_for_a_view() -> None:
+    """Comparator.take: a value is held as the module made it (no batch removal, no head
+    reshape) once the plan of its canonical view knows that layout; a value laid out
+    otherwise (here a strided view, whose rows the kernel cannot read in place) goes
+    through the general path every time. The numbers are those of the canonical tensor."""
+    from types import SimpleNamespace
+
+    binding = SimpleNamespace(heads=2, spec=SimpleNamespace(batched=True), probe="p")
+    g = torch.Generator().manual_seed(11)
+    ref = torch.randn(5, 2, 4, generator=g)
+    ref_cap = Capture("reference")
+    Recorder(ref_cap, keep=True)("p", ref)
+    table = ToleranceTable(TOL)
+    wide = (ref.reshape(1, 5, 8) + 1e-3 * torch.randn(1, 5, 8, generator=g)).half()
+    gappy = torch.zeros(1, 5, 16, dtype=torch.float16)
+    gappy[..., ::2] = wide
+    for label, value in (("first", wide), ("planned view", wide.clone()), ("strided", gappy[..., ::2]),
+                         ("strided again", gappy[..., ::2])):
+        comp = Comparator(ref_cap, Capture("candidate"), table)
+        with fused.deferred():
+            comp.take("p", value, binding)
+            held = [h[2] for h in comp._held]
+        assert (bool(held) and held[-1] is value) == (label == "planned view"), label
+        want = diff.compare(ref, value[0].reshape(5, 2, 4).float(), TOL)
+        got = comp.diffs["p"]
+        assert got.max_abs_err == pytest.approx(want.max_abs_err, rel=1e-6) and got.worst_index == want.worst_index
