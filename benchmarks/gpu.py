@@ -126,7 +126,7 @@ def overhead(model_name: str, shape: str, tokens: int, more_tokens: tuple[int, .
         # The host of the device machine is noisy over a run: the main figures alternate
         # their calls, so that drift hits every one of them alike.
         med = _interleaved({"plain_s": lambda: plain(ids), "hooked_s": lambda: on_device(ids),
-                            "with_readback_s": lambda: compared(ids), "hooks_only_s": lambda: hooks_only(ids)}, 15)
+                            "with_readback_s": lambda: compared(ids), "hooks_only_s": lambda: hooks_only(ids)}, 25)
         out.update(med)
         out["deferred"] = cand.defer_stats
         cand.defer_stats = False  # one launch per probe, as for a port
