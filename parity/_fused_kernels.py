@@ -2,42 +2,51 @@
 import triton
 import triton.language as tl
 
-NDESC = tl.constexpr(12)  # int64 columns of a probe's descriptor, see parity.fused.Arena
+NDESC = tl.constexpr(11)  # int64 columns of a probe's descriptor, see parity.fused.Arena
 
 
-@triton.jit
-def _rows_kernel(desc_ptr, rec_ptr, cand_base, ref_base,
+@triton.jit(do_not_specialize=["first0"])
+def _rows_kernel(desc_ptr, addr_ptr, rec_ptr, first0, cand_base, ref_base,
                  HAS_REF: tl.constexpr, BLOCK: tl.constexpr, C_ALIGN: tl.constexpr, R_ALIGN: tl.constexpr,
-                 LEN_ALIGN: tl.constexpr, STAGES: tl.constexpr, CHUNK: tl.constexpr):
+                 LEN_ALIGN: tl.constexpr, STAGES: tl.constexpr, CHUNK: tl.constexpr, C_SIZE: tl.constexpr,
+                 R_SIZE: tl.constexpr):
     """Statistics of one (row, column tile) of one probe of a batch: program (q, p) reads its
     slice of probe p's candidate (and reference) once, accumulating per lane; lanes are
     reduced once at the end.
 
     Probe p is described by row p of ``desc_ptr`` (int64): programs (rows * tiles), tiles
-    per row, row length, tile width, candidate and reference offsets in elements from
-    ``cand_base`` / ``ref_base``, their row strides, its first record, and the float64 bits
-    of atol, rtol and eps. Programs past a probe's count do nothing (the grid is as wide as
-    the widest probe). ``C_ALIGN``/``R_ALIGN``: every row start is a multiple of that many
-    elements (16 bytes when the host saw so), ``LEN_ALIGN``: so is every row length; with
-    both, loads are vectorized.
+    per row, row length, tile width, the reference's address, the candidate's and the
+    reference's row strides, its first record (after ``first0``), and the float64 bits of
+    atol, rtol and eps; ``addr_ptr[p]`` is the candidate's address. Addresses are turned
+    into element offsets from ``cand_base`` (at ``addr_ptr[0]``) and ``ref_base`` (at
+    probe 0's reference address), ``C_SIZE`` / ``R_SIZE`` bytes per element: the host keeps
+    the tensors of a launch on that element grid. So a descriptor table stays valid from
+    forward to forward, and only the candidates' addresses are new (see Arena.add_run).
+    Programs past a probe's count do nothing (the grid is as wide as the widest probe).
+    ``C_ALIGN``/``R_ALIGN``: every row start is a multiple of that many elements (16 bytes
+    when the host saw so), ``LEN_ALIGN``: so is every row length; with both, loads are
+    vectorized.
 
     Elementwise terms are float32 (the inputs are float32 or narrower; ref - cand is exact
     when the two are within a factor 2 of each other); products and sums are float64 (a
     product of two float32 values is exact there, which the per-token scale fit needs), and
     the worst element's error is recomputed in float64 from the stored values."""
     q = tl.program_id(0)
-    dp = desc_ptr + tl.program_id(1).to(tl.int64) * NDESC
+    p = tl.program_id(1).to(tl.int64)
+    dp = desc_ptr + p * NDESC
     if q < tl.load(dp):
         ntiles = tl.load(dp + 1).to(tl.int32)
         row = (q // ntiles).to(tl.int64)
-        c_row = cand_base + tl.multiple_of(tl.load(dp + 4) + row * tl.load(dp + 6), C_ALIGN)
-        r_row = ref_base + tl.multiple_of(tl.load(dp + 5) + row * tl.load(dp + 7), R_ALIGN)
-        atol = tl.load(dp + 9).to(tl.float64, bitcast=True).to(tl.float32)
-        rtol = tl.load(dp + 10).to(tl.float64, bitcast=True).to(tl.float32)
-        eps = tl.load(dp + 11).to(tl.float64, bitcast=True).to(tl.float32)
+        c_off = (tl.load(addr_ptr + p) - tl.load(addr_ptr)) // C_SIZE
+        r_off = (tl.load(dp + 4) - tl.load(desc_ptr + 4)) // R_SIZE
+        c_row = cand_base + tl.multiple_of(c_off + row * tl.load(dp + 5), C_ALIGN)
+        r_row = ref_base + tl.multiple_of(r_off + row * tl.load(dp + 6), R_ALIGN)
+        atol = tl.load(dp + 8).to(tl.float64, bitcast=True).to(tl.float32)
+        rtol = tl.load(dp + 9).to(tl.float64, bitcast=True).to(tl.float32)
+        eps = tl.load(dp + 10).to(tl.float64, bitcast=True).to(tl.float32)
         D = tl.load(dp + 2).to(tl.int32)  # the host keeps row lengths below 2**31
         TILE = tl.multiple_of(tl.load(dp + 3).to(tl.int32), BLOCK)
-        _row_stats(rec_ptr + (tl.load(dp + 8) + q) * 16, c_row, r_row, q % ntiles, D, TILE, atol, rtol, eps,
+        _row_stats(rec_ptr + (first0 + tl.load(dp + 7) + q) * 16, c_row, r_row, q % ntiles, D, TILE, atol, rtol, eps,
                    HAS_REF, BLOCK, LEN_ALIGN, STAGES, CHUNK)
 
 

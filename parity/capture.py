@@ -126,39 +126,47 @@ class Comparator:
         self._profiles: dict[str, TokenProfile] = {}
         self._held: list[tuple[str, Any, torch.Tensor, torch.Tensor | None]] = []  # see drain
         self._held_bytes = 0
+        self._unrecorded: list[tuple[list[Any], Any, Any]] = []  # queued, records not made yet (see drain)
+        self._fits: set[Any] = set()  # plans checked to hold for this Comparator (see _fit)
         self.batch.before_finish.append(self.drain)
         self.last: str | None = None  # the last probe received (names where a failing run got to)
 
-    def drain(self) -> None:
+    def drain(self, final: bool = True) -> None:
         """Queue the probes held by the fast path (see __call__): as one :class:`fused.Run`
-        when an earlier forward held the same plans in the same order."""
+        when an earlier forward held the same plans in the same order. Their records are
+        made when ``final`` (the forward is over, or its records are needed), after the
+        launch: the GPU is busy with the statistics meanwhile."""
         held, self._held, self._held_bytes = self._held, [], 0
-        if not held:
-            return
-        fused._SOURCES.pop(id(self), None)
-        plans = tuple([h[1] for h in held])
-        runs = self.reference.runs
-        r = runs.get(plans)
-        if r is None and plans not in runs:
-            if len(runs) >= 256:
-                runs.clear()
-            r = runs[plans] = fused.run(plans)
-        records = self.capture.records
-        if r is None:
-            for name, p, tensor, kept in held:
-                item = self.batch.queue(p, tensor)
-                self._pending.append((name, item))
-                records[name] = ProbeRecord(name, item.part(2), kept)
-            return
-        item = self.batch.queue_run(r, [h[2] for h in held])
-        names = [h[0] for h in held]
-        self._pending.append((names, item))
-        for k, (name, _, _, kept) in enumerate(held):
-            records[name] = ProbeRecord(name, item, kept, k)
+        if held:
+            fused._SOURCES.pop(id(self), None)
+            plans = tuple([h[1] for h in held])
+            runs = self.reference.runs
+            r = runs.get(plans)
+            if r is None and plans not in runs:
+                if len(runs) >= 256:
+                    runs.clear()
+                r = runs[plans] = fused.run(plans)
+            if r is None:
+                items = [self.batch.queue(p, tensor) for _, p, tensor, _ in held]
+                self._pending.extend((h[0], it) for h, it in zip(held, items))
+                self._unrecorded.append((held, None, items))
+            else:
+                item = self.batch.queue_run(r, [h[2] for h in held])
+                self._pending.append(([h[0] for h in held], item))
+                self._unrecorded.append((held, item, None))
+        if final and self._unrecorded:
+            unrecorded, self._unrecorded = self._unrecorded, []
+            records = self.capture.records
+            for held, item, items in unrecorded:
+                if items is None:
+                    for k, (name, _, _, kept) in enumerate(held):
+                        records[name] = ProbeRecord(name, item, kept, k)
+                else:
+                    for (name, _, _, kept), it in zip(held, items):
+                        records[name] = ProbeRecord(name, it.part(2), kept)
 
     def _settle(self) -> None:
-        if self._held:
-            self.drain()
+        self.drain()
         pending, self._pending = self._pending, []
         for name, p in pending:
             if isinstance(p, RunPending):
@@ -182,6 +190,17 @@ class Comparator:
         self._settle()
         return self._profiles
 
+    def _fit(self, name: str, p: Any) -> bool:
+        """Whether plan ``p`` of ``name`` still holds for this Comparator (same reference
+        record, same tolerances, fused statistics on, nothing kept), remembered in _fits:
+        the reference does not change while a Comparator runs."""
+        rec = self.reference.records.get(name)
+        ok = ((p.owner is self.tolerances or p.owner == self.tolerances) and self.batch.fused and not self.keep
+              and rec is not None and rec.tensor is p.ref)
+        if ok:
+            self._fits.add(p)
+        return ok
+
     def _planned(self, name: str, p: Any, tensor: torch.Tensor) -> bool:
         """Hold ``tensor`` for ``name`` with plan ``p`` (whose layout it has: the caller
         checked) if the plan still holds: same reference, same tolerances, queueing on."""
@@ -198,18 +217,27 @@ class Comparator:
         self.last = name
         self._held_bytes += p.nbytes
         if self._held_bytes > fused.HOLD_BYTES:
-            self.drain()
+            self.drain(final=False)
         return True
 
     def take(self, name: str, value: Any, binding: Any) -> None:
         """What a hook sends (see parity.hooks.Taps.connect): ``value`` as the module made
         it, before ``binding``'s head reshape and batch removal. A probe that had the same
         layout on an earlier forward is held as it is: the canonical view would start at
-        the same address with the layout the plan has, so making it is skipped."""
+        the same address with the layout the plan has, so making it is skipped. This runs
+        for every probe of every forward, in the forward: it is _planned inlined."""
         p = self.plans.get(name)
-        if (p is not None and p.raw_stride is not None and fused._DEPTH and not self.keep
-                and isinstance(value, torch.Tensor) and value.stride() == p.raw_stride and value.dtype is p.dtype
-                and value.shape == p.raw_shape and value.device == p.device and self._planned(name, p, value)):
+        if (p is not None and p.raw_stride is not None and fused._DEPTH and type(value) is torch.Tensor
+                and value.stride() == p.raw_stride and value.shape == p.raw_shape and value.dtype is p.dtype
+                and value.device == p.device and not value.requires_grad and (p in self._fits or self._fit(name, p))):
+            q = self._held
+            if not q:
+                fused.hold(self)
+            q.append((name, p, value, None))
+            self.last = name
+            self._held_bytes += p.nbytes
+            if self._held_bytes > fused.HOLD_BYTES:
+                self.drain(final=False)
             return
         t = canonical(value, None, binding.heads, binding.spec.batched, binding)
         self(name, t)
@@ -227,7 +255,7 @@ class Comparator:
         if (p is not None and fused._DEPTH and tensor.stride() == p.stride and tensor.dtype is p.dtype
                 and tensor.shape == p.shape and tensor.device == p.device and self._planned(name, p, tensor)):
             return
-        if self._held:
+        if self._held or self._unrecorded:
             self.drain()  # records stay in probe order
         if name not in self.reference.records:
             return  # the reference did not capture it: reported as not compared

@@ -37,7 +37,7 @@ _KERNELS: Any = None  # parity._fused_kernels once imported; False when Triton i
 
 REC = 16  # slots per record; the first 16 slots of parity.diff's vector, see _finalize_kernel
 OUT = 21  # slots of the finished vector (parity.diff.S_*)
-NDESC = 12  # int64 columns of a probe's descriptor (parity._fused_kernels._rows_kernel)
+NDESC = 11  # int64 columns of a probe's descriptor (parity._fused_kernels._rows_kernel)
 # Queued probes (one launch for many; tuned on an H200 with benchmarks/gpu_micro.py --tune):
 BLOCK = 128  # columns per step of a program: 4 per thread, so 16-byte loads of a float32 row
 WARPS = 1
@@ -205,7 +205,7 @@ def deferred() -> Iterator[None]:
 class _Group:
     """Queued probes of one (candidate dtype, reference dtype) pair: one launch."""
 
-    __slots__ = ("cand_base", "ref_base", "c_ptr", "r_ptr", "c_size", "r_size", "desc", "held", "widest",
+    __slots__ = ("cand_base", "ref_base", "c_ptr", "r_ptr", "c_size", "r_size", "desc", "addrs", "held", "widest",
                  "c_align", "r_align", "len_align")
 
     def __init__(self, c: torch.Tensor, r: torch.Tensor) -> None:
@@ -213,6 +213,7 @@ class _Group:
         self.c_ptr, self.r_ptr = c.data_ptr(), r.data_ptr()
         self.c_size, self.r_size = c.element_size(), r.element_size()
         self.desc = array("q")
+        self.addrs = array("q")  # the candidates' addresses, one per probe
         self.held: list[torch.Tensor] = []  # keeps queued tensors alive until the launch
         self.widest = 0
         self.c_align = 16 // self.c_size if self.c_ptr % 16 == 0 else 1
@@ -261,14 +262,16 @@ def plan(ref: torch.Tensor, cand: torch.Tensor, tol: tuple[int, int, int]) -> Pl
 class _Unit:
     """The probes of a run that share a (candidate dtype, reference dtype) pair: one launch."""
 
-    __slots__ = ("key", "idx", "desc", "c_size", "c_align", "r_base", "r_align", "len_align", "widest")
+    __slots__ = ("key", "idx", "desc", "on_device", "c_size", "r_size", "c_align", "r_align", "len_align", "widest",
+                 "r_base")
 
 
 class Run:
     """A sequence of plans queued together, worked out once (see :meth:`Arena.add_run`):
-    every descriptor column but the candidates' offsets and the first records is known
-    from the plans, so a forward that repeats the sequence only reads its tensors'
-    addresses. Made by :func:`run`; None there when the plans cannot share launches."""
+    every descriptor column is known from the plans (addresses of references, first
+    records relative to the run's first), and the descriptor table stays on the device, so
+    a forward that repeats the sequence only sends its tensors' addresses. Made by
+    :func:`run`; None there when the plans cannot share launches."""
 
     __slots__ = ("plans", "units", "entries", "records", "nbytes", "builds")
 
@@ -292,20 +295,17 @@ def run(plans: Sequence[Plan]) -> Run | None:
         u = _Unit()
         u.key, u.idx = key, np.asarray(members, dtype=np.int64)
         u.r_base = ps[0].r
-        r_ptrs = np.fromiter((p.r_ptr for p in ps), np.int64, len(ps))
-        r_size = ps[0].r.element_size()
+        u.r_size = ps[0].r.element_size()
         u.c_size = torch.empty((), dtype=ps[0].dtype).element_size()
-        r_rel = r_ptrs - r_ptrs[0]
-        if (r_rel % r_size).any():
-            return None
-        desc = np.array([(p.count, p.tiles, p.length, p.width, 0, 0, p.c_stride, p.r_stride, 0, *p.tol) for p in ps],
+        desc = np.array([(p.count, p.tiles, p.length, p.width, p.r_ptr, p.c_stride, p.r_stride, 0, *p.tol) for p in ps],
                         dtype=np.int64).reshape(len(ps), NDESC)
-        desc[:, 5] = r_rel // r_size
-        desc[:, 8] = firsts[u.idx]
-        u.desc = desc
-        c_vec, r_vec = 16 // u.c_size, 16 // r_size
-        u.c_align = c_vec if not (desc[:, 6] % c_vec).any() else 1  # and every address, checked per forward
-        u.r_align = r_vec if not (r_ptrs % 16).any() and not (desc[:, 7] % r_vec).any() else 1
+        if ((desc[:, 4] - desc[0, 4]) % u.r_size).any():
+            return None
+        desc[:, 7] = firsts[u.idx]
+        u.desc, u.on_device = desc, {}  # device -> the table there
+        c_vec, r_vec = 16 // u.c_size, 16 // u.r_size
+        u.c_align = c_vec if not (desc[:, 5] % c_vec).any() else 1  # and every address, checked per forward
+        u.r_align = r_vec if not (desc[:, 4] % 16).any() and not (desc[:, 6] % r_vec).any() else 1
         u.len_align = 8 if not (desc[:, 2] % 8).any() else 1
         u.widest = int(desc[:, 0].max())
         units.append(u)
@@ -329,7 +329,7 @@ class Arena:
         self.device = device
         self.blocks: list[list[Any]] = []  # [buffer, used records, entries]
         self.groups: dict[tuple[Any, Any, bool], _Group] = {}
-        self.runs: list[tuple[_Unit, Any, torch.Tensor, int, list[torch.Tensor]]] = []  # queued by add_run
+        self.runs: list[tuple[Any, ...]] = []  # launches queued by add_run
         self.held = 0  # candidate bytes queued
 
     def _new_block(self, n: int) -> list[Any]:
@@ -357,11 +357,11 @@ class Arena:
         r, rg = (c, cg) if ref is None else _rows(ref, QUEUED_PROGRAMS, BLOCK)
         self.add_planned(_make_plan(c, cg, r, rg, ref is not None, tol), c, on_done)
 
-    def add_planned(self, p: Plan, c: torch.Tensor, on_done: Any) -> None:
-        """:meth:`add` for a probe laid out as ``p`` says (the caller checked). Runs for
-        every probe: keep it lean."""
+    def add_planned(self, p: Plan, c: torch.Tensor, on_done: Any, at: int | None = None) -> None:
+        """:meth:`add` for a probe laid out as ``p`` says (the caller checked). ``at``: its
+        first record, reserved by the caller (who then also finishes it)."""
         count = p.count
-        block, first = self._reserve(count)
+        block, first = self._reserve(count) if at is None else (None, at)
         g = self.groups.get(p.key)
         if g is None:
             g = self.groups[p.key] = _Group(c, p.r)
@@ -377,12 +377,14 @@ class Arena:
             g.r_align = 1
         if p.length % g.len_align:
             g.len_align = 1
-        g.desc.extend((count, p.tiles, p.length, p.width, c_off, r_off, p.c_stride, p.r_stride, first, *p.tol))
+        g.desc.extend((count, p.tiles, p.length, p.width, p.r_ptr, p.c_stride, p.r_stride, first, *p.tol))
+        g.addrs.append(c.data_ptr())
         g.held.append(c)
         g.held.append(p.r)
         if count > g.widest:
             g.widest = count
-        block[2].append((first, p.rows, p.tiles, p.length, on_done))
+        if block is not None:
+            block[2].append((first, p.rows, p.tiles, p.length, on_done))
         self.held += p.nbytes
         if self.held > HOLD_BYTES or not _DEPTH:
             self.flush()
@@ -391,40 +393,32 @@ class Arena:
 
     def add_run(self, r: Run, tensors: list[torch.Tensor], on_done: Any) -> None:
         """Queue one tensor per plan of ``r`` (laid out as its plan says: the caller
-        checked), like :meth:`add_planned` for each, in a few numpy operations;
-        ``on_done(out, row)``: the vectors are rows ``row`` to ``row + len(tensors) - 1``."""
+        checked), like :meth:`add_planned` for each; the host's work is reading the
+        tensors' addresses. ``on_done(out, row)``: the vectors are rows ``row`` to
+        ``row + len(tensors) - 1``."""
         import numpy as np
 
         ptrs = np.fromiter(map(torch.Tensor.data_ptr, tensors), np.int64, len(tensors))
         block, first = self._reserve(r.records)
         for u in r.units:
             cp = ptrs if u.idx is None else ptrs[u.idx]
-            rel = cp - cp[0]
-            if not (rel % u.c_size).any():
-                self._queue_unit(u, u.desc, cp, rel, first, tensors[0 if u.idx is None else int(u.idx[0])], tensors)
+            misfit = cp % 16
+            if misfit.any() and ((cp - cp[0]) % u.c_size).any():  # not on one element grid (never seen)
+                for i in (range(len(tensors)) if u.idx is None else u.idx.tolist()):
+                    self.add_planned(r.plans[i], tensors[i], None, at=first + int(r.entries[i, 0]))
                 continue
-            idx = np.arange(len(tensors)) if u.idx is None else u.idx
-            grid = cp % u.c_size  # not all on one element grid (never seen): one launch per grid
-            for g in np.unique(grid).tolist():
-                sel = grid == g
-                self._queue_unit(u, u.desc[sel], cp[sel], cp[sel] - cp[sel][0], first, tensors[int(idx[sel][0])],
-                                 tensors)
-        entries = r.entries.copy()
-        entries[:, 0] += first
-        block[2].append((entries, on_done))
+            desc = u.on_device.get(self.device)
+            if desc is None:
+                desc = u.on_device[self.device] = torch.from_numpy(u.desc).to(self.device)
+            addrs = torch.from_numpy(cp).to(self.device, non_blocking=True)
+            base = tensors[0 if u.idx is None else int(u.idx[0])]
+            self.runs.append((u, desc, addrs, first, base, u.c_align if not misfit.any() else 1, tensors))
+        block[2].append((r, first, on_done))
         self.held += r.nbytes
         if self.held > HOLD_BYTES or not _DEPTH:
             self.flush()
         else:
             _WAITING[id(self)] = self
-
-    def _queue_unit(self, u: _Unit, template: Any, ptrs: Any, rel: Any, first: int, base: torch.Tensor,
-                    tensors: list[torch.Tensor]) -> None:
-        desc = template.copy()
-        desc[:, 4] = rel // u.c_size
-        desc[:, 8] += first
-        c_align = u.c_align if not (ptrs % 16).any() else 1
-        self.runs.append((u, desc, base, c_align, tensors))
 
     def launch(self, cand: torch.Tensor, ref: torch.Tensor | None, tol: torch.Tensor, on_done: Any) -> None:
         """One probe, launched now with its geometry as arguments (nothing copied to the
@@ -454,14 +448,16 @@ class Arena:
         rows = self.kernels._rows_kernel
         for (_, _, has_ref), g in groups.items():
             desc = torch.frombuffer(g.desc, dtype=torch.int64).to(self.device, non_blocking=True)
-            rows[(g.widest, len(g.desc) // NDESC)](
-                desc, rec, g.cand_base, g.ref_base, HAS_REF=has_ref, BLOCK=BLOCK, C_ALIGN=g.c_align,
-                R_ALIGN=g.r_align, LEN_ALIGN=g.len_align, STAGES=STAGES, CHUNK=CHUNK, num_warps=WARPS)
-        for u, desc, cand_base, c_align, _ in runs:
-            rows[(u.widest, desc.shape[0])](
-                torch.from_numpy(desc).to(self.device, non_blocking=True), rec, cand_base, u.r_base,
-                HAS_REF=u.key[2], BLOCK=BLOCK, C_ALIGN=c_align, R_ALIGN=u.r_align, LEN_ALIGN=u.len_align,
-                STAGES=STAGES, CHUNK=CHUNK, num_warps=WARPS)
+            addrs = torch.frombuffer(g.addrs, dtype=torch.int64).to(self.device, non_blocking=True)
+            rows[(g.widest, len(g.addrs))](
+                desc, addrs, rec, 0, g.cand_base, g.ref_base, HAS_REF=has_ref, BLOCK=BLOCK, C_ALIGN=g.c_align,
+                R_ALIGN=g.r_align, LEN_ALIGN=g.len_align, STAGES=STAGES, CHUNK=CHUNK, C_SIZE=g.c_size,
+                R_SIZE=g.r_size, num_warps=WARPS)
+        for u, desc, addrs, first, cand_base, c_align, _ in runs:
+            rows[(u.widest, addrs.shape[0])](
+                desc, addrs, rec, first, cand_base, u.r_base, HAS_REF=u.key[2], BLOCK=BLOCK, C_ALIGN=c_align,
+                R_ALIGN=u.r_align, LEN_ALIGN=u.len_align, STAGES=STAGES, CHUNK=CHUNK, C_SIZE=u.c_size,
+                R_SIZE=u.r_size, num_warps=WARPS)
 
     def finish(self) -> None:
         """Fold every probe's records (one launch per arena block) and hand out the vectors."""
@@ -476,9 +472,11 @@ class Arena:
             n = 0
             for e in entries:
                 calls.append((e[-1], n))
-                if len(e) == 2:  # a run: entries [probes, 4], one callback for all
-                    flat.frombytes(e[0].tobytes())
-                    n += e[0].shape[0]
+                if len(e) == 3:  # a run (Run, first record, one callback for all its probes)
+                    rows = e[0].entries.copy()
+                    rows[:, 0] += e[1]
+                    flat.frombytes(rows.tobytes())
+                    n += rows.shape[0]
                 else:
                     flat.extend(e[:4])
                     n += 1

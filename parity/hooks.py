@@ -146,6 +146,19 @@ class Taps:
         return hook
 
     def _post_hook(self, group: list[Binding]) -> Callable[..., None]:
+        b = group[0]
+        if len(group) == 1 and b.spec.transform is None:  # the common case, without the loop of _send
+            probe, index, tensor = b.probe, b.spec.index, torch.Tensor
+
+            def one(_mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+                take = self.take
+                if take is not None and _EAGER_CALL is None:
+                    take(probe, output if type(output) is tensor else _pick(output, index, b), b)
+                elif self.sink is not None:
+                    self._send(group, args, kwargs, output)
+
+            return one
+
         def hook(_mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
             self._send(group, args, kwargs, output)
 

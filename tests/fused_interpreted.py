@@ -184,6 +184,7 @@ def test_repeated_forwards_queue_planned_runs(model_name: str, layers: str, monk
     """A shipped model's forwards, as a benchmark or an isolation pass repeats them: from the
     second on, every probe is held as the module made it (no canonical view) and queued
     with the others as one run; each forward still gets the eager numbers."""
+    from parity import capture as capture_module
     from parity.backends.pytorch import ModuleBackend, make_candidate
     from parity.probemap import find_map
     from parity.source import ModelSource
@@ -200,34 +201,32 @@ def test_repeated_forwards_queue_planned_runs(model_name: str, layers: str, monk
     cand = make_candidate(model, pmap, src.config, src.num_blocks, dtype="fp16", device="cpu")
     assert cand.defer_stats
     tols = src.preset.tolerance_table("fp16")
-    taken, runs, held = [], [], []
-    real_take, real_planned, real_run = Comparator.take, Comparator._planned, diff.Batch.queue_run
-
-    def planned(self: Comparator, name: str, p: fused.Plan, tensor: torch.Tensor) -> bool:
-        ok = real_planned(self, name, p, tensor)
-        if ok:
-            held.append(tensor)
-        return ok
+    taken, canonical, runs = [], [], []
+    real_take, real_canonical, real_run = Comparator.take, capture_module.canonical, diff.Batch.queue_run
 
     def take(self: Comparator, name: str, value: torch.Tensor, binding: object) -> None:
-        n = len(held)
+        taken.append(name)
         real_take(self, name, value, binding)
-        if len(held) > n and held[-1] is value:
-            taken.append(name)
+
+    def counting_canonical(value: object, transform: object, heads: object, batched: bool, what: object) -> torch.Tensor:
+        canonical.append(what.probe)
+        return real_canonical(value, transform, heads, batched, what)
 
     def queue_run(self: diff.Batch, r: fused.Run, cands: list[torch.Tensor]) -> diff.RunPending:
         runs.append(len(r.plans))
         return real_run(self, r, cands)
 
     monkeypatch.setattr(Comparator, "take", take)
-    monkeypatch.setattr(Comparator, "_planned", planned)
+    monkeypatch.setattr(capture_module, "canonical", counting_canonical)
     monkeypatch.setattr(diff.Batch, "queue_run", queue_run)
     with cand:
         for forward in range(3):
             taken.clear()
+            canonical.clear()
             runs.clear()
             comp = Comparator(ref_cap, Capture("candidate"), tols)
             cand.capture(ids, names, comp)
+            held = set(taken) - set(canonical)  # given to the Comparator and held without a view
             got = comp.diffs
             monkeypatch.setenv("PARITY_FUSED_STATS", "0")
             eager = Comparator(ref_cap, Capture("eager"), tols)
@@ -242,7 +241,7 @@ def test_repeated_forwards_queue_planned_runs(model_name: str, layers: str, monk
                     eager.capture.records[k].stats.sum, rel=1e-5, abs=1e-6), (forward, k)
             if forward:
                 plain = {b.probe for b in pmap.resolve(names, src.config) if b.spec.transform is None}
-                assert sorted(taken) == sorted(plain & set(got)) and len(plain) > 20, forward
+                assert held == plain & set(got) and len(plain) > 20, forward
                 assert sum(runs) == len(got) and len(runs) > 1, runs
 
 
