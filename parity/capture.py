@@ -192,52 +192,37 @@ class Comparator:
 
     def _fit(self, name: str, p: Any) -> bool:
         """Whether plan ``p`` of ``name`` still holds for this Comparator (same reference
-        record, same tolerances, fused statistics on, nothing kept), remembered in _fits:
-        the reference does not change while a Comparator runs."""
+        record, same tolerances, fused statistics on), remembered in _fits: the reference
+        does not change while a Comparator runs."""
         rec = self.reference.records.get(name)
-        ok = ((p.owner is self.tolerances or p.owner == self.tolerances) and self.batch.fused and not self.keep
+        ok = ((p.owner is self.tolerances or p.owner == self.tolerances) and self.batch.fused
               and rec is not None and rec.tensor is p.ref)
         if ok:
             self._fits.add(p)
         return ok
 
-    def _planned(self, name: str, p: Any, tensor: torch.Tensor) -> bool:
-        """Hold ``tensor`` for ``name`` with plan ``p`` (whose layout it has: the caller
-        checked) if the plan still holds: same reference, same tolerances, queueing on."""
-        if not ((p.owner is self.tolerances or p.owner == self.tolerances) and self.batch.fused
-                and not tensor.requires_grad):
-            return False
-        rec = self.reference.records.get(name)
-        if rec is None or rec.tensor is not p.ref:
-            return False
+    def _hold(self, name: str, p: Any, tensor: torch.Tensor, kept: torch.Tensor | None) -> None:
+        """Keep ``tensor`` (laid out as plan ``p`` says) until drain() queues it."""
         q = self._held
         if not q:
             fused.hold(self)
-        q.append((name, p, tensor, tensor.clone() if self.keep else None))
+        q.append((name, p, tensor, kept))
         self.last = name
         self._held_bytes += p.nbytes
         if self._held_bytes > fused.HOLD_BYTES:
             self.drain(final=False)
-        return True
 
     def take(self, name: str, value: Any, binding: Any) -> None:
         """What a hook sends (see parity.hooks.Taps.connect): ``value`` as the module made
         it, before ``binding``'s head reshape and batch removal. A probe that had the same
         layout on an earlier forward is held as it is: the canonical view would start at
-        the same address with the layout the plan has, so making it is skipped. This runs
-        for every probe of every forward, in the forward: it is _planned inlined."""
+        the same address with the layout the plan has, so making it is skipped."""
         p = self.plans.get(name)
-        if (p is not None and p.raw_stride is not None and fused._DEPTH and type(value) is torch.Tensor
-                and value.stride() == p.raw_stride and value.shape == p.raw_shape and value.dtype is p.dtype
-                and value.device == p.device and not value.requires_grad and (p in self._fits or self._fit(name, p))):
-            q = self._held
-            if not q:
-                fused.hold(self)
-            q.append((name, p, value, None))
-            self.last = name
-            self._held_bytes += p.nbytes
-            if self._held_bytes > fused.HOLD_BYTES:
-                self.drain(final=False)
+        if (p is not None and p.raw_stride is not None and fused._DEPTH and not self.keep
+                and type(value) is torch.Tensor and value.stride() == p.raw_stride and value.shape == p.raw_shape
+                and value.dtype is p.dtype and value.device == p.device and not value.requires_grad
+                and (p in self._fits or self._fit(name, p))):
+            self._hold(name, p, value, None)
             return
         t = canonical(value, None, binding.heads, binding.spec.batched, binding)
         self(name, t)
@@ -253,7 +238,9 @@ class Comparator:
         # queues what is held in one go (when the scope exits, or holds HOLD_BYTES).
         p = self.plans.get(name)
         if (p is not None and fused._DEPTH and tensor.stride() == p.stride and tensor.dtype is p.dtype
-                and tensor.shape == p.shape and tensor.device == p.device and self._planned(name, p, tensor)):
+                and tensor.shape == p.shape and tensor.device == p.device and not tensor.requires_grad
+                and (p in self._fits or self._fit(name, p))):
+            self._hold(name, p, tensor, tensor.clone() if self.keep else None)
             return
         if self._held or self._unrecorded:
             self.drain()  # records stay in probe order

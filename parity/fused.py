@@ -8,16 +8,21 @@ the eager path produces (``parity.diff.S_*``). Nothing is copied: rows are read 
 with their stride, so a view into a fused QKV buffer costs no ``.contiguous()``.
 
 Inside :func:`deferred` probes are queued and launched together: one kernel per dtype pair
-reads a table of probe descriptors (see ``Arena.add``). Outside, each probe is launched at
-once with its geometry as arguments (``Arena.launch``); that is the path for code that may
-write a captured tensor in place after its hook.
+reads a table of probe descriptors (see ``Arena.add``). A sequence of planned probes that
+repeats from forward to forward is queued as a :class:`Run`, whose table stays on the
+device (``Arena.add_run``). Outside, each probe is launched at once with its geometry as
+arguments (``Arena.launch``); that is the path for code that may write a captured tensor
+in place after its hook.
 
 Elementwise terms are float32 (exact for the differences that matter: ref - cand is exact
-whenever the two are within a factor 2); products and sums are float64 (a product of two
-float32 values is exact there, and cosine and the per-token scale fit subtract nearly equal
-sums); the worst element is re-read and its error recomputed in float64. Against the float64 eager path: counts and the worst index
-agree exactly except for elements within ~1e-7 of a tolerance boundary; other statistics to
-about 1e-7 relative.
+whenever the two are within a factor 2); products are float64 (a product of two float32
+values is exact there, and cosine and the per-token scale fit subtract nearly equal sums)
+and so are the sums, except the candidate's own sum and the error sum, which add a few
+float32 steps first; the worst element is re-read and its error recomputed in float64.
+A tile is read first on the assumption that every value is finite, and read again with
+NaN/Inf accounting only when that fails. Against the float64 eager path: counts and the
+worst index agree exactly except for elements within ~1e-7 of a tolerance boundary; other
+statistics to about 1e-7 relative.
 
 Used for CUDA tensors when Triton imports; ``PARITY_FUSED_STATS=0`` turns it off. With
 ``TRITON_INTERPRET=1`` the kernels also run on CPU tensors (the tests use that).
@@ -155,9 +160,11 @@ def tol_bits(atol: float, rtol: float, eps: float) -> tuple[int, int, int]:
 # Inside ``deferred()`` an arena queues probes instead of launching one kernel each, and
 # launches the queue as one kernel (per dtype pair) when it holds HOLD_BYTES of candidates,
 # when it runs out of records, when it is finished, and when the outermost ``deferred()``
-# exits. Queued tensors are read later than they were produced, so this is only correct
-# while nothing writes them in place in between: the backend that opens the scope vouches
-# for that (parity.backends.pytorch does for Hugging Face and parity's own models).
+# exits. A sink may hold probes itself and queue them at once (see ``hold``): the
+# Comparator does, as a Run. Queued tensors are read later than they were produced, so
+# this is only correct while nothing writes them in place in between: the backend that
+# opens the scope vouches for that (parity.backends.pytorch does for Hugging Face and
+# parity's own models).
 
 HOLD_BYTES = 256 << 20
 _DEPTH = 0

@@ -271,3 +271,52 @@ def test_take_holds_the_module_tensor_only_for_a_view() -> None:
         want = diff.compare(ref, value[0].reshape(5, 2, 4).float(), TOL)
         got = comp.diffs["p"]
         assert got.max_abs_err == pytest.approx(want.max_abs_err, rel=1e-6) and got.worst_index == want.worst_index
+
+
+def test_run_with_a_candidate_off_the_element_grid_queues_probe_by_probe(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Arena.add_run: when a run's candidates are not all on one element grid (pretended
+    here: the unit claims 3-byte elements, and the views start 2 bytes past 16-byte
+    boundaries), its probes go one by one into the records the run reserved."""
+    g = torch.Generator().manual_seed(12)
+    refs = {f"p{i}": torch.randn(4, 40, generator=g) for i in range(3)}
+    ref_cap = Capture("reference")
+    rec = Recorder(ref_cap, keep=True)
+    for k, r in refs.items():
+        rec(k, r)
+    buf = torch.zeros(3 * 200, dtype=torch.float16)
+
+    def cands() -> dict[str, torch.Tensor]:
+        out = {}
+        for i, (k, r) in enumerate(refs.items()):
+            view = buf[i * 200 + 1:i * 200 + 161].view(4, 40)  # rows contiguous, start 2 bytes off
+            view.copy_(r + 1e-3 * (i + 1))
+            out[k] = view
+        return out
+
+    real_run = fused.run
+
+    def odd_run(plans: list[fused.Plan]) -> fused.Run | None:
+        r = real_run(plans)
+        if r is not None:
+            for u in r.units:
+                u.c_size = 3
+        return r
+
+    monkeypatch.setattr(fused, "run", odd_run)
+    calls = []
+    real_planned = fused.Arena.add_planned
+    monkeypatch.setattr(fused.Arena, "add_planned", lambda self, *a, **k: calls.append(k.get("at")) or real_planned(self, *a, **k))
+    for label in ("plans", "run"):
+        calls.clear()
+        comp = Comparator(ref_cap, Capture("candidate"), ToleranceTable(TOL))
+        with fused.deferred():
+            for k, c in cands().items():
+                comp(k, c)
+        got = comp.diffs
+        if label == "run":
+            assert len(calls) == 3 and all(at is not None for at in calls), calls
+        for k, c in cands().items():
+            want = diff.compare(refs[k], c.float(), TOL)
+            assert got[k].max_abs_err == pytest.approx(want.max_abs_err, rel=1e-6), (label, k)
+            assert got[k].worst_index == want.worst_index and got[k].n_bad == want.n_bad, (label, k)
+            assert comp.capture.records[k].stats.sum == pytest.approx(float(c.double().sum()), rel=1e-5), (label, k)
