@@ -137,28 +137,49 @@ def _finite_stats(out, c_row, r_row, tile, D, TILE, atol, rtol, eps,
     if finite:
         s_rd = tl.sum(rd, axis=0)
         s_dd = tl.sum(dd, axis=0)
-        worst = tl.max(best, axis=0)
-        col = tl.min(tl.where(best == worst, best_col, stop), axis=0)
-        col = tl.minimum(tl.maximum(col, start), stop - 1)
-        w_ref = tl.load(r_row + col).to(tl.float64)
-        w_cand = tl.load(c_row + col).to(tl.float64)
-        tl.store(out + 0, tl.sum(err_sum, axis=0))
-        tl.store(out + 1, tl.max(rel_max, axis=0).to(tl.float64))
-        tl.store(out + 2, tl.sum(n_bad, axis=0).to(tl.float64))
-        tl.store(out + 3, tl.zeros([], tl.float64))
-        tl.store(out + 4, s_rr - s_rd)  # sum r * c
-        tl.store(out + 5, s_rr)
-        tl.store(out + 6, s_rr - 2.0 * s_rd + s_dd)  # sum c * c
-        tl.store(out + 7, s_dd)
-        tl.store(out + 8, tl.abs(w_ref - w_cand))
-        tl.store(out + 9, col.to(tl.float64))
-        tl.store(out + 10, w_ref)
-        tl.store(out + 11, w_cand)
-        tl.store(out + 12, s_c)
-        tl.store(out + 13, tl.max(cabs, axis=0).to(tl.float64))
-        tl.store(out + 14, tl.zeros([], tl.float64))
-        tl.store(out + 15, tl.zeros([], tl.float64))
+        worst, col, w_ref, w_cand = _worst(best, best_col, start, stop, r_row, c_row)
+        zero = tl.zeros([], tl.float64)
+        _store_diff(out, tl.sum(err_sum, axis=0), tl.max(rel_max, axis=0), tl.sum(n_bad, axis=0), zero,
+                    s_rr - s_rd, s_rr, s_rr - 2.0 * s_rd + s_dd, s_dd,  # sum r * c, sum r * r, sum c * c, sum d * d
+                    tl.abs(w_ref - w_cand), col, w_ref, w_cand)
+        _store_cand(out, s_c, tl.max(cabs, axis=0), zero, zero)
     return finite.to(tl.int32)
+
+
+@triton.jit
+def _worst(best, best_col, start, stop, r_row, c_row):
+    """(worst error of a tile's lanes, its first column, the reference and candidate values
+    there in float64)."""
+    worst = tl.max(best, axis=0)
+    col = tl.min(tl.where(best == worst, best_col, stop), axis=0)
+    col = tl.minimum(tl.maximum(col, start), stop - 1)
+    return worst, col, tl.load(r_row + col).to(tl.float64), tl.load(c_row + col).to(tl.float64)
+
+
+@triton.jit
+def _store_diff(out, err_sum, rel_max, n_bad, n_mis, dot, rr, cc, noise, w_err, col, w_ref, w_cand):
+    """Slots 0-11 of a record (see _finalize_kernel), as float64."""
+    tl.store(out + 0, err_sum.to(tl.float64))
+    tl.store(out + 1, rel_max.to(tl.float64))
+    tl.store(out + 2, n_bad.to(tl.float64))
+    tl.store(out + 3, n_mis.to(tl.float64))
+    tl.store(out + 4, dot.to(tl.float64))
+    tl.store(out + 5, rr.to(tl.float64))
+    tl.store(out + 6, cc.to(tl.float64))
+    tl.store(out + 7, noise.to(tl.float64))
+    tl.store(out + 8, w_err.to(tl.float64))
+    tl.store(out + 9, col.to(tl.float64))
+    tl.store(out + 10, w_ref.to(tl.float64))
+    tl.store(out + 11, w_cand.to(tl.float64))
+
+
+@triton.jit
+def _store_cand(out, csum, cabs, n_nan, n_inf):
+    """Slots 12-15 of a record: the candidate's own statistics, as float64."""
+    tl.store(out + 12, csum.to(tl.float64))
+    tl.store(out + 13, cabs.to(tl.float64))
+    tl.store(out + 14, n_nan.to(tl.float64))
+    tl.store(out + 15, n_inf.to(tl.float64))
 
 
 @triton.jit
@@ -223,32 +244,16 @@ def _row_stats_careful(out, c_row, r_row, tile, D, TILE, atol, rtol, eps,
             best = tl.where(better, err, best)
             best_col = tl.where(better, cols, best_col)
     if HAS_REF:
-        worst = tl.max(best, axis=0)
-        col = tl.min(tl.where(best == worst, best_col, stop), axis=0)
-        col = tl.minimum(tl.maximum(col, start), stop - 1)
-        w_ref = tl.load(r_row + col).to(tl.float64)
-        w_cand = tl.load(c_row + col).to(tl.float64)
+        worst, col, w_ref, w_cand = _worst(best, best_col, start, stop, r_row, c_row)
         w_err = tl.where(worst == inf, inf, tl.abs(w_ref - w_cand))  # the float64 value of the worst error
-        tl.store(out + 0, tl.sum(err_sum, axis=0))
-        tl.store(out + 1, tl.max(rel_max, axis=0).to(tl.float64))
-        tl.store(out + 2, tl.sum(n_bad, axis=0).to(tl.float64))
-        tl.store(out + 3, tl.sum(n_mis, axis=0).to(tl.float64))
-        tl.store(out + 4, tl.sum(dot, axis=0))
-        tl.store(out + 5, tl.sum(rr, axis=0))
-        tl.store(out + 6, tl.sum(cc, axis=0))
-        tl.store(out + 7, tl.sum(noise, axis=0))
-        tl.store(out + 8, w_err)
-        tl.store(out + 9, col.to(tl.float64))
-        tl.store(out + 10, w_ref)
-        tl.store(out + 11, w_cand)
+        _store_diff(out, tl.sum(err_sum, axis=0), tl.max(rel_max, axis=0), tl.sum(n_bad, axis=0),
+                    tl.sum(n_mis, axis=0), tl.sum(dot, axis=0), tl.sum(rr, axis=0), tl.sum(cc, axis=0),
+                    tl.sum(noise, axis=0), w_err, col, w_ref, w_cand)
     else:
         zero = tl.zeros([], tl.float64)
         for k in tl.static_range(12):
             tl.store(out + k, zero)
-    tl.store(out + 12, tl.sum(csum, axis=0))
-    tl.store(out + 13, tl.max(cabs, axis=0).to(tl.float64))
-    tl.store(out + 14, tl.sum(n_nan, axis=0).to(tl.float64))
-    tl.store(out + 15, tl.sum(n_inf, axis=0).to(tl.float64))
+    _store_cand(out, tl.sum(csum, axis=0), tl.max(cabs, axis=0), tl.sum(n_nan, axis=0), tl.sum(n_inf, axis=0))
 
 
 @triton.jit

@@ -303,7 +303,7 @@ def run(plans: Sequence[Plan]) -> Run | None:
         u.key, u.idx = key, np.asarray(members, dtype=np.int64)
         u.r_base = ps[0].r
         u.r_size = ps[0].r.element_size()
-        u.c_size = torch.empty((), dtype=ps[0].dtype).element_size()
+        u.c_size = ps[0].dtype.itemsize
         desc = np.array([(p.count, p.tiles, p.length, p.width, p.r_ptr, p.c_stride, p.r_stride, 0, *p.tol) for p in ps],
                         dtype=np.int64).reshape(len(ps), NDESC)
         if ((desc[:, 4] - desc[0, 4]) % u.r_size).any():
