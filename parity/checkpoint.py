@@ -18,7 +18,7 @@ def checkpoint_dir(path: str | Path) -> Path:
     if not p.exists():
         raise CheckpointError(f"checkpoint '{p}' does not exist.", note="--checkpoint takes a folder with config.json and weights")
     if not p.is_dir():
-        raise CheckpointError(f"checkpoint '{p}' is not a folder.", note="--checkpoint takes a folder with config.json and weights")
+        raise CheckpointError(f"checkpoint '{p}' is not a folder.", note="--checkpoint takes a folder with config.json and weights, or a .gguf file")
     return p
 
 
