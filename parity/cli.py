@@ -168,6 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_report_parsers(sub, common)
 
+    from parity.fetch import add_parser as add_fetch_parser
+
+    add_fetch_parser(sub, common)
+
     p = sub.add_parser("doctor", parents=[common], help="which packages and candidates are available here")
     p.set_defaults(func=cmd_doctor)
     return parser
