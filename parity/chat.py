@@ -104,6 +104,16 @@ def _decode(tok: Any, ids: list[int]) -> str:
         return str(tok.decode(ids, skip_special=True))
 
 
+def _template_ids(out: Any) -> list[int]:
+    """apply_chat_template's ids: transformers 4 returns a list, 5 a BatchEncoding (a mapping)."""
+    if hasattr(out, "keys") and "input_ids" in out:
+        out = out["input_ids"]
+    ids = list(out)
+    if ids and isinstance(ids[0], list):  # a batch of one
+        ids = ids[0]
+    return [int(t) for t in ids]
+
+
 def resolve_stop_tokens(texts: Iterable[str], vocab: Vocab, where: str = "--stop-token") -> list[int]:
     """Stop-token texts to ids; an unknown text is an input error naming the valid ones."""
     ids = []
@@ -126,7 +136,7 @@ def wrap_prompt(template: str, vocab: Vocab, *, prompt: str | None, ids: list[in
         apply = getattr(tok, "apply_chat_template", None)
         if apply is not None and getattr(tok, "chat_template", None):
             msgs = [{"role": "system", "content": system}, {"role": "user", "content": prompt}]
-            return list(apply(msgs, add_generation_prompt=True, tokenize=True)), "tokenizer chat_template"
+            return _template_ids(apply(msgs, add_generation_prompt=True, tokenize=True)), "tokenizer chat_template"
         text = TEMPLATES[template].format(system=system, prompt=prompt)
         return _encode(tok, text), f"{template} text template"
     body = list(ids if ids is not None else _encode(tok, prompt or ""))

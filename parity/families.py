@@ -1,7 +1,8 @@
 """Model families: how to build each one, its probe map, and its preset.
 
 A preset (``parity/models/<family>/preset.toml``) holds the tiny embedded config used
-when no checkpoint is given, the per-dtype tolerance tables, the chat format and stop
+when no checkpoint is given (or, with ``fetched = NAME``, names the folder ``parity fetch
+NAME`` makes as the default checkpoint: ``smollm2``, a model of the llama family), the per-dtype tolerance tables, the chat format and stop
 tokens. Real checkpoints go through the very same ``build`` with their config.json.
 """
 from __future__ import annotations
@@ -32,6 +33,7 @@ class Preset:
     chat: dict[str, Any] = field(default_factory=dict)
     shapes: dict[str, dict[str, Any]] = field(default_factory=dict)
     generation: dict[str, Any] = field(default_factory=dict)
+    fetched: str | None = None  # default checkpoint: the folder `parity fetch <fetched>` makes
     path: Path | None = None
 
     def tolerance_table(self, dtype: str) -> ToleranceTable:
@@ -49,9 +51,10 @@ class Family:
     name: str
     build: Callable[[dict[str, Any], str], Any]  # (config dict, attn impl) -> nn.Module
     make_config: Callable[[dict[str, Any]], Any]
+    preset_name: str | None = None  # a model of this family with its own preset (smollm2: llama)
 
     def preset(self, extra_dirs: Sequence[str | Path] = ()) -> Preset:
-        return load_preset(self.name, extra_dirs)
+        return load_preset(self.preset_name or self.name, extra_dirs)
 
 
 def _qwen_config(cfg: dict[str, Any]) -> Any:
@@ -100,6 +103,8 @@ FAMILIES: dict[str, Family] = {
     "qwen": Family("qwen", _build_qwen, _qwen_config),
     "qwen2": Family("qwen2", _hf_build("Qwen2Config", "Qwen2ForCausalLM"), _hf_config("Qwen2Config")),
     "llama": Family("llama", _hf_build("LlamaConfig", "LlamaForCausalLM"), _hf_config("LlamaConfig")),
+    # A real trained model of the llama family; its default checkpoint is `parity fetch smollm2`.
+    "smollm2": Family("llama", _hf_build("LlamaConfig", "LlamaForCausalLM"), _hf_config("LlamaConfig"), "smollm2"),
 }
 
 
@@ -111,9 +116,9 @@ def get(name: str) -> Family:
 
 
 def family_for_model_type(model_type: str | None) -> str | None:
-    for fam in FAMILIES.values():
-        if model_type in fam.preset().model_types:
-            return fam.name
+    for key, fam in FAMILIES.items():
+        if fam.preset_name is None and model_type in fam.preset().model_types:
+            return key
     return None
 
 
@@ -138,6 +143,7 @@ def load_preset(family: str, extra_dirs: Sequence[str | Path] = ()) -> Preset:
             chat=dict(raw.get("chat", {})),
             shapes={k: dict(v) for k, v in raw.get("shapes", {}).items()},
             generation=dict(raw.get("generation", {})),
+            fetched=raw.get("fetched"),
             path=path,
         )
     except KeyError as exc:
