@@ -20,19 +20,19 @@ marked and what failed.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from parity import backends
 from parity import probes as canon
-from parity.capture import Capture, Comparator, Recorder
+from parity.capture import Capture, Comparator
 from parity.diagnose import diagnose
 from parity.errors import UsageError
 from parity.options import RunOptions
-from parity.probemap import find_map
 from parity.report.data import ReportData
-from parity.run import CandidateContext, Progress, RunResult, _stage, build_rows, resolve_inputs, run_facts
-from parity.source import ModelSource
+from parity.run import (NO_ELEMENT_TOLERANCE, CandidateContext, Progress, RunResult, _stage,
+                        build_rows,
+                        calibration_for, measure_twin, prepare_reference, run_facts)
 
 
 @dataclass
@@ -112,29 +112,19 @@ def builds_failed(builds: list[Build], unit: list[str]) -> list[str]:
 
 
 def execute_bisect(opts: RunOptions, progress: Progress | None = None, marks: int = 1) -> RunResult:
-    from parity.backends.pytorch import ModuleBackend, check_device, torch_dtype
-
-    timings: dict[str, float] = {}
-    torch_dtype(opts.dtype)
-    device = check_device(opts.device)
-    ref_device = check_device(opts.ref_device or device)
+    """Reference once (and its precision twin, for calibrated verdicts), then the builds."""
     cand_mod = backends.load(opts.candidate)
-    source = ModelSource.resolve(opts.model, opts.checkpoint, opts.seed, opts.trust_remote_code)
-    pmap = find_map(source.preset.probe_map, opts.probe_dirs)
-    selected = canon.select(pmap.names(source.num_blocks), opts.probes)
-    ids = resolve_inputs(opts, source)
-    tols = source.preset.tolerance_table(opts.dtype).override(opts.atol, opts.rtol)
-
-    with _stage(progress, "building reference", timings):
-        ref_model = source.build(ref_device)
-    reference = ModuleBackend(ref_model, pmap, getattr(ref_model, "config", source.config), "reference", source.num_blocks)
-    ref_cap = Capture("reference", reference.describe())
-    with _stage(progress, "running reference (once)", timings), reference:
-        reference.capture(ids, selected, Recorder(ref_cap, keep=True, store_device="cpu"))
+    opts = replace(opts, isolate=False)  # builds mark few probes: no teacher-forced pass
+    ref = prepare_reference(opts, progress)
+    timings = dict(ref.timings)
+    calib = calibration_for(opts, False)
+    tols = NO_ELEMENT_TOLERANCE if calib.calibrated else ref.source.preset.tolerance_table(opts.dtype).override(opts.atol, opts.rtol)
+    calib.twin = measure_twin(ref, opts, calib, progress, timings, skip_if_candidate=False)
+    source, selected, ids, ref_cap = ref.source, ref.selected, ref.ids, ref.capture
 
     with _stage(progress, f"preparing candidate ({opts.candidate})", timings):
-        cand = cand_mod.create(CandidateContext(opts, source, pmap, ref_model, device))
-    del ref_model
+        cand = cand_mod.create(CandidateContext(opts, source, ref.probe_map, ref.model, ref.device))
+    ref.model = None
     offered = set(cand.available_probes())
     order = [p for p in selected if p in offered]
     cand_cap = Capture(cand.label, cand.describe())
@@ -146,18 +136,18 @@ def execute_bisect(opts: RunOptions, progress: Progress | None = None, marks: in
             progress(f"build marking {', '.join(probes)}")
         cand.capture(ids, probes, comparator)
         diffs.update(comparator.diffs)
-        return {p for p, d in comparator.diffs.items() if not d.passed}
+        return {p for p, d in comparator.diffs.items() if not calib.judge(p, d, ref_cap.records[p].stats.abs_max)}
 
     with _stage(progress, f"bisecting candidate ({opts.candidate})", timings), cand:
         answer, builds = search(order, measure, marks)
 
-    rows = build_rows(selected, offered, ref_cap, cand_cap, diffs, tols)
+    rows = build_rows(selected, offered, ref_cap, cand_cap, diffs, tols, calib)
     for r in rows:
         if r.status == "not captured":
             r.status = "not measured"
     cand_meta = {**cand.describe(), "mode": "bisect"}
-    facts = run_facts(opts, source, reference.describe(), cand_meta, ids, tols, timings)
-    summary = diagnose(rows, cand_cap.meta.get("dtype"))
+    facts = run_facts(opts, source, ref.facts, cand_meta, ids, tols, timings, calib)
+    summary = diagnose(rows, cand_cap.meta.get("dtype"), calibration=calib)
     summary["bisect"] = {
         "probes_in_order": len(order), "units": len(units(order)), "marks_per_build": marks,
         "builds_made": len(builds), "max_builds": max_builds(len(units(order)), marks), "answer": answer,

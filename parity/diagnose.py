@@ -2,10 +2,17 @@
 a step (a bug at that point) or accumulation (precision loss growing along the model),
 and -- :func:`explain` -- which known porting bug the evidence points at.
 
-The error measure is the normalized RMS error ``nrmse = ||cand - ref|| / ||ref||``, which
-is comparable across probes of different scale. A probe is a *step* when its nrmse is at
-least ``STEP_FACTOR`` times the largest nrmse seen upstream (floored at the candidate
-dtype's rounding unit), or when it turns finite values non-finite.
+Calibrated runs (the default, see parity.calibrate) measure each probe by its *excess*:
+its error over the precision twin's, so inherited rounding keeps a probe near 1 however
+deep it is. A first failing probe is a *step* when its excess is at least
+``calibrate.STEP_GROWTH`` times the largest excess upstream (at least 1); otherwise the
+candidate loses precision faster than an honest run all along (accumulation).
+
+Absolute runs measure the normalized RMS error ``nrmse = ||cand - ref|| / ||ref||``,
+comparable across probes of different scale: a step is an nrmse at least ``STEP_FACTOR``
+times the largest upstream (floored at the candidate dtype's rounding unit).
+
+Either way a probe that turns finite values non-finite is a step.
 """
 from __future__ import annotations
 
@@ -15,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from parity import probes as canon
+from parity.calibrate import STEP_GROWTH, Calibration
 from parity.report.data import ProbeRow
 
 STEP_FACTOR = 10.0
@@ -25,19 +33,28 @@ def _floor(dtype: str | None) -> float:
     return UNIT_ROUNDOFF.get(dtype or "float32", 2.0**-24)
 
 
-def classify(rows: Sequence[ProbeRow], index: int, dtype: str | None) -> tuple[str, float]:
-    """('step' | 'accumulation', growth ratio) for the compared row at ``index``."""
+def _nonfinite(row: ProbeRow) -> bool:
+    return (row.nan or 0) + (row.inf or 0) > (row.ref_nan or 0) + (row.ref_inf or 0)
+
+
+def classify(rows: Sequence[ProbeRow], index: int, dtype: str | None,
+             calibration: Calibration | None = None) -> tuple[str, float]:
+    """('step' | 'accumulation', growth ratio) for the compared row at ``index``: its error
+    measure (excess in calibrated runs, nrmse otherwise) over the largest upstream."""
     row = rows[index]
-    upstream = [r.nrmse for r in rows[:index] if r.compared and r.nrmse is not None and math.isfinite(r.nrmse)]
-    base = max([_floor(dtype), *upstream])
-    err = row.nrmse if row.nrmse is not None else 0.0
-    nonfinite = (row.nan or 0) + (row.inf or 0) > (row.ref_nan or 0) + (row.ref_inf or 0)
-    ratio = math.inf if (nonfinite or not math.isfinite(err)) else err / base
-    return ("step" if ratio >= STEP_FACTOR else "accumulation"), ratio
+    calibrated = calibration is not None and calibration.calibrated and row.excess is not None
+    measure = (lambda r: r.excess) if calibrated else (lambda r: r.nrmse)
+    upstream = [measure(r) for r in rows[:index] if r.compared and measure(r) is not None and math.isfinite(measure(r))]
+    base = max([1.0 if calibrated else _floor(dtype), *upstream])
+    err = measure(row) if measure(row) is not None else 0.0
+    ratio = math.inf if (_nonfinite(row) or not math.isfinite(err)) else err / base
+    return ("step" if ratio >= (STEP_GROWTH if calibrated else STEP_FACTOR) else "accumulation"), ratio
 
 
 def diagnose(rows: Sequence[ProbeRow], dtype: str | None, isolated: Mapping[str, Any] | None = None,
-             profiles: Mapping[str, Any] | None = None, isolated_profiles: Mapping[str, Any] | None = None) -> dict[str, Any]:
+             profiles: Mapping[str, Any] | None = None, isolated_profiles: Mapping[str, Any] | None = None,
+             calibration: Calibration | None = None) -> dict[str, Any]:
+    calib = calibration or Calibration("absolute")
     compared = [r for r in rows if r.compared]
     failed = [i for i, r in enumerate(rows) if r.passed is False]
     summary: dict[str, Any] = {
@@ -49,10 +66,18 @@ def diagnose(rows: Sequence[ProbeRow], dtype: str | None, isolated: Mapping[str,
     }
     worst = max(compared, key=lambda r: r.nrmse if r.nrmse is not None else -1.0, default=None)
     summary["largest_error"] = None if worst is None else {"probe": worst.name, "nrmse": worst.nrmse, "max_abs_err": worst.max_abs_err}
+    if calib.calibrated:
+        summary["tolerance"] = "calibrated"
+        summary["budget"] = calib.budget
+        summary["floor"] = calib.floor
+        top = max((r for r in compared if r.excess is not None), key=lambda r: r.excess, default=None)
+        summary["largest_excess"] = None if top is None else {"probe": top.name, "excess": top.excess}
+    else:
+        summary["tolerance"] = "absolute"
     if failed:
         i = failed[0]
         row = rows[i]
-        kind, ratio = classify(rows, i, dtype)
+        kind, ratio = classify(rows, i, dtype, calib)
         last_ok = next((r.name for r in reversed(rows[:i]) if r.passed), None)
         summary["first_divergence"] = {
             "probe": row.name,
@@ -62,15 +87,23 @@ def diagnose(rows: Sequence[ProbeRow], dtype: str | None, isolated: Mapping[str,
             "growth": ratio,
             "last_matched": last_ok,
             "max_abs_err": row.max_abs_err,
+            "nrmse": row.nrmse,
             "atol": row.atol,
             "rtol": row.rtol,
+            "excess": row.excess,
+            "twin_nrmse": row.twin_nrmse,
+            "twin_max_abs_err": row.twin_max_abs_err,
         }
     else:
         summary["classification"] = "accumulation" if worst is not None and (worst.nrmse or 0) > 0 else "exact"
     summary["message"] = message(summary)
-    diag = explain(rows, summary, dtype, isolated or {}, profiles or {}, isolated_profiles or {})
+    diag = explain(rows, summary, dtype, isolated or {}, profiles or {}, isolated_profiles or {}, calib)
     if diag is not None:
         summary["diagnosis"] = diag
+        fd = summary["first_divergence"]
+        if diag["kind"] == "accumulation" and fd["classification"] == "step":  # isolation: precision, not a bug
+            fd["classification"] = "accumulation"
+            summary["message"] = message(summary)
     return summary
 
 
@@ -78,23 +111,44 @@ def _g(x: Any) -> str:
     return "n/a" if x is None else f"{x:.3g}" if isinstance(x, float) else str(x)
 
 
+def _x(x: Any) -> str:
+    """An excess ratio: x1.3, x101, x2.4e+03."""
+    if x is None:
+        return "n/a"
+    if not math.isfinite(x):
+        return "xinf"
+    return f"x{x:.2g}" if x < 10 else f"x{x:.0f}" if x < 1e4 else f"x{x:.2g}"
+
+
 def message(summary: dict[str, Any]) -> str:
     fd = summary.get("first_divergence")
+    calibrated = summary.get("tolerance") == "calibrated"
     if fd is None:
         le = summary.get("largest_error") or {}
+        within = f"within {_x(summary.get('budget'))} of the precision twin" if calibrated else "within tolerance"
         if summary.get("classification") == "exact":
-            return f"PASSED | {summary['probes_compared']} probes within tolerance | all identical to the reference | exact"
+            return f"PASSED | {summary['probes_compared']} probes {within} | all identical to the reference | exact"
+        top = (summary.get("largest_excess") or {}) if calibrated else {}
+        excess = f" | largest excess {_x(top.get('excess'))} at {top.get('probe')}" if top else ""
         return (
-            f"PASSED | {summary['probes_compared']} probes within tolerance | "
+            f"PASSED | {summary['probes_compared']} probes {within}{excess} | "
             f"largest error at {le.get('probe', 'n/a')} (nrmse {_g(le.get('nrmse'))}) | {summary.get('classification')}"
         )
     where = f"block {fd['block']}, {fd['component']}" if fd["block"] is not None else fd["component"]
     kind = fd["classification"]
     why = "bug-like step" if kind == "step" else "gradual accumulation (precision)"
-    return (
-        f"FAILED | {fd['probe']} | max_abs={_g(fd['max_abs_err'])} > atol={_g(fd['atol'])} rtol={_g(fd['rtol'])} | "
-        f"{where} | {kind}: {why}, error x{_g(fd['growth'])} over upstream | last matched: {fd['last_matched'] or 'none'}"
-    )
+    if calibrated:
+        if fd["twin_nrmse"] is None:  # float32: the twin is the reference itself
+            against = f"nrmse {_g(fd['nrmse'])}, max_abs {_g(fd['max_abs_err'])}; float32 floor {_g(summary.get('floor'))}"
+        else:
+            against = (f"nrmse {_g(fd['nrmse'])} vs twin {_g(fd['twin_nrmse'])}, max_abs {_g(fd['max_abs_err'])} vs twin "
+                       f"{_g(fd['twin_max_abs_err'])}")
+        what = f"excess {_x(fd['excess'])} > budget {_x(summary.get('budget'))} ({against})"
+        growth = f"excess {_x(fd['growth'])} over upstream"
+    else:
+        what = f"max_abs={_g(fd['max_abs_err'])} > atol={_g(fd['atol'])} rtol={_g(fd['rtol'])}"
+        growth = f"error x{_g(fd['growth'])} over upstream"
+    return f"FAILED | {fd['probe']} | {what} | {where} | {kind}: {why}, {growth} | last matched: {fd['last_matched'] or 'none'}"
 
 
 # --------------------------------------------------------------------------- explanation
@@ -133,6 +187,8 @@ def _state(row: ProbeRow | None, name: str) -> str:
         return f"{name} not exposed"
     word = "matched" if row.passed else "off"
     extra = "" if row.passed else f", cosine {row.cosine:.6f}" if row.cosine is not None else ""
+    if row.excess is not None:
+        extra += f", excess {_x(row.excess)}"
     return f"{name} {word} (max abs {_fmt(row.max_abs_err)}{extra})"
 
 
@@ -140,7 +196,10 @@ def _token_split(prof: Any, row: ProbeRow) -> bool:
     """True when token 0 is fine and later tokens are off (position-dependent error)."""
     if prof is None or prof.later_tokens_err is None:
         return False
-    tol = (row.atol or 0.0) + (row.rtol or 0.0)
+    if row.excess is not None:  # calibrated: token 0 within the twin's worst error allowance
+        tol = (row.twin_max_abs_err or 0.0) + (row.max_abs_err or 0.0) / max(row.excess, 1.0)
+    else:
+        tol = (row.atol or 0.0) + (row.rtol or 0.0)
     return prof.first_token_err <= tol and prof.later_tokens_err > 4 * max(prof.first_token_err, 1e-12)
 
 
@@ -199,30 +258,80 @@ def _signature(row: ProbeRow, by_name: dict[str, ProbeRow], prof: Any, dtype: st
     return "lm-head", "LM head: logits off while final_norm matches -- tied vs untied weights, vocab padding or logit scaling"
 
 
-def _own_error(d: Any, dtype: str | None) -> bool:
-    """An isolated diff that is a block's own bug: over tolerance *and* a step above the
-    dtype's rounding unit (or non-finite), so that fp16 rounding under tight tolerances is not."""
-    if d.passed:
+class _Judge:
+    """Whether a block's isolated (teacher-forced) error is its own bug, and how it reads."""
+
+    def __init__(self, calib: Calibration, dtype: str | None, rows: Sequence[ProbeRow]) -> None:
+        self.calib, self.dtype = calib, dtype
+        self.ref_abs_max = {r.name: r.ref_abs_max for r in rows}
+
+    def excess(self, name: str, d: Any) -> float | None:
+        x = self.calib.excess(name, d, self.ref_abs_max.get(name), isolated=True)
+        return None if x is None else x.value
+
+    def own_error(self, name: str, d: Any) -> bool:
+        """Calibrated: over the budget against the twin's isolated error (or non-finite).
+        Absolute: over tolerance *and* a step above the dtype's rounding unit (or
+        non-finite), so that fp16 rounding under tight tolerances is not."""
+        if d.n_nonfinite_mismatch > 0 or not math.isfinite(d.nrmse):
+            return True
+        if self.calib.calibrated:
+            return not self.calib.judge(name, d, self.ref_abs_max.get(name), isolated=True)
+        return not d.passed and d.nrmse >= STEP_FACTOR * _floor(self.dtype)
+
+    def jump(self, name: str, d: Any) -> bool:
+        """An isolated error far above honest rounding (even if within an absolute tolerance)."""
+        if self.calib.calibrated:
+            return self.own_error(name, d)
+        return d.n_nonfinite_mismatch > 0 or not math.isfinite(d.nrmse) or d.nrmse >= STEP_FACTOR * _floor(self.dtype)
+
+    def size(self, name: str, d: Any) -> str:
+        """How big an isolated error is, for the evidence lines."""
+        x = self.excess(name, d)
+        if x is not None:
+            return f"excess {_x(x)} (nrmse {_fmt(d.nrmse)})"
+        return f"nrmse {_fmt(d.nrmse)}, {_fmt(d.nrmse / _floor(self.dtype))} x the {self.dtype} rounding unit"
+
+    def cell(self, name: str, d: Any) -> str:
+        x = self.excess(name, d)
+        return _fmt(d.max_abs_err) + ("" if x is None else f" ({_x(x)})")
+
+
+#: calibrated runs: when most blocks are over the budget on their own, each by no more than
+#: this excess (a few bits of precision, not a changed function), the candidate is less
+#: precise than its dtype throughout -- not one culprit block
+SYSTEMIC_MAX_EXCESS = 64.0
+
+
+def _systemic(per_block: Mapping[int, list[tuple[str, Any]]], failing: list[int], judge: _Judge) -> bool:
+    if not judge.calib.calibrated or len(failing) < max(2, len(per_block) / 2):
         return False
-    return d.n_nonfinite_mismatch > 0 or not math.isfinite(d.nrmse) or d.nrmse >= STEP_FACTOR * _floor(dtype)
+    worst = [judge.excess(n, d) for b in failing for n, d in per_block[b]]
+    return all(x is not None and x <= SYSTEMIC_MAX_EXCESS for x in worst)
 
 
 def _isolation_evidence(rows: Sequence[ProbeRow], isolated: Mapping[str, Any], block: int | None,
-                        dtype: str | None) -> tuple[int | None, list[str]]:
-    """(first block whose own isolated error jumps, evidence lines)."""
+                        judge: _Judge) -> tuple[int | None, list[str], bool]:
+    """(first block whose own isolated error jumps, evidence lines, systemic): systemic
+    when the candidate is less precise than an honest run in most blocks (see _systemic)."""
     per_block: dict[int, list[tuple[str, Any]]] = {}
     for name, d in isolated.items():
         b = canon.parse(name).block
         if b is not None:
             per_block.setdefault(b, []).append((name, d))
     if not per_block:
-        return None, []
-    failing = sorted(b for b, ds in per_block.items() if any(_own_error(d, dtype) for _, d in ds))
+        return None, [], False
+    failing = sorted(b for b, ds in per_block.items() if any(judge.own_error(n, d) for n, d in ds))
+    if _systemic(per_block, failing, judge):
+        top = max(x for b in failing for n, d in per_block[b] if (x := judge.excess(n, d)) is not None)
+        return None, [f"{len(failing)} of {len(per_block)} blocks are over {_x(judge.calib.budget)} the twin's error on "
+                      f"their own (teacher-forced), none beyond {_x(top)}: the candidate computes with less precision "
+                      f"than an honest {judge.dtype} run throughout, not one bug at one place"], True
     culprit = failing[0] if failing else None
     lines = []
     shown = culprit if culprit is not None else block
     if shown is not None and shown in per_block:
-        parts = [f"{n.split('.', 2)[2]} {_fmt(d.max_abs_err)}" for n, d in sorted(per_block[shown], key=lambda x: canon.order_key(x[0]))
+        parts = [f"{n.split('.', 2)[2]} {judge.cell(n, d)}" for n, d in sorted(per_block[shown], key=lambda x: canon.order_key(x[0]))
                  if n.split(".", 2)[2] in ("attn_out", "mlp_out", "resid_post")]
         lines.append(f"isolated (teacher-forced) error of block {shown}: " + ", ".join(parts))
     if culprit is not None:
@@ -235,18 +344,16 @@ def _isolation_evidence(rows: Sequence[ProbeRow], isolated: Mapping[str, Any], b
         if inherited:
             which = f"block {inherited[0]} is" if len(inherited) == 1 else "blocks " + ", ".join(map(str, inherited)) + " are"
             lines.append(f"{which} fine in isolation but off in the full run: inherited error")
+    elif judge.calib.calibrated:
+        lines.append(f"no block's isolated error is over {_x(judge.calib.budget)} the twin's: each block alone is as "
+                     "precise as an honest run; the excess builds up along the model (accumulation)")
     else:
         lines.append("no block's isolated error is more than rounding: the error is inherited and grows (accumulation)")
-    return culprit, lines
-
-
-def _jump(d: Any, dtype: str | None) -> bool:
-    """An isolated diff far above the dtype's rounding (even if within tolerance)."""
-    return d.n_nonfinite_mismatch > 0 or not math.isfinite(d.nrmse) or d.nrmse >= STEP_FACTOR * _floor(dtype)
+    return culprit, lines, False
 
 
 def _focus(rows: Sequence[ProbeRow], fd: dict[str, Any], culprit: int | None, isolated: Mapping[str, Any],
-           dtype: str | None) -> str:
+           judge: _Judge) -> str:
     """The probe to explain: the first divergence, unless isolation shows the bug elsewhere
     (in another block, or hidden under tolerance ahead of an 'accumulation' first divergence):
     then the first probe of the culprit block whose own (isolated) error jumps."""
@@ -255,40 +362,57 @@ def _focus(rows: Sequence[ProbeRow], fd: dict[str, Any], culprit: int | None, is
         return fd["probe"]
     block_rows = [r.name for r in rows if r.block == culprit]
     for name in block_rows:
-        if name in isolated and _jump(isolated[name], dtype):
+        if name in isolated and judge.jump(name, isolated[name]):
             return name
-    return next((n for n in block_rows if n in isolated and not isolated[n].passed), fd["probe"])
+    return next((n for n in block_rows if n in isolated and judge.own_error(n, isolated[n])), fd["probe"])
+
+
+def _accumulation_hint(first: ProbeRow, rows: Sequence[ProbeRow], dtype: str | None, calib: Calibration) -> str:
+    what = dtype or "candidate dtype"
+    if not calib.calibrated:
+        return (f"precision accumulation: no step at one point -- the error grows gradually along the model "
+                f"({what}); loosen the tolerances or keep sensitive ops (norms, softmax, residual stream) in float32")
+    upstream = [r.excess for r in rows if r.compared and r.excess is not None and math.isfinite(r.excess)
+                and canon.order_key(r.name) < canon.order_key(first.name)]
+    start = min(upstream) if upstream else None
+    return (f"precision accumulation: the candidate loses precision faster than an honest {what} run of the "
+            f"reference (excess {_x(start)} upstream, {_x(first.excess)} at {first.name}), with no single bug -- its "
+            "kernels are less precise than eager math in this dtype: float16 accumulation in matmuls, softmax or "
+            "norms computed in the low precision, a residual stream kept in the low precision; keep those in float32, "
+            "or raise --budget if this loss is accepted")
 
 
 def explain(rows: Sequence[ProbeRow], summary: dict[str, Any], dtype: str | None,
             isolated: Mapping[str, Any], profiles: Mapping[str, Any],
-            isolated_profiles: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+            isolated_profiles: Mapping[str, Any] | None = None,
+            calibration: Calibration | None = None) -> dict[str, Any] | None:
     """``summary.diagnosis``: {block, component, cause, kind, hint, evidence} for a divergence."""
     fd = summary.get("first_divergence")
     if fd is None:
         return None
+    calib = calibration or Calibration("absolute")
+    judge = _Judge(calib, dtype, rows)
     by_name = {r.name: r for r in rows}
     first = by_name[fd["probe"]]
-    culprit, iso_lines = _isolation_evidence(rows, isolated, first.block, dtype)
-    if fd["classification"] == "accumulation" and culprit is None:
+    culprit, iso_lines, systemic = _isolation_evidence(rows, isolated, first.block, judge)
+    if systemic or (fd["classification"] == "accumulation" and culprit is None):
         return {"block": first.block, "component": first.component, "cause": "accumulation", "kind": "accumulation",
-                "hint": (f"precision accumulation: no step at one point -- the error grows gradually along the model "
-                         f"({dtype or 'candidate dtype'}); loosen the tolerances or keep sensitive ops (norms, softmax, "
-                         "residual stream) in float32"),
+                "hint": _accumulation_hint(first, rows, dtype, calib),
                 "evidence": [_state(first, first.name)] + iso_lines}
-    name = _focus(rows, fd, culprit, isolated, dtype)
+    name = _focus(rows, fd, culprit, isolated, judge)
     row = by_name[name]
     moved = name != fd["probe"]
     prof = (isolated_profiles or {}).get(name) if moved else profiles.get(name)
     if moved and name in isolated:  # judge the probe by its own (teacher-forced) error
-        row = dataclasses.replace(row, nrmse=isolated[name].nrmse, max_abs_err=isolated[name].max_abs_err,
-                                  passed=isolated[name].passed)
+        d = isolated[name]
+        row = dataclasses.replace(row, nrmse=d.nrmse, max_abs_err=d.max_abs_err, passed=not judge.own_error(name, d),
+                                  excess=judge.excess(name, d))
     cause, hint = _signature(row, by_name, prof, dtype)
     evidence = []
     if moved:
-        evidence.append(f"first over tolerance: {fd['probe']} ({fd['classification']}); but isolation shows block "
-                        f"{culprit}'s own error starts at {name} (isolated nrmse {_fmt(row.nrmse)}, "
-                        f"{_fmt(row.nrmse / _floor(dtype))} x the {dtype} rounding unit)")
+        evidence.append(f"first over {'budget' if calib.calibrated else 'tolerance'}: {fd['probe']} "
+                        f"({fd['classification']}); but isolation shows block {culprit}'s own error starts at {name} "
+                        f"(isolated {judge.size(name, isolated[name])})")
     blocks_seen = {r.block for r in rows if r.block is not None}
     src = _input_of(name, blocks_seen)
     if src is not None:
@@ -298,7 +422,8 @@ def explain(rows: Sequence[ProbeRow], summary: dict[str, Any], dtype: str | None
             if extra in by_name and by_name[extra].compared:
                 evidence.append(_state(by_name[extra], extra))
     if moved and row.passed:
-        evidence.append(f"{name} within tolerance in isolation (max abs {_fmt(row.max_abs_err)}) but far above rounding: nrmse {_fmt(row.nrmse)}")
+        evidence.append(f"{name} within {'budget' if calib.calibrated else 'tolerance'} in isolation (max abs "
+                        f"{_fmt(row.max_abs_err)}) but far above rounding: nrmse {_fmt(row.nrmse)}")
     else:
         evidence.append(_state(row, name) + (f", nrmse {_fmt(row.nrmse)}" if row.nrmse is not None else ""))
     if prof is not None and prof.later_tokens_err is not None:
@@ -307,6 +432,10 @@ def explain(rows: Sequence[ProbeRow], summary: dict[str, Any], dtype: str | None
         evidence.append(f"a per-token scale explains the error: nrmse {_fmt(row.nrmse)} -> {_fmt(prof.scale_fit_nrmse)} after fitting one scale per token")
     if cause == "overflow":
         evidence.append(f"reference max |x| {_fmt(row.ref_abs_max)} = {_fmt(row.fp16_headroom)} x float16 max; candidate has {row.inf or 0} inf, {row.nan or 0} nan")
+        twin = calib.twin.diffs.get(name) if calib.twin is not None else None
+        if twin is not None and twin.n_nonfinite_mismatch:
+            evidence.append(f"the precision twin (the reference itself in {dtype}) overflows here too: the model does not "
+                            f"fit {dtype}, whatever the engine does")
     evidence.extend(iso_lines)
     return {"block": row.block, "component": row.component, "cause": cause, "kind": "bug", "hint": hint,
             "evidence": evidence, "probe": name}

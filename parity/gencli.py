@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from parity.options import Opt, add_group
+from parity.options import VERDICT_OPTS, Opt, add_group
 
 GENERATION_OPTS: list[Opt] = [
     Opt(("--max-new-tokens",), {"type": int, "default": 16, "metavar": "N", "help": "greedy decode steps at most (default: 16)"}),
@@ -16,8 +16,9 @@ GENERATION_OPTS: list[Opt] = [
     Opt(("--stop-token",), {"dest": "stop_tokens", "action": "append", "metavar": "TEXT", "help": "chat stop token text, repeatable (default: the preset's [chat] stop_tokens)"}),
     Opt(("--candidate-generation-config",), {"metavar": "FILE", "help": "the candidate's generation_config.json (default: the reference's settings)"}),
     Opt(("--overlap-k",), {"type": int, "default": 5, "metavar": "K", "help": "top-k overlap per step (default: 5)"}),
-    Opt(("--atol",), {"type": float, "help": "logits absolute tolerance (default: the preset's per-dtype table)"}),
-    Opt(("--rtol",), {"type": float, "help": "logits relative tolerance"}),
+    *VERDICT_OPTS,
+    Opt(("--atol",), {"type": float, "help": "logits absolute tolerance (implies --tolerance absolute; default: the preset's per-dtype table)"}),
+    Opt(("--rtol",), {"type": float, "help": "logits relative tolerance (implies --tolerance absolute)"}),
 ]
 
 

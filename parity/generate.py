@@ -4,18 +4,24 @@ Both sides prefill the prompt and then decode one token per step through their o
 cache, in lockstep. Step 0 is the token chosen from the prefill logits (the single forward
 pass `parity run` checks); step 1 is the first step that reads the cache.
 
-Per step the candidate's logits are compared with the reference's (``parity.diff.compare``
-with the preset's ``logits`` tolerance), with the reference's margin (top-1 minus top-2
-logit) and the top-k overlap. Steps are comparable while both sides decode the same
-context: always with ``--teacher-forcing`` (the candidate is fed the reference's tokens),
-otherwise up to and including the first token flip.
+Per step the candidate's logits are compared with the reference's (``parity.diff.compare``),
+with the reference's margin (top-1 minus top-2 logit) and the top-k overlap. Steps are
+comparable while both sides decode the same context: always with ``--teacher-forcing`` (the
+candidate is fed the reference's tokens), otherwise up to and including the first token flip.
+
+A step's verdict is calibrated by default (parity.calibrate): a third decoder, the precision
+twin (the reference in the candidate's dtype), is fed the reference's tokens, and a step
+fails when the candidate's logits error is more than the budget times the twin's at that
+step. ``--tolerance absolute`` (or ``--atol``/``--rtol``) uses the preset's ``logits``
+tolerance instead.
 
 A flip is a *near tie* when the reference's own gap between its token and the candidate's,
-``ref[r] - ref[c]``, is at most ``NEAR_TIE_FACTOR`` x the logits tolerance band
-``atol + rtol * max(|ref[r]|, |ref[c]|)``: two logits each allowed to move by one band can
-swap order when they were that close. A larger gap is a *confident* flip — a bug. (The
-step's observed max abs error cannot be the yardstick: any flip implies
-``ref[r] - ref[c] <= 2 * max_abs_err``, so that test would call every flip a near tie.)
+``ref[r] - ref[c]``, is at most ``NEAR_TIE_FACTOR`` x the band one logit may move: the
+budget times the twin's max abs error at that step (absolute: ``atol + rtol *
+max(|ref[r]|, |ref[c]|)``). Two logits each allowed to move by one band can swap order when
+they were that close. A larger gap is a *confident* flip -- a bug. (The step's observed max
+abs error cannot be the yardstick: any flip implies ``ref[r] - ref[c] <= 2 * max_abs_err``,
+so that test would call every flip a near tie.)
 """
 from __future__ import annotations
 
@@ -29,6 +35,7 @@ import torch
 
 from parity import backends, inputs
 from parity import chat as chatfmt
+from parity.calibrate import Calibration
 from parity.decode import CandidateGeneration, Stepper, apply_faults
 from parity.diff import compare
 from parity.errors import BackendError, InputError, UsageError
@@ -70,17 +77,33 @@ def topk_overlap(ref: torch.Tensor, cand: torch.Tensor, k: int) -> float:
     return len(a & b) / k
 
 
+NO_TOLERANCE = Tolerance(float("inf"), 0.0)
+
+
 def step_row(i: int, pos: int, rl: torch.Tensor, cl: torch.Tensor, r: int, c: int,
-             tol: Tolerance, k: int) -> dict[str, Any]:
-    d = compare(rl, cl, tol)
+             tol: Tolerance, k: int, calib: Calibration | None = None, tl: torch.Tensor | None = None) -> dict[str, Any]:
+    """One compared step; ``calib`` (calibrated) judges against the twin's logits ``tl``
+    (None: a twin without error, i.e. a float32 candidate)."""
+    calibrated = calib is not None and calib.calibrated
+    d = compare(rl, cl, NO_TOLERANCE if calibrated else tol)
     row: dict[str, Any] = {
         "step": i, "position": pos, "ref_token": r, "cand_token": c, "match": r == c, "comparable": True,
         "passed": d.passed, "max_abs_err": d.max_abs_err, "mean_abs_err": d.mean_abs_err, "cosine": d.cosine,
         "ref_margin": margin(rl), "topk_overlap": topk_overlap(rl, cl, k), "gap": None, "flip": None,
     }
+    if calibrated:
+        assert calib is not None
+        td = compare(rl, tl, NO_TOLERANCE) if tl is not None else None
+        absmax = float(rl.abs().max())
+        x = calib.excess_of(d, td, absmax)
+        row.update(passed=d.n_nonfinite_mismatch == 0 and not calib.over(x), excess=x.value,
+                   twin_max_abs_err=x.twin_max_abs_err, twin_nrmse=x.twin_nrmse, nrmse=d.nrmse)
     if r != c:
         gap = float(rl[r] - rl[c])
-        band = tol.atol + tol.rtol * max(abs(float(rl[r])), abs(float(rl[c])))
+        if calibrated:
+            band = calib.allowed_abs(td, absmax)  # type: ignore[union-attr]
+        else:
+            band = tol.atol + tol.rtol * max(abs(float(rl[r])), abs(float(rl[c])))
         row["gap"], row["flip"] = gap, classify_flip(gap, band)
     return row
 
@@ -110,8 +133,10 @@ class Side:
 
 
 def decode_lockstep(ref: Side, cand: Side, prompt: list[int], max_new: int, teacher: bool,
-                    tol: Tolerance, k: int) -> tuple[list[dict[str, Any]], list[int]]:
-    """Rows per step and the candidate's own argmax per step."""
+                    tol: Tolerance, k: int, calib: Calibration | None = None,
+                    twin: Side | str | None = None) -> tuple[list[dict[str, Any]], list[int]]:
+    """Rows per step and the candidate's own argmax per step. ``twin``: the precision twin,
+    fed the reference's tokens; "candidate" when the candidate is the twin; None: no twin."""
     rows: list[dict[str, Any]] = []
     choices: list[int] = []
     same_context = True
@@ -120,15 +145,18 @@ def decode_lockstep(ref: Side, cand: Side, prompt: list[int], max_new: int, teac
             break
         rl = ref.logits(prompt) if not ref.ended else None
         cl = cand.logits(prompt) if not cand.ended else None
+        tl = twin.logits(prompt) if isinstance(twin, Side) and rl is not None else cl if twin == "candidate" else None
         r = int(rl.argmax()) if rl is not None else None
         c = int(cl.argmax()) if cl is not None else None
         pos = len(prompt) + i
         if rl is not None and cl is not None and (teacher or same_context):
-            rows.append(step_row(i, pos, rl, cl, r, c, tol, k))
+            rows.append(step_row(i, pos, rl, cl, r, c, tol, k, calib, tl))
         else:
             rows.append(lone_row(i, pos, r, c))
         if r is not None:
             ref.push(r, max_new)
+            if isinstance(twin, Side):
+                twin.push(r, max_new + 1)
         if c is not None:
             choices.append(c)
             cand.push(r if (teacher and r is not None) else c, max_new)
@@ -270,8 +298,13 @@ def verdict(gen: dict[str, Any], tol: Tolerance) -> tuple[bool, str, list[str]]:
     reasons: list[str] = []
     if first is not None:
         row = rows[first]
-        what = (f"logits max_abs={row['max_abs_err']:.3g} > {tol}" if not row["passed"]
-                else f"confident flip {row['ref_token']} -> {row['cand_token']} (gap {row['gap']:.3g})")
+        if row["passed"]:
+            what = f"confident flip {row['ref_token']} -> {row['cand_token']} (gap {row['gap']:.3g})"
+        elif row.get("excess") is not None:
+            what = (f"logits excess x{row['excess']:.3g} > budget x{gen['budget']:g} (max_abs {row['max_abs_err']:.3g} "
+                    f"vs twin {row['twin_max_abs_err'] if row['twin_max_abs_err'] is not None else 0:.3g})")
+        else:
+            what = f"logits max_abs={row['max_abs_err']:.3g} > {tol}"
         reasons.append(f"step {first} | {what}")
     if gen["overrun"]:
         reasons.append(gen["overrun"]["message"])
@@ -322,9 +355,9 @@ def build_candidate(opts: GenerateOptions, source: ModelSource, ref_model: Any, 
 
 
 def execute(opts: GenerateOptions, progress: Progress | None = None) -> GenerateResult:
-    from parity.backends.pytorch import ModuleBackend, check_device, torch_dtype
+    from parity.backends.pytorch import ModuleBackend, check_device, derive, torch_dtype
     from parity.probemap import find_map
-    from parity.run import check_port_options, run_facts
+    from parity.run import REFERENCE_ATTN, calibration_for, candidate_is_twin, check_port_options, run_facts
 
     timings: dict[str, float] = {}
     torch_dtype(opts.dtype)
@@ -334,6 +367,7 @@ def execute(opts: GenerateOptions, progress: Progress | None = None) -> Generate
     source = ModelSource.resolve(opts.model, opts.checkpoint, opts.seed, opts.trust_remote_code, opts.shape)
     fault_specs = check_port_options(opts, source.num_blocks, generation=True)
     p = plan(opts, source)
+    calib = calibration_for(opts, False)
     tols = source.preset.tolerance_table(opts.dtype).override(opts.atol, opts.rtol)
     tol = tols.lookup("logits")
 
@@ -345,23 +379,35 @@ def execute(opts: GenerateOptions, progress: Progress | None = None) -> Generate
                               probe_map=find_map(source.preset.probe_map, opts.probe_dirs))
         spec.fault.apply(ref_model, spec, ctx)
     ref_desc = ModuleBackend(ref_model, None, source.config, "reference", source.num_blocks).describe()  # type: ignore[arg-type]
+    twin: Side | str | None = None
+    twin_model = None
+    if calib.calibrated and calib.dtype != "float32":
+        if candidate_is_twin(opts, ref_desc.get("attn")):
+            twin = "candidate"
+        else:  # derived before the candidate is built: nothing the candidate does reaches it
+            _say(progress, f"building precision twin ({calib.dtype})")
+            twin_model = derive(ref_model, opts.dtype, device, REFERENCE_ATTN)
     _say(progress, f"building candidate ({opts.candidate})")
     cand = build_candidate(opts, source, ref_model, device)
     timings["build"] = round(time.perf_counter() - t0, 4)
 
-    _say(progress, f"decoding {opts.max_new_tokens} steps on both sides")
+    _say(progress, f"decoding {opts.max_new_tokens} steps on both sides" + (" and the twin" if twin_model is not None else ""))
     t0 = time.perf_counter()
-    with Stepper(ref_model) as rs, Stepper(cand.model, p.cand_gen.position_offset) as cs:
+    with Stepper(ref_model) as rs, Stepper(cand.model, p.cand_gen.position_offset) as cs, \
+            Stepper(twin_model if twin_model is not None else ref_model) as ts:
         ref = Side(rs, p.ref_settings.stop_ids)
         cnd = Side(cs, p.cand_settings.stop_ids)
-        rows, choices = decode_lockstep(ref, cnd, p.ids, opts.max_new_tokens, opts.teacher_forcing, tol, opts.overlap_k)
+        if twin_model is not None:
+            twin = Side(ts, [])
+        rows, choices = decode_lockstep(ref, cnd, p.ids, opts.max_new_tokens, opts.teacher_forcing, tol, opts.overlap_k,
+                                        calib, twin)
     timings["decode"] = round(time.perf_counter() - t0, 4)
 
-    gen = generation_section(opts, p, rows, choices, ref, cnd, tol)
+    gen = generation_section(opts, p, rows, choices, ref, cnd, tol, calib, twin)
     passed, fail_msg, reasons = verdict(gen, tol)
     gen["verdict"] = "pass" if passed else "fail"
     gen["hint"] = hint(rows, gen["first_divergent_step"])
-    facts = run_facts(opts, source, ref_desc, cand.describe(), p.ids, tols, timings)
+    facts = run_facts(opts, source, ref_desc, cand.describe(), p.ids, tols, timings, calib)
     facts["command"] = "generate"
     summary = {"verdict": gen["verdict"], "message": pass_message(gen) if passed else fail_msg,
                "first_divergence": None, "reasons": reasons,
@@ -370,16 +416,24 @@ def execute(opts: GenerateOptions, progress: Progress | None = None) -> Generate
 
 
 def generation_section(opts: GenerateOptions, p: Plan, rows: list[dict[str, Any]], choices: list[int],
-                       ref: Side, cnd: Side, tol: Tolerance) -> dict[str, Any]:
+                       ref: Side, cnd: Side, tol: Tolerance, calib: Calibration | None = None,
+                       twin: Side | str | None = None) -> dict[str, Any]:
     v = p.vocab
     flips = [r["step"] for r in rows if r["comparable"] and not r["match"]]
+    calibrated = calib is not None and calib.calibrated
+    twin_what = ("the candidate itself (torch in its dtype with eager attention is the reference run in that dtype)"
+                 if twin == "candidate" else "the reference in the candidate's dtype, fed the reference's tokens"
+                 if isinstance(twin, Side) else "none: a float32 candidate is judged against float32 rounding")
     return {
         "mode": "teacher-forced" if opts.teacher_forcing else "free-running",
         "greedy": True,
         "prompt": {"ids": p.ids, "tokens": len(p.ids), "chat": opts.chat, "how": p.prompt_how, "text": opts.prompt},
         "max_new_tokens": opts.max_new_tokens,
         "overlap_k": opts.overlap_k,
-        "logits_tolerance": {"atol": tol.atol, "rtol": tol.rtol},
+        "tolerance": "calibrated" if calibrated else "absolute",
+        "budget": calib.budget if calibrated else None,  # type: ignore[union-attr]
+        "twin": twin_what if calibrated else None,
+        "logits_tolerance": None if calibrated else {"atol": tol.atol, "rtol": tol.rtol},
         "near_tie_factor": NEAR_TIE_FACTOR,
         "faults": list(opts.faults),
         "special_tokens": dict(v.specials),

@@ -35,6 +35,8 @@ class RunOptions:
     attn: str = "eager"
     compile: bool = False
     probes: list[str] | None = None
+    tolerance: str | None = None  # "calibrated" | "absolute"; None: calibrated unless tolerances are given
+    budget: float | None = None
     atol: float | None = None
     rtol: float | None = None
     keep_tensors: bool = False
@@ -55,6 +57,12 @@ class RunOptions:
     faults: list[str] = field(default_factory=list)
     isolate: bool = True
 
+
+#: how a run judges its probes (parity.calibrate); shared by parity run and parity generate
+VERDICT_OPTS = [
+    Opt(("--tolerance",), {"choices": ["calibrated", "absolute"], "help": "calibrated (default): a probe fails when its error is more than --budget times the precision twin's (the reference run in the candidate's dtype); absolute: fixed atol/rtol per probe (the preset's table, --atol/--rtol; giving those implies absolute)"}),
+    Opt(("--budget",), {"type": float, "metavar": "X", "help": "calibrated: how many times the twin's error a probe may have (default: 8)"}),
+]
 
 GROUPS: dict[str, tuple[str, list[Opt]]] = {
     "model": ("model", [
@@ -94,8 +102,9 @@ GROUPS: dict[str, tuple[str, list[Opt]]] = {
     ]),
     "compare": ("comparison", [
         Opt(("--probes", "-p"), {"action": "append", "metavar": "GLOB", "help": "probes to capture, globs, repeatable or comma-separated (e.g. 'blocks.*.mlp_out')"}),
-        Opt(("--atol",), {"type": float, "help": "absolute tolerance for every probe (default: the preset's per-dtype table)"}),
-        Opt(("--rtol",), {"type": float, "help": "relative tolerance for every probe"}),
+        *VERDICT_OPTS,
+        Opt(("--atol",), {"type": float, "help": "absolute tolerance for every probe (implies --tolerance absolute; default: the preset's per-dtype table)"}),
+        Opt(("--rtol",), {"type": float, "help": "relative tolerance for every probe (implies --tolerance absolute)"}),
         Opt(("--keep-tensors",), {"action": "store_true", "help": "keep full candidate tensors (default: statistics only)"}),
     ]),
     "output": ("output", [

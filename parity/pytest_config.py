@@ -101,7 +101,7 @@ def check_option(key: str, val: Any, where: str) -> Any:
         want = (list, str)
     elif key in ("seed", "tokens"):
         want = (int,)
-    elif key in ("atol", "rtol"):
+    elif key in ("atol", "rtol", "budget"):
         want = (int, float)
     else:
         want = (str,)

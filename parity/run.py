@@ -16,6 +16,7 @@ from typing import Any
 
 from parity import __version__, backends, inputs
 from parity import probes as canon
+from parity.calibrate import Calibration, Excess, Twin, check_budget, resolve_mode
 from parity.capture import Capture, Comparator, Recorder
 from parity.diagnose import diagnose
 from parity.diff import DiffStats, TensorStats, fp16_headroom
@@ -24,7 +25,7 @@ from parity.probemap import ProbeMap, find_map
 from parity.report.data import ProbeRow, ReportData
 from parity.source import ModelSource
 from parity.options import RunOptions
-from parity.tolerances import ToleranceTable
+from parity.tolerances import Tolerance, ToleranceTable
 
 Progress = Callable[[str], Any]
 
@@ -132,6 +133,10 @@ class Reference:
     capture: Capture
     device: str
     timings: dict[str, float] = field(default_factory=dict)
+    #: precision twins measured against this reference, by (dtype, device, isolated)
+    twins: dict[tuple[Any, ...], Twin] = field(default_factory=dict)
+    #: float64 sum of every parameter when the reference ran (see check_weights)
+    digest: Any = None
 
 
 def prepare_reference(opts: RunOptions, progress: Progress | None = None) -> Reference:
@@ -161,7 +166,104 @@ def prepare_reference(opts: RunOptions, progress: Progress | None = None) -> Ref
     with _stage(progress, "running reference", timings), reference:
         reference.capture(ids, ref_probes, Recorder(ref_cap, keep=True, store_device="cpu",
                                                     gpu_budget_bytes=gpu_keep_bytes()))
-    return Reference(opts, source, pmap, selected, ids, ref_model, reference.describe(), ref_cap, device, timings)
+    return Reference(opts, source, pmap, selected, ids, ref_model, reference.describe(), ref_cap, device, timings,
+                     digest=weights_digest(ref_model))
+
+
+def weights_digest(model: Any) -> Any:
+    """One float64 sum per parameter, on the parameters' device (no copy of the weights)."""
+    import torch
+
+    with torch.no_grad():
+        return torch.stack([p.detach().sum(dtype=torch.float64) for p in model.parameters()])
+
+
+def check_weights(ref: Reference) -> None:
+    """Refuse to derive anything more from a reference model whose weights changed since
+    the reference ran: a candidate wrote into the state dict it was given."""
+    import torch
+
+    if ref.digest is None or ref.model is None:
+        return
+    now = weights_digest(ref.model)
+    if not torch.equal(torch.nan_to_num(now, nan=0.0), torch.nan_to_num(ref.digest, nan=0.0)):
+        raise ParityError("the reference model's weights changed after the reference ran: an earlier candidate "
+                          "wrote into the weights it was given.",
+                          note="copy the state dict's tensors before changing them in a port factory")
+
+
+#: the kernel tolerance of calibrated runs: elements are not judged one by one
+NO_ELEMENT_TOLERANCE = ToleranceTable(Tolerance(float("inf"), 0.0))
+DTYPE_NAMES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def calibration_for(opts: RunOptions, explicit_tolerances: bool) -> Calibration:
+    """The run's verdict settings (mode and budget; the twin comes later), validated."""
+    mode = resolve_mode(opts.tolerance, explicit_tolerances or opts.atol is not None or opts.rtol is not None)
+    budget = check_budget(opts.budget) if opts.budget is not None else None
+    if budget is not None and mode != "calibrated":
+        raise UsageError("--budget applies to calibrated verdicts.", note="drop --budget, or use --tolerance calibrated")
+    calib = Calibration(mode, DTYPE_NAMES.get(opts.dtype, opts.dtype))
+    if budget is not None:
+        calib.budget = budget
+    return calib
+
+
+def candidate_is_twin(opts: RunOptions, ref_attn: str | None) -> bool:
+    """The torch candidate with the reference's attention, uncompiled, on the twin's device
+    *is* an honest run of the reference in its dtype: the twin's forward would repeat it."""
+    return (opts.candidate == "torch" and not opts.compile and opts.attn == REFERENCE_ATTN
+            and ref_attn in (None, REFERENCE_ATTN))
+
+
+REFERENCE_ATTN = "eager"
+
+
+def measure_twin(ref: Reference, opts: RunOptions, calib: Calibration, progress: Progress | None,
+                 timings: dict[str, float], skip_if_candidate: bool = True) -> Twin | None:
+    """The precision twin of ``calib.dtype`` on the run's device (measured once per
+    reference): the reference's own weights and code, derived before any candidate of this
+    run is built, so nothing a candidate does reaches it. None when the candidate is the twin
+    (``skip_if_candidate``): its own errors are the floor (see _twin_from_candidate)."""
+    if not calib.calibrated:
+        return None
+    if calib.dtype == "float32":
+        return Twin("float32", "reference", "the float32 reference itself (floor: float32 rounding)")
+    if skip_if_candidate and candidate_is_twin(opts, ref.facts.get("attn")):
+        return None  # filled from the candidate's own diffs (see compare_candidate)
+    key = (calib.dtype, ref.device, opts.isolate, tuple(ref.selected))
+    if key in ref.twins:
+        return ref.twins[key]
+    if ref.model is None:
+        raise ParityError("the reference model was released before its precision twin was measured.")
+    check_weights(ref)
+    from parity.backends.pytorch import ModuleBackend, derive
+
+    t0 = time.perf_counter()
+    with _stage(progress, f"running precision twin ({calib.dtype})", timings):
+        model = derive(ref.model, opts.dtype, ref.device, REFERENCE_ATTN)
+        backend = ModuleBackend(model, ref.probe_map, getattr(model, "config", ref.source.config), "twin",
+                                ref.source.num_blocks)
+        comparator = Comparator(ref.capture, Capture("twin", backend.describe()), NO_ELEMENT_TOLERANCE)
+        with backend:
+            backend.capture(ref.ids, ref.selected, comparator)
+            diffs = dict(comparator.diffs)
+            iso: dict[str, DiffStats] = {}
+            if opts.isolate and backend.supports_isolation():
+                iso, _ = _isolated(backend, ref.ids, ref.capture, NO_ELEMENT_TOLERANCE, ref.selected, ref.source.num_blocks)
+        desc = backend.describe()
+        del backend, model, comparator
+        _free_device_memory(ref.device)
+    label = f"the reference in {calib.dtype} on {desc.get('device')}, {REFERENCE_ATTN} attention"
+    twin = ref.twins[key] = Twin(calib.dtype, "measured", label, diffs, iso, time.perf_counter() - t0)
+    return twin
+
+
+def _free_device_memory(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.empty_cache()
 
 
 def compare_candidate(ref: Reference, opts: RunOptions, progress: Progress | None = None, *,
@@ -171,10 +273,16 @@ def compare_candidate(ref: Reference, opts: RunOptions, progress: Progress | Non
     candidate's factory (``opts.candidate`` then only names it); ``release_reference`` drops
     the reference model once the candidate is built (a one-shot run needs it no more)."""
     timings = dict(ref.timings)
+    registered = create is None
     if create is None:
         create = backends.load(opts.candidate).create
     source, ids, ref_cap, selected = ref.source, ref.ids, ref.capture, ref.selected
-    tols = tolerances or source.preset.tolerance_table(opts.dtype).override(opts.atol, opts.rtol)
+    calib = calibration_for(opts, tolerances is not None)
+    if calib.calibrated:
+        tols = NO_ELEMENT_TOLERANCE
+    else:
+        tols = tolerances or source.preset.tolerance_table(opts.dtype).override(opts.atol, opts.rtol)
+    calib.twin = measure_twin(ref, opts, calib, progress, timings, skip_if_candidate=registered)
     with _stage(progress, f"building candidate ({opts.candidate})", timings):
         cand = create(CandidateContext(opts, source, ref.probe_map, ref.model, ref.device))
     if release_reference:
@@ -190,26 +298,47 @@ def compare_candidate(ref: Reference, opts: RunOptions, progress: Progress | Non
             raise
         except Exception as exc:  # noqa: BLE001 - the candidate's own code failed
             offered = set(cand.available_probes())
-            rows = build_rows(selected, offered, ref_cap, cand_cap, comparator.diffs, tols)
-            raise _failed(opts, source, ref.facts, cand, ids, tols, timings, rows, comparator, exc) from exc
+            _twin_from_candidate(calib, opts, comparator.diffs, {})
+            rows = build_rows(selected, offered, ref_cap, cand_cap, comparator.diffs, tols, calib)
+            raise _failed(opts, source, ref.facts, cand, ids, tols, timings, rows, comparator, exc, calib) from exc
         offered = set(cand.available_probes())  # a port's offer is known once it has run
         measured = [p for p in wanted if p in comparator.diffs]
         iso_state, iso_diffs, iso_profiles = _isolation_pass(opts, cand, ids, ref_cap, tols, measured, source.num_blocks)
 
-    rows = build_rows(selected, offered, ref_cap, cand_cap, comparator.diffs, tols)
-    for r in rows:
-        if r.name in iso_diffs:
-            r.isolated_max_abs_err = iso_diffs[r.name].max_abs_err
-    facts = run_facts(opts, source, ref.facts, cand.describe(), ids, tols, timings)
+    _twin_from_candidate(calib, opts, comparator.diffs, iso_diffs)
+    rows = build_rows(selected, offered, ref_cap, cand_cap, comparator.diffs, tols, calib)
+    add_isolated(rows, iso_diffs, calib)
+    facts = run_facts(opts, source, ref.facts, cand.describe(), ids, tols, timings, calib)
     summary = diagnose(rows, cand_cap.meta.get("dtype"), isolated=iso_diffs, profiles=comparator.profiles,
-                       isolated_profiles=iso_profiles)
+                       isolated_profiles=iso_profiles, calibration=calib)
     summary["isolation"] = iso_state
     report = ReportData(run=facts, probes=rows, summary=summary)
     return RunResult(report, ref_cap, cand_cap, ids)
 
 
+def _twin_from_candidate(calib: Calibration, opts: RunOptions, diffs: dict[str, DiffStats],
+                         iso: dict[str, DiffStats]) -> None:
+    """When the candidate is the twin (see candidate_is_twin), its own errors are the floor."""
+    if calib.calibrated and calib.twin is None:
+        calib.twin = Twin(calib.dtype, "candidate",
+                          f"the candidate itself (torch, {calib.dtype}, {opts.attn} attention is the reference run in "
+                          "its dtype: the twin's forward was skipped)", dict(diffs), dict(iso))
+
+
+def add_isolated(rows: list[ProbeRow], iso: dict[str, DiffStats], calib: Calibration) -> None:
+    """Each block probe's own (teacher-forced) error, and its excess over the twin's."""
+    for r in rows:
+        d = iso.get(r.name)
+        if d is None:
+            continue
+        r.isolated_max_abs_err = d.max_abs_err
+        x = calib.excess(r.name, d, r.ref_abs_max, isolated=True)
+        r.isolated_excess = None if x is None else x.value
+
+
 def execute(opts: RunOptions, progress: Progress | None = None) -> RunResult:
     backends.load(opts.candidate)  # fail on an unknown candidate before any work
+    calibration_for(opts, False)  # and on verdict options that do not fit together
     ref = prepare_reference(opts, progress)
     return compare_candidate(ref, opts, progress, release_reference=True)
 
@@ -243,30 +372,35 @@ def _isolated(cand: Any, ids: list[int], ref_cap: Capture, tols: ToleranceTable,
 
 
 def _failed(opts: RunOptions, source: ModelSource, ref_facts: dict[str, Any], cand: Any, ids: list[int], tols: ToleranceTable,
-            timings: dict[str, float], rows: list[ProbeRow], comparator: Comparator, exc: Exception) -> CandidateFailed:
+            timings: dict[str, float], rows: list[ProbeRow], comparator: Comparator, exc: Exception,
+            calib: Calibration) -> CandidateFailed:
     """The error (with a partial report) for a candidate that raised during its forward."""
     text = " ".join(str(exc).split())
     what = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
     last = comparator.last
-    summary = diagnose(rows, cand.describe().get("dtype"), profiles=comparator.profiles)
+    summary = diagnose(rows, cand.describe().get("dtype"), profiles=comparator.profiles, calibration=calib)
     summary["verdict"] = "error"
     summary["error"] = {"exception": what, "last_probe": last, "probes_compared": len(comparator.diffs)}
     where = f"after probe '{last}'" if last else "before its first probe"
     summary["message"] = f"ERROR | candidate '{opts.candidate}' raised during the forward pass {where} | {what}"
-    facts = run_facts(opts, source, ref_facts, cand.describe(), ids, tols, timings)
+    facts = run_facts(opts, source, ref_facts, cand.describe(), ids, tols, timings, calib)
     report = ReportData(run=facts, probes=rows, summary=summary)
     msg = (f"candidate '{opts.candidate}' raised {what} during the forward pass, {where} "
            f"({len(comparator.diffs)} probes compared).")
     return CandidateFailed(msg, "the partial report holds the probes captured before the failure; --debug shows the traceback", report)
 
 
-def make_row(name: str, ref: TensorStats, cand: TensorStats, d: DiffStats, tols: ToleranceTable) -> ProbeRow:
+def make_row(name: str, ref: TensorStats, cand: TensorStats, d: DiffStats, tols: ToleranceTable,
+             calib: Calibration | None = None) -> ProbeRow:
+    calib = calib or Calibration("absolute")
     p = canon.parse(name)
-    tol = tols.lookup(name)
+    tol = None if calib.calibrated else tols.lookup(name)
     wi = d.worst_index
+    passed = calib.judge(name, d, ref.abs_max)
+    x: Excess | None = calib.excess(name, d, ref.abs_max)
     return ProbeRow(
         name=name, block=p.block, component=p.component,
-        status="pass" if d.passed else "fail", passed=d.passed,
+        status="pass" if passed else "fail", passed=passed,
         shape=ref.shape, ref_dtype=ref.dtype, cand_dtype=cand.dtype,
         ref_mean=ref.mean, ref_sum=ref.sum, cand_mean=cand.mean, cand_sum=cand.sum,
         ref_abs_max=ref.abs_max, cand_abs_max=cand.abs_max,
@@ -276,7 +410,10 @@ def make_row(name: str, ref: TensorStats, cand: TensorStats, d: DiffStats, tols:
         n_bad=d.n_bad + d.n_nonfinite_mismatch, numel=d.numel,
         worst_index=wi, worst_token=wi[0] if wi else None,
         worst_channel=_channel(wi, ref.shape), worst_ref=d.worst_ref, worst_cand=d.worst_cand,
-        fp16_headroom=fp16_headroom(ref.abs_max), atol=tol.atol, rtol=tol.rtol,
+        fp16_headroom=fp16_headroom(ref.abs_max), atol=None if tol is None else tol.atol,
+        rtol=None if tol is None else tol.rtol,
+        twin_max_abs_err=None if x is None else x.twin_max_abs_err, twin_nrmse=None if x is None else x.twin_nrmse,
+        excess=None if x is None else x.value,
     )
 
 
@@ -291,12 +428,12 @@ def _channel(index: list[int], shape: list[int]) -> int | None:
 
 
 def build_rows(selected: list[str], offered: set[str], ref: Capture, cand: Capture,
-               diffs: dict[str, DiffStats], tols: ToleranceTable) -> list[ProbeRow]:
+               diffs: dict[str, DiffStats], tols: ToleranceTable, calib: Calibration | None = None) -> list[ProbeRow]:
     rows = []
     for name in selected:
         p = canon.parse(name)
         if name in diffs:
-            rows.append(make_row(name, ref.records[name].stats, cand.records[name].stats, diffs[name], tols))
+            rows.append(make_row(name, ref.records[name].stats, cand.records[name].stats, diffs[name], tols, calib))
             continue
         status = "not exposed" if name not in offered else "not captured"
         rows.append(ProbeRow(name=name, block=p.block, component=p.component, status=status, passed=None))
@@ -313,7 +450,8 @@ def _version(pkg: str) -> str | None:
 
 
 def run_facts(opts: RunOptions, source: ModelSource, ref: dict[str, Any], cand: dict[str, Any],
-              ids: list[int], tols: ToleranceTable, timings: dict[str, float]) -> dict[str, Any]:
+              ids: list[int], tols: ToleranceTable, timings: dict[str, float],
+              calib: Calibration | None = None) -> dict[str, Any]:
     import torch
 
     return {
@@ -330,7 +468,8 @@ def run_facts(opts: RunOptions, source: ModelSource, ref: dict[str, Any], cand: 
         "tokens": len(ids),
         "input_ids": ids if len(ids) <= 4096 else None,
         "prompt": opts.prompt,
-        "tolerances": tols.to_dict(),
+        "verdict": (calib or Calibration("absolute")).to_dict(),
+        "tolerances": None if calib is not None and calib.calibrated else tols.to_dict(),
         "timings_s": timings,
         "versions": {
             "parity": __version__,

@@ -5,7 +5,9 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-SCHEMA_VERSION = "1.0"
+#: 1.1: calibrated verdicts -- per probe twin_max_abs_err, twin_nrmse, excess, isolated_excess;
+#: run.verdict = {mode, budget, floor, dtype, twin}; atol/rtol null in calibrated runs
+SCHEMA_VERSION = "1.1"
 
 
 @dataclass
@@ -45,6 +47,12 @@ class ProbeRow:
     atol: float | None = None
     rtol: float | None = None
     isolated_max_abs_err: float | None = None
+    #: calibrated runs: the precision twin's error (the reference in the candidate's dtype)
+    twin_max_abs_err: float | None = None
+    twin_nrmse: float | None = None
+    #: calibrated runs: the candidate's error over the twin's (worse of nrmse and max abs)
+    excess: float | None = None
+    isolated_excess: float | None = None
 
     @property
     def compared(self) -> bool:
