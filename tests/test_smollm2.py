@@ -75,6 +75,10 @@ def write_gguf(path: Path, arch: str = "llama", layers: int = 2, tokenizer: bool
         t(f"blk.{i}.attn_q.weight", hidden, hidden)
         t(f"blk.{i}.attn_k.weight", kv * hd, hidden)
         t(f"blk.{i}.attn_v.weight", kv * hd, hidden)
+        if arch == "qwen2":  # Qwen2 has q/k/v biases
+            t(f"blk.{i}.attn_q.bias", hidden)
+            t(f"blk.{i}.attn_k.bias", kv * hd)
+            t(f"blk.{i}.attn_v.bias", kv * hd)
         t(f"blk.{i}.attn_output.weight", hidden, hidden)
         t(f"blk.{i}.ffn_gate.weight", ffn, hidden)
         t(f"blk.{i}.ffn_up.weight", ffn, hidden)
@@ -145,6 +149,15 @@ def test_run_on_a_gguf_checkpoint(tiny_gguf: Path, cache: Path, candidate: str, 
     code, out, err = run_cli("run", "--model", "llama", "--checkpoint", str(tiny_gguf), "--candidate", candidate,
                              "--dtype", "fp32", "--tokens", "6", "--atol", "1e-4", "--rtol", "1e-4", "-q", "--no-files")
     assert code == 0, out + err
+
+
+def test_qwen2_gguf(tmp_path: Path, cache: Path, run_cli) -> None:
+    path = write_gguf(tmp_path / "tiny-qwen2.gguf", arch="qwen2")
+    code, out, err = run_cli("run", "--model", "qwen2", "--checkpoint", str(path), "--dtype", "fp32",
+                             "--tokens", "6", "--atol", "1e-4", "--rtol", "1e-4", "-q", "--no-files")
+    assert code == 0, out + err
+    cfg = json.loads(next((cache / "gguf").iterdir()).joinpath("config.json").read_text())
+    assert cfg["model_type"] == "qwen2"
 
 
 def test_chat_prompt_uses_the_gguf_chat_template(tiny_gguf: Path, cache: Path) -> None:
