@@ -169,7 +169,7 @@ def staging(dest: Path, replace: bool = False) -> Iterator[Path]:
         yield tmp
         _follow_umask(tmp)
         old = None
-        if dest.exists() and replace:
+        if dest.exists() and (replace or not (dest / "config.json").is_file()):  # a stale or unfinished one
             old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
             dest.rename(old)
         try:
