@@ -49,3 +49,42 @@ def hostile(report: ReportData) -> ReportData:
         {"step": 1, "ref_token": 9707, "cand_token": 11, "text": XSS_IMG, "match": False},
     ]}
     return ReportData.from_dict(d)
+
+
+@cache
+def absolute_reports() -> tuple[ReportData, ReportData]:
+    """(broken, fixed) as sample_reports, judged with fixed atol/rtol (--tolerance absolute)."""
+    from parity.run import compare_candidate, prepare_reference
+
+    opts = RunOptions(model="qwen", dtype="fp16", device="cpu", tokens=8, tolerance="absolute")
+    ref = prepare_reference(opts)
+    return compare_candidate(ref, opts, create=corrupted()).report, compare_candidate(ref, opts).report
+
+
+#: what schema 1.1 added: per probe, in run, in summary and in its first divergence
+TWIN_PROBE_FIELDS = ("twin_max_abs_err", "twin_nrmse", "excess", "isolated_excess")
+SUMMARY_11 = ("tolerance", "budget", "largest_excess")
+FIRST_DIVERGENCE_11 = ("nrmse", "excess", "twin_nrmse", "twin_max_abs_err")
+
+
+def schema_10(report: ReportData) -> dict[str, Any]:
+    """An absolute report as a schema 1.0 report.json held it: no verdict, no twin fields."""
+    d = report.to_dict()
+    d["schema_version"] = "1.0"
+    d["run"].pop("verdict", None)
+    for p in d["probes"]:
+        for k in TWIN_PROBE_FIELDS:
+            p.pop(k, None)
+    for k in SUMMARY_11:
+        d["summary"].pop(k, None)
+    for k in FIRST_DIVERGENCE_11:
+        (d["summary"].get("first_divergence") or {}).pop(k, None)
+    return d
+
+
+@cache
+def generation_report() -> ReportData:
+    """A real calibrated `parity generate` report (tiny Qwen, fp16 on CPU, 3 steps)."""
+    from parity.generate import GenerateOptions, execute
+
+    return execute(GenerateOptions(model="qwen", dtype="fp16", device="cpu", max_new_tokens=3)).report

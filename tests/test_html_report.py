@@ -5,8 +5,9 @@ import json
 import re
 from pathlib import Path
 
-from parity.report import compare, files, html
-from report_samples import XSS_SCRIPT, hostile, sample_reports
+from parity.report import charts, compare, console, files, html
+from parity.report.data import ReportData
+from report_samples import XSS_SCRIPT, absolute_reports, generation_report, hostile, sample_reports, schema_10
 
 
 def test_script_json_cannot_break_out() -> None:
@@ -58,3 +59,84 @@ def test_run_writes_html(tmp_path: Path, run_cli) -> None:
     code, out, _ = run_cli("run", "--tokens", "4", "-q", "--out", str(tmp_path / "r"), "--html", str(tmp_path / "r.html"))
     assert code == 0 and "HTML report:" in out
     assert "PASSED" in (tmp_path / "r.html").read_text()
+
+
+# --------------------------------------------------------------------------- calibrated verdicts (schema 1.1)
+
+_HEAT_CELL = re.compile(r'<td class="(\w+)" style="background:(#[0-9a-f]{6})" data-probe="([^"]+)" data-excess="([^"]*)"')
+
+
+def _between(page: str, start: str, end: str = "</svg>") -> str:
+    return page.split(start, 1)[1].split(end, 1)[0]
+
+
+def test_calibrated_page_draws_twin_excess_and_budget() -> None:
+    broken, _ = sample_reports()
+    assert broken.run["verdict"]["mode"] == "calibrated" and broken.run["tolerances"] is None
+    assert all(r.excess is not None and r.twin_max_abs_err is not None for r in broken.probes if r.compared)
+    page = html.render(broken)
+    # the twin's error dashed beside the candidate's, same metric, in both error charts
+    for metric in ("max_abs_err", "nrmse"):
+        chart = _between(page, f'class="metric-chart" data-metric="{metric}"')
+        assert chart.count('<path class="twin"') >= 3 and chart.count('<path class="cand"') >= 3
+        assert 'stroke-dasharray="5 3"' in chart and 'class="limit"' not in chart  # no atol line
+    # excess along depth, the budget as the limit
+    excess = _between(page, 'class="excess-chart"')
+    assert 'class="limit"' in excess and "budget x8" in excess and "twin x1" in excess and "x100" in excess
+    assert 'data-probe="blocks.2.mlp_out"' in excess and "atol" not in page.split('id="heatmap"')[0]
+    # the heatmap shades by excess: red over the budget, pale within the twin
+    assert "Block × component (excess over twin)" in page
+    cells = _HEAT_CELL.findall(page)
+    assert len(cells) == 4 * 11
+    for status, color, name, x in cells:
+        assert color == charts.excess_shade(float(x), 8.0, status == "fail"), name
+        red = int(color[1:3], 16) > int(color[3:5], 16) + 60
+        assert red == (status == "fail") == (float(x) > 8), name
+    x = console.xfmt(broken.row("blocks.2.mlp_out").excess)
+    assert f">{x}<" in page  # blocks.2.mlp_out's excess as cell text and table cell
+    # the probe table and the facts
+    assert ">twin max abs</th>" in page and ">excess</th>" in page and ">twin nrmse</th>" in page and ">atol</th>" not in page
+    facts = page.split('class="kv verdict-facts"', 1)[1].split("</table>", 1)[0]
+    twin = broken.run["verdict"]["twin"]
+    assert "<td>calibrated</td>" in facts and "x8 (a probe fails above 8" in facts and "float16 rounding unit" in facts
+    assert html.fmt(broken.run["verdict"]["floor"]) in facts and twin["label"] in facts and f"<td>{twin['state']}</td>" in facts
+    growth = console.xfmt(broken.summary["first_divergence"]["growth"])
+    assert "largest excess" in page and f"excess {growth} over upstream" in page
+
+
+def test_absolute_page_keeps_the_atol_line_and_error_heatmap() -> None:
+    broken, _ = absolute_reports()
+    page = html.render(broken)
+    chart = _between(page, 'class="metric-chart" data-metric="max_abs_err"')
+    assert 'class="limit"' in chart and "atol 0.02" in chart and '<path class="twin"' not in page
+    assert 'class="excess-chart"' not in page and "Block × component (max abs err)" in page
+    assert not _HEAT_CELL.search(page) and ">atol</th>" in page and ">excess</th>" not in page
+    fd = broken.summary["first_divergence"]
+    assert "<td>absolute</td>" in page and f"max abs err</th><td>{html.fmt(fd['max_abs_err'])} &gt; atol 0.02" in page
+
+
+def test_schema_10_report_still_renders(tmp_path: Path, run_cli) -> None:
+    broken, _ = absolute_reports()
+    old = schema_10(broken)
+    assert ReportData.from_dict(old).schema_version == "1.0" and "verdict" not in old["run"]
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    code, out, err = run_cli("report", str(tmp_path / "old.json"), "-o", str(tmp_path / "old.html"))
+    assert code == 0, err
+    page = (tmp_path / "old.html").read_text()
+    assert "<td>absolute</td>" in page and "atol 0.02" in page and "Block × component (max abs err)" in page
+    assert 'class="excess-chart"' not in page and '<path class="twin"' not in page and "twin max abs" not in page
+    assert "blocks.2.mlp_out" in page and page.count("<svg") == 2
+
+
+def test_generation_section_shows_excess_per_step() -> None:
+    d = generation_report().to_dict()
+    assert d["generation"]["tolerance"] == "calibrated" and all(s["excess"] is not None for s in d["generation"]["steps"])
+    d["generation"]["steps"][1].update(excess=12.5, passed=False)  # one step over the budget
+    page = html.render(ReportData.from_dict(d))
+    step_chart = _between(page, 'class="chart step-chart"')
+    assert "budget x8" in step_chart and 'class="limit"' in step_chart and step_chart.count('class="dot"') == 3
+    assert 'fill="#cf222e"' in step_chart  # the failing step
+    head = re.search(r"<thead><tr>(.*?)</tr></thead>", page.split(">steps</h3>", 1)[1]).group(1)
+    cols = re.findall(r">([a-z_]+)</th>", head)
+    assert cols[cols.index("max_abs_err") + 1:cols.index("max_abs_err") + 3] == ["excess", "twin_max_abs_err"]
+    assert ">x12<" in page and ">x1<" in page

@@ -24,6 +24,9 @@ class ProbeChange:
     err_b: float | None
     ratio: float | None  # err_b / err_a
     change: str  # fixed | broke | better | worse | same | only in A | only in B | not compared
+    #: calibrated runs: each run's excess over its precision twin (None in absolute runs)
+    excess_a: float | None = None
+    excess_b: float | None = None
 
 
 @dataclass
@@ -42,6 +45,11 @@ class RunDiff:
         for r in self.rows:
             out[r.change] = out.get(r.change, 0) + 1
         return out
+
+    @property
+    def has_excess(self) -> bool:
+        """Whether either run is calibrated (an excess on some probe)."""
+        return any(r.excess_a is not None or r.excess_b is not None for r in self.rows)
 
     @property
     def regressed(self) -> bool:
@@ -95,7 +103,8 @@ def diff_reports(a: ReportData, b: ReportData) -> RunDiff:
         eb = rb.max_abs_err if rb else None
         ratio = _ratio(ea, eb)
         out.rows.append(ProbeChange(n, ra.status if ra else None, rb.status if rb else None, ea, eb, ratio,
-                                    _change(ra.status if ra else None, rb.status if rb else None, ratio)))
+                                    _change(ra.status if ra else None, rb.status if rb else None, ratio),
+                                    ra.excess if ra else None, rb.excess if rb else None))
     return out
 
 
@@ -106,20 +115,34 @@ def render_console(diff: RunDiff, console: Any = None, show_all: bool = False) -
     from rich.console import Console
     from rich.table import Table
 
-    from parity.report.console import fmt
-
     console = console or Console(width=None if sys.stdout.isatty() else 140)
     table = Table(title=f"parity diff | A: {diff.label_a} | B: {diff.label_b}", title_justify="left", header_style="bold")
-    for c in ("probe", "status A", "status B", "max abs err A", "max abs err B", "B/A", "change"):
+    excess = diff.has_excess
+    for c in _columns(excess):
         table.add_column(c, justify="left" if c in ("probe", "status A", "status B", "change") else "right", no_wrap=True)
-    style = {"fixed": "green", "better": "green", "broke": "bold red", "worse": "red"}
     for r in diff.rows:
         if not show_all and r.change in ("same", "not compared"):
             continue
-        ch = f"[{style[r.change]}]{r.change}[/]" if r.change in style else r.change
-        table.add_row(r.name, r.status_a or "-", r.status_b or "-", fmt(r.err_a, 3), fmt(r.err_b, 3), fmt(r.ratio, 3), ch)
+        table.add_row(*_cells(r, excess))
     console.print(table)
     counts = ", ".join(f"{v} {k}" for k, v in diff.counts.items())
     console.print(f"A: {diff.message_a}", markup=False, highlight=False, soft_wrap=True)
     console.print(f"B: {diff.message_b}", markup=False, highlight=False, soft_wrap=True)
     console.print(f"{len(diff.rows)} probes: {counts}", markup=False, highlight=False)
+
+
+def _columns(excess: bool) -> list[str]:
+    """The diff table's columns; each run's excess after the max abs errors when either is calibrated."""
+    return ["probe", "status A", "status B", "max abs err A", "max abs err B", "B/A",
+            *(["excess A", "excess B"] if excess else []), "change"]
+
+
+_STYLE = {"fixed": "green", "better": "green", "broke": "bold red", "worse": "red"}
+
+
+def _cells(r: ProbeChange, excess: bool) -> list[str]:
+    from parity.report.console import fmt, xfmt
+
+    ch = f"[{_STYLE[r.change]}]{r.change}[/]" if r.change in _STYLE else r.change
+    cells = [r.name, r.status_a or "-", r.status_b or "-", fmt(r.err_a, 3), fmt(r.err_b, 3), fmt(r.ratio, 3)]
+    return cells + ([xfmt(r.excess_a), xfmt(r.excess_b)] if excess else []) + [ch]

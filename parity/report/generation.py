@@ -8,12 +8,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from parity.report.console import fmt
+from parity.report.console import fmt, xfmt
 from parity.report.data import ReportData
 from parity.report.files import atomic_write, to_json
 
 STEP_COLUMNS = ("step", "position", "ref_token", "cand_token", "fed_token", "match", "comparable", "passed",
-                "max_abs_err", "mean_abs_err", "cosine", "ref_margin", "gap", "flip", "topk_overlap")
+                "max_abs_err", "mean_abs_err", "cosine", "ref_margin", "gap", "flip", "topk_overlap",
+                "excess", "twin_max_abs_err", "nrmse", "twin_nrmse")
 
 
 def _status(row: dict[str, Any]) -> str:
@@ -46,14 +47,34 @@ def render(report: ReportData, console: Any = None) -> None:
              f"vs {cand.get('name')} {cand.get('dtype')} {cand.get('device')} | {gen['mode']} greedy | "
              f"prompt {gen['prompt']['tokens']} tokens")
     table = Table(title=title, title_justify="left", header_style="bold")
-    for c in ("step", "ref token", "cand token", "max abs err", "ref margin", f"top-{gen['overlap_k']} overlap", "status"):
+    excess = calibrated(gen)
+    for c in step_columns(gen["overlap_k"], excess):
         table.add_column(c, justify="left" if c in ("ref token", "cand token", "status") else "right", no_wrap=True)
     for r in gen["steps"]:
-        ov = "-" if r["topk_overlap"] is None else f"{r['topk_overlap']:.2f}"
-        table.add_row(str(r["step"]), _tok(gen, r["ref_token"]), _tok(gen, r["cand_token"]),
-                      fmt(r["max_abs_err"], 3), fmt(r["ref_margin"], 3), ov, _status(r))
+        table.add_row(*_cells(gen, r, excess))
     console.print(table)
     render_summary(report, console)
+
+
+def calibrated(gen: dict[str, Any]) -> bool:
+    """Whether the steps were judged against the precision twin (an excess per step)."""
+    if gen.get("tolerance") is not None:
+        return gen["tolerance"] == "calibrated"
+    return any(r.get("excess") is not None for r in gen.get("steps", []))
+
+
+def step_columns(overlap_k: int, excess: bool) -> list[str]:
+    """The console table's columns: excess (calibrated) right after max abs err."""
+    return ["step", "ref token", "cand token", "max abs err", *(["excess"] if excess else []), "ref margin",
+            f"top-{overlap_k} overlap", "status"]
+
+
+def _cells(gen: dict[str, Any], r: dict[str, Any], excess: bool) -> list[str]:
+    ov = "-" if r["topk_overlap"] is None else f"{r['topk_overlap']:.2f}"
+    cells = [str(r["step"]), _tok(gen, r["ref_token"]), _tok(gen, r["cand_token"]), fmt(r["max_abs_err"], 3)]
+    if excess:
+        cells.append(xfmt(r.get("excess")))
+    return cells + [fmt(r["ref_margin"], 3), ov, _status(r)]
 
 
 def _line(console: Any, text: str, style: str | None = None) -> None:
@@ -75,18 +96,28 @@ def render_summary(report: ReportData, console: Any) -> None:
     curve = gen.get("error_curve") or []
     if gen["mode"] == "teacher-forced" and curve:
         _line(console, "error curve (logits max abs err per step): " + " ".join(fmt(e, 2) for e in curve))
+        if calibrated(gen):
+            _line(console, f"excess per step (budget {xfmt(gen.get('budget'))}): "
+                  + " ".join(xfmt(r.get("excess")) for r in gen["steps"] if r["comparable"]))
     flip = gen.get("first_token_flip_step")
     if flip is not None:
         r = gen["steps"][flip]
         _line(console, f"first token flip: step {flip}, {_tok(gen, r['ref_token'])} -> {_tok(gen, r['cand_token'])}, "
               f"reference margin {fmt(r['ref_margin'], 3)}, gap to the candidate's token {fmt(r['gap'], 3)} "
-              f"-> {r['flip']} (near tie: gap <= {gen['near_tie_factor']:g} x logits tolerance band)")
+              f"-> {r['flip']} (near tie: gap <= {gen['near_tie_factor']:g} x {_band(gen)})")
     for d in gen.get("sampling_diff") or []:
         _line(console, f"sampling: {d['key']}: reference {d['reference']!r}, candidate {d['candidate']!r}")
     s = report.summary
     _line(console, s["message"], "bold green" if s["verdict"] == "pass" else "bold red")
     if gen.get("hint"):
         _line(console, f"Diagnosis: {gen['hint']}")
+
+
+def _band(gen: dict[str, Any]) -> str:
+    """What one logit may move by, in the flip line's words."""
+    if calibrated(gen):
+        return f"the band one logit may move ({fmt(gen.get('budget'))} x the twin's max abs err)"
+    return "logits tolerance band"
 
 
 def steps_csv(report: ReportData) -> str:
