@@ -45,7 +45,7 @@ def expected(fault: str, family: str) -> tuple[int | None, set[str]]:
     name, _, at = fault.partition("@")
     block = int(at) if at else 0
     return {
-        "double-rope": (block, {"attn"}),
+        "double-rope": (block, {"attn", "rope"}),  # q_rot/k_rot probes are the "rope" component
         "silu-wrong-branch": (block, {"mlp"}),
         "qkv-split": (block, {"attn"}),
         "norm-eps": (block, {"norm", "attn", "mlp"}),

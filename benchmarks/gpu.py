@@ -203,7 +203,9 @@ def weights_gib(model_name: str, shape: str, dtype_bytes: int) -> float:
     return sum(p.numel() for p in m.parameters()) * dtype_bytes / 2**30
 
 
-def end_to_end(model_name: str, shape: str, tokens: int, dtype: str = "fp16") -> dict:
+def end_to_end(model_name: str, shape: str, tokens: int, dtype: str = "fp16", attn: str = "sdpa") -> dict:
+    """One whole `parity run`. The candidate uses SDPA attention, so it is not the precision
+    twin (the reference in its dtype, eager) and the twin's forwards are part of the time."""
     from parity.options import RunOptions
     from parity.run import execute
 
@@ -211,13 +213,14 @@ def end_to_end(model_name: str, shape: str, tokens: int, dtype: str = "fp16") ->
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
     t0 = time.perf_counter()
-    res = execute(RunOptions(model=model_name, shape=shape, tokens=tokens, device="cuda", dtype=dtype))
+    res = execute(RunOptions(model=model_name, shape=shape, tokens=tokens, device="cuda", dtype=dtype, attn=attn))
     wall = time.perf_counter() - t0
     peak = (torch.cuda.max_memory_allocated() - base) / 2**30
     weights = weights_gib(model_name, shape, 4) + weights_gib(model_name, shape, 2)
     return {"seconds": wall, "peak_gib": peak, "weights_gib": weights, "over_weights_gib": peak - weights,
             "verdict": res.report.summary["verdict"], "message": res.report.summary["message"],
-            "timings": res.report.run["timings_s"], "dtype": dtype, "tokens": tokens, "model": model_name}
+            "timings": res.report.run["timings_s"], "dtype": dtype, "attn": attn, "tokens": tokens, "model": model_name,
+            "twin": (res.report.run.get("verdict") or {}).get("twin")}
 
 
 def _triton_version() -> str:

@@ -100,10 +100,6 @@ def diagnose(rows: Sequence[ProbeRow], dtype: str | None, isolated: Mapping[str,
     diag = explain(rows, summary, dtype, isolated or {}, profiles or {}, isolated_profiles or {}, calib)
     if diag is not None:
         summary["diagnosis"] = diag
-        fd = summary["first_divergence"]
-        if diag["kind"] == "accumulation" and fd["classification"] == "step":  # isolation: precision, not a bug
-            fd["classification"] = "accumulation"
-            summary["message"] = message(summary)
     return summary
 
 
@@ -311,9 +307,11 @@ def _systemic(per_block: Mapping[int, list[tuple[str, Any]]], failing: list[int]
 
 
 def _isolation_evidence(rows: Sequence[ProbeRow], isolated: Mapping[str, Any], block: int | None,
-                        judge: _Judge) -> tuple[int | None, list[str], bool]:
-    """(first block whose own isolated error jumps, evidence lines, systemic): systemic
-    when the candidate is less precise than an honest run in most blocks (see _systemic)."""
+                        judge: _Judge, accumulating: bool) -> tuple[int | None, list[str], bool]:
+    """(first block whose own isolated error jumps, evidence lines, systemic). When the full
+    run looks like accumulation, own errors over the budget in most blocks are a candidate
+    less precise than an honest run throughout (systemic, see _systemic), not one culprit.
+    (After a step they may as well be one bug repeated in every block: that stays a bug.)"""
     per_block: dict[int, list[tuple[str, Any]]] = {}
     for name, d in isolated.items():
         b = canon.parse(name).block
@@ -322,7 +320,7 @@ def _isolation_evidence(rows: Sequence[ProbeRow], isolated: Mapping[str, Any], b
     if not per_block:
         return None, [], False
     failing = sorted(b for b, ds in per_block.items() if any(judge.own_error(n, d) for n, d in ds))
-    if _systemic(per_block, failing, judge):
+    if accumulating and _systemic(per_block, failing, judge):
         top = max(x for b in failing for n, d in per_block[b] if (x := judge.excess(n, d)) is not None)
         return None, [f"{len(failing)} of {len(per_block)} blocks are over {_x(judge.calib.budget)} the twin's error on "
                       f"their own (teacher-forced), none beyond {_x(top)}: the candidate computes with less precision "
@@ -394,8 +392,9 @@ def explain(rows: Sequence[ProbeRow], summary: dict[str, Any], dtype: str | None
     judge = _Judge(calib, dtype, rows)
     by_name = {r.name: r for r in rows}
     first = by_name[fd["probe"]]
-    culprit, iso_lines, systemic = _isolation_evidence(rows, isolated, first.block, judge)
-    if systemic or (fd["classification"] == "accumulation" and culprit is None):
+    culprit, iso_lines, systemic = _isolation_evidence(rows, isolated, first.block, judge,
+                                                       fd["classification"] == "accumulation")
+    if fd["classification"] == "accumulation" and (systemic or culprit is None):
         return {"block": first.block, "component": first.component, "cause": "accumulation", "kind": "accumulation",
                 "hint": _accumulation_hint(first, rows, dtype, calib),
                 "evidence": [_state(first, first.name)] + iso_lines}

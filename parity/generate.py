@@ -382,7 +382,7 @@ def execute(opts: GenerateOptions, progress: Progress | None = None) -> Generate
     twin: Side | str | None = None
     twin_model = None
     if calib.calibrated and calib.dtype != "float32":
-        if candidate_is_twin(opts, ref_desc.get("attn")):
+        if candidate_is_twin(opts, ref_desc.get("attn")) and not opts.faults:  # a fault makes it another model
             twin = "candidate"
         else:  # derived before the candidate is built: nothing the candidate does reaches it
             _say(progress, f"building precision twin ({calib.dtype})")

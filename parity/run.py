@@ -273,9 +273,10 @@ def compare_candidate(ref: Reference, opts: RunOptions, progress: Progress | Non
     candidate's factory (``opts.candidate`` then only names it); ``release_reference`` drops
     the reference model once the candidate is built (a one-shot run needs it no more)."""
     timings = dict(ref.timings)
-    registered = create is None
     if create is None:
         create = backends.load(opts.candidate).create
+    # only parity's own torch factory can be the twin (a wrapped or replaced one is not)
+    registered = getattr(create, "__module__", None) == "parity.backends.pytorch"
     source, ids, ref_cap, selected = ref.source, ref.ids, ref.capture, ref.selected
     calib = calibration_for(opts, tolerances is not None)
     if calib.calibrated:

@@ -5,6 +5,7 @@ import json
 import re
 from pathlib import Path
 
+from parity.calibrate import DEFAULT_BUDGET as B
 from parity.report import charts, compare, console, files, html
 from parity.report.data import ReportData
 from report_samples import XSS_SCRIPT, absolute_reports, generation_report, hostile, sample_reports, schema_10
@@ -82,23 +83,23 @@ def test_calibrated_page_draws_twin_excess_and_budget() -> None:
         assert 'stroke-dasharray="5 3"' in chart and 'class="limit"' not in chart  # no atol line
     # excess along depth, the budget as the limit
     excess = _between(page, 'class="excess-chart"')
-    assert 'class="limit"' in excess and "budget x8" in excess and "twin x1" in excess and "x100" in excess
+    assert 'class="limit"' in excess and f"budget x{B:g}" in excess and "twin x1" in excess and "x100" in excess
     assert 'data-probe="blocks.2.mlp_out"' in excess and "atol" not in page.split('id="heatmap"')[0]
     # the heatmap shades by excess: red over the budget, pale within the twin
     assert "Block × component (excess over twin)" in page
     cells = _HEAT_CELL.findall(page)
     assert len(cells) == 4 * 11
     for status, color, name, x in cells:
-        assert color == charts.excess_shade(float(x), 8.0, status == "fail"), name
+        assert color == charts.excess_shade(float(x), B, status == "fail"), name
         red = int(color[1:3], 16) > int(color[3:5], 16) + 60
-        assert red == (status == "fail") == (float(x) > 8), name
+        assert red == (status == "fail") == (float(x) > B), name
     x = console.xfmt(broken.row("blocks.2.mlp_out").excess)
     assert f">{x}<" in page  # blocks.2.mlp_out's excess as cell text and table cell
     # the probe table and the facts
     assert ">twin max abs</th>" in page and ">excess</th>" in page and ">twin nrmse</th>" in page and ">atol</th>" not in page
     facts = page.split('class="kv verdict-facts"', 1)[1].split("</table>", 1)[0]
     twin = broken.run["verdict"]["twin"]
-    assert "<td>calibrated</td>" in facts and "x8 (a probe fails above 8" in facts and "float16 rounding unit" in facts
+    assert "<td>calibrated</td>" in facts and f"x{B:g} (a probe fails above {B:g}" in facts and "float16 rounding unit" in facts
     assert html.fmt(broken.run["verdict"]["floor"]) in facts and twin["label"] in facts and f"<td>{twin['state']}</td>" in facts
     growth = console.xfmt(broken.summary["first_divergence"]["growth"])
     assert "largest excess" in page and f"excess {growth} over upstream" in page
@@ -134,7 +135,7 @@ def test_generation_section_shows_excess_per_step() -> None:
     d["generation"]["steps"][1].update(excess=12.5, passed=False)  # one step over the budget
     page = html.render(ReportData.from_dict(d))
     step_chart = _between(page, 'class="chart step-chart"')
-    assert "budget x8" in step_chart and 'class="limit"' in step_chart and step_chart.count('class="dot"') == 3
+    assert f"budget x{B:g}" in step_chart and 'class="limit"' in step_chart and step_chart.count('class="dot"') == 3
     assert 'fill="#cf222e"' in step_chart  # the failing step
     head = re.search(r"<thead><tr>(.*?)</tr></thead>", page.split(">steps</h3>", 1)[1]).group(1)
     cols = re.findall(r">([a-z_]+)</th>", head)

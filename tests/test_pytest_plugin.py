@@ -57,7 +57,7 @@ def broken_port(ctx):
         backend.model.get_submodule("transformer.h.2.mlp.w1").weight.mul_(1.5)
     return backend
 
-@pytest.mark.parity(model="qwen", candidate=broken_port, tokens=8, device="cpu")
+@pytest.mark.parity(model="qwen", candidate=broken_port, tokens=8, device="cpu", tolerance="absolute")
 def test_broken(parity):
     parity.assert_parity()
 
@@ -84,6 +84,39 @@ def test_failure_names_probe_tolerance_and_writes_html(pytester: pytest.Pytester
     pages = list(html_dir.glob("*.html"))
     assert len(pages) == 1 and "test_broken" in pages[0].name
     assert "FAIL test_failing.py::test_broken" in out
+
+
+CALIBRATED = '''
+import pytest
+
+def broken_port(ctx):
+    import torch
+    from parity.backends import pytorch
+    backend = pytorch.create(ctx)
+    with torch.no_grad():
+        backend.model.get_submodule("transformer.h.2.mlp.w1").weight.mul_(1.5)
+    return backend
+
+@pytest.mark.parity(model="qwen", candidate=broken_port, tokens=8, device="cpu")
+def test_broken(parity):
+    parity.assert_parity()
+
+@pytest.mark.parity(model="qwen", tokens=8, device="cpu", candidate="port")
+def test_clean_port_in_bf16(parity):
+    report = parity.assert_parity(dtype="bf16")
+    assert report.run["verdict"]["mode"] == "calibrated" and report.row("logits").excess <= 4
+'''
+
+
+def test_default_verdict_is_calibrated(pytester: pytest.Pytester) -> None:
+    """No tolerance table anywhere: the fixture judges against the precision twin."""
+    pytester.makepyfile(test_cal=CALIBRATED)
+    result = run(pytester)
+    result.assert_outcomes(failed=1, passed=1)
+    out = result.stdout.str()
+    assert re.search(r"FAILED \| blocks\.2\.mlp_out \| excess x\d+ > budget x4 \(nrmse", out)
+    assert "first divergent probe: blocks.2.mlp_out (block 2, mlp; step)" in out
+    assert "atol" not in out.split("test_broken")[-1].split("PASS")[0]
 
 
 GLOBS = '''

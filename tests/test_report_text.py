@@ -7,6 +7,8 @@ import math
 import pytest
 from rich.console import Console
 
+from parity.calibrate import DEFAULT_BUDGET
+
 from parity.report import compare, console, failure, generation
 from parity.report.data import ReportData
 from report_samples import absolute_reports, generation_report, sample_reports
@@ -44,7 +46,7 @@ def test_failure_text_calibrated_against_twin() -> None:
     text = failure.explain(broken)
     r = broken.row("blocks.2.mlp_out")
     x = console.xfmt(r.excess)
-    assert f"excess {x} > budget x8 over the precision twin ({broken.run['verdict']['twin']['label']})" in text
+    assert f"excess {x} > budget x{DEFAULT_BUDGET:g} over the precision twin ({broken.run['verdict']['twin']['label']})" in text
     assert f"vs twin {console.fmt(r.twin_nrmse, 3)}" in text and f"vs twin {console.fmt(r.twin_max_abs_err, 3)}" in text
     assert "atol" not in text and "elements over" not in text
     head = next(ln for ln in text.splitlines() if ln.strip().startswith("probe"))

@@ -311,6 +311,17 @@ class EnginePort(nn.Module):
 
     def load_fused(self, sd: dict[str, torch.Tensor]) -> None:
         """Load an engine-named state dict (fused qkv / gate_up already built), strictly."""
-        missing, unexpected = self.load_state_dict(sd, strict=False)
+        missing, unexpected = self.load_state_dict(sd, strict=False, assign=True)
         if missing or unexpected:
             raise KeyError(f"port weights: missing {missing[:3]}, unexpected {unexpected[:3]}")
+
+    @classmethod
+    def from_fused(cls, cfg: PortConfig, sd: dict[str, torch.Tensor]) -> EnginePort:
+        """A port holding ``sd``'s tensors as its weights, on their device: the modules are
+        made on the meta device (no random init of billions of weights on the host, no copy),
+        so a 7B port costs what its fused weights cost. Tensors not fused here are the
+        caller's (the reference's): the port only reads them."""
+        with torch.device("meta"):
+            port = cls(cfg)
+        port.load_fused(sd)
+        return port

@@ -46,6 +46,4 @@ def convert(sd: dict[str, torch.Tensor], num_layers: int) -> dict[str, torch.Ten
 def build_port(config: Any, state_dict: dict[str, torch.Tensor]) -> EnginePort:
     """The factory ``--candidate port`` calls: (model config, reference state dict) -> module."""
     pc = port_config(config)
-    port = EnginePort(pc)
-    port.load_fused(convert(state_dict, pc.num_layers))
-    return port
+    return EnginePort.from_fused(pc, convert(state_dict, pc.num_layers))
