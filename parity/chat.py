@@ -127,17 +127,19 @@ def resolve_stop_tokens(texts: Iterable[str], vocab: Vocab, where: str = "--stop
 
 
 def wrap_prompt(template: str, vocab: Vocab, *, prompt: str | None, ids: list[int] | None,
-                system: str = DEFAULT_SYSTEM) -> tuple[list[int], str]:
-    """Prompt ids in the family's chat format, and how they were made (for the report)."""
+                system: str | None = None) -> tuple[list[int], str]:
+    """Prompt ids in the family's chat format, and how they were made (for the report).
+    ``system`` None: a tokenizer's own template adds its own default system message (if it
+    has one); text templates use DEFAULT_SYSTEM."""
     if template not in TEMPLATES:
         raise InputError(f"unknown chat template '{template}'.", note="valid templates: " + ", ".join(TEMPLATES))
     tok = vocab.tokenizer
     if tok is not None and prompt is not None:
         apply = getattr(tok, "apply_chat_template", None)
         if apply is not None and getattr(tok, "chat_template", None):
-            msgs = [{"role": "system", "content": system}, {"role": "user", "content": prompt}]
+            msgs = ([] if system is None else [{"role": "system", "content": system}]) + [{"role": "user", "content": prompt}]
             return _template_ids(apply(msgs, add_generation_prompt=True, tokenize=True)), "tokenizer chat_template"
-        text = TEMPLATES[template].format(system=system, prompt=prompt)
+        text = TEMPLATES[template].format(system=DEFAULT_SYSTEM if system is None else system, prompt=prompt)
         return _encode(tok, text), f"{template} text template"
     body = list(ids if ids is not None else _encode(tok, prompt or ""))
     before, after = ID_WRAPS[template]

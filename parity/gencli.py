@@ -11,8 +11,6 @@ from parity.options import VERDICT_OPTS, Opt, add_group
 GENERATION_OPTS: list[Opt] = [
     Opt(("--max-new-tokens",), {"type": int, "default": 16, "metavar": "N", "help": "greedy decode steps at most (default: 16)"}),
     Opt(("--teacher-forcing",), {"action": "store_true", "help": "feed the reference's tokens to the candidate, so comparison continues past a flip"}),
-    Opt(("--chat",), {"action": "store_true", "help": "wrap the prompt in the family's chat format (ChatML for qwen/qwen2, [INST] for llama)"}),
-    Opt(("--system",), {"metavar": "TEXT", "help": "system message for --chat (default: 'You are a helpful assistant.')"}),
     Opt(("--stop-token",), {"dest": "stop_tokens", "action": "append", "metavar": "TEXT", "help": "chat stop token text, repeatable (default: the preset's [chat] stop_tokens)"}),
     Opt(("--candidate-generation-config",), {"metavar": "FILE", "help": "the candidate's generation_config.json (default: the reference's settings)"}),
     Opt(("--overlap-k",), {"type": int, "default": 5, "metavar": "K", "help": "top-k overlap per step (default: 5)"}),

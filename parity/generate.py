@@ -53,8 +53,6 @@ Progress = Callable[[str], Any]
 class GenerateOptions(RunOptions):
     max_new_tokens: int = 16
     teacher_forcing: bool = False
-    chat: bool = False
-    system: str = chatfmt.DEFAULT_SYSTEM
     stop_tokens: list[str] | None = None
     candidate_generation_config: str | None = None
     overlap_k: int = 5
@@ -214,27 +212,13 @@ def context_length(config: Any) -> int | None:
     return None
 
 
-def load_vocab(opts: GenerateOptions, source: ModelSource) -> chatfmt.Vocab:
-    tok = None
-    if opts.prompt is not None or opts.tokenizer is not None:
-        tok = inputs.load_tokenizer(source.family.name, source.checkpoint, opts.tokenizer)
-    elif source.checkpoint is not None:
-        try:
-            tok = inputs.load_tokenizer(source.family.name, source.checkpoint, None)
-        except InputError:
-            tok = None  # a checkpoint without tokenizer files: ids only
-    return chatfmt.vocab_for(source.preset.chat, tok)
-
-
 def prompt_ids(opts: GenerateOptions, source: ModelSource, vocab: chatfmt.Vocab) -> tuple[list[int], str]:
-    from parity.run import resolve_inputs
+    from parity.run import chat_ids, plain_ids
 
     if opts.chat:
-        template = source.preset.chat.get("template", "chatml")
-        raw = None if opts.prompt is not None else resolve_inputs(opts, source)
-        ids, how = chatfmt.wrap_prompt(template, vocab, prompt=opts.prompt, ids=raw, system=opts.system)
+        ids, how = chat_ids(opts, source, vocab)
     else:
-        ids, how = resolve_inputs(opts, source), "plain"
+        ids, how = plain_ids(opts, source), "plain"
     ids = inputs.check_ids(ids, source.vocab_size)
     ctx = context_length(source.config)
     if ctx is not None and len(ids) >= ctx:
@@ -258,6 +242,8 @@ class Plan:
 
 def plan(opts: GenerateOptions, source: ModelSource) -> Plan:
     """Everything decided before a model is built: bad input fails here, fast."""
+    from parity.run import load_vocab
+
     check_options(opts)
     vocab = load_vocab(opts, source)
     ids, how = prompt_ids(opts, source, vocab)

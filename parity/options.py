@@ -44,6 +44,8 @@ class RunOptions:
     prompt: str | None = None
     input_ids: str | None = None
     tokenizer: str | None = None
+    chat: bool = False
+    system: str | None = None
     # engine backends (issue 4)
     ort_opt: str = "all"
     ort_provider: str = "CPUExecutionProvider"
@@ -78,6 +80,8 @@ GROUPS: dict[str, tuple[str, list[Opt]]] = {
         Opt(("--prompt",), {"metavar": "TEXT", "help": "a prompt, encoded with the checkpoint's tokenizer"}),
         Opt(("--input-ids",), {"metavar": "FILE", "help": "token ids: .npy, .json list or whitespace-separated .txt"}),
         Opt(("--tokenizer",), {"metavar": "PATH", "help": "tokenizer folder or qwen.tiktoken file (default: the checkpoint's)"}),
+        Opt(("--chat",), {"action": "store_true", "help": "wrap the prompt in the model's chat format (the tokenizer's chat template; ChatML for qwen/qwen2, [INST] for llama without one)"}),
+        Opt(("--system",), {"metavar": "TEXT", "help": "system message for --chat (default: 'You are a helpful assistant.')"}),
     ]),
     "candidate": ("candidate", [
         Opt(("--candidate", "-c"), {"default": "torch", "help": "engine under test (default: torch); `parity doctor` lists them"}),

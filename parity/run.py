@@ -20,7 +20,7 @@ from parity.calibrate import Calibration, Excess, Twin, check_budget, resolve_mo
 from parity.capture import Capture, Comparator, Recorder
 from parity.diagnose import diagnose
 from parity.diff import DiffStats, TensorStats, fp16_headroom
-from parity.errors import ParityError, UsageError
+from parity.errors import InputError, ParityError, UsageError
 from parity.probemap import ProbeMap, find_map
 from parity.report.data import ProbeRow, ReportData
 from parity.source import ModelSource
@@ -59,6 +59,15 @@ def _stage(progress: Progress | None, what: str, timings: dict[str, float]) -> I
 
 
 def resolve_inputs(opts: RunOptions, source: ModelSource) -> list[int]:
+    """The run's token ids: --tokens (seeded), --prompt (the tokenizer's) or --input-ids,
+    wrapped in the model's chat format with --chat."""
+    if opts.chat:
+        ids, _ = chat_ids(opts, source, load_vocab(opts, source))
+        return ids
+    return plain_ids(opts, source)
+
+
+def plain_ids(opts: RunOptions, source: ModelSource) -> list[int]:
     given = [x for x in (opts.tokens, opts.prompt, opts.input_ids) if x is not None]
     if len(given) > 1:
         raise ParityError("give one of --tokens, --prompt, --input-ids.")
@@ -71,6 +80,31 @@ def resolve_inputs(opts: RunOptions, source: ModelSource) -> list[int]:
     specials = list(source.preset.chat.get("special_tokens", {}).values())
     high = min(specials) if specials and min(specials) > vocab // 2 else None
     return inputs.seeded_ids(inputs.DEFAULT_TOKENS if opts.tokens is None else opts.tokens, vocab, source.seed, high)
+
+
+def load_vocab(opts: RunOptions, source: ModelSource) -> Any:
+    """The special tokens and (when there is one) the tokenizer, for chat formats and texts."""
+    from parity import chat as chatfmt
+
+    tok = None
+    if opts.prompt is not None or opts.tokenizer is not None:
+        tok = inputs.load_tokenizer(source.family.name, source.checkpoint, opts.tokenizer)
+    elif source.checkpoint is not None:
+        try:
+            tok = inputs.load_tokenizer(source.family.name, source.checkpoint, None)
+        except InputError:
+            tok = None  # a checkpoint without tokenizer files: ids only
+    return chatfmt.vocab_for(source.preset.chat, tok)
+
+
+def chat_ids(opts: RunOptions, source: ModelSource, vocab: Any) -> tuple[list[int], str]:
+    """The prompt (text, or ids) in the model's chat format, and how it was made."""
+    from parity import chat as chatfmt
+
+    template = source.preset.chat.get("template", "chatml")
+    raw = None if opts.prompt is not None else plain_ids(opts, source)
+    ids, how = chatfmt.wrap_prompt(template, vocab, prompt=opts.prompt, ids=raw, system=opts.system)
+    return inputs.check_ids(ids, source.vocab_size), how
 
 
 class CandidateFailed(ParityError):
