@@ -4,6 +4,7 @@ place. One reference per (model, input); every candidate of the list is compared
 
     python benchmarks/calibration.py --model llama --checkpoint DIR --prompt-set long --out cal.jsonl
     python benchmarks/calibration.py --model qwen --shape 7b --tokens 512 --device cuda --out cal.jsonl
+    python benchmarks/calibration.py --summary benchmarks/calibration.jsonl    # the markdown table
 
 Per candidate, one JSON line: the verdict, the first divergence and the diagnosis' block and
 component, the largest excess and the distribution of the two ratios it is made of (nrmse
@@ -109,20 +110,54 @@ def inputs(ns: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
     return [(f"{n} tokens", {"tokens": n}) for n in ns.tokens]
 
 
+def excess_of(line: dict[str, Any]) -> float | None:
+    """The largest excess of a line, from its ratio spreads (max over probes of
+    max(nrmse ratio, max-abs ratio / slack) = max(max nrmse ratio, max max-abs ratio / slack))."""
+    from parity.calibrate import MAX_ABS_SLACK
+
+    n, a = line.get("nrmse_ratio"), line.get("max_abs_ratio")
+    return None if not n or not a else max(n["max"], a["max"] / MAX_ABS_SLACK)
+
+
+def summary(path: Path) -> str:
+    """Markdown table of a results file: one row per candidate, worst excess over its inputs."""
+    rows: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for text in path.read_text().splitlines():
+        line = json.loads(text)
+        if "error" in line:
+            continue
+        rows.setdefault((line.get("machine", "?"), f"{line['model']} {line['source']}", line["label"]), []).append(line)
+    out = ["| machine | model | candidate | inputs | verdicts | largest excess | first divergence / diagnosis |",
+           "|---|---|---|---|---|---|---|"]
+    for (machine, model, label), lines in rows.items():
+        worst = max((excess_of(x) or 0.0) for x in lines)
+        verdicts = ", ".join(sorted({x["verdict"] for x in lines}))
+        where = "; ".join(sorted({f"{x['first']} -> block {x['diag_block']} {x['diag_component']} ({x['cause']})"
+                                  for x in lines if x.get("first")}))
+        ok = all(x.get("localized", x.get("ok")) for x in lines)
+        out.append(f"| {machine} | {model} | {label} | {', '.join(str(x['input']) for x in lines)} | {verdicts}"
+                   f"{'' if ok else ' (UNEXPECTED)'} | x{worst:.3g} | {where or '-'} |")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
+    if argv is None and len(sys.argv) == 3 and sys.argv[1] == "--summary":
+        print(summary(Path(sys.argv[2])))
+        return 0
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="llama")
     ap.add_argument("--checkpoint")
     ap.add_argument("--shape")
     ap.add_argument("--tokens", type=int, nargs="*", default=[])
     ap.add_argument("--prompt-set", nargs="*", choices=["short", "medium", "long"])
-    ap.add_argument("--chat", action="store_true", help="wrap prompts in the tokenizer's chat template")
+    ap.add_argument("--chat", action="store_true", help="wrap prompts in the model's chat format (parity run --chat)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--clean", nargs="*", default=None, help="labels of clean candidates to run (default: all)")
     ap.add_argument("--extra", nargs="*", default=[], help="extra clean candidates: onnxruntime-fp16, onnxruntime-fp32, compile-fp16")
     ap.add_argument("--faults", nargs="*", default=None, help="port faults in fp16 (default: the standard list; {mid} = middle block)")
     ap.add_argument("--fault-dtypes", nargs="*", default=["fp16"])
     ap.add_argument("--out", required=True)
+    ap.add_argument("--machine", default=None, help="machine label recorded in each line (default: the GPU name or 'cpu')")
     ns = ap.parse_args(argv)
 
     from parity.run import compare_candidate, prepare_reference
@@ -133,9 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     clean += [(k, *extra[k], []) for k in ns.extra]
     out = Path(ns.out)
     for in_label, given in inputs(ns):
-        base = RunOptions(model=ns.model, checkpoint=ns.checkpoint, shape=ns.shape, device=ns.device, **given)
-        if ns.chat:
-            base = replace(base, prompt=_chat(ns, base.prompt))
+        base = RunOptions(model=ns.model, checkpoint=ns.checkpoint, shape=ns.shape, device=ns.device, chat=ns.chat, **given)
         t0 = time.perf_counter()
         ref = prepare_reference(base)
         ref_s = time.perf_counter() - t0
@@ -154,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
                 line = {"label": label, "error": f"{type(exc).__name__}: {exc}"}
             else:
                 line = summarize(label, opts, res, time.perf_counter() - t0, fault, ref.source.family.name)
-            line.update(model=ns.model, source=ns.shape or ns.checkpoint or "preset", input=in_label)
+            line.update(model=ns.model, source=ns.shape or (Path(ns.checkpoint).name if ns.checkpoint else "preset"), input=in_label,
+                        machine=ns.machine or _machine())
             with out.open("a") as fh:
                 fh.write(json.dumps(line) + "\n")
             print(json.dumps(line), flush=True)
@@ -162,12 +196,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _chat(ns: argparse.Namespace, text: str | None) -> str:
-    """The prompt wrapped in the checkpoint tokenizer's chat template, as text."""
-    from transformers import AutoTokenizer
+def _machine() -> str:
+    import torch
 
-    tok = AutoTokenizer.from_pretrained(ns.checkpoint)
-    return tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
 
 
 if __name__ == "__main__":

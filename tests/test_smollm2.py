@@ -165,7 +165,7 @@ def test_chat_prompt_uses_the_gguf_chat_template(tiny_gguf: Path, cache: Path) -
 
     folder = gguf_convert.hf_folder(tiny_gguf)
     tok = inputs.load_tokenizer("llama", folder, None)
-    ids, how = chat.wrap_prompt("chatml", chat.vocab_for({}, tok), prompt="ab", ids=None)
+    ids, how = chat.wrap_prompt("chatml", chat.vocab_for({}, tok), prompt="ab", ids=None, system="Be brief.")
     assert how == "tokenizer chat_template"
     assert ids[0] == 1 and ids.count(2) == 2 and all(isinstance(t, int) for t in ids)
 
