@@ -243,14 +243,15 @@ def calibration_for(opts: RunOptions, explicit_tolerances: bool) -> Calibration:
     return calib
 
 
+#: the reference's (and so the twin's) attention implementation (ModelSource.build's default)
+REFERENCE_ATTN = "eager"
+
+
 def candidate_is_twin(opts: RunOptions, ref_attn: str | None) -> bool:
     """The torch candidate with the reference's attention, uncompiled, on the twin's device
     *is* an honest run of the reference in its dtype: the twin's forward would repeat it."""
     return (opts.candidate == "torch" and not opts.compile and opts.attn == REFERENCE_ATTN
             and ref_attn in (None, REFERENCE_ATTN))
-
-
-REFERENCE_ATTN = "eager"
 
 
 def measure_twin(ref: Reference, opts: RunOptions, calib: Calibration, progress: Progress | None,
@@ -265,7 +266,7 @@ def measure_twin(ref: Reference, opts: RunOptions, calib: Calibration, progress:
         return Twin("float32", "reference", "the float32 reference itself (floor: float32 rounding)")
     if skip_if_candidate and candidate_is_twin(opts, ref.facts.get("attn")):
         return None  # filled from the candidate's own diffs (see compare_candidate)
-    key = (calib.dtype, ref.device, opts.isolate, tuple(ref.selected))
+    key = (calib.dtype, ref.device, opts.isolate)
     if key in ref.twins:
         return ref.twins[key]
     if ref.model is None:
