@@ -58,7 +58,7 @@ bench: setup
 
 lint: setup
 	$(PY) -m pip install -q ruff
-	$(PY) -m ruff check --select F,E9 parity tests benchmarks
+	$(PY) -m ruff check --select F,E9 parity models tests benchmarks
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache

@@ -55,7 +55,7 @@ def expected(fault: str, family: str) -> tuple[int | None, set[str]]:
 
 
 def ratios(report: Any) -> tuple[list[float], list[float]]:
-    """Per probe (nrmse ratio, max-abs ratio) as parity.calibrate computes them."""
+    """Per probe (nrmse ratio, max-abs ratio) as parity.verdict.calibrate computes them."""
     v = report.run.get("verdict") or {}
     floor = v.get("floor")
     rn, ra = [], []
@@ -113,7 +113,7 @@ def inputs(ns: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
 def excess_of(line: dict[str, Any]) -> float | None:
     """The largest excess of a line, from its ratio spreads (max over probes of
     max(nrmse ratio, max-abs ratio / slack) = max(max nrmse ratio, max max-abs ratio / slack))."""
-    from parity.calibrate import MAX_ABS_SLACK
+    from parity.verdict.calibrate import MAX_ABS_SLACK
 
     n, a = line.get("nrmse_ratio"), line.get("max_abs_ratio")
     return None if not n or not a else max(n["max"], a["max"] / MAX_ABS_SLACK)

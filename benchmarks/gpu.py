@@ -75,11 +75,11 @@ def overhead(model_name: str, shape: str, tokens: int, more_tokens: tuple[int, .
     plain and hooked forwards, and the same at 16 tokens, where the forward is bound by
     the CPU launching kernels (so the difference is the CPU cost of the probes)."""
     from parity.backends.pytorch import ModuleBackend, make_candidate
-    from parity.capture import Capture, Comparator, Recorder
-    from parity.diff import Batch
-    from parity.probemap import find_map
-    from parity.source import ModelSource
-    from parity.tolerances import Tolerance
+    from parity.capture.sinks import Capture, Comparator, Recorder
+    from parity.compare.diff import Batch
+    from parity.capture.probemap import find_map
+    from parity.loading.source import ModelSource
+    from parity.compare.tolerances import Tolerance
 
     src = ModelSource.resolve(model_name, shape=shape)
     pmap = find_map(src.preset.probe_map)
@@ -160,7 +160,7 @@ def overhead(model_name: str, shape: str, tokens: int, more_tokens: tuple[int, .
         import gc
         import pstats
 
-        from parity import fused
+        from parity.compare import fused
 
         def split() -> tuple[float, float]:
             """(hooked forward + its launches, synchronized; reading the statistics back)"""
@@ -195,7 +195,7 @@ def overhead(model_name: str, shape: str, tokens: int, more_tokens: tuple[int, .
 
 def weights_gib(model_name: str, shape: str, dtype_bytes: int) -> float:
     """Parameter bytes of the model in GiB, counted on the meta device (no memory)."""
-    from parity.source import ModelSource
+    from parity.loading.source import ModelSource
 
     src = ModelSource.resolve(model_name, shape=shape)
     with torch.device("meta"):

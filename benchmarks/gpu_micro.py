@@ -63,9 +63,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tune", action="store_true", help="try BLOCK x warps choices of the statistics kernel")
     args = ap.parse_args()
-    from parity import diff, fused
-    from parity.capture import Capture, Comparator, ProbeRecord
-    from parity.tolerances import Tolerance, ToleranceTable
+    from parity.compare import diff
+    from parity.compare import fused
+    from parity.capture.sinks import Capture, Comparator, ProbeRecord
+    from parity.compare.tolerances import Tolerance, ToleranceTable
 
     dev = torch.device("cuda")
     ref = torch.randn(16, 64, device=dev)

@@ -60,7 +60,7 @@ class RunOptions:
     isolate: bool = True
 
 
-#: how a run judges its probes (parity.calibrate); shared by parity run and parity generate
+#: how a run judges its probes (parity.verdict.calibrate); shared by parity run and parity generate
 VERDICT_OPTS = [
     Opt(("--tolerance",), {"choices": ["calibrated", "absolute"], "help": "calibrated (default): a probe fails when its error is more than --budget times the precision twin's (the reference run in the candidate's dtype); absolute: fixed atol/rtol per probe (the preset's table, --atol/--rtol; giving those implies absolute)"}),
     Opt(("--budget",), {"type": float, "metavar": "X", "help": "calibrated: how many times the twin's error a probe may have: RMS error ratio, or a quarter of the worst-element ratio (default: 4)"}),

@@ -1,6 +1,7 @@
-"""Find data files shipped in the wheel (``parity/probes``, ``parity/models``) and in
-user folders (``--probe-dir`` / ``PARITY_PROBE_PATH``; ``PARITY_MODEL_PATH`` for presets).
-User folders come first, so a user file overrides a shipped one of the same name.
+"""Find data files shipped with parity -- the repository's top-level ``probes/`` and
+``models/``, which the wheel ships as ``parity/probes`` and ``parity/models`` -- and in user
+folders (``--probe-dir`` / ``PARITY_PROBE_PATH``; ``PARITY_MODEL_PATH`` for presets). User
+folders come first, so a user file overrides a shipped one of the same name.
 """
 from __future__ import annotations
 
@@ -19,8 +20,12 @@ def _env_dirs(var: str) -> list[Path]:
 
 
 def shipped_dir(kind: str) -> Path:
-    """Folder of shipped data: ``probes`` or ``models``."""
-    return Path(str(resources.files("parity").joinpath(kind)))
+    """Folder of shipped data: ``probes`` or ``models`` -- inside the installed package (a
+    wheel), else beside it (a source tree: a checkout, an editable install)."""
+    import parity
+
+    inside = Path(str(resources.files("parity").joinpath(kind)))
+    return inside if parity._has_files(str(inside)) else inside.parent.parent / kind
 
 
 def search_dirs(kind: str, extra: Sequence[str | Path] = ()) -> list[Path]:

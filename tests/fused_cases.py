@@ -1,6 +1,6 @@
 """Cases for the fused (Triton) statistics, shared by the CPU interpreter test and the GPU
 test: each builds (reference, candidate); ``check_case`` compares every slot of the fused
-vector with the eager definition in parity.diff (and the CPU for GPU tensors)."""
+vector with the eager definition in parity.compare.diff (and the CPU for GPU tensors)."""
 from __future__ import annotations
 
 import math
@@ -8,8 +8,10 @@ import math
 import pytest
 import torch
 
-from parity import diff, fused
-from parity.tolerances import Tolerance
+from parity.compare import diff
+
+from parity.compare import fused
+from parity.compare.tolerances import Tolerance
 
 TOL = Tolerance(1e-2, 1e-2)
 

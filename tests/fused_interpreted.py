@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from fused_cases import CASES, TOL, check_case
-from parity import diff, fused
-from parity.capture import Capture, Comparator, Recorder
-from parity.tolerances import Tolerance, ToleranceTable
+from parity.compare import diff
+from parity.compare import fused
+from parity.capture.sinks import Capture, Comparator, Recorder
+from parity.compare.tolerances import Tolerance, ToleranceTable
 
 pytest.importorskip("triton", reason="Triton is not installed")
 if os.environ.get("TRITON_INTERPRET") != "1":
@@ -184,10 +185,10 @@ def test_repeated_forwards_queue_planned_runs(model_name: str, layers: str, monk
     """A shipped model's forwards, as a benchmark or an isolation pass repeats them: from the
     second on, every probe is held as the module made it (no canonical view) and queued
     with the others as one run; each forward still gets the eager numbers."""
-    from parity import capture as capture_module
+    from parity.capture import sinks as capture_module
     from parity.backends.pytorch import ModuleBackend, make_candidate
-    from parity.probemap import find_map
-    from parity.source import ModelSource
+    from parity.capture.probemap import find_map
+    from parity.loading.source import ModelSource
 
     monkeypatch.setattr(fused, "HOLD_BYTES", 4000)  # runs end mid-forward too
     src = ModelSource.resolve(model_name, overrides={layers: 2, "vocab_size": 128})

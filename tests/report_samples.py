@@ -85,6 +85,6 @@ def schema_10(report: ReportData) -> dict[str, Any]:
 @cache
 def generation_report() -> ReportData:
     """A real calibrated `parity generate` report (tiny Qwen, fp16 on CPU, 3 steps)."""
-    from parity.generate import GenerateOptions, execute
+    from parity.run.generate import GenerateOptions, execute
 
     return execute(GenerateOptions(model="qwen", dtype="fp16", device="cpu", max_new_tokens=3)).report

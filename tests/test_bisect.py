@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from parity.bisect import max_builds, search
+from parity.run.bisect import max_builds, search
 
 
 @pytest.mark.parametrize("marks", [1, 2, 3, 5])
@@ -24,7 +24,7 @@ def test_search_finds_first_failure_within_bound(marks: int) -> None:
 
 
 def test_parallel_branches_are_one_unit() -> None:
-    from parity.bisect import units
+    from parity.run.bisect import units
 
     order = ["embed", "blocks.0.attn_in", "blocks.0.attn.q", "blocks.0.attn.k", "blocks.0.attn.v",
              "blocks.0.attn.q_rot", "blocks.0.attn.k_rot", "blocks.0.attn_out", "blocks.1.attn.q", "logits"]

@@ -1,5 +1,5 @@
 """Calibrated verdicts: the precision twin, excess error, and what they change in verdicts
-and diagnoses (parity.calibrate, parity.run.measure_twin)."""
+and diagnoses (parity.verdict.calibrate, parity.run.twin.measure_twin)."""
 from __future__ import annotations
 
 import csv
@@ -14,7 +14,7 @@ from torch import nn
 
 from conftest import read_report
 from parity.backends import port, pytorch
-from parity.calibrate import DEFAULT_BUDGET, FP32_FLOOR_UNITS, MAX_ABS_SLACK, UNIT_ROUNDOFF, Calibration, Twin
+from parity.verdict.calibrate import DEFAULT_BUDGET, FP32_FLOOR_UNITS, MAX_ABS_SLACK, UNIT_ROUNDOFF, Calibration, Twin
 from parity.errors import ParityError
 from parity.options import RunOptions
 from parity.run import compare_candidate, prepare_reference

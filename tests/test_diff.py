@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from parity import diff
-from parity.diff import compare, tensor_stats
-from parity.tolerances import Tolerance
+from parity.compare import diff
+from parity.compare.diff import compare, tensor_stats
+from parity.compare.tolerances import Tolerance
 
 TOL = Tolerance(atol=1e-3, rtol=1e-2)
 

@@ -21,8 +21,8 @@ NO_TRTLLM = "tensorrt_llm is not installed (it cannot be on the dev machine); ru
 
 
 @pytest.mark.parametrize("module", ["parity.backends.onnxrt", "parity.backends.tensorrt", "parity.backends.trtllm",
-                                    "parity.backends.dump", "parity.trtllm_engine", "parity.onnx_export", "parity.dump",
-                                    "parity.bisect", "parity.dump_cli"])
+                                    "parity.backends.dump", "parity.backends.trtllm_engine", "parity.backends.onnx_export",
+                                    "parity.backends.dumps", "parity.run.bisect", "parity.cli.dump"])
 def test_modules_import_without_heavy_packages(module: str) -> None:
     importlib.import_module(module)
 
@@ -49,7 +49,7 @@ def test_trtllm_unavailable_is_a_clear_error(run_cli) -> None:
 
 
 def test_trtllm_probe_maps_load() -> None:
-    from parity.probemap import find_map
+    from parity.capture.probemap import find_map
 
     for name in ("trtllm_qwen2", "trtllm_llama", "trtllm_engine"):
         pmap = find_map(name)
@@ -58,8 +58,8 @@ def test_trtllm_probe_maps_load() -> None:
 
 
 def test_add_hidden_residual_gets_the_whole_tuple() -> None:
-    from parity.hooks import extract
-    from parity.probemap import find_map
+    from parity.capture.hooks import extract
+    from parity.capture.probemap import find_map
 
     b = find_map("trtllm_qwen2").bind("blocks.0.resid_post")
     h, r = torch.ones(3, 4), torch.full((3, 4), 2.0)
@@ -93,7 +93,7 @@ class StandIn:
 
 
 def test_mark_probes_registers_canonical_outputs_and_restores() -> None:
-    from parity.trtllm_engine import debug_tensors, mark_probes
+    from parity.backends.trtllm_engine import debug_tensors, mark_probes
 
     class Layer(StandIn):
         def forward(self, x: Any) -> Any:
@@ -127,7 +127,7 @@ def test_mark_probes_registers_canonical_outputs_and_restores() -> None:
 
 def test_write_debug_dump_reads_back(tmp_path: Path, run_cli) -> None:
     from parity.cli import main
-    from parity.trtllm_engine import write_debug_dump
+    from parity.backends.trtllm_engine import write_debug_dump
 
     assert main(["dump", "--model", "qwen2", "--tokens", "6", "--out", str(tmp_path / "ref"), "-q", "-p", "blocks.*.mlp_out,logits"]) == 0
     from safetensors.torch import load_file

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from parity.source import ModelSource
+from parity.loading.source import ModelSource
 
 
 def _save_checkpoint(folder: Path, model: str, fmt: str = "safetensors") -> dict:

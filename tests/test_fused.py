@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from parity import fused
+from parity.compare import fused
 
 HERE = Path(__file__).parent
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from conftest import read_report
-from parity import generate
-from parity.decode import Stepper, full_forward_last
-from parity.generate import GenerateOptions, classify_flip
-from parity.source import ModelSource
+from parity.run import generate
+from parity.run.decode import Stepper, full_forward_last
+from parity.run.generate import GenerateOptions, classify_flip
+from parity.loading.source import ModelSource
 
 IM_START, IM_END, ENDOFTEXT = 151644, 151645, 151643
 PROMPT = [872, 1879, 374, 264, 3460, 315, 23541, 13]

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import read_report
-from parity import fused
+from parity.compare import fused
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -63,8 +63,8 @@ def test_queued_statistics_survive_freed_tensors(monkeypatch: pytest.MonkeyPatch
     """Queued launches read tensors the caller has already dropped, while new tensors are
     allocated and written, as in a forward: the arena keeps what it reads until its launch,
     so every probe gets its own numbers."""
-    from parity import diff
-    from parity.tolerances import Tolerance
+    from parity.compare import diff
+    from parity.compare.tolerances import Tolerance
 
     monkeypatch.setattr(fused, "HOLD_BYTES", 3 << 20)
     g = torch.Generator(device="cuda").manual_seed(0)

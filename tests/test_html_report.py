@@ -5,7 +5,7 @@ import json
 import re
 from pathlib import Path
 
-from parity.calibrate import DEFAULT_BUDGET as B
+from parity.verdict.calibrate import DEFAULT_BUDGET as B
 from parity.report import charts, compare, console, files, html
 from parity.report.data import ReportData
 from report_samples import XSS_SCRIPT, absolute_reports, generation_report, hostile, sample_reports, schema_10

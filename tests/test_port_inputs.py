@@ -190,7 +190,7 @@ def test_import_parity_is_light_and_probe_is_a_noop() -> None:
 def test_fused_pair_transforms() -> None:
     import torch
 
-    from parity.probemap import TRANSFORMS
+    from parity.capture.probemap import TRANSFORMS
 
     h, r = torch.ones(2), torch.full((2,), 2.0)
     assert TRANSFORMS["hidden"]((h, r)) is h and TRANSFORMS["residual"]((h, r)) is r

@@ -126,7 +126,7 @@ def test_model_fault_works_with_torch_candidate() -> None:
 @pytest.mark.parametrize("model", ["qwen", "llama"])
 def test_port_kv_cache_matches_full_forward(model: str) -> None:
     from parity.backends import port
-    from parity.source import ModelSource
+    from parity.loading.source import ModelSource
 
     src = ModelSource.resolve(model)
     factory, _ = port.load_factory(port.builtin_spec(model))
@@ -162,7 +162,7 @@ def test_qwen_port_has_dynamic_ntk_and_logn_past_seq_length() -> None:
     """Beyond seq_length the reference changes every position (NTK) and scales q (logN);
     the built-in port must too, prefill and decode."""
     from parity.backends import port
-    from parity.source import ModelSource
+    from parity.loading.source import ModelSource
 
     src = ModelSource.resolve("qwen", overrides={"seq_length": 16})
     ref = src.build("cpu")

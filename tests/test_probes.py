@@ -7,11 +7,11 @@ import sys
 import pytest
 import torch
 
-from parity import probes as canon
+from parity.capture import probes as canon
 from parity.errors import ProbeError
-from parity.hooks import attached
-from parity.probemap import find_map
-from parity.source import ModelSource
+from parity.capture.hooks import attached
+from parity.capture.probemap import find_map
+from parity.loading.source import ModelSource
 
 
 def test_parse_and_order() -> None:
@@ -136,7 +136,7 @@ def test_batched_statistics_only_where_vouched_for(monkeypatch: pytest.MonkeyPat
 
 
 def test_import_and_help_do_not_import_torch() -> None:
-    code = ("import sys, parity, parity.cli, parity.options, parity.probes, parity.backends\n"
+    code = ("import sys, parity, parity.cli, parity.options, parity.capture.probes, parity.backends, parity.faults\n"
             "heavy = [m for m in ('torch', 'transformers', 'pandas', 'rich') if m in sys.modules]\n"
             "assert not heavy, heavy\n")
     subprocess.run([sys.executable, "-c", code], check=True)

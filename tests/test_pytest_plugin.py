@@ -164,7 +164,7 @@ def test_malformed_config_is_a_usage_error(pytester: pytest.Pytester, table: str
 
 
 def test_plugin_import_does_not_import_torch() -> None:
-    code = ("import sys, parity.pytest_plugin, parity.pytest_config\n"
+    code = ("import sys, parity.pytest_plugin, parity.pytest_plugin.config\n"
             "heavy = [m for m in ('torch', 'transformers', 'numpy', 'onnxruntime', 'tensorrt') if m in sys.modules]\n"
             "assert not heavy, heavy\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}

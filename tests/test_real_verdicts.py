@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from parity import fetch
+from parity.loading import fetch
 from parity.options import RunOptions
 from parity.run import compare_candidate, prepare_reference
 

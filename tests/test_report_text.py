@@ -7,7 +7,7 @@ import math
 import pytest
 from rich.console import Console
 
-from parity.calibrate import DEFAULT_BUDGET
+from parity.verdict.calibrate import DEFAULT_BUDGET
 
 from parity.report import compare, console, failure, generation
 from parity.report.data import ReportData

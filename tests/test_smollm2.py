@@ -17,7 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from parity import fetch, gguf_convert
+from parity.loading import fetch
+
+from parity.loading import gguf as gguf_convert
 
 pytest.importorskip("gguf", reason="the GGUF tests need the gguf package (pip install gguf accelerate)")
 pytest.importorskip("accelerate", reason="the GGUF tests need the accelerate package (pip install gguf accelerate)")
@@ -132,7 +134,7 @@ def test_gguf_weights_load_like_a_folder(tiny_gguf: Path, cache: Path) -> None:
     import torch
     from gguf import GGUFReader
 
-    from parity.source import ModelSource
+    from parity.loading.source import ModelSource
 
     src = ModelSource.resolve("llama", tiny_gguf)
     assert src.gguf == tiny_gguf and str(tiny_gguf) in src.label
@@ -161,7 +163,8 @@ def test_qwen2_gguf(tmp_path: Path, cache: Path, run_cli) -> None:
 
 
 def test_chat_prompt_uses_the_gguf_chat_template(tiny_gguf: Path, cache: Path) -> None:
-    from parity import chat, inputs
+    from parity.loading import chat
+    from parity.loading import inputs
 
     folder = gguf_convert.hf_folder(tiny_gguf)
     tok = inputs.load_tokenizer("llama", folder, None)
@@ -307,7 +310,7 @@ def test_smollm2_not_fetched(cache: Path, run_cli) -> None:
 
 
 def test_smollm2_preset_is_llama() -> None:
-    from parity import families
+    from parity.loading import families
 
     fam = families.get("smollm2")
     preset = fam.preset()
@@ -331,7 +334,7 @@ def real(tmp_path: Path) -> Path:
 
 
 def _fp32_tolerance() -> list[str]:
-    from parity import families
+    from parity.loading import families
 
     raw = tomllib.loads(families.get("smollm2").preset().path.read_text())
     tol = raw["tolerances"]["float32"]["default"]

@@ -1,11 +1,11 @@
-"""The ``dump`` candidate: tensors some runtime already wrote (see parity.dump)."""
+"""The ``dump`` candidate: tensors some runtime already wrote (see parity.backends.dumps)."""
 from __future__ import annotations
 
 from typing import Any
 
-from parity import probes as canon
+from parity.capture import probes as canon
 from parity.backends.base import Backend, Sink
-from parity.dump import Dump, NameMap, canonical_shape, check_ids, load_name_map, read_dump
+from parity.backends.dumps import Dump, NameMap, canonical_shape, check_ids, load_name_map, read_dump
 from parity.errors import UsageError
 
 

@@ -14,8 +14,8 @@ import torch
 
 from parity.backends.base import Backend, Sink
 from parity.errors import BackendError, UsageError
-from parity.onnx_export import INPUT, OUTPUT, ExportedGraph, OnnxProbe, export_graph, inject_fault, parse_fault, value_types, with_outputs
-from parity import hooks
+from parity.backends.onnx_export import INPUT, OUTPUT, ExportedGraph, OnnxProbe, export_graph, inject_fault, parse_fault, value_types, with_outputs
+from parity.capture import hooks
 
 OPT_LEVELS = ("disable", "basic", "extended", "all")
 
@@ -110,7 +110,7 @@ class OnnxRuntimeBackend(Backend):
 
 def summarize_missing(missing: dict[str, str]) -> dict[str, str]:
     """probe (block index folded to {i} when every block agrees) -> reason."""
-    from parity import probes as canon
+    from parity.capture import probes as canon
 
     out: dict[str, str] = {}
     for name, why in missing.items():
@@ -124,7 +124,7 @@ DTYPE_NAMES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
 def export_for(ctx: Any, dtype: str) -> tuple[ExportedGraph, Any]:
-    from parity.run import resolve_inputs
+    from parity.loading.inputs import resolve_inputs
 
     if dtype not in ("fp32", "fp16"):
         raise UsageError(f"the ONNX candidates run fp32 or fp16, not {dtype}.", note="use --dtype fp32 or --dtype fp16")

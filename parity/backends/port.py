@@ -25,10 +25,10 @@ import torch
 from torch import nn
 
 from parity import faults
-from parity import probes as canon
+from parity.capture import probes as canon
 from parity.backends.pytorch import ModuleBackend, Sink, _defer_default, torch_dtype
 from parity.errors import BackendError, UsageError
-from parity.probemap import ProbeMap, find_map, load_map
+from parity.capture.probemap import ProbeMap, find_map, load_map
 from parity.resources import shipped_dir
 
 DEFAULT_FACTORY = "build_port"

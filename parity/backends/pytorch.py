@@ -16,12 +16,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from parity import api, fused
-from parity import probes as canon
+from parity.capture import api
+
+from parity.compare import fused
+from parity.capture import probes as canon
 from parity.backends.base import Backend, Sink
 from parity.errors import BackendError, ProbeError, UsageError
-from parity.hooks import Taps, outside_graph, teacher_forced
-from parity.probemap import BlockSpec, ProbeMap
+from parity.capture.hooks import Taps, outside_graph, teacher_forced
+from parity.capture.probemap import BlockSpec, ProbeMap
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 ATTN = ("eager", "sdpa")
@@ -80,7 +82,7 @@ _STABLE = ("transformers.", "parity.models.", "torch.nn.")
 
 
 def _defer_default(model: nn.Module, known: bool) -> bool:
-    """Batch the launches of fused statistics (parity.fused.deferred) for this model?
+    """Batch the launches of fused statistics (parity.compare.fused.deferred) for this model?
 
     Only when no module writes a tensor in place after a hook has seen it, which holds for
     Hugging Face modules and parity's own models (tests/test_probes.py checks it with
@@ -111,7 +113,7 @@ class ModuleBackend(Backend):
         self._modules: dict[str, nn.Module] = {}  # module path -> module, for attaching hooks
         self._taps: tuple[tuple[str, ...], Taps] | None = None  # hooks kept while active
         #: whether captured tensors stay unwritten until the forward ends, so that fused
-        #: statistics may be launched in batches (see parity.fused.deferred)
+        #: statistics may be launched in batches (see parity.compare.fused.deferred)
         self.defer_stats = _defer_default(model, known=True)
 
     @property

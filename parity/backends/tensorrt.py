@@ -22,7 +22,7 @@ import torch
 from parity.backends.base import Backend, Sink
 from parity.backends.onnxrt import DTYPE_NAMES, canonical, export_for, summarize_missing
 from parity.errors import BackendError, UsageError
-from parity.onnx_export import INPUT, OUTPUT, ExportedGraph, inject_fault, parse_fault
+from parity.backends.onnx_export import INPUT, OUTPUT, ExportedGraph, inject_fault, parse_fault
 
 
 def _trt() -> Any:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from parity import probes as canon
+from parity.capture import probes as canon
 from parity.report.console import calibrated, fmt, xfmt
 from parity.report.data import ProbeRow, ReportData
 

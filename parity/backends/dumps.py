@@ -1,0 +1,428 @@
+"""Dumps: probe tensors written by any runtime, read back under canonical names.
+
+Three layouts are read (``detect``):
+
+* **parity**: ``manifest.json`` (format ``parity-dump``, model, dtype, input ids, probe
+  list with shapes) + ``tensors.safetensors`` keyed by canonical names. Written by
+  ``parity dump`` (``write_dump``).
+* **TensorRT-LLM engine debug dumps** (engines with debug outputs, ≤1.2):
+  ``tllm_debug/PP_<p>/TP_<t>/<name>.npy`` as the Python session writes them (debug_mode),
+  also ``<name>-step<N>.npy`` and the C++ executor's ``.../iteration_<N>/<name>.npy``.
+  The lowest step / iteration (the context phase, every prompt token) is read.
+  ``.txt`` twins are ignored. ``PP_*`` folders are pipeline stages (their names are
+  merged), ``TP_*`` folders are tensor-parallel ranks (their shards reassembled).
+* **TensorRT-LLM PyTorch-backend dumps** (``tensorrt_llm._torch.debug``):
+  ``rank<N>/<module path>-<input|output>.<name>.pt``, one tensor per file, loaded with
+  ``torch.load(weights_only=True)``; ``rank<N>`` are tensor-parallel ranks.
+
+Names are mapped to canonical probes by a *name map* (TOML; ``--dump-map``): exact names
+or regular expressions with a named group ``i`` (block index, ``offset`` added), e.g.
+
+    [[tensor]]
+    pattern = 'transformer\\.layers\\.(?P<i>\\d+)\\.mlp_output'
+    probe = "blocks.{i}.mlp_out"
+    tp = "replicated"            # optional: replicated | sum | concat
+    ignore = ["host_*", "kv_cache_*"]   # (top level) names to skip
+
+Canonical names map to themselves. Engine I/O tensors (``input_ids``, ``host_*``,
+``kv_cache_*``, ``sequence_length``, …) are skipped; any other unmapped name is an error.
+
+**Tensor-parallel rule.** Each shard is first brought to the canonical rank by dropping
+leading size-1 (batch) dims. Then: if every shard already has the canonical shape, the
+tensor was all-reduced (TensorRT-LLM's RowLinear reduces inside, so ``attn_out``,
+``mlp_out``, residuals and norms are replicated) and rank 0 is used — unless the map says
+``tp = "sum"`` (partial sums dumped before the all-reduce), then shards are summed.
+Otherwise shards are concatenated, in rank order, along the axis that yields the canonical
+shape: the heads axis for ``[T, heads, head_dim]`` probes (flat ``[T, heads/tp*head_dim]``
+shards are concatenated along the last dim and reshaped), the last dim for column-parallel
+outputs (``q/k/v``, ``logits`` without gather). Anything else is a shape error.
+
+Pickles are never loaded: ``np.load(allow_pickle=False)``, ``torch.load(weights_only=True)``,
+``.pkl``/``.pickle`` files refused.
+"""
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from parity.capture import probes as canon
+from parity.errors import ParityError, ProbeError
+
+DUMP_FORMAT = "parity-dump"
+DUMP_VERSION = 1
+MANIFEST, TENSORS, IDS = "manifest.json", "tensors.safetensors", "input_ids.json"
+ENGINE_IO = ["input_ids", "position_ids", "context_lengths", "host_*", "kv_cache_*", "past_key_value*",
+             "present_key_value*", "cache_indirection", "sequence_length", "last_token_ids", "request_ids",
+             "*_block_offsets", "*_block_pointers", "*pool_pointers", "spec_decoding_*", "cross_*"]
+PICKLES = (".pkl", ".pickle")
+
+
+class DumpError(ProbeError):
+    """A dump folder that cannot be read as asked."""
+
+
+# -- name maps ---------------------------------------------------------------------------------
+
+@dataclass
+class NameRule:
+    pattern: re.Pattern[str]
+    probe: str
+    offset: int = 0
+    tp: str | None = None
+
+
+@dataclass
+class NameMap:
+    rules: list[NameRule] = field(default_factory=list)
+    ignore: list[str] = field(default_factory=list)
+    path: str | None = None
+
+    def canonical(self, name: str) -> tuple[str | None, str | None]:
+        """(canonical probe or None when ignored, tp rule). Raises DumpError for unknown names."""
+        for r in self.rules:
+            m = r.pattern.fullmatch(name)
+            if m:
+                i = m.groupdict().get("i")
+                probe = r.probe.replace("{i}", str(int(i) + r.offset)) if i is not None else r.probe
+                canon.parse(probe)
+                return probe, r.tp
+        if canon.is_canonical(name):
+            return name, None
+        if any(fnmatch.fnmatchcase(name, g) for g in ENGINE_IO + self.ignore):
+            return None, None
+        raise DumpError(f"dumped tensor '{name}' is not a canonical probe name and the name map does not map it.",
+                        note="map it in a --dump-map TOML ([[tensor]] pattern/probe) or list it under ignore")
+
+
+def load_name_map(path: str | Path | None) -> NameMap:
+    if path is None:
+        return NameMap()
+    p = Path(path)
+    try:
+        raw = tomllib.loads(p.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise DumpError(f"cannot read name map {p}: {exc}") from None
+    rules = []
+    for i, t in enumerate(raw.get("tensor", [])):
+        if not isinstance(t, dict) or "pattern" not in t or "probe" not in t:
+            raise DumpError(f"{p}: [[tensor]] entry {i} needs 'pattern' and 'probe'.")
+        if t.get("tp") not in (None, "replicated", "sum", "concat"):
+            raise DumpError(f"{p}: entry {i} has tp={t['tp']!r}.", note="tp is replicated, sum or concat")
+        try:
+            pat = re.compile(t["pattern"])
+        except re.error as exc:
+            raise DumpError(f"{p}: entry {i}: bad pattern: {exc}") from None
+        rules.append(NameRule(pat, t["probe"], int(t.get("offset", 0)), t.get("tp")))
+    return NameMap(rules, list(raw.get("ignore", [])), str(p))
+
+
+# -- reading files -----------------------------------------------------------------------------
+
+def load_array(path: Path) -> Any:
+    """One tensor file as a torch tensor; pickles refused, damage reported on one line."""
+    import numpy as np
+    import torch
+
+    if path.suffix in PICKLES:
+        raise DumpError(f"refusing to load pickle file {path}.", note="dumps must be .npy, .pt (tensors only) or safetensors")
+    try:
+        if path.suffix == ".npy":
+            arr = np.load(path, allow_pickle=False)
+            return torch.from_numpy(np.ascontiguousarray(arr))
+        if path.suffix == ".pt":
+            t = torch.load(path, map_location="cpu", weights_only=True)
+            if not isinstance(t, torch.Tensor):
+                raise DumpError(f"{path} holds a {type(t).__name__}, not a tensor.")
+            return t
+    except DumpError:
+        raise
+    except ValueError as exc:
+        if "pickle" in str(exc).lower():
+            raise DumpError(f"refusing {path}: it holds pickled objects, not a plain array.") from None
+        raise DumpError(f"cannot read {path}: {_first_line(exc)} (truncated or not a .npy file?)") from None
+    except Exception as exc:  # noqa: BLE001 - torch/numpy raise many types for damaged files
+        what = "pickled objects other than tensors" if "weights_only" in str(exc) or "Unpickl" in type(exc).__name__ else "damaged or truncated"
+        raise DumpError(f"cannot read {path}: {what} ({type(exc).__name__}: {_first_line(exc)[:160]})") from None
+    raise DumpError(f"unsupported tensor file {path}.", note="dumps hold .npy, .pt or .safetensors")
+
+
+def _first_line(exc: BaseException) -> str:
+    s = str(exc).strip()
+    return s.splitlines()[0] if s else type(exc).__name__
+
+
+@dataclass
+class Dump:
+    """Dumped tensors indexed by canonical name: per name, one loader per TP rank."""
+
+    folder: Path
+    layout: str
+    shards: dict[str, list[Path | str]] = field(default_factory=dict)
+    tp_rules: dict[str, str | None] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+    ranks: int = 1
+
+    @property
+    def probes(self) -> list[str]:
+        return canon.in_order(self.shards)
+
+    def raw(self, probe: str) -> list[Any]:
+        if self.layout == "parity":
+            return [_safetensor(self.folder / TENSORS, probe)]
+        return [load_array(Path(p)) for p in self.shards[probe]]
+
+    def tensor(self, probe: str, shape: list[int] | None) -> Any:
+        return reassemble(probe, self.raw(probe), shape, self.tp_rules.get(probe))
+
+    @property
+    def input_ids(self) -> list[int] | None:
+        return self.meta.get("input_ids")
+
+
+def _safetensor(path: Path, name: str) -> Any:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return fh.get_tensor(name)
+    except Exception as exc:  # noqa: BLE001
+        raise DumpError(f"cannot read '{name}' from {path}: {_first_line(exc)[:160]}") from None
+
+
+def detect(folder: str | Path) -> str:
+    f = Path(folder)
+    if not f.is_dir():
+        raise DumpError(f"dump folder '{f}' does not exist.")
+    if (f / MANIFEST).is_file():
+        return "parity"
+    if f.name == "tllm_debug" or (f / "tllm_debug").is_dir() or any(f.glob("PP_*")):
+        return "tllm"
+    if any(f.glob("rank*")):
+        return "torch"
+    raise DumpError(f"'{f}' is not a dump folder I know.",
+                    note="expected manifest.json (parity dump), tllm_debug/PP_*/TP_*/*.npy, or rank<N>/*.pt")
+
+
+def read_dump(folder: str | Path, name_map: NameMap | None = None) -> Dump:
+    layout = detect(folder)
+    nm = name_map or NameMap()
+    return {"parity": _read_parity, "tllm": _read_tllm, "torch": _read_torch}[layout](Path(folder), nm)
+
+
+def _read_parity(folder: Path, nm: NameMap) -> Dump:
+    try:
+        meta = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError) as exc:
+        raise DumpError(f"cannot read {folder / MANIFEST}: {_first_line(exc)}") from None
+    if meta.get("format") != DUMP_FORMAT:
+        raise DumpError(f"{folder / MANIFEST} is not a parity dump manifest (format {meta.get('format')!r}).")
+    listed = meta.get("probes") or {}
+    if not (folder / TENSORS).is_file():
+        raise DumpError(f"dump {folder} has a manifest but no {TENSORS}.")
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(folder / TENSORS), framework="pt") as fh:
+            stored = {k: list(fh.get_slice(k).get_shape()) for k in fh.keys()}
+    except Exception as exc:  # noqa: BLE001
+        raise DumpError(f"cannot read {folder / TENSORS}: {_first_line(exc)[:160]} (truncated?)") from None
+    dump = Dump(folder, "parity", meta=meta)
+    for name in stored:
+        probe, _ = nm.canonical(name)
+        if probe is not None and probe != name:
+            raise DumpError(f"{folder / TENSORS}: parity dumps store canonical names; found '{name}'.")
+        if probe is not None:
+            dump.shards[probe] = [name]
+    missing = [p for p in listed if p not in stored]
+    if missing:
+        raise DumpError(f"dump {folder}: manifest lists {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+                        + f" but {TENSORS} lacks it.")
+    for p, info in listed.items():
+        if list(info.get("shape", stored[p])) != stored[p]:
+            raise DumpError(f"dump {folder}: '{p}' has shape {stored[p]} but the manifest says {info.get('shape')}.")
+    return dump
+
+
+_STEP = re.compile(r"^(?P<name>.+?)(?:-step(?P<step>\d+))?$")
+
+
+def _rank_dirs(parent: Path, prefix: str) -> list[Path]:
+    dirs = [d for d in parent.iterdir() if d.is_dir() and re.fullmatch(prefix + r"\d+", d.name)]
+    return sorted(dirs, key=lambda d: int(d.name[len(prefix):]))
+
+
+def _read_tllm(folder: Path, nm: NameMap) -> Dump:
+    root = folder if folder.name == "tllm_debug" or any(folder.glob("PP_*")) else folder / "tllm_debug"
+    pps = _rank_dirs(root, "PP_")
+    if not pps:
+        raise DumpError(f"{root} has no PP_<n> folders.")
+    dump = Dump(folder, "tllm")
+    tps_count = None
+    for pp in pps:
+        tps = _rank_dirs(pp, "TP_")
+        if not tps:
+            raise DumpError(f"{pp} has no TP_<n> folders.")
+        if tps_count not in (None, len(tps)):
+            raise DumpError(f"{root}: pipeline stages have different numbers of TP_ folders.")
+        tps_count = len(tps)
+        per_rank = [_tllm_files(tp) for tp in tps]
+        _collect(dump, nm, per_rank, [tp.name for tp in tps], pp, "is dumped twice (as '{name}' and another tensor / stage)")
+        ids = per_rank[0].get("input_ids")
+        if ids is not None and "input_ids" not in dump.meta:
+            dump.meta["input_ids"] = [int(x) for x in load_array(ids).reshape(-1).tolist()]
+    dump.ranks = tps_count or 1
+    _check_nonempty(dump)
+    return dump
+
+
+def _tllm_files(tp_dir: Path) -> dict[str, Path]:
+    """name -> .npy file of the earliest step (or iteration) in one TP folder."""
+    iters = _rank_dirs(tp_dir, "iteration_")
+    base = iters[0] if iters else tp_dir
+    best: dict[str, tuple[int, Path]] = {}
+    for f in sorted(base.iterdir()):
+        if f.suffix in PICKLES:
+            raise DumpError(f"refusing to load pickle file {f}.", note="dumps must be .npy, .pt (tensors only) or safetensors")
+        if f.suffix != ".npy":
+            continue
+        m = _STEP.match(f.stem)
+        name, step = m.group("name"), int(m.group("step") or 0)
+        if name not in best or step < best[name][0]:
+            best[name] = (step, f)
+    return {k: v[1] for k, v in best.items()}
+
+
+def _read_torch(folder: Path, nm: NameMap) -> Dump:
+    ranks = _rank_dirs(folder, "rank")
+    if not ranks:
+        raise DumpError(f"{folder} has no rank<N> folders.")
+    dump = Dump(folder, "torch", ranks=len(ranks))
+    per_rank = []
+    for r in ranks:
+        files: dict[str, Path] = {}
+        for f in sorted(r.iterdir()):
+            if f.suffix in PICKLES:
+                raise DumpError(f"refusing to load pickle file {f}.", note="dumps must be .npy, .pt (tensors only) or safetensors")
+            if f.suffix == ".pt":
+                files[f.name] = f
+        per_rank.append(files)
+    _collect(dump, nm, per_rank, [r.name for r in ranks], folder, "is mapped from two files (one is '{name}')")
+    _check_nonempty(dump)
+    return dump
+
+
+def _collect(dump: Dump, nm: Any, per_rank: list[dict[str, Path]], rank_names: list[str], where: Path,
+             twice: str) -> None:
+    """Add each tensor name present on every rank to ``dump`` as its canonical probe's shards."""
+    for n in sorted(set().union(*per_rank)):
+        lacking = [rank_names[r] for r, files in enumerate(per_rank) if n not in files]
+        if lacking:
+            raise DumpError(f"dump {where}: '{n}' is missing from {', '.join(lacking)} (other ranks have it).")
+        probe, tp = nm.canonical(n)
+        if probe is None:
+            continue
+        if probe in dump.shards:
+            raise DumpError(f"dump {where}: '{probe}' " + twice.format(name=n) + ".")
+        dump.shards[probe] = [files[n] for files in per_rank]
+        dump.tp_rules[probe] = tp
+
+
+def _check_nonempty(dump: Dump) -> None:
+    if not dump.shards:
+        raise DumpError(f"dump {dump.folder} holds no tensor that maps to a canonical probe.",
+                        note="give a --dump-map that maps the dumped names")
+
+
+# -- tensor-parallel reassembly --------------------------------------------------------------
+
+def _squeeze_to(t: Any, rank: int) -> Any:
+    while t.dim() > rank and t.shape[0] == 1:
+        t = t[0]
+    return t
+
+
+def reassemble(probe: str, shards: list[Any], shape: list[int] | None, rule: str | None = None) -> Any:
+    """One canonical tensor from per-rank shards (see the module docstring for the rule)."""
+    import torch
+
+    if shape is None:
+        if len(shards) > 1 and rule != "sum":
+            raise DumpError(f"'{probe}' has {len(shards)} tensor-parallel shards; reassembling them needs the model (--model).")
+        return shards[0] if rule != "sum" else torch.stack([s.float() for s in shards]).sum(0).to(shards[0].dtype)
+    rank = len(shape)
+    parts = [_squeeze_to(s, rank) for s in shards]
+    if all(list(p.shape) == shape for p in parts):
+        if rule == "sum" and len(parts) > 1:
+            return torch.stack([p.float() for p in parts]).sum(0).to(parts[0].dtype)
+        return parts[0]
+    if len(parts) > 1 and rule in (None, "concat"):
+        for axis in range(rank - 1, 0, -1):
+            same = all(p.dim() == rank and [d for j, d in enumerate(p.shape) if j != axis] ==
+                       [d for j, d in enumerate(shape) if j != axis] for p in parts)
+            if same and sum(p.shape[axis] for p in parts) == shape[axis]:
+                return torch.cat(parts, dim=axis)
+        if rank == 3 and all(p.dim() == 2 for p in parts):  # flat [T, heads/tp * head_dim]
+            cat = torch.cat(parts, dim=-1)
+            if cat.numel() == _numel(shape) and cat.shape[0] == shape[0]:
+                return cat.reshape(shape)
+    if len(parts) == 1 and parts[0].numel() == _numel(shape) and rank == 3 and parts[0].dim() == 2:
+        return parts[0].reshape(shape)  # [T, heads*head_dim] -> [T, heads, head_dim]
+    got = [list(p.shape) for p in parts]
+    raise DumpError(f"dumped '{probe}' has shape {got[0] if len(got) == 1 else got} but the model's canonical shape is {shape}.",
+                    note="check the model / token count, or the tp rule of its name map entry")
+
+
+def _numel(shape: list[int]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def canonical_shape(point: str, cfg: Any, tokens: int) -> list[int]:
+    """Canonical shape of a probe point (no batch) for ``tokens`` tokens of model ``cfg``."""
+    h = getattr(cfg, "hidden_size", None)
+    heads = getattr(cfg, "num_attention_heads", None)
+    kv = getattr(cfg, "num_key_value_heads", None) or heads
+    hd = getattr(cfg, "head_dim", None) or (h // heads if h and heads else None)
+    rot = getattr(cfg, "rotary_dim", None) or int((hd or 0) * (getattr(cfg, "rotary_pct", None) or getattr(cfg, "partial_rotary_factor", 1.0) or 1.0))
+    vocab = getattr(cfg, "padded_vocab_size", None) or getattr(cfg, "vocab_size", None)
+    table = {"rope.cos": [tokens, rot], "rope.sin": [tokens, rot],
+             "attn.q": [tokens, heads, hd], "attn.q_rot": [tokens, heads, hd],
+             "attn.k": [tokens, kv, hd], "attn.k_rot": [tokens, kv, hd], "attn.v": [tokens, kv, hd],
+             "logits": [tokens, vocab]}
+    return list(table.get(point, [tokens, h]))
+
+
+# -- writing -----------------------------------------------------------------------------------
+
+def write_dump(out: str | Path, tensors: dict[str, Any], meta: dict[str, Any]) -> Path:
+    """Write a parity dump (safetensors + manifest + input ids), each file atomically."""
+    from safetensors.torch import save_file
+
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    names = canon.in_order(tensors)
+    clean = {n: tensors[n].detach().to("cpu").contiguous() for n in names}
+    tmp = folder / (TENSORS + ".tmp")
+    save_file(clean, str(tmp), metadata={"format": DUMP_FORMAT})
+    tmp.replace(folder / TENSORS)
+    manifest = {"format": DUMP_FORMAT, "version": DUMP_VERSION, **meta,
+                "probes": {n: {"shape": list(clean[n].shape), "dtype": str(clean[n].dtype).removeprefix("torch.")} for n in names}}
+    for name, text in ((MANIFEST, json.dumps(manifest, indent=1)), (IDS, json.dumps(meta.get("input_ids") or []))):
+        t = folder / (name + ".tmp")
+        t.write_text(text)
+        t.replace(folder / name)
+    return folder
+
+
+def check_ids(dump: Dump, ids: list[int]) -> None:
+    if dump.input_ids is not None and list(dump.input_ids) != list(ids):
+        raise ParityError(f"the dump in {dump.folder} was made from other input ids ({len(dump.input_ids)} tokens) "
+                          f"than this run's ({len(ids)} tokens).",
+                          note=f"run with --input-ids {dump.folder / IDS}" if dump.layout == "parity" else "give the same --input-ids the engine ran")

@@ -1,0 +1,54 @@
+"""The ``parity`` command line. Exit codes: 0 parity holds, 1 divergence found,
+2 usage or input error (one line, with a ``Note:``; ``--debug`` shows the traceback).
+
+One module per command (run and bisect, generate, dump and compare, probes and doctor,
+report and diff, fetch), each with ``add_parser(s)``; only argparse and light modules are
+imported at the top, so ``parity --help`` is fast: each command imports what it needs.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from parity import __version__
+from parity.cli import dump, fetch, generate, info, report, run
+from parity.cli.common import EXIT_USAGE
+from parity.errors import ParityError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="parity", description="Layer-by-layer numerical parity debugger for LLM inference.")
+    parser.add_argument("--version", action="version", version=f"parity {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show tracebacks")
+    run.add_parsers(sub, common)  # run, bisect
+    generate.add_parser(sub, common)
+    dump.add_commands(sub, common)  # dump, compare
+    info.add_parsers(sub, common)  # probes, doctor
+    report.add_parsers(sub, common)  # report, diff
+    fetch.add_parser(sub, common)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    if not getattr(ns, "func", None):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return int(ns.func(ns))
+    except ParityError as exc:
+        if ns.debug:
+            raise
+        print(f"parity: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("parity: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""``parity report`` (HTML from a saved report.json) and ``parity diff`` (two runs, probe by
+probe). They import only the report package (no torch)."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from parity.errors import UsageError
+from parity.report.data import ReportData
+
+
+def load(path: str | Path) -> ReportData:
+    """A saved report: report.json, or a run folder holding one."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "report.json"
+    if not p.is_file():
+        raise UsageError(f"no report at '{path}'.", note="give a report.json written by `parity run` or its folder")
+    try:
+        return ReportData.from_dict(json.loads(p.read_text(encoding="utf-8")))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UsageError(f"'{p}' is not a parity report ({type(exc).__name__}: {exc}).",
+                         note="give a report.json written by `parity run`") from None
+
+
+def cmd_report(ns: argparse.Namespace) -> int:
+    from parity.report import html
+
+    report = load(ns.run)
+    out = Path(ns.output) if ns.output else Path(ns.run).with_suffix(".html") if Path(ns.run).is_file() else Path(ns.run) / "report.html"
+    print(f"HTML report: {html.write(report, out)}")
+    return 0
+
+
+def cmd_diff(ns: argparse.Namespace) -> int:
+    from parity.report import compare
+
+    diff = compare.diff_reports(load(ns.run_a), load(ns.run_b))
+    compare.render_console(diff, show_all=ns.all)
+    if ns.html:
+        from parity.report import html
+
+        print(f"HTML diff: {html.write_diff(diff, ns.html)}")
+    return 1 if diff.regressed else 0
+
+
+def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("report", parents=[common], help="render a saved report.json as one self-contained HTML page")
+    p.add_argument("run", metavar="RUN.json", help="report.json written by `parity run` (or its folder)")
+    p.add_argument("-o", "--output", metavar="PATH", help="HTML file (default: next to the report)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("diff", parents=[common], help="what changed between two runs, probe by probe (exit 1 when a probe broke)")
+    p.add_argument("run_a", metavar="RUN_A.json", help="the earlier run (report.json or its folder)")
+    p.add_argument("run_b", metavar="RUN_B.json", help="the later run")
+    p.add_argument("--html", metavar="PATH", help="also write the diff as an HTML page")
+    p.add_argument("--all", action="store_true", help="list unchanged probes too")
+    p.set_defaults(func=cmd_diff)

@@ -1,0 +1,137 @@
+"""Input token ids: seeded (--tokens N), from a file (--input-ids), or a prompt through a
+tokenizer (--prompt, with the checkpoint's tokenizer or --tokenizer PATH), wrapped in the
+model's chat format with --chat (:func:`resolve_inputs`)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from parity.errors import InputError, ParityError
+
+if TYPE_CHECKING:
+    from parity.loading.source import ModelSource
+    from parity.options import RunOptions
+
+DEFAULT_TOKENS = 32
+
+
+def seeded_ids(n: int, vocab: int, seed: int, high: int | None = None) -> list[int]:
+    import torch
+
+    if n < 1:
+        raise InputError(f"--tokens {n}: need at least 1 token.")
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, min(vocab, high or vocab), (n,), generator=gen).tolist()
+
+
+def read_ids(path: str | Path) -> list[int]:
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"--input-ids file '{p}' does not exist.", note="give a .npy, .json or .txt file of token ids")
+    try:
+        if p.suffix == ".npy":
+            import numpy as np
+
+            data: Any = np.load(p, allow_pickle=False).tolist()
+        elif p.suffix == ".json":
+            data = json.loads(p.read_text())
+            if isinstance(data, dict):
+                data = data.get("input_ids")
+        else:
+            data = [int(t) for t in p.read_text().replace(",", " ").split()]
+    except (ValueError, OSError, json.JSONDecodeError) as exc:
+        raise InputError(f"cannot read token ids from '{p}': {exc}", note="a .npy array, a JSON list, or whitespace-separated integers") from None
+    if isinstance(data, list) and len(data) == 1 and isinstance(data[0], list):
+        data = data[0]
+    if not isinstance(data, list) or not data or not all(isinstance(t, int) and not isinstance(t, bool) for t in data):
+        raise InputError(f"'{p}' does not hold a non-empty list of integer token ids.")
+    return data
+
+
+def check_ids(ids: list[int], vocab: int) -> list[int]:
+    bad = [t for t in ids if t < 0 or t >= vocab]
+    if bad:
+        raise InputError(f"token id {bad[0]} is outside the vocabulary [0, {vocab}).")
+    return ids
+
+
+def load_tokenizer(family: str, checkpoint: Path | None, tokenizer: str | None) -> Any:
+    """The tokenizer for --prompt: ``tokenizer`` path first, then the checkpoint's."""
+    where = Path(tokenizer) if tokenizer else checkpoint
+    if where is None:
+        raise InputError(
+            "--prompt needs a tokenizer, and the embedded preset has none.",
+            note="use --tokens N or --input-ids FILE, or give --checkpoint DIR / --tokenizer PATH with a tokenizer",
+        )
+    if family == "qwen":
+        tik = where if where.is_file() else where / "qwen.tiktoken"
+        if not tik.is_file():
+            raise InputError(f"no qwen.tiktoken in '{where}'.", note="Qwen v1 prompts need the checkpoint's qwen.tiktoken (and the tiktoken package)")
+        from parity.models.qwen.tokenizer import QWenTokenizer
+
+        try:
+            return QWenTokenizer.from_file(tik)
+        except ImportError as exc:
+            raise InputError(str(exc), note="pip install tiktoken") from None
+    if not any((where / f).is_file() for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")):
+        raise InputError(f"no tokenizer files in '{where}'.", note="expected tokenizer.json or tokenizer.model")
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(where))
+
+
+def encode(tok: Any, prompt: str) -> list[int]:
+    ids = tok.encode(prompt)
+    if not ids:
+        raise InputError("the prompt encodes to no tokens.")
+    return list(ids)
+
+
+def resolve_inputs(opts: RunOptions, source: ModelSource) -> list[int]:
+    """The run's token ids: --tokens (seeded), --prompt (the tokenizer's) or --input-ids,
+    wrapped in the model's chat format with --chat."""
+    if opts.chat:
+        ids, _ = chat_ids(opts, source, load_vocab(opts, source))
+        return ids
+    return plain_ids(opts, source)
+
+
+def plain_ids(opts: RunOptions, source: ModelSource) -> list[int]:
+    given = [x for x in (opts.tokens, opts.prompt, opts.input_ids) if x is not None]
+    if len(given) > 1:
+        raise ParityError("give one of --tokens, --prompt, --input-ids.")
+    vocab = source.vocab_size
+    if opts.prompt is not None:
+        tok = load_tokenizer(source.family.name, source.checkpoint, opts.tokenizer)
+        return check_ids(encode(tok, opts.prompt), vocab)
+    if opts.input_ids is not None:
+        return check_ids(read_ids(opts.input_ids), vocab)
+    specials = list(source.preset.chat.get("special_tokens", {}).values())
+    high = min(specials) if specials and min(specials) > vocab // 2 else None
+    return seeded_ids(DEFAULT_TOKENS if opts.tokens is None else opts.tokens, vocab, source.seed, high)
+
+
+def load_vocab(opts: RunOptions, source: ModelSource) -> Any:
+    """The special tokens and (when there is one) the tokenizer, for chat formats and texts."""
+    from parity.loading import chat as chatfmt
+
+    tok = None
+    if opts.prompt is not None or opts.tokenizer is not None:
+        tok = load_tokenizer(source.family.name, source.checkpoint, opts.tokenizer)
+    elif source.checkpoint is not None:
+        try:
+            tok = load_tokenizer(source.family.name, source.checkpoint, None)
+        except InputError:
+            tok = None  # a checkpoint without tokenizer files: ids only
+    return chatfmt.vocab_for(source.preset.chat, tok)
+
+
+def chat_ids(opts: RunOptions, source: ModelSource, vocab: Any) -> tuple[list[int], str]:
+    """The prompt (text, or ids) in the model's chat format, and how it was made."""
+    from parity.loading import chat as chatfmt
+
+    template = source.preset.chat.get("template", "chatml")
+    raw = None if opts.prompt is not None else plain_ids(opts, source)
+    ids, how = chatfmt.wrap_prompt(template, vocab, prompt=opts.prompt, ids=raw, system=opts.system)
+    return check_ids(ids, source.vocab_size), how

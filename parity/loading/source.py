@@ -1,0 +1,151 @@
+"""Where the model comes from: a family preset (seeded weights), a checkpoint folder, a GGUF
+file (converted once to a cached folder, parity.loading.gguf) or a fetched real model (a
+preset with ``fetched = NAME``: ``--model smollm2`` reads ``parity fetch smollm2``'s folder).
+
+``ModelSource.resolve`` validates everything up front (family, config, weights on disk)
+so that bad input fails before any model is built. ``build(device)`` makes the float32
+reference module; every candidate derives from it.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from parity.loading import checkpoint as ckpt
+from parity.loading import families
+from parity.errors import CheckpointError, ModelError
+from parity.loading.families import Family, Preset
+
+
+@dataclass
+class ModelSource:
+    family: Family
+    preset: Preset
+    config_dict: dict[str, Any]
+    config: Any
+    checkpoint: Path | None = None
+    seed: int = 0
+    trust_remote_code: bool = False
+    shape: str | None = None
+    gguf: Path | None = None  # the GGUF file ``checkpoint`` was converted from
+
+    @classmethod
+    def resolve(cls, model: str, checkpoint: str | Path | None = None, seed: int | None = None,
+                trust_remote_code: bool = False, shape: str | None = None,
+                overrides: dict[str, Any] | None = None) -> ModelSource:
+        fam = families.get(model)
+        preset = fam.preset()
+        if shape is not None and shape not in preset.shapes:
+            raise ModelError(f"model '{model}' has no shape '{shape}'.",
+                             note="valid shapes: " + (", ".join(preset.shapes) or "none"))
+        if checkpoint is None and preset.fetched and shape is None:
+            from parity.loading import fetch
+
+            checkpoint = fetch.require(preset.fetched)
+        gguf = None
+        if checkpoint is None:
+            cfg = dict(preset.config)
+            cfg.update(preset.shapes.get(shape, {}) if shape else {})
+            cfg.update(overrides or {})
+            folder = None
+        else:
+            folder, gguf = _folder(model, preset, checkpoint)
+            cfg = ckpt.read_config(folder)
+            _check_model_type(model, preset, cfg.get("model_type"), gguf or folder)
+            ckpt.weight_files(folder)  # fail early when weights are absent
+        if shape is not None and folder is not None:
+            raise ModelError("--shape builds seeded weights; it cannot be combined with --checkpoint.")
+        return cls(fam, preset, cfg, fam.make_config(cfg), folder,
+                   preset.seed if seed is None else seed, trust_remote_code, shape, gguf)
+
+    @property
+    def label(self) -> str:
+        if self.gguf:
+            return f"{self.gguf} (converted: {self.checkpoint})"
+        if self.checkpoint:
+            return str(self.checkpoint)
+        return f"preset:{self.family.name}" + (f":{self.shape}" if self.shape else "")
+
+    @property
+    def num_blocks(self) -> int:
+        return families.num_blocks(self.config)
+
+    @property
+    def vocab_size(self) -> int:
+        v = getattr(self.config, "padded_vocab_size", None) or getattr(self.config, "vocab_size", None)
+        if not isinstance(v, int):
+            raise ModelError("model config has no vocab_size.")
+        return v
+
+    def build(self, device: str = "cpu", attn: str = "eager") -> Any:
+        """The float32 reference module, in eval mode, on ``device``."""
+        import torch
+
+        if self.trust_remote_code and self.checkpoint is not None:
+            return self._build_remote(device)
+        with torch.device(device), _skip_init(self.checkpoint is not None):
+            model = self.family.build(self.config_dict, attn)
+        if self.checkpoint is not None and hasattr(model, "tie_weights"):
+            model.tie_weights()  # no_init_weights skips init_weights, which ties too
+        model = model.to(torch.float32).eval()
+        if self.checkpoint is None:
+            from parity.loading.weights import seeded_init
+
+            seeded_init(model, self.seed)
+        else:
+            ckpt.apply_state_dict(model, ckpt.load_state_dict(self.checkpoint), str(self.checkpoint))
+        return model
+
+    def _build_remote(self, device: str) -> Any:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(
+            str(self.checkpoint), trust_remote_code=True, dtype=torch.float32
+        )
+        return model.to(device).eval()
+
+
+def _folder(model: str, preset: Preset, checkpoint: str | Path) -> tuple[Path, Path | None]:
+    """(the checkpoint folder, the GGUF file it was converted from or None)."""
+    from parity.loading import gguf as gguf_convert
+
+    p = Path(checkpoint)
+    if not gguf_convert.is_gguf(p):
+        return ckpt.checkpoint_dir(p), None
+
+    def check(info: gguf_convert.GGUFInfo) -> None:  # before converting: a wrong --model fails fast
+        _check_model_type(model, preset, info.model_type, p)
+
+    return gguf_convert.hf_folder(p, check=check), p
+
+
+def _check_model_type(model: str, preset: Preset, mt: str | None, where: Path) -> None:
+    if mt not in preset.model_types:
+        other = families.family_for_model_type(mt)
+        raise CheckpointError(
+            f"checkpoint '{where}' is a '{mt}' model, not '{model}'.",
+            note=f"use --model {other}" if other else "valid models: " + ", ".join(families.FAMILIES),
+        )
+
+
+@contextlib.contextmanager
+def _skip_init(skip: bool) -> Iterator[None]:
+    """No random initialization of weights a checkpoint overwrites anyway (every tensor must be
+    in it: apply_state_dict checks). Seconds for 135M parameters, minutes for 7B."""
+    ctx: Any = contextlib.nullcontext()
+    if skip:
+        try:
+            from transformers.initialization import no_init_weights
+        except ImportError:
+            try:
+                from transformers.modeling_utils import no_init_weights
+            except ImportError:
+                no_init_weights = None
+        if no_init_weights is not None:
+            ctx = no_init_weights()
+    with ctx:
+        yield

@@ -1,0 +1,124 @@
+"""The reference side of a run: the float32 model built from the source, its capture of
+every selected probe (kept for the candidates and the teacher-forced pass), and a digest of
+its weights that later derivations check."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+from parity.capture import probes as canon
+from parity.capture.probemap import ProbeMap, find_map
+from parity.capture.sinks import Capture, Recorder
+from parity.errors import ParityError, UsageError
+from parity.loading.inputs import resolve_inputs
+from parity.loading.source import ModelSource
+from parity.options import RunOptions
+from parity.run.common import Progress, isolation_inputs, stage
+from parity.verdict.calibrate import Twin
+
+
+def check_port_options(opts: RunOptions, num_blocks: int, generation: bool = False) -> list[Any]:
+    """Validate --port / --port-map / --fault before any work; returns the fault specs."""
+    from parity import faults
+
+    if opts.candidate != "port":
+        for flag, value in (("--port", opts.port), ("--port-map", opts.port_map)):
+            if value:
+                raise UsageError(f"{flag} needs --candidate port.", note="e.g. parity run --candidate port --port my_port.py:build")
+    specs = faults.parse(opts.faults, num_blocks)
+    gen = [s for s in specs if s.fault.target == "generation"]
+    if gen and not generation:
+        raise UsageError(f"fault '{gen[0].fault.name}' acts at decode steps: a single forward pass cannot show it.",
+                         note=f"use parity generate --fault {gen[0].fault.name}")
+    if opts.candidate != "port":
+        wrong = [s for s in specs if s.fault.target == "port"]
+        if wrong:
+            raise UsageError(f"fault '{wrong[0].fault.name}' alters the built-in port: it needs --candidate port.",
+                             note="model faults (" + ", ".join(n for n, f in faults.FAULTS.items() if f.target != "port")
+                             + ") work with any candidate")
+    return specs
+
+
+def gpu_keep_bytes() -> int:
+    """GPU memory the reference may keep probe tensors in ($PARITY_GPU_KEEP_GIB, default
+    0.5); the rest go to pinned host memory and are copied back probe by probe."""
+    import os
+
+    try:
+        return int(float(os.environ.get("PARITY_GPU_KEEP_GIB", "0.5")) * 2**30)
+    except ValueError:
+        raise UsageError(f"PARITY_GPU_KEEP_GIB={os.environ['PARITY_GPU_KEEP_GIB']!r} is not a number.") from None
+
+
+@dataclass
+class Reference:
+    """A reference capture that several candidates can be compared against."""
+
+    options: RunOptions
+    source: ModelSource
+    probe_map: ProbeMap
+    selected: list[str]
+    ids: list[int]
+    model: Any  # the reference module; None once released
+    facts: dict[str, Any]
+    capture: Capture
+    device: str
+    timings: dict[str, float] = field(default_factory=dict)
+    #: precision twins measured against this reference, by (dtype, device, isolated)
+    twins: dict[tuple[Any, ...], Twin] = field(default_factory=dict)
+    #: float64 sum of every parameter when the reference ran (see check_weights)
+    digest: Any = None
+
+
+def prepare_reference(opts: RunOptions, progress: Progress | None = None) -> Reference:
+    """Build the reference model and capture every selected probe (kept on the CPU), plus
+    the block inputs teacher forcing needs."""
+    from parity.backends.pytorch import ModuleBackend, check_device, torch_dtype
+
+    timings: dict[str, float] = {}
+    torch_dtype(opts.dtype)  # validate before any work
+    device = check_device(opts.device)
+    ref_device = check_device(opts.ref_device or device)
+    source = ModelSource.resolve(opts.model, opts.checkpoint, opts.seed, opts.trust_remote_code, opts.shape)
+    fault_specs = check_port_options(opts, source.num_blocks)
+    pmap = find_map(source.preset.probe_map, opts.probe_dirs)
+    all_names = pmap.names(source.num_blocks)
+    selected = canon.select(all_names, opts.probes)
+    forcing = set(isolation_inputs(source.num_blocks)) & set(all_names) if opts.isolate else set()
+    ref_probes = canon.in_order(set(selected) | forcing)  # teacher forcing needs the block inputs
+    ids = resolve_inputs(opts, source)
+
+    with stage(progress, "building reference", timings):
+        ref_model = source.build(ref_device)
+        for spec in (s for s in fault_specs if s.fault.target == "model"):  # weights both sides load
+            spec.fault.apply(ref_model, spec, SimpleNamespace(num_blocks=source.num_blocks, probe_map=pmap, config=source.config))
+    reference = ModuleBackend(ref_model, pmap, getattr(ref_model, "config", source.config), "reference", source.num_blocks)
+    ref_cap = Capture("reference", reference.describe())
+    with stage(progress, "running reference", timings), reference:
+        reference.capture(ids, ref_probes, Recorder(ref_cap, keep=True, store_device="cpu",
+                                                    gpu_budget_bytes=gpu_keep_bytes()))
+    return Reference(opts, source, pmap, selected, ids, ref_model, reference.describe(), ref_cap, device, timings,
+                     digest=weights_digest(ref_model))
+
+
+def weights_digest(model: Any) -> Any:
+    """One float64 sum per parameter, on the parameters' device (no copy of the weights)."""
+    import torch
+
+    with torch.no_grad():
+        return torch.stack([p.detach().sum(dtype=torch.float64) for p in model.parameters()])
+
+
+def check_weights(ref: Reference) -> None:
+    """Refuse to derive anything more from a reference model whose weights changed since
+    the reference ran: a candidate wrote into the state dict it was given."""
+    import torch
+
+    if ref.digest is None or ref.model is None:
+        return
+    now = weights_digest(ref.model)
+    if not torch.equal(torch.nan_to_num(now, nan=0.0), torch.nan_to_num(ref.digest, nan=0.0)):
+        raise ParityError("the reference model's weights changed after the reference ran: an earlier candidate "
+                          "wrote into the weights it was given.",
+                          note="copy the state dict's tensors before changing them in a port factory")

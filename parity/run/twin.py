@@ -1,0 +1,98 @@
+"""The precision twin of a run (parity.verdict.calibrate): the reference model itself in the
+candidate's dtype, measured against the reference once per dtype, before any candidate of
+the run is built; and the run's verdict settings."""
+from __future__ import annotations
+
+import time
+
+from parity.capture.sinks import Capture, Comparator
+from parity.compare.diff import DiffStats
+from parity.compare.tolerances import Tolerance, ToleranceTable
+from parity.errors import ParityError, UsageError
+from parity.options import RunOptions
+from parity.run.common import Progress, isolated, stage
+from parity.run.reference import Reference, check_weights
+from parity.verdict.calibrate import Calibration, Twin, check_budget, resolve_mode
+
+#: the kernel tolerance of calibrated runs: elements are not judged one by one
+NO_ELEMENT_TOLERANCE = ToleranceTable(Tolerance(float("inf"), 0.0))
+
+DTYPE_NAMES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def calibration_for(opts: RunOptions, explicit_tolerances: bool) -> Calibration:
+    """The run's verdict settings (mode and budget; the twin comes later), validated."""
+    mode = resolve_mode(opts.tolerance, explicit_tolerances or opts.atol is not None or opts.rtol is not None)
+    budget = check_budget(opts.budget) if opts.budget is not None else None
+    if budget is not None and mode != "calibrated":
+        raise UsageError("--budget applies to calibrated verdicts.", note="drop --budget, or use --tolerance calibrated")
+    calib = Calibration(mode, DTYPE_NAMES.get(opts.dtype, opts.dtype))
+    if budget is not None:
+        calib.budget = budget
+    return calib
+
+#: the reference's (and so the twin's) attention implementation (ModelSource.build's default)
+REFERENCE_ATTN = "eager"
+
+
+def candidate_is_twin(opts: RunOptions, ref_attn: str | None) -> bool:
+    """The torch candidate with the reference's attention, uncompiled, on the twin's device
+    *is* an honest run of the reference in its dtype: the twin's forward would repeat it."""
+    return (opts.candidate == "torch" and not opts.compile and opts.attn == REFERENCE_ATTN
+            and ref_attn in (None, REFERENCE_ATTN))
+
+
+def measure_twin(ref: Reference, opts: RunOptions, calib: Calibration, progress: Progress | None,
+                 timings: dict[str, float], skip_if_candidate: bool = True) -> Twin | None:
+    """The precision twin of ``calib.dtype`` on the run's device (measured once per
+    reference): the reference's own weights and code, derived before any candidate of this
+    run is built, so nothing a candidate does reaches it. None when the candidate is the twin
+    (``skip_if_candidate``): its own errors are the floor (see twin_from_candidate)."""
+    if not calib.calibrated:
+        return None
+    if calib.dtype == "float32":
+        return Twin("float32", "reference", "the float32 reference itself (floor: float32 rounding)")
+    if skip_if_candidate and candidate_is_twin(opts, ref.facts.get("attn")):
+        return None  # filled from the candidate's own diffs (see compare_candidate)
+    key = (calib.dtype, ref.device, opts.isolate)
+    if key in ref.twins:
+        return ref.twins[key]
+    if ref.model is None:
+        raise ParityError("the reference model was released before its precision twin was measured.")
+    check_weights(ref)
+    from parity.backends.pytorch import ModuleBackend, derive
+
+    t0 = time.perf_counter()
+    with stage(progress, f"running precision twin ({calib.dtype})", timings):
+        model = derive(ref.model, opts.dtype, ref.device, REFERENCE_ATTN)
+        backend = ModuleBackend(model, ref.probe_map, getattr(model, "config", ref.source.config), "twin",
+                                ref.source.num_blocks)
+        comparator = Comparator(ref.capture, Capture("twin", backend.describe()), NO_ELEMENT_TOLERANCE)
+        with backend:
+            backend.capture(ref.ids, ref.selected, comparator)
+            diffs = dict(comparator.diffs)
+            iso: dict[str, DiffStats] = {}
+            if opts.isolate and backend.supports_isolation():
+                iso, _ = isolated(backend, ref.ids, ref.capture, NO_ELEMENT_TOLERANCE, ref.selected, ref.source.num_blocks)
+        desc = backend.describe()
+        del backend, model, comparator
+        _free_device_memory(ref.device)
+    label = f"the reference in {calib.dtype} on {desc.get('device')}, {REFERENCE_ATTN} attention"
+    twin = ref.twins[key] = Twin(calib.dtype, "measured", label, diffs, iso, time.perf_counter() - t0)
+    return twin
+
+
+def _free_device_memory(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.empty_cache()
+
+
+def twin_from_candidate(calib: Calibration, opts: RunOptions, diffs: dict[str, DiffStats],
+                         iso: dict[str, DiffStats]) -> None:
+    """When the candidate is the twin (see candidate_is_twin), its own errors are the floor."""
+    if calib.calibrated and calib.twin is None:
+        calib.twin = Twin(calib.dtype, "candidate",
+                          f"the candidate itself (torch, {calib.dtype}, {opts.attn} attention is the reference run in "
+                          "its dtype: the twin's forward was skipped)", dict(diffs), dict(iso))
