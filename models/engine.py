@@ -44,6 +44,7 @@ class PortConfig:
     qkv_bias: bool
     gate_branch: int  # which half of the fused gate/up projection gets the activation
     max_positions: int = 4096
+    head_vocab_size: int | None = None  # lm_head rows when not vocab_size (Qwen v1 pads only the embedding)
     seq_length: int | None = None  # Qwen v1: dynamic NTK / logN threshold
     dynamic_ntk: bool = False
     logn_attn: bool = False
@@ -259,7 +260,7 @@ class EnginePort(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.model = EngineModel(cfg)
-        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.head_vocab_size or cfg.vocab_size, bias=False)
         self.rope = RotaryTable(cfg.rotary_dim, cfg.rope_base, cfg.max_positions)
         self._ntk_tables: dict[float, RotaryTable] = {}
 

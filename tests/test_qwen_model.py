@@ -22,7 +22,7 @@ HEAD_DIM = H // HEADS
 def tiny_config(**overrides: Any) -> QWenConfig:
     base: dict[str, Any] = dict(
         n_embd=H, n_head=HEADS, n_layer=LAYERS, ffn_hidden_size=FFN, vocab_size=VOCAB,
-        seq_length=8,
+        seq_length=8, use_dynamic_ntk=True, use_logn_attn=True,  # Qwen-7B-Chat's (not the class defaults)
     )
     base.update(overrides)
     return QWenConfig(**base)
@@ -108,10 +108,12 @@ def test_state_dict_keys_and_shapes_match_qwen_checkpoint_names() -> None:
     assert got == expected_shapes()
 
 
-def test_padded_vocab_size_sets_embedding_rows() -> None:
-    model = QWenLMHeadModel(tiny_config(padded_vocab_size=640))
+def test_padded_vocab_size_sets_embedding_rows_only() -> None:
+    """As the original: wte has padded_vocab_size rows, lm_head vocab_size."""
+    cfg = tiny_config(padded_vocab_size=640)
+    model = QWenLMHeadModel(cfg)
     assert model.transformer.wte.weight.shape == (640, H)
-    assert model.lm_head.weight.shape == (640, H)
+    assert model.lm_head.weight.shape == (cfg.vocab_size, H) and cfg.vocab_size < 640
 
 
 def test_handbuilt_state_dict_loads_strict_and_is_used() -> None:

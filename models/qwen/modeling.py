@@ -39,18 +39,18 @@ class QWenConfigError(ModelError, ValueError):
 class QWenConfig:
     """The subset of Qwen v1's config.json that changes the numbers."""
 
-    vocab_size: int = 151936
+    vocab_size: int = 151851
     n_embd: int
     n_head: int
     n_layer: int
     ffn_hidden_size: int
     kv_channels: int | None = None
-    layer_norm_epsilon: float = 1e-6
+    layer_norm_epsilon: float = 1e-5
     rotary_emb_base: float = 10000.0
     rotary_pct: float = 1.0
     seq_length: int = 2048
-    use_dynamic_ntk: bool = True
-    use_logn_attn: bool = True
+    use_dynamic_ntk: bool = False
+    use_logn_attn: bool = False
     no_bias: bool = True
     padded_vocab_size: int | None = None
     max_position_embeddings: int = 8192
@@ -128,7 +128,7 @@ class QWenConfig:
 
     @property
     def embedding_rows(self) -> int:
-        """Rows of ``wte`` and ``lm_head``."""
+        """Rows of ``wte`` (``lm_head`` has ``vocab_size`` rows, as in the original)."""
         return self.padded_vocab_size or self.vocab_size
 
 
@@ -261,8 +261,11 @@ def causal_mask(q_len: int, k_len: int, device: torch.device) -> torch.Tensor:
 
 
 def eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """q, k, v [B, h, T|S, d] -> [B, h, T, d]; softmax in the activation dtype."""
-    scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    """q, k, v [B, h, T|S, d] -> [B, h, T, d]; softmax in the activation dtype. The scores are
+    divided by sqrt(d) held in the activation dtype, as the original does (11.3125, not
+    11.3137, for d = 128 in bfloat16)."""
+    scores = torch.matmul(q, k.transpose(-1, -2))
+    scores = scores / torch.full([], q.shape[-1] ** 0.5, dtype=scores.dtype, device=scores.device)
     mask = causal_mask(q.shape[-2], k.shape[-2], q.device)
     scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
     probs = torch.softmax(scores, dim=-1)
@@ -270,8 +273,11 @@ def eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.
 
 
 def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The same attention through SDPA, with the scale of :func:`eager_attention` (sqrt(d)
+    rounded to the activation dtype)."""
     mask = causal_mask(q.shape[-2], k.shape[-2], q.device)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    root = float(torch.tensor(q.shape[-1] ** 0.5, dtype=q.dtype))
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0 / root)
 
 
 KVPair = tuple[torch.Tensor, torch.Tensor]
@@ -417,7 +423,7 @@ class QWenLMHeadModel(nn.Module):
         _check_attn_implementation(attn_implementation)
         self.config = config
         self.transformer = QWenModel(config, attn_implementation)
-        self.lm_head = nn.Linear(config.n_embd, config.embedding_rows, bias=False)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self._attn_implementation = attn_implementation
         self.reset_parameters()
 

@@ -24,7 +24,7 @@ RENAMES = {
 
 def port_config(cfg: Any) -> PortConfig:
     return PortConfig(
-        vocab_size=cfg.embedding_rows, hidden_size=cfg.n_embd, num_heads=cfg.n_head, num_kv_heads=cfg.n_head,
+        vocab_size=cfg.embedding_rows, head_vocab_size=cfg.vocab_size, hidden_size=cfg.n_embd, num_heads=cfg.n_head, num_kv_heads=cfg.n_head,
         head_dim=cfg.head_dim, intermediate_size=cfg.intermediate_size, num_layers=cfg.n_layer,
         norm_eps=cfg.layer_norm_epsilon, rope_base=cfg.rotary_emb_base, rotary_dim=cfg.rotary_dim,
         qkv_bias=True, gate_branch=1, max_positions=min(cfg.seq_length, 8192), seq_length=cfg.seq_length,

@@ -49,6 +49,11 @@ CANDIDATES: dict[str, BackendInfo] = {
         "dump", "parity.backends.dump", ("safetensors",),
         "tensors dumped by any runtime (--dump DIR): parity dumps, tllm_debug/ .npy, rank<N>/*.pt",
     ),
+    "cleanroom": BackendInfo(
+        "cleanroom", "parity.backends.cleanroom", ("torch",),
+        "parity's own implementation of the family (clean-room Qwen v1; transformers' class for the others) loaded "
+        "from the same checkpoint: the cross-check of a --trust-remote-code reference",
+    ),
     "port": BackendInfo(
         "port", "parity.backends.port", ("torch",),
         "a PyTorch port (--port FILE.py:factory, or the family's built-in engine-style port with --fault)",

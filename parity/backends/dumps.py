@@ -391,7 +391,7 @@ def canonical_shape(point: str, cfg: Any, tokens: int) -> list[int]:
     kv = getattr(cfg, "num_key_value_heads", None) or heads
     hd = getattr(cfg, "head_dim", None) or (h // heads if h and heads else None)
     rot = getattr(cfg, "rotary_dim", None) or int((hd or 0) * (getattr(cfg, "rotary_pct", None) or getattr(cfg, "partial_rotary_factor", 1.0) or 1.0))
-    vocab = getattr(cfg, "padded_vocab_size", None) or getattr(cfg, "vocab_size", None)
+    vocab = getattr(cfg, "vocab_size", None)  # lm_head rows (Qwen v1 pads only the embedding)
     table = {"rope.cos": [tokens, rot], "rope.sin": [tokens, rot],
              "attn.q": [tokens, heads, hd], "attn.q_rot": [tokens, heads, hd],
              "attn.k": [tokens, kv, hd], "attn.k_rot": [tokens, kv, hd], "attn.v": [tokens, kv, hd],

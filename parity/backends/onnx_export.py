@@ -288,7 +288,7 @@ def expected_last_dim(probe: str, config: Any) -> int | None:
     if point in ("embed", "attn_in", "attn_out", "resid_mid", "mlp_in", "mlp_out", "resid_post", "final_norm"):
         return hidden if isinstance(hidden, int) else None
     if point == "logits":
-        v = getattr(config, "padded_vocab_size", None) or getattr(config, "vocab_size", None)
+        v = getattr(config, "vocab_size", None)  # lm_head rows (Qwen v1 pads only the embedding)
         return v if isinstance(v, int) else None
     return None
 

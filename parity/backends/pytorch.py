@@ -22,6 +22,7 @@ from parity.compare import fused
 from parity.capture import probes as canon
 from parity.backends.base import Backend, Sink
 from parity.errors import BackendError, ProbeError, UsageError
+from parity.loading import remote
 from parity.capture.hooks import Taps, outside_graph, teacher_forced
 from parity.capture.probemap import BlockSpec, ProbeMap
 
@@ -179,6 +180,7 @@ class ModuleBackend(Backend):
             "device": str(self.device),
             "attn": getattr(self.config, "_attn_implementation", None) or getattr(self.model, "attn_implementation", None),
             "compiled": self.runner is not self.model,
+            "implementation": remote.describe(self.model),
         }
 
 
@@ -186,7 +188,11 @@ def set_attn(model: nn.Module, attn: str) -> None:
     if attn not in ATTN:
         raise UsageError(f"unknown attention implementation '{attn}'.", note="valid: " + ", ".join(ATTN))
     if hasattr(model, "set_attn_implementation"):
-        model.set_attn_implementation(attn)
+        try:
+            model.set_attn_implementation(attn)
+        except (ValueError, NotImplementedError) as exc:
+            raise BackendError(f"{type(model).__name__} cannot run attention '{attn}': {' '.join(str(exc).split())[:200]}",
+                               note="use --attn eager") from None
     elif hasattr(model, "attn_implementation"):
         model.attn_implementation = attn
     else:

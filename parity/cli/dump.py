@@ -48,7 +48,7 @@ def cmd_dump(ns: argparse.Namespace) -> int:
     opts = run_options(ns)
     device = check_device(opts.device)
     source = ModelSource.resolve(opts.model, opts.checkpoint, opts.seed, opts.trust_remote_code)
-    pmap = find_map(source.preset.probe_map, opts.probe_dirs)
+    pmap = find_map(source.probe_map_name, opts.probe_dirs)
     selected = canon.select(pmap.names(source.num_blocks), opts.probes)
     ids = resolve_inputs(opts, source)
     say = (lambda s: None) if ns.quiet else (lambda s: print(f"[parity] {s} ...", file=sys.stderr, flush=True))

@@ -28,7 +28,7 @@ def probe_shape(point: str, cfg: Any) -> str:
     kv = getattr(cfg, "num_key_value_heads", None) or heads
     hd = getattr(cfg, "head_dim", None) or (h // heads if h and heads else None)
     rot = getattr(cfg, "rotary_dim", None) or int((hd or 0) * getattr(cfg, "partial_rotary_factor", 1.0))
-    vocab = getattr(cfg, "padded_vocab_size", None) or getattr(cfg, "vocab_size", None)
+    vocab = getattr(cfg, "vocab_size", None)  # lm_head rows (Qwen v1 pads only the embedding)
     shapes = {
         "rope.cos": f"[T, {rot}]", "rope.sin": f"[T, {rot}]",
         "attn.q": f"[T, {heads}, {hd}]", "attn.q_rot": f"[T, {heads}, {hd}]",
@@ -44,7 +44,7 @@ def cmd_probes(ns: argparse.Namespace) -> int:
     from parity.loading.source import ModelSource
 
     source = ModelSource.resolve(ns.model, ns.checkpoint, trust_remote_code=ns.trust_remote_code, shape=ns.shape)
-    pmap = find_map(source.preset.probe_map, ns.probe_dirs)
+    pmap = find_map(source.probe_map_name, ns.probe_dirs)
     names = canon.select(pmap.names(source.num_blocks), ns.probes)
     print(f"# {source.family.name}: probe map {pmap.path} ({len(names)} probes)")
     for name in names:

@@ -5,6 +5,7 @@ that name the tensor at fault.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -78,11 +79,28 @@ def _load_file(path: Path) -> dict[str, Any]:
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"cannot read weights {path.name}: {first}") from None
+        raise CheckpointError(f"cannot read weights {path.name}: {_load_error(exc)}") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path.name} does not hold a state dict.")
+    for key, value in obj.items():
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{path.name}: '{key}' is not a tensor ({type(value).__name__}).",
+                                  note="a state dict maps parameter names to tensors")
     return obj
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _load_error(exc: BaseException) -> str:
+    """One clean line for a refused torch.load: the class a pickle wanted, when it names one."""
+    text = _ANSI.sub("", str(exc))
+    m = re.search(r"GLOBAL ([\w.]+)", text) or re.search(r"Unsupported global: ([\w.]+)", text)
+    if m:
+        return (f"it holds a pickled '{m.group(1)}' object, not only tensors (parity never unpickles arbitrary "
+                "objects; save the state dict's tensors, e.g. with safetensors)")
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[0] if lines else type(exc).__name__
 
 
 def load_state_dict(folder: Path) -> dict[str, Any]:

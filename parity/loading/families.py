@@ -34,6 +34,9 @@ class Preset:
     shapes: dict[str, dict[str, Any]] = field(default_factory=dict)
     generation: dict[str, Any] = field(default_factory=dict)
     fetched: str | None = None  # default checkpoint: the folder `parity fetch <fetched>` makes
+    #: probe map of the checkpoint's own modeling code (--trust-remote-code), when its module
+    #: tree differs from parity's implementation of the family
+    remote_probe_map: str | None = None
     path: Path | None = None
 
     def tolerance_table(self, dtype: str) -> ToleranceTable:
@@ -144,6 +147,7 @@ def load_preset(family: str, extra_dirs: Sequence[str | Path] = ()) -> Preset:
             shapes={k: dict(v) for k, v in raw.get("shapes", {}).items()},
             generation=dict(raw.get("generation", {})),
             fetched=raw.get("fetched"),
+            remote_probe_map=raw.get("remote_probe_map"),
             path=path,
         )
     except KeyError as exc:

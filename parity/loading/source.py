@@ -31,6 +31,8 @@ class ModelSource:
     trust_remote_code: bool = False
     shape: str | None = None
     gguf: Path | None = None  # the GGUF file ``checkpoint`` was converted from
+    #: --trust-remote-code: the shims its modeling code needed (set by build; see parity.loading.remote)
+    remote_shims: list[str] | None = None
 
     @classmethod
     def resolve(cls, model: str, checkpoint: str | Path | None = None, seed: int | None = None,
@@ -60,6 +62,13 @@ class ModelSource:
             raise ModelError("--shape builds seeded weights; it cannot be combined with --checkpoint.")
         return cls(fam, preset, cfg, fam.make_config(cfg), folder,
                    preset.seed if seed is None else seed, trust_remote_code, shape, gguf)
+
+    @property
+    def probe_map_name(self) -> str:
+        """The probe map of the implementation that builds the reference."""
+        if self.trust_remote_code and self.checkpoint is not None and self.preset.remote_probe_map:
+            return self.preset.remote_probe_map
+        return self.preset.probe_map
 
     @property
     def label(self) -> str:
@@ -100,13 +109,12 @@ class ModelSource:
         return model
 
     def _build_remote(self, device: str) -> Any:
-        import torch
-        from transformers import AutoModelForCausalLM
+        """The checkpoint's own modeling code, holding exactly the checkpoint's tensors."""
+        from parity.loading import remote
 
-        model = AutoModelForCausalLM.from_pretrained(
-            str(self.checkpoint), trust_remote_code=True, dtype=torch.float32
-        )
-        return model.to(device).eval()
+        assert self.checkpoint is not None
+        model, self.remote_shims = remote.build(self.checkpoint, self.config_dict, device)
+        return model
 
 
 def _folder(model: str, preset: Preset, checkpoint: str | Path) -> tuple[Path, Path | None]:

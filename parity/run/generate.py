@@ -336,7 +336,7 @@ def build_candidate(opts: GenerateOptions, source: ModelSource, ref_model: Any, 
     from parity.run.common import CandidateContext
 
     mod = backends.load(opts.candidate)
-    pmap = find_map(source.preset.probe_map, opts.probe_dirs)
+    pmap = find_map(source.probe_map_name, opts.probe_dirs)
     cand = mod.create(CandidateContext(opts, source, pmap, ref_model, device))
     if not hasattr(cand, "model"):
         raise BackendError(f"candidate '{opts.candidate}' exposes no torch module to decode with.",
@@ -368,7 +368,7 @@ def execute(opts: GenerateOptions, progress: Progress | None = None) -> Generate
     ref_model = source.build(ref_device)
     for spec in (s for s in fault_specs if s.fault.target == "model"):  # weights both sides load
         ctx = SimpleNamespace(num_blocks=source.num_blocks, config=source.config,
-                              probe_map=find_map(source.preset.probe_map, opts.probe_dirs))
+                              probe_map=find_map(source.probe_map_name, opts.probe_dirs))
         spec.fault.apply(ref_model, spec, ctx)
     ref_desc = ModuleBackend(ref_model, None, source.config, "reference", source.num_blocks).describe()  # type: ignore[arg-type]
     twin: Side | str | None = None

@@ -82,7 +82,7 @@ def prepare_reference(opts: RunOptions, progress: Progress | None = None) -> Ref
     ref_device = check_device(opts.ref_device or device)
     source = ModelSource.resolve(opts.model, opts.checkpoint, opts.seed, opts.trust_remote_code, opts.shape)
     fault_specs = check_port_options(opts, source.num_blocks)
-    pmap = find_map(source.preset.probe_map, opts.probe_dirs)
+    pmap = find_map(source.probe_map_name, opts.probe_dirs)
     all_names = pmap.names(source.num_blocks)
     selected = canon.select(all_names, opts.probes)
     forcing = set(isolation_inputs(source.num_blocks)) & set(all_names) if opts.isolate else set()
@@ -98,7 +98,10 @@ def prepare_reference(opts: RunOptions, progress: Progress | None = None) -> Ref
     with stage(progress, "running reference", timings), reference:
         reference.capture(ids, ref_probes, Recorder(ref_cap, keep=True, store_device="cpu",
                                                     gpu_budget_bytes=gpu_keep_bytes()))
-    return Reference(opts, source, pmap, selected, ids, ref_model, reference.describe(), ref_cap, device, timings,
+    facts = {**reference.describe(), "trust_remote_code": source.trust_remote_code}
+    if source.remote_shims is not None:
+        facts["remote_shims"] = source.remote_shims
+    return Reference(opts, source, pmap, selected, ids, ref_model, facts, ref_cap, device, timings,
                      digest=weights_digest(ref_model))
 
 
