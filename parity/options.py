@@ -22,7 +22,7 @@ class Opt:
 
 @dataclass
 class RunOptions:
-    model: str = "qwen"
+    model: str | None = "qwen"  # the CLI leaves it None when --model is not given (inferred)
     checkpoint: str | None = None
     shape: str | None = None
     trust_remote_code: bool = False
@@ -60,6 +60,17 @@ class RunOptions:
     isolate: bool = True
 
 
+@dataclass
+class GenerateOptions(RunOptions):
+    """``parity generate``: a run's options and the decode's."""
+
+    max_new_tokens: int = 16
+    teacher_forcing: bool = False
+    stop_tokens: list[str] | None = None
+    candidate_generation_config: str | None = None
+    overlap_k: int = 5
+
+
 #: how a run judges its probes (parity.verdict.calibrate); shared by parity run and parity generate
 VERDICT_OPTS = [
     Opt(("--tolerance",), {"choices": ["calibrated", "absolute"], "help": "calibrated (default): a probe fails when its error is more than --budget times the precision twin's (the reference run in the candidate's dtype); absolute: fixed atol/rtol per probe (the preset's table, --atol/--rtol; giving those implies absolute)"}),
@@ -68,7 +79,7 @@ VERDICT_OPTS = [
 
 GROUPS: dict[str, tuple[str, list[Opt]]] = {
     "model": ("model", [
-        Opt(("--model", "-m"), {"default": "qwen", "help": "model family: qwen (Qwen v1), qwen2, llama (default: qwen)"}),
+        Opt(("--model", "-m"), {"help": "model family: qwen (Qwen v1), qwen2, llama, smollm2 (default: the checkpoint's model_type, else qwen)"}),
         Opt(("--checkpoint",), {"metavar": "DIR", "help": "Hugging Face model folder (config.json + safetensors/.bin); default: the embedded tiny preset with seeded weights"}),
         Opt(("--shape",), {"metavar": "NAME", "help": "a real-size shape of the preset with seeded weights, e.g. 7b"}),
         Opt(("--trust-remote-code",), {"action": "store_true", "help": "use the checkpoint's own modeling code (only when you ask)"}),
@@ -116,6 +127,8 @@ GROUPS: dict[str, tuple[str, list[Opt]]] = {
         Opt(("--html",), {"metavar": "PATH", "help": "also write a self-contained HTML report to PATH"}),
         Opt(("--no-files",), {"action": "store_true", "help": "print only; write no report files"}),
         Opt(("--failures-only",), {"action": "store_true", "help": "console table lists failing probes only"}),
+        Opt(("--wide",), {"action": "store_true", "help": "console table with every statistic (ref/cand mean and sum, mean abs and max rel error)"}),
+        Opt(("--all",), {"dest": "every_row", "action": "store_true", "help": "console table with every probe (long tables collapse runs of passing probes)"}),
         Opt(("--quiet", "-q"), {"action": "store_true", "help": "no progress lines"}),
     ]),
 }

@@ -16,6 +16,7 @@ from parity.compare import fused
 HERE = Path(__file__).parent
 
 
+@pytest.mark.slow  # ~80 s of Triton's interpreter on 2 cores: make test-all
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a CUDA machine test_gpu.py runs the compiled kernels")
 def test_kernels_match_eager_under_the_interpreter() -> None:
     pytest.importorskip("triton", reason="Triton is not installed (it comes with CUDA builds of torch; `pip install triton` here)")

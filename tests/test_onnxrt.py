@@ -48,6 +48,7 @@ def test_fp16_passes(model: str, tmp_path: Path, run_cli) -> None:
     assert rep["run"]["candidate"]["dtype"] == "float16"
 
 
+@pytest.mark.slow  # two 512-token exports: make test-all
 @pytest.mark.parametrize("dtype", ["fp32", "fp16"])
 def test_long_sequence_locates_the_real_block_outputs(dtype: str, tmp_path: Path, run_cli) -> None:
     """At 512 tokens the exporter's optimizer shares the rotary tables across blocks, so more

@@ -46,6 +46,7 @@ def verdict(ref: Any, candidate: str, dtype: str, **kw: Any) -> dict[str, Any]:
     return compare_candidate(ref, replace(ref.options, candidate=candidate, dtype=dtype, **kw)).report.summary
 
 
+@pytest.mark.slow  # six candidates on three real prompts (ONNX exports at 526 tokens): make test-all
 @pytest.mark.parametrize(("prompt", "chat"), INPUTS)
 def test_honest_candidates_pass(references: dict[str, Any], prompt: str, chat: bool) -> None:
     ref = reference(references, prompt, chat)

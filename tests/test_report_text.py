@@ -3,6 +3,7 @@ pytest failure explanation, the generation table and `parity diff`."""
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 from rich.console import Console
@@ -22,7 +23,9 @@ def _text(render, *args) -> str:
 
 def _header(text: str) -> list[str]:
     line = next(ln for ln in text.splitlines() if "probe" in ln and "status" in ln or "step" in ln and "status" in ln)
-    return [c.strip() for c in line.strip("┃│ ").split("┃")]
+    if "┃" in line:
+        return [c.strip() for c in line.strip("┃│ ").split("┃")]
+    return [c.strip() for c in re.split(r"\s{2,}", line.strip())]  # a table without vertical rules
 
 
 @pytest.mark.parametrize(("x", "want"), [(0.57, "x0.57"), (1.0, "x1"), (1.3, "x1.3"), (455.4, "x455"),

@@ -129,6 +129,8 @@ def export_for(ctx: Any, dtype: str) -> tuple[ExportedGraph, Any]:
     if dtype not in ("fp32", "fp16"):
         raise UsageError(f"the ONNX candidates run fp32 or fp16, not {dtype}.", note="use --dtype fp32 or --dtype fp16")
     seq_len = len(resolve_inputs(ctx.options, ctx.source))
+    if getattr(ctx, "progress", None) is not None:
+        ctx.progress(f"exporting to ONNX ({seq_len} tokens, {dtype}; cached in $PARITY_CACHE after the first time)")
     return export_graph(ctx.reference_model, ctx.source, ctx.probe_map, seq_len, dtype)
 
 

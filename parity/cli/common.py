@@ -2,25 +2,162 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
-from collections.abc import Callable
+from pathlib import Path
 from datetime import datetime
+from typing import Any
 
 EXIT_OK, EXIT_DIVERGED, EXIT_USAGE = 0, 1, 2
 
 
-def progress(quiet: bool) -> Callable[[str], None] | None:
-    if quiet:
-        return None
-    t0 = time.perf_counter()
+class StageProgress:
+    """A command's progress, stage by stage (``progress("building reference")`` starts one;
+    ``progress.update(text)`` refreshes the current one, e.g. a decode step).
 
-    def say(what: str) -> None:
-        print(f"[parity {time.perf_counter() - t0:6.2f}s] {what} ...", file=sys.stderr, flush=True)
+    On a terminal: a live spinner line (rich) for the running stage with its elapsed time,
+    replaced by a line with its duration when the next one starts. Elsewhere (CI logs, pipes):
+    one timestamped line per stage, no updates. Nothing at all with -q (progress() is None)."""
 
-    return say
+    def __init__(self, live: bool | None = None) -> None:
+        self.t0 = self.started = time.perf_counter()
+        self.live = sys.stderr.isatty() if live is None else live
+        self.current: str | None = None
+        self._status: Any = None
+        if self.live:
+            from rich.console import Console
+
+            self.console = Console(stderr=True)
+
+    def __call__(self, what: str) -> None:
+        now = time.perf_counter()
+        if not self.live:
+            print(f"[parity {now - self.t0:6.2f}s] {what} ...", file=sys.stderr, flush=True)
+            return
+        self._done(now)
+        self.current, self.started = what, now
+        self._status = self.console.status(f"{what} ...", spinner="dots")
+        self._status.start()
+
+    def update(self, text: str) -> None:
+        if self.live and self._status is not None:
+            self._status.update(f"{self.current}: {text}")
+
+    def _done(self, now: float) -> None:
+        if self._status is not None:
+            self._status.stop()
+            self._status = None
+            self.console.print(f"[dim]{self.current} ({now - self.started:.1f} s)[/dim]", highlight=False)
+
+    def close(self) -> None:
+        """End the running stage (before the command prints its results)."""
+        if self.live:
+            self._done(time.perf_counter())
+
+
+def progress(quiet: bool) -> StageProgress | None:
+    return None if quiet else StageProgress()
+
+
+def done(progress: StageProgress | None) -> None:
+    if progress is not None:
+        progress.close()
 
 
 def run_id(ns: argparse.Namespace) -> str:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return f"{stamp}-{ns.model}-{ns.candidate}-{ns.dtype}"
+    model = getattr(ns, "model", None) or infer_model(getattr(ns, "checkpoint", None))
+    return f"{stamp}-{model}-{ns.candidate}-{ns.dtype}"
+
+
+DTYPES = ("fp32", "fp16", "bf16", "float32", "float16", "bfloat16")
+DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+def check_options(opts: Any) -> None:
+    """The checks a run's options need no model, torch or engine for -- before any of them is
+    imported or built, so that a typo costs milliseconds, not a reference forward. (The
+    backends check the same things again where they are used.)"""
+    from parity import backends
+    from parity.errors import UsageError
+    from parity.loading import families
+    from parity.verdict.calibrate import check_budget, resolve_mode
+
+    families.get(opts.model)
+    if opts.dtype not in DTYPES:
+        raise UsageError(f"unknown dtype '{opts.dtype}'.", note="valid dtypes: " + ", ".join(DTYPES))
+    for flag, dev in (("--device", opts.device), ("--ref-device", opts.ref_device)):
+        if dev is not None and not DEVICE.match(dev):
+            raise UsageError(f"unknown device '{dev}' ({flag}).", note="valid devices: cpu, cuda, cuda:N, auto")
+    if opts.tokens is not None and opts.tokens < 1:
+        raise UsageError(f"--tokens {opts.tokens}: need at least 1 token.")
+    bi = backends.info(opts.candidate) if opts.candidate != "reference" else None
+    if bi is not None and not bi.is_available():
+        raise UsageError(f"candidate '{opts.candidate}' needs {', '.join(bi.missing())}, which is not installed.",
+                         note="`parity doctor` lists what is available here")
+    resolve_mode(opts.tolerance, opts.atol is not None or opts.rtol is not None)
+    if opts.budget is not None:
+        check_budget(opts.budget)
+    if opts.candidate == "dump" and not opts.dump:
+        raise UsageError("--candidate dump needs --dump DIR.",
+                         note="a folder written by `parity dump`, a tllm_debug/ folder, or rank<N>/*.pt dumps")
+    if opts.checkpoint and not Path(opts.checkpoint).exists():
+        from parity.loading.checkpoint import checkpoint_dir
+
+        checkpoint_dir(opts.checkpoint)  # its own message
+    for flag, path, kind in (("--dump", opts.dump, "folder"), ("--input-ids", opts.input_ids, "file"),
+                             ("--port-map", opts.port_map, "file"), ("--dump-map", opts.dump_map, "file"),
+                             ("--tokenizer", opts.tokenizer, "path")):
+        if path and not Path(path).exists():
+            raise UsageError(f"{flag} {path}: no such {kind}.")
+    _check_port(opts)
+    for d in opts.probe_dirs:
+        if not Path(d).is_dir():
+            raise UsageError(f"--probe-dir {d}: no such folder.")
+
+
+def _check_port(opts: Any) -> None:
+    """--port and --port-map need --candidate port; the port file must exist (the messages
+    of parity.run.reference.check_port_options and parity.backends.port, earlier)."""
+    from parity.errors import UsageError
+
+    if opts.candidate != "port":
+        for flag, value in (("--port", opts.port), ("--port-map", opts.port_map)):
+            if value:
+                raise UsageError(f"{flag} needs --candidate port.", note="e.g. parity run --candidate port --port my_port.py:build")
+    if opts.port:
+        path, sep, name = opts.port.rpartition(":")
+        file = Path(path if sep and name.isidentifier() else opts.port)
+        if not file.is_file():
+            raise UsageError(f"port file '{file}' does not exist.", note="--port path/to/file.py:factory")
+
+
+def with_model(opts: Any, ns: argparse.Namespace) -> Any:
+    """``opts`` with the family inferred from the checkpoint when --model was not given."""
+    import dataclasses
+
+    if getattr(ns, "model", None) is not None:
+        return opts
+    return dataclasses.replace(opts, model=infer_model(getattr(ns, "checkpoint", None)))
+
+
+def infer_model(checkpoint: str | None) -> str:
+    """The family of ``checkpoint`` (config.json's or a GGUF file's model_type), else "qwen"."""
+    if not checkpoint:
+        return "qwen"
+    import json
+
+    from parity.loading import families
+
+    path, mt = Path(checkpoint), None
+    try:
+        if (path / "config.json").is_file():
+            mt = json.loads((path / "config.json").read_text()).get("model_type")
+        elif path.is_file() and path.suffix == ".gguf":
+            from parity.loading import gguf
+
+            mt = gguf.read_info(path).model_type
+    except Exception:  # noqa: BLE001 - unreadable: loading says why, with the default family
+        mt = None
+    return families.family_for_model_type(mt) or "qwen"

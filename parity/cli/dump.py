@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +37,7 @@ def cmd_dump(ns: argparse.Namespace) -> int:
     from parity import backends
     from parity.capture import probes as canon
     from parity.backends.pytorch import ModuleBackend, check_device
+    from parity.cli.common import progress
     from parity.capture.sinks import Capture, Recorder
     from parity.backends.dumps import write_dump
     from parity.capture.probemap import find_map
@@ -45,13 +45,16 @@ def cmd_dump(ns: argparse.Namespace) -> int:
     from parity.run.common import CandidateContext
     from parity.loading.source import ModelSource
 
-    opts = run_options(ns)
+    from parity.cli.common import with_model
+
+    opts = with_model(run_options(ns), ns)
     device = check_device(opts.device)
     source = ModelSource.resolve(opts.model, opts.checkpoint, opts.seed, opts.trust_remote_code)
     pmap = find_map(source.probe_map_name, opts.probe_dirs)
     selected = canon.select(pmap.names(source.num_blocks), opts.probes)
     ids = resolve_inputs(opts, source)
-    say = (lambda s: None) if ns.quiet else (lambda s: print(f"[parity] {s} ...", file=sys.stderr, flush=True))
+    prog = progress(ns.quiet)
+    say = prog if prog is not None else (lambda s: None)
     say("building reference")
     ref_model = source.build(check_device(opts.ref_device or device))
     if opts.candidate == "reference":
@@ -65,10 +68,13 @@ def cmd_dump(ns: argparse.Namespace) -> int:
     say(f"running {backend.label}")
     with backend:
         backend.capture(ids, wanted, Recorder(cap, keep=True, store_device="cpu"))
+    say("writing the dump")
     meta = {"model": source.family.name, "source": source.label, "seed": source.seed, "backend": backend.describe(),
             "dtype": backend.describe().get("dtype"), "input_ids": ids,
             "not_exposed": [p for p in selected if p not in offered]}
     folder = write_dump(ns.out, {n: r.tensor for n, r in cap.records.items()}, meta)
+    if prog is not None:
+        prog.close()
     print(f"Dump: {folder} ({len(cap.records)} probes from {backend.label}; {len(meta['not_exposed'])} not exposed)")
     return 0
 
@@ -126,7 +132,8 @@ def cmd_compare(ns: argparse.Namespace) -> int:
            "reference": {"backend": "A", **{k: v for k, v in a.meta.items() if k in ("backend", "dtype")}},
            "candidate": {"backend": "B", **{k: v for k, v in b.meta.items() if k in ("backend", "dtype")}}}
     report = ReportData(run=run, probes=rows, summary=diagnose(rows, {"fp16": "float16", "bf16": "bfloat16"}.get(dtype or "", "float32")))
-    console.render(report, show_all=not ns.failures_only)
+    console.render(report, show_all=not getattr(ns, "failures_only", False), wide=getattr(ns, "wide", False),
+                   every_row=getattr(ns, "every_row", False))
     if ns.out:
         paths = files.write(report, Path(ns.out))
         print(f"Reports: {paths['json']}  {paths['csv']}")

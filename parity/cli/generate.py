@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from parity.cli.common import progress, run_id
+from parity.cli.common import check_options, done, progress, run_id, with_model
 from parity.options import VERDICT_OPTS, Opt, add_group
 
 GENERATION_OPTS: list[Opt] = [
@@ -35,7 +35,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
 def options(ns: argparse.Namespace) -> Any:
     from dataclasses import fields
 
-    from parity.run.generate import GenerateOptions
+    from parity.options import GenerateOptions
 
     names = {f.name for f in fields(GenerateOptions)}
     given = {k: v for k, v in vars(ns).items() if k in names and v is not None}
@@ -43,10 +43,16 @@ def options(ns: argparse.Namespace) -> Any:
 
 
 def cmd_generate(ns: argparse.Namespace) -> int:
+    opts = with_model(options(ns), ns)
+    check_options(opts)  # before torch is imported
+
     from parity.report import generation as gen_report
     from parity.run.generate import execute
-
-    result = execute(options(ns), progress(ns.quiet))
+    prog = progress(ns.quiet)
+    try:
+        result = execute(opts, prog)
+    finally:
+        done(prog)
     gen_report.render(result.report)
     if not ns.no_files:
         out = Path(ns.out) if ns.out else Path("reports") / ("gen-" + run_id(ns))

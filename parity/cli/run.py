@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from parity.cli.common import EXIT_DIVERGED, EXIT_OK, progress, run_id
+from parity.cli.common import EXIT_DIVERGED, EXIT_OK, check_options, done, progress, run_id, with_model
 from parity.options import add_group, run_options
 
 
@@ -23,30 +23,37 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def cmd_run(ns: argparse.Namespace) -> int:
+    opts = with_model(run_options(ns), ns)
+    check_options(opts)  # before torch is imported
+
     from parity.report import console as console_report
     from parity.report import files
     from parity.run.candidate import execute
     from parity.run.common import CandidateFailed
 
-    opts = run_options(ns)
     out = Path(ns.out) if ns.out else Path("reports") / run_id(ns)
+    prog = progress(ns.quiet)
+    bisect = getattr(ns, "mode", "all") == "bisect"
     try:
-        if getattr(ns, "mode", "all") == "bisect":
+        if bisect:
             from parity.run.bisect import execute_bisect, render_builds
 
-            result = execute_bisect(opts, progress(ns.quiet), marks=getattr(ns, "bisect_marks", 1) or 1)
-            console_report.render(result.report, show_all=not ns.failures_only)
-            print(render_builds(result.report.summary))
+            result = execute_bisect(opts, prog, marks=getattr(ns, "bisect_marks", 1) or 1)
         else:
-            result = execute(opts, progress(ns.quiet))
-            console_report.render(result.report, show_all=not ns.failures_only)
+            result = execute(opts, prog)
     except CandidateFailed as exc:  # the candidate raised mid-forward: keep what it got to
-        console_report.render(exc.report, show_all=not ns.failures_only)
+        done(prog)
+        console_report.render(exc.report, **_table(ns))
         if not ns.no_files:
             paths = files.write(exc.report, out)
             exc.note = f"partial report: {paths['json']}; --debug shows the traceback"
         raise
+    finally:
+        done(prog)
     report = result.report
+    console_report.render(report, **_table(ns))
+    if bisect:
+        print(render_builds(report.summary))
     if not ns.no_files:
         paths = files.write(report, out)
         print(f"Reports: {paths['json']}  {paths['csv']}")
@@ -55,3 +62,8 @@ def cmd_run(ns: argparse.Namespace) -> int:
 
         print(f"HTML report: {html.write(report, ns.html)}")
     return EXIT_OK if report.summary["verdict"] == "pass" else EXIT_DIVERGED
+
+
+def _table(ns: argparse.Namespace) -> dict[str, bool]:
+    """The console table's options (parity.report.console.render)."""
+    return {"show_all": not ns.failures_only, "wide": getattr(ns, "wide", False), "every_row": getattr(ns, "every_row", False)}

@@ -56,31 +56,128 @@ def _status(row: ProbeRow) -> str:
     return f"[dim]{row.status}[/dim]"
 
 
-def render(report: ReportData, console: Any = None, show_all: bool = True) -> None:
+#: the default table: what a verdict rests on, designed for 100 columns; optional columns
+#: are dropped right to left (nrmse, then isolated err, then cosine) when the width is less
+COMPACT = ("probe", "max abs err", EXCESS_COLUMN, "isolated err", "nrmse", "cosine", "status")
+OPTIONAL = ("nrmse", "isolated err", "cosine")
+#: tables longer than this collapse runs of passing probes (failures and their neighbours stay)
+LONG_TABLE = 40
+CONTEXT = 2
+#: failing probes a collapsed table shows one by one (the first ones); the rest are counted
+SHOWN_FAILURES = 20
+
+
+def width() -> int:
+    """The console's width: $COLUMNS when set, the terminal's, else 100 (piped output)."""
+    import os
+    import shutil
+
+    env = os.environ.get("COLUMNS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    return shutil.get_terminal_size((100, 24)).columns if sys.stdout.isatty() else 100
+
+
+def make_console() -> Any:
     from rich.console import Console
+
+    return Console(width=width())
+
+
+def title_of(report: ReportData) -> str:
+    run = report.run
+    cand, ref = run.get("candidate") or {}, run.get("reference") or {}
+    where = run.get("source") or run.get("checkpoint") or "dumps"
+    model = run.get("model") or "model of the dumps"
+    side = lambda d, name: " ".join(str(x) for x in (name, d.get("dtype"), d.get("device")) if x)  # noqa: E731
+    return (f"parity: {model} ({where}) | reference {side(ref, '')} vs {side(cand, cand.get('name') or 'candidate')} | "
+            f"{run.get('tokens')} tokens").replace("  ", " ")
+
+
+def render(report: ReportData, console: Any = None, show_all: bool = True, wide: bool = False,
+           every_row: bool = False) -> None:
+    """The probe table and the verdict. ``show_all`` False: failing probes only; ``wide``:
+    every statistic (ref/cand mean and sum, mean abs and max rel error); ``every_row``: no
+    collapsing of passing probes in long tables."""
+    from rich import box
     from rich.table import Table
 
-    console = console or Console(width=None if sys.stdout.isatty() else 160)
-    run = report.run
-    cand = run.get("candidate", {})
-    title = (f"parity: {run.get('model')} ({run.get('source')}) | reference {run['reference'].get('dtype')} "
-             f"{run['reference'].get('device')} vs {cand.get('name')} {cand.get('dtype')} {cand.get('device')} | "
-             f"{run.get('tokens')} tokens")
-    table = Table(title=title, title_justify="left", header_style="bold")
+    console = console or make_console()
     excess = calibrated(report)
     isolated = any(r.isolated_max_abs_err is not None for r in report.probes)
-    for c in columns(excess, isolated):
-        table.add_column(c, justify="left" if c in ("probe", "status") else "right", no_wrap=True)
-    for r in report.probes:
-        if not show_all and r.status not in ("fail",):
-            continue
-        table.add_row(*_cells(r, excess, isolated))
+    rows = [r for r in report.probes if show_all or r.status == "fail"]
+    cols = columns(excess, isolated) if wide else _fit(_compact(excess, isolated), rows, console.width)
+    table = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False, show_edge=False)
+    for c in cols:
+        table.add_column(c, justify="left" if c in ("probe", "status") else "right", no_wrap=True,
+                         min_width=len(c) if c != "probe" else None)
+    for item in _collapse(rows) if show_all and not every_row and len(rows) > LONG_TABLE else rows:
+        if isinstance(item, list):  # a run of passing probes, collapsed
+            cells = {c: "" for c in cols}
+            top = max((r.excess for r in item if r.excess is not None), default=None)
+            fails = sum(r.status == "fail" for r in item)
+            cells.update({"probe": f"[dim]... {len(item)} more[/dim]",
+                          EXCESS_COLUMN: f"[dim]<={xfmt(top)}[/dim]" if top is not None else "",
+                          "status": f"[bold red]{fails} FAIL[/bold red]" if fails else "[dim]--all[/dim]"})
+            table.add_row(*[cells[c] for c in cols])
+        else:
+            cells = _cells(item)
+            table.add_row(*[cells[c] for c in cols])
+    console.print(title_of(report), markup=False, highlight=False, soft_wrap=True)
     console.print(table)
     render_summary(report, console)
 
 
+def _compact(excess: bool, isolated: bool) -> list[str]:
+    return [c for c in COMPACT if (c != EXCESS_COLUMN or excess) and (c != "isolated err" or isolated)]
+
+
+def _fit(cols: list[str], rows: list[ProbeRow], width: int) -> list[str]:
+    """Drop OPTIONAL columns until the widest cells fit ``width`` (probe names whole)."""
+    need = {c: len(c) for c in cols}
+    for r in rows:
+        cells = _cells(r)
+        for c in cols:
+            need[c] = max(need[c], len(_plain(cells[c])))
+    cols = list(cols)
+    for c in OPTIONAL:
+        if sum(need[x] + 2 for x in cols) <= width:
+            break
+        if c in cols:
+            cols.remove(c)
+    return cols
+
+
+def _plain(cell: str) -> str:
+    import re
+
+    return re.sub(r"\[/?[a-z ]+\]", "", cell)
+
+
+def _collapse(rows: list[ProbeRow]) -> list[ProbeRow | list[ProbeRow]]:
+    """Failing probes, CONTEXT rows around them and the first and last rows stay; each run of
+    other probes becomes one line (a list) saying how many there are and their largest excess."""
+    keep = {0, 1, 2, len(rows) - 3, len(rows) - 2, len(rows) - 1}
+    failing = [i for i, r in enumerate(rows) if r.status == "fail"]
+    for i in failing[:SHOWN_FAILURES]:
+        keep.update(range(i - CONTEXT, i + CONTEXT + 1))
+    out: list[ProbeRow | list[ProbeRow]] = []
+    hidden: list[ProbeRow] = []
+    for i, r in enumerate(rows):
+        if i in keep:
+            if hidden:
+                out.append(hidden)
+                hidden = []
+            out.append(r)
+        else:
+            hidden.append(r)
+    if hidden:
+        out.append(hidden)
+    return out
+
+
 def columns(excess: bool, isolated: bool) -> list[str]:
-    """The table's columns: excess (calibrated) and then the block's own (teacher-forced)
+    """The wide table's columns: excess (calibrated) and then the block's own (teacher-forced)
     error right after the accumulated max abs err."""
     out = list(COLUMNS)
     at = out.index("max abs err") + 1
@@ -88,13 +185,14 @@ def columns(excess: bool, isolated: bool) -> list[str]:
     return out[:at] + extra + out[at:]
 
 
-def _cells(r: ProbeRow, excess: bool, isolated: bool) -> list[str]:
-    cells = [r.name, fmt(r.ref_mean), fmt(r.ref_sum), fmt(r.cand_mean), fmt(r.cand_sum), fmt(r.max_abs_err, 3)]
-    if excess:
-        cells.append(xfmt(r.excess))
-    if isolated:
-        cells.append(fmt(r.isolated_max_abs_err, 3))
-    return cells + [fmt(r.mean_abs_err, 3), fmt(r.max_rel_err, 3), _cos(r.cosine), _status(r)]
+def _cells(r: ProbeRow) -> dict[str, str]:
+    """Every column's cell of a row, by column name."""
+    return {
+        "probe": r.name, "ref mean": fmt(r.ref_mean), "ref sum": fmt(r.ref_sum), "cand mean": fmt(r.cand_mean),
+        "cand sum": fmt(r.cand_sum), "max abs err": fmt(r.max_abs_err, 3), EXCESS_COLUMN: xfmt(r.excess),
+        "isolated err": fmt(r.isolated_max_abs_err, 3), "mean abs err": fmt(r.mean_abs_err, 3),
+        "max rel err": fmt(r.max_rel_err, 3), "nrmse": fmt(r.nrmse, 3), "cosine": _cos(r.cosine), "status": _status(r),
+    }
 
 
 def render_summary(report: ReportData, console: Any) -> None:

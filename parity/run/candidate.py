@@ -5,6 +5,7 @@ candidate capture compared on arrival -> rows -> diagnosis -> ReportData. Nothin
 from __future__ import annotations
 
 import platform
+from contextlib import nullcontext
 from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
@@ -44,7 +45,7 @@ def compare_candidate(ref: Reference, opts: RunOptions, progress: Progress | Non
         tols = tolerances or source.preset.tolerance_table(opts.dtype).override(opts.atol, opts.rtol)
     calib.twin = measure_twin(ref, opts, calib, progress, timings, skip_if_candidate=registered)
     with stage(progress, f"building candidate ({opts.candidate})", timings):
-        cand = create(CandidateContext(opts, source, ref.probe_map, ref.model, ref.device))
+        cand = create(CandidateContext(opts, source, ref.probe_map, ref.model, ref.device, progress))
     if release_reference:
         ref.model = None
     offered = set(cand.available_probes())
@@ -63,7 +64,10 @@ def compare_candidate(ref: Reference, opts: RunOptions, progress: Progress | Non
             raise _failed(opts, source, ref.facts, cand, ids, tols, timings, rows, comparator, exc, calib) from exc
         offered = set(cand.available_probes())  # a port's offer is known once it has run
         measured = [p for p in wanted if p in comparator.diffs]
-        iso_state, iso_diffs, iso_profiles = _isolation_pass(opts, cand, ids, ref_cap, tols, measured, source.num_blocks)
+        isolating = stage(progress, "isolated pass (every block on the reference's input)", timings) \
+            if opts.isolate and cand.supports_isolation() else nullcontext()
+        with isolating:
+            iso_state, iso_diffs, iso_profiles = _isolation_pass(opts, cand, ids, ref_cap, tols, measured, source.num_blocks)
 
     twin_from_candidate(calib, opts, comparator.diffs, iso_diffs)
     rows = build_rows(selected, offered, ref_cap, cand_cap, comparator.diffs, tols, calib)

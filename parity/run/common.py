@@ -30,6 +30,8 @@ class CandidateContext:
     probe_map: ProbeMap
     reference_model: Any
     device: str
+    #: the run's progress (a backend with long steps of its own, an ONNX export, says so)
+    progress: Progress | None = None
 
 
 @dataclass

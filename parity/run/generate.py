@@ -44,22 +44,13 @@ from parity.run.decode import Stepper
 from parity.compare.diff import compare
 from parity.errors import BackendError, InputError, UsageError
 from parity.loading.genconfig import candidate_settings, eos_list, reference_settings, sampling_diff, stop_set_diff
-from parity.options import RunOptions
+from parity.options import GenerateOptions, RunOptions  # noqa: F401  (GenerateOptions: this module's API)
 from parity.report.data import ReportData
 from parity.loading.source import ModelSource
 from parity.compare.tolerances import Tolerance
 
 NEAR_TIE_FACTOR = 2.0
 Progress = Callable[[str], Any]
-
-
-@dataclass
-class GenerateOptions(RunOptions):
-    max_new_tokens: int = 16
-    teacher_forcing: bool = False
-    stop_tokens: list[str] | None = None
-    candidate_generation_config: str | None = None
-    overlap_k: int = 5
 
 
 def classify_flip(gap: float, band: float, factor: float = NEAR_TIE_FACTOR) -> str:
@@ -136,15 +127,18 @@ class Side:
 
 def decode_lockstep(ref: Side, cand: Side, prompt: list[int], max_new: int, teacher: bool,
                     tol: Tolerance, k: int, calib: Calibration | None = None,
-                    twin: Side | str | None = None) -> tuple[list[dict[str, Any]], list[int]]:
+                    twin: Side | str | None = None, on_step: Any = None) -> tuple[list[dict[str, Any]], list[int]]:
     """Rows per step and the candidate's own argmax per step. ``twin``: the precision twin,
-    fed the reference's tokens; "candidate" when the candidate is the twin; None: no twin."""
+    fed the reference's tokens; "candidate" when the candidate is the twin; None: no twin.
+    ``on_step(text)`` hears of each step (progress)."""
     rows: list[dict[str, Any]] = []
     choices: list[int] = []
     same_context = True
     for i in range(max_new):
         if ref.ended and cand.ended:
             break
+        if on_step is not None:
+            on_step(f"step {i + 1} of at most {max_new}")
         rl = ref.logits(prompt) if not ref.ended else None
         cl = cand.logits(prompt) if not cand.ended else None
         tl = twin.logits(prompt) if isinstance(twin, Side) and rl is not None else cl if twin == "candidate" else None
@@ -392,7 +386,7 @@ def execute(opts: GenerateOptions, progress: Progress | None = None) -> Generate
         if twin_model is not None:
             twin = Side(ts, [])
         rows, choices = decode_lockstep(ref, cnd, p.ids, opts.max_new_tokens, opts.teacher_forcing, tol, opts.overlap_k,
-                                        calib, twin)
+                                        calib, twin, getattr(progress, "update", None))
     timings["decode"] = round(time.perf_counter() - t0, 4)
 
     gen = generation_section(opts, p, rows, choices, ref, cnd, tol, calib, twin)

@@ -1,0 +1,67 @@
+"""Failing before the work: arguments that need no model are refused before torch is
+imported; the family is inferred from a checkpoint; progress lines; the demo's hint."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize(("command", "args", "words"), [
+    ("run", ["--dtype", "fp61"], "unknown dtype 'fp61'"),
+    ("run", ["--device", "gpu"], "unknown device 'gpu'"),
+    ("run", ["--candidate", "dump"], "--candidate dump needs --dump DIR"),
+    ("run", ["--candidate", "nope"], "unknown candidate 'nope'"),
+    ("run", ["--tokens", "0"], "--tokens 0"),
+    ("run", ["--budget", "0.5"], "--budget 0.5"),
+    ("run", ["--tolerance", "calibrated", "--atol", "1e-3"], "--tolerance calibrated"),
+    ("run", ["--checkpoint", "/no/such/folder"], "checkpoint '/no/such/folder' does not exist"),
+    ("run", ["--input-ids", "/no/such/ids.json"], "no such file"),
+    ("run", ["--port", "/no/such/port.py:build", "--candidate", "port"], "port file '/no/such/port.py' does not exist"),
+    ("run", ["--port", "x.py:build"], "--port needs --candidate port"),
+    ("run", ["--probe-dir", "/no/such/dir"], "--probe-dir /no/such/dir: no such folder"),
+    ("run", ["--model", "gpt9"], "unknown model 'gpt9'"),
+    ("generate", ["--dtype", "fp61"], "unknown dtype 'fp61'"),
+    ("generate", ["--candidate", "dump"], "--candidate dump needs --dump DIR"),
+])
+def test_bad_arguments_fail_before_torch(command: str, args: list[str], words: str) -> None:
+    code = ("import sys\nfrom parity.cli import main\n"
+            f"rc = main({[command, *args]!r})\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n"
+            "sys.exit(rc)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0], r.stderr
+
+
+def test_family_is_inferred_from_the_checkpoint(tmp_path: Path) -> None:
+    from parity.cli.common import infer_model
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
+    assert infer_model(str(tmp_path)) == "qwen2"
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    assert infer_model(str(tmp_path)) == "llama"
+    assert infer_model(None) == "qwen" and infer_model(str(tmp_path / "absent")) == "qwen"
+
+
+def test_progress_lines_in_logs_and_none_with_quiet(capsys: pytest.CaptureFixture[str]) -> None:
+    from parity.cli.common import StageProgress
+
+    p = StageProgress(live=False)
+    p("building reference")
+    p.update("ignored outside a terminal")
+    p.close()
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "building reference ..." in err and err.startswith("[parity ")
+
+
+def test_make_demo_says_where_parity_is() -> None:
+    text = (ROOT / "Makefile").read_text()
+    demo = text.split("\ndemo:", 1)[1].split("\n\n", 1)[0]
+    assert "source $(VENV)/bin/activate" in demo and "$(VENV)/bin/parity" in demo
