@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -137,6 +139,24 @@ class _Logits:
         return Wrapper(model).eval()
 
 
+#: torch's exporter logs "torchvision is not installed. Skipping torchvision::nms" (and
+#: roi_align, ...) on this logger at every dynamo export: noise for a language model.
+REGISTRATION_LOGGER = "torch.onnx._internal.exporter._registration"
+
+
+@contextmanager
+def _quiet_registration() -> Iterator[None]:
+    """Drop the exporter registry's warnings (only that logger's) while exporting; its level
+    is restored afterwards."""
+    log = logging.getLogger(REGISTRATION_LOGGER)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
 def _export(reference: Any, seq_len: int, dtype: str) -> tuple[Any, str]:
     import torch
 
@@ -148,7 +168,7 @@ def _export(reference: Any, seq_len: int, dtype: str) -> tuple[Any, str]:
     wrapper = _Logits.wrap(model)
     ids = torch.zeros(1, seq_len, dtype=torch.long)
     names = {"input_names": [INPUT], "output_names": [OUTPUT]}
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _quiet_registration():
         warnings.simplefilter("ignore")
         try:
             prog = torch.onnx.export(wrapper, (ids,), dynamo=True, verbose=False, **names)

@@ -27,14 +27,17 @@ from parity.capture.hooks import Taps, outside_graph, teacher_forced
 from parity.capture.probemap import BlockSpec, ProbeMap
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+#: the long names (as in ``[tool.parity.tolerances.float16]``) are accepted everywhere too
+DTYPE_ALIASES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 ATTN = ("eager", "sdpa")
 
 
 def torch_dtype(name: str) -> torch.dtype:
     try:
-        return DTYPES[name]
+        return DTYPES[DTYPE_ALIASES.get(name, name)]
     except KeyError:
-        raise UsageError(f"unknown dtype '{name}'.", note="valid dtypes: " + ", ".join(DTYPES)) from None
+        raise UsageError(f"unknown dtype '{name}'.", note="valid dtypes: " + ", ".join(DTYPES)
+                         + " (or " + ", ".join(DTYPE_ALIASES) + ")") from None
 
 
 def check_device(device: str) -> str:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import functools
+import os
 import sys
 from typing import Any
 
@@ -43,7 +46,10 @@ def cmd_probes(ns: argparse.Namespace) -> int:
     from parity.capture.probemap import find_map
     from parity.loading.source import ModelSource
 
-    source = ModelSource.resolve(ns.model, ns.checkpoint, trust_remote_code=ns.trust_remote_code, shape=ns.shape)
+    from parity.cli.common import infer_model
+
+    source = ModelSource.resolve(ns.model or infer_model(ns.checkpoint), ns.checkpoint,
+                                 trust_remote_code=ns.trust_remote_code, shape=ns.shape)
     pmap = find_map(source.probe_map_name, ns.probe_dirs)
     names = canon.select(pmap.names(source.num_blocks), ns.probes)
     print(f"# {source.family.name}: probe map {pmap.path} ({len(names)} probes)")
@@ -56,14 +62,95 @@ def cmd_probes(ns: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_doctor(ns: argparse.Namespace) -> int:
+DOCTOR_PACKAGES = ("torch", "transformers", "safetensors", "numpy", "pandas", "rich", "tiktoken", "onnx", "onnxruntime",
+                   "onnxscript", "tensorrt", "tensorrt_llm", "jinja2", "gguf", "accelerate")
+
+
+def package_version(module: str) -> str | None:
+    """Version of the import ``module``: its ``__version__`` when it is already imported,
+    else that of the distribution of the same name or the one that provides it (read from
+    the metadata: nothing is imported); None when ``module`` is not installed."""
+    import importlib.metadata as md
     import importlib.util
+
+    loaded = getattr(sys.modules.get(module), "__version__", None)
+    if loaded is not None:
+        return str(loaded)
+    try:
+        if importlib.util.find_spec(module) is None:
+            return None
+    except (ImportError, ValueError):
+        return None
+    for dist in [module, *_distributions().get(module, [])]:
+        try:
+            return md.version(dist)
+        except md.PackageNotFoundError:
+            continue
+    return "installed (version unknown)"
+
+
+@functools.cache
+def _distributions() -> dict[str, list[str]]:
+    import importlib.metadata as md
+
+    try:
+        return dict(md.packages_distributions())
+    except Exception:  # noqa: BLE001 - a broken metadata entry must not break doctor
+        return {}
+
+
+def cuda_line() -> str:
+    """CUDA as torch sees it: the CUDA version torch was built for, whether a GPU is usable
+    and which."""
+    try:
+        import torch
+    except Exception as exc:  # noqa: BLE001
+        return f"unknown (torch does not import: {type(exc).__name__}: {exc})"
+    built = f"torch built for CUDA {torch.version.cuda}" if torch.version.cuda else "torch built without CUDA"
+    if getattr(torch.version, "hip", None):
+        built += f" (ROCm {torch.version.hip})"
+    try:
+        if not torch.cuda.is_available():
+            return f"{built}; not available"
+        names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    except Exception as exc:  # noqa: BLE001 - a driver problem is what doctor should show
+        return f"{built}; not usable ({type(exc).__name__}: {exc})"
+    gpus = ", ".join(f"{names.count(n)} x {n}" if names.count(n) > 1 else n for n in dict.fromkeys(names))
+    return f"{built}; available, {len(names)} GPU{'s' if len(names) != 1 else ''}: {gpus}"
+
+
+def _drop_stdout() -> None:
+    """The reader of stdout went away (``parity doctor | head -3``): point the file
+    descriptor at /dev/null so that the interpreter's final flush does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no real file descriptor (captured output)
+        pass
+
+
+def cmd_doctor(ns: argparse.Namespace) -> int:
+    try:
+        _doctor()
+        sys.stdout.flush()
+    except OSError as exc:  # BrokenPipeError, or EPIPE as a plain OSError on some platforms
+        if not isinstance(exc, BrokenPipeError) and exc.errno != errno.EPIPE:
+            raise
+        _drop_stdout()
+    return EXIT_OK
+
+
+def _doctor() -> None:
+    print(f"parity {__version__}, Python {sys.version.split()[0]}", flush=True)
+    print(f"  {'python':14s} {sys.executable}")
+    print(f"  {'CUDA':14s} {cuda_line()}")
+    print("packages:")
+    for pkg in DOCTOR_PACKAGES:
+        print(f"  {pkg:14s} {package_version(pkg) or 'missing'}")
 
     from parity.backends import CANDIDATES
 
-    print(f"parity {__version__}, Python {sys.version.split()[0]}")
-    for pkg in ("torch", "transformers", "safetensors", "numpy", "pandas", "rich", "tiktoken", "onnx", "onnxruntime", "tensorrt", "tensorrt_llm", "jinja2", "gguf", "accelerate"):
-        print(f"  {pkg:14s} {'installed' if importlib.util.find_spec(pkg) else 'missing'}")
     print("candidates:")
     for bi in CANDIDATES.values():
         state = "available" if bi.is_available() else "unavailable (needs " + ", ".join(bi.missing()) + ")"
@@ -74,4 +161,3 @@ def cmd_doctor(ns: argparse.Namespace) -> int:
         print("faults (--candidate port --fault NAME[@BLOCK]):")
         for name, summary in faults.describe().items():
             print(f"  {name:18s} {summary}")
-    return EXIT_OK

@@ -4,6 +4,10 @@
 one token per step, passing the cache back. It hides the two cache conventions parity
 meets: transformers models (``DynamicCache``, explicit ``position_ids``) and the clean-room
 Qwen v1 (``QWenCache``; positions always follow the cache length, ``position_ids`` ignored).
+The cache goes in under the keyword the model's forward names: ``cache`` for transformers
+versions that renamed it (passing ``past_key_values`` there is deprecated, with a
+FutureWarning), ``past_key_values`` otherwise (older transformers, Qwen v1, the engine-style
+ports); it is read back from the output's ``cache`` or ``past_key_values``, whichever it has.
 
 ``position_offset`` shifts the positions used at decode steps (never at prefill): the
 ``kv-position`` fault (parity.faults.generation), an engine that numbers the cached step's
@@ -13,9 +17,30 @@ through a forward pre-hook on ``transformer.rotary_emb``, removed when the stepp
 """
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
+
+
+def cache_keyword(model: Any) -> str:
+    """``"cache"`` when ``model``'s forward names a ``cache`` parameter (recent transformers,
+    5.17 and 5.24 among them, where ``past_key_values`` is deprecated), else
+    ``"past_key_values"``."""
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError, AttributeError):
+        return "past_key_values"
+    return "cache" if "cache" in params and "past_key_values" not in params else "past_key_values"
+
+
+def returned_cache(out: Any) -> Any:
+    """The cache an output carries: ``out.cache`` where the output type has that field
+    (reading ``past_key_values`` there is deprecated), else ``out.past_key_values``."""
+    fields = getattr(type(out), "__dataclass_fields__", None) or {}
+    if "cache" in fields or not hasattr(out, "past_key_values"):
+        return getattr(out, "cache", None)
+    return out.past_key_values
 
 
 class Stepper:
@@ -27,6 +52,7 @@ class Stepper:
         self._decoding = False
         self._hook: Any = None
         self._is_qwen_v1 = hasattr(model, "transformer") and hasattr(model.transformer, "rotary_emb")
+        self._cache_kw = cache_keyword(model)
         if position_offset and self._is_qwen_v1:
             self._hook = model.transformer.rotary_emb.register_forward_pre_hook(self._shift, with_kwargs=True)
 
@@ -75,12 +101,12 @@ class Stepper:
         x = torch.as_tensor(ids, dtype=torch.long, device=self.device).reshape(1, -1)
         offset = self.position_offset if self._decoding else 0
         pos = torch.arange(self.length, self.length + len(ids), device=self.device).reshape(1, -1) + offset
-        kwargs: dict[str, Any] = {"input_ids": x, "past_key_values": self.cache, "use_cache": True}
+        kwargs: dict[str, Any] = {"input_ids": x, self._cache_kw: self.cache, "use_cache": True}
         if not self._is_qwen_v1:
             kwargs["position_ids"] = pos
         with torch.inference_mode():
             out = self.model(**kwargs)
-        self.cache = out.past_key_values
+        self.cache = returned_cache(out)
         self.length += len(ids)
         return out.logits[0, -1].detach().to("cpu", torch.float32)
 
