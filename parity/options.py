@@ -20,6 +20,14 @@ class Opt:
         return self.kwargs.get("dest") or self.flags[0].lstrip("-").replace("-", "_")
 
 
+DTYPE_SHORT = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
+
+
+def dtype_arg(text: str) -> str:
+    """--dtype float16 is --dtype fp16 (the long names of [tool.parity.tolerances.float16])."""
+    return DTYPE_SHORT.get(text, text)
+
+
 @dataclass
 class RunOptions:
     model: str | None = "qwen"  # the CLI leaves it None when --model is not given (inferred)
@@ -59,6 +67,9 @@ class RunOptions:
     faults: list[str] = field(default_factory=list)
     isolate: bool = True
 
+    def __post_init__(self) -> None:
+        self.dtype = dtype_arg(self.dtype)
+
 
 @dataclass
 class GenerateOptions(RunOptions):
@@ -96,7 +107,7 @@ GROUPS: dict[str, tuple[str, list[Opt]]] = {
     ]),
     "candidate": ("candidate", [
         Opt(("--candidate", "-c"), {"default": "torch", "help": "engine under test (default: torch); `parity doctor` lists them"}),
-        Opt(("--dtype",), {"default": "fp16", "help": "candidate dtype: fp16, bf16, fp32 (default: fp16)"}),
+        Opt(("--dtype",), {"default": "fp16", "type": dtype_arg, "help": "candidate dtype: fp16, bf16, fp32 (or float16, bfloat16, float32; default: fp16)"}),
         Opt(("--device",), {"default": "auto", "help": "candidate device: cpu, cuda, cuda:N, auto (default: cuda when present)"}),
         Opt(("--ref-device",), {"help": "reference device (default: the candidate's)"}),
         Opt(("--attn",), {"default": "eager", "help": "candidate attention: eager, sdpa (default: eager)"}),

@@ -90,3 +90,17 @@ def test_diff_shows_both_runs_excess() -> None:
     assert "excess A" in text and "excess B" in text and console.xfmt(row.excess_a) in text
     a, b = absolute_reports()
     assert not compare.diff_reports(a, b).has_excess
+
+
+def test_csv_is_written_without_pandas_and_reads_back_like_a_dataframe() -> None:
+    import io
+
+    from parity.report import files
+
+    broken, _ = sample_reports()
+    text = files.to_csv(broken)
+    pd = pytest.importorskip("pandas")
+    ours = pd.read_csv(io.StringIO(text))
+    frame = broken.to_pandas()
+    assert list(frame.columns) == list(ours.columns) and len(frame) == len(broken.probes)
+    pd.testing.assert_frame_equal(ours, pd.read_csv(io.StringIO(frame.to_csv(index=False))))

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from parity.options import add_group, run_options
+from parity.options import add_group, dtype_arg, run_options
 
 DTYPE_NAMES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 
@@ -24,7 +24,7 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("a", metavar="A", help="reference dump folder")
     p.add_argument("b", metavar="B", help="candidate dump folder")
     p.add_argument("--model", "-m", help="model family (for canonical shapes, TP reassembly, tolerances; default: A's manifest)")
-    p.add_argument("--dtype", help="tolerance table to use: fp32, fp16, bf16 (default: B's dtype)")
+    p.add_argument("--dtype", type=dtype_arg, help="tolerance table to use: fp32, fp16, bf16 (or float16...; default: B's dtype)")
     p.add_argument("--dump-map", metavar="TOML", help="name map for non-parity dumps (both sides)")
     p.add_argument("--atol", type=float)
     p.add_argument("--rtol", type=float)

@@ -56,7 +56,8 @@ def cmd_run(ns: argparse.Namespace) -> int:
         print(render_builds(report.summary))
     if not ns.no_files:
         paths = files.write(report, out)
-        print(f"Reports: {paths['json']}  {paths['csv']}")
+        tensors = files.write_tensors(result, out) if ns.keep_tensors else None
+        print(f"Reports: {paths['json']}  {paths['csv']}" + (f"  {tensors}" if tensors else ""))
     if getattr(ns, "html", None):
         from parity.report import html
 

@@ -73,6 +73,16 @@ class ReportData:
                 return r
         raise KeyError(name)
 
+    def to_pandas(self) -> Any:
+        """The probe rows as a pandas DataFrame (one row per probe, the columns of probes.csv),
+        for your own analysis: ``parity.run.execute(opts).report.to_pandas()``. Needs pandas
+        (``pip install 'parity-debugger[pandas]'``)."""
+        try:
+            import pandas as pd
+        except ImportError:
+            raise ImportError("ReportData.to_pandas() needs pandas: pip install 'parity-debugger[pandas]'") from None
+        return pd.DataFrame([asdict(r) for r in self.probes], columns=[f.name for f in fields(ProbeRow)])
+
     def to_dict(self) -> dict[str, Any]:
         return _jsonable({
             "schema_version": self.schema_version,

@@ -60,11 +60,29 @@ def to_json(report: ReportData) -> str:
     return json.dumps(report.to_dict(), indent=2, allow_nan=False) + "\n"
 
 
-def to_csv(report: ReportData) -> str:
-    import pandas as pd
+def rows_csv(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    """CSV of ``rows`` (one dict each) with ``columns``: missing values and NaN empty, lists
+    as their Python text -- what spreadsheets and pandas.read_csv read back."""
+    import csv
+    import io
+    import math
 
-    frame = pd.DataFrame([asdict(r) for r in report.probes])
-    return frame.to_csv(index=False)
+    def cell(v: Any) -> Any:
+        return "" if v is None or (isinstance(v, float) and math.isnan(v)) else v
+
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows([[cell(r.get(c)) for c in columns] for r in rows])
+    return buf.getvalue()
+
+
+def to_csv(report: ReportData) -> str:
+    from dataclasses import fields
+
+    from parity.report.data import ProbeRow
+
+    return rows_csv([asdict(r) for r in report.probes], [f.name for f in fields(ProbeRow)])
 
 
 def write(report: ReportData, out_dir: Path) -> dict[str, Path]:

@@ -10,7 +10,7 @@ from typing import Any
 
 from parity.report.console import fmt, xfmt
 from parity.report.data import ReportData
-from parity.report.files import atomic_write, to_json
+from parity.report.files import atomic_write, rows_csv, to_json
 
 STEP_COLUMNS = ("step", "position", "ref_token", "cand_token", "fed_token", "match", "comparable", "passed",
                 "max_abs_err", "mean_abs_err", "cosine", "ref_margin", "gap", "flip", "topk_overlap",
@@ -121,10 +121,7 @@ def _band(gen: dict[str, Any]) -> str:
 
 
 def steps_csv(report: ReportData) -> str:
-    import pandas as pd
-
-    rows = (report.generation or {}).get("steps", [])
-    return pd.DataFrame([{c: r.get(c) for c in STEP_COLUMNS} for r in rows], columns=list(STEP_COLUMNS)).to_csv(index=False)
+    return rows_csv((report.generation or {}).get("steps", []), list(STEP_COLUMNS))
 
 
 def write(report: ReportData, out_dir: Path) -> dict[str, Path]:
