@@ -85,13 +85,17 @@ def make_console() -> Any:
 
 
 def title_of(report: ReportData) -> str:
+    """One line: model, source, both sides, tokens (what a run, a dump comparison has)."""
     run = report.run
     cand, ref = run.get("candidate") or {}, run.get("reference") or {}
     where = run.get("source") or run.get("checkpoint") or "dumps"
     model = run.get("model") or "model of the dumps"
-    side = lambda d, name: " ".join(str(x) for x in (name, d.get("dtype"), d.get("device")) if x)  # noqa: E731
-    return (f"parity: {model} ({where}) | reference {side(ref, '')} vs {side(cand, cand.get('name') or 'candidate')} | "
-            f"{run.get('tokens')} tokens").replace("  ", " ")
+    return (f"parity: {model} ({where}) | reference {_side(ref)} vs {_side(cand, cand.get('name') or 'candidate')} | "
+            f"{run.get('tokens')} tokens")
+
+
+def _side(d: dict[str, Any], name: str | None = None) -> str:
+    return " ".join(str(x) for x in (name, d.get("dtype"), d.get("device")) if x)
 
 
 def render(report: ReportData, console: Any = None, show_all: bool = True, wide: bool = False,
