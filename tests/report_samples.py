@@ -88,3 +88,14 @@ def generation_report() -> ReportData:
     from parity.run.generate import GenerateOptions, execute
 
     return execute(GenerateOptions(model="qwen", dtype="fp16", device="cpu", max_new_tokens=3)).report
+
+
+@cache
+def failing_generation_report() -> ReportData:
+    """A real failing `parity generate` report: the built-in llama port with its decode-step
+    positions off by one (the kv-position fault), fp16 on CPU, free-running, 8 steps: step 0
+    (the prefill) passes, step 1 diverges and the streams part there."""
+    from parity.run.generate import GenerateOptions, execute
+
+    return execute(GenerateOptions(model="llama", candidate="port", faults=["kv-position"], dtype="fp16",
+                                   device="cpu", max_new_tokens=8)).report

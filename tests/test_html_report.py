@@ -1,14 +1,25 @@
 """HTML report and diff without a browser: escaping, embedded data, CLI commands."""
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from pathlib import Path
 
-from parity.verdict.calibrate import DEFAULT_BUDGET as B
+from report_samples import (
+    XSS_IMG,
+    XSS_SCRIPT,
+    absolute_reports,
+    failing_generation_report,
+    generation_report,
+    hostile,
+    sample_reports,
+    schema_10,
+)
+
 from parity.report import charts, compare, console, files, html
 from parity.report.data import ReportData
-from report_samples import XSS_SCRIPT, absolute_reports, generation_report, hostile, sample_reports, schema_10
+from parity.verdict.calibrate import DEFAULT_BUDGET as B
 
 
 def test_script_json_cannot_break_out() -> None:
@@ -24,7 +35,7 @@ def test_page_embeds_the_report_and_escapes_markup() -> None:
     assert XSS_SCRIPT not in page and "<img" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert len(re.findall(r"<script\b", page)) == 2  # the JSON data and the page script
-    data = re.search(r'<script type="application/json" id="parity-data">(.*?)</script>', page, re.S).group(1)
+    data = re.search(r'<script type="application/json" id="parity-data">(.*?)</script>', page, re.DOTALL).group(1)
     assert json.loads(data) == json.loads(files.to_json(rep))
     assert "https://" not in page and "http://" not in page  # nothing fetched
     assert "src=" not in page.replace("&lt;img src=x", "").replace("\\u003cimg src=x", "")  # no element loads anything
@@ -121,7 +132,7 @@ def test_schema_10_report_still_renders(tmp_path: Path, run_cli) -> None:
     old = schema_10(broken)
     assert ReportData.from_dict(old).schema_version == "1.0" and "verdict" not in old["run"]
     (tmp_path / "old.json").write_text(json.dumps(old))
-    code, out, err = run_cli("report", str(tmp_path / "old.json"), "-o", str(tmp_path / "old.html"))
+    code, _, err = run_cli("report", str(tmp_path / "old.json"), "-o", str(tmp_path / "old.html"))
     assert code == 0, err
     page = (tmp_path / "old.html").read_text()
     assert "<td>absolute</td>" in page and "atol 0.02" in page and "Block × component (max abs err)" in page
@@ -129,15 +140,148 @@ def test_schema_10_report_still_renders(tmp_path: Path, run_cli) -> None:
     assert "blocks.2.mlp_out" in page and page.count("<svg") == 2
 
 
-def test_generation_section_shows_excess_per_step() -> None:
+def _visible(page: str) -> str:
+    """The page without its embedded JSON data and scripts: what is drawn."""
+    return re.sub(r"<script\b.*?</script>", "", page, flags=re.DOTALL)
+
+
+def test_generation_page_has_its_own_view() -> None:
     d = generation_report().to_dict()
-    assert d["generation"]["tolerance"] == "calibrated" and all(s["excess"] is not None for s in d["generation"]["steps"])
-    d["generation"]["steps"][1].update(excess=12.5, passed=False)  # one step over the budget
+    gen = d["generation"]
+    assert gen["tolerance"] == "calibrated" and all(s["excess"] is not None for s in gen["steps"])
+    gen["steps"][1].update(excess=12.5, passed=False, cand_token=11, match=False, flip="near-tie", gap=0.01)
+    gen.update(first_divergent_step=1, first_token_flip_step=1, verdict="fail",
+               stop_set_diff={"reference": ["151643 <|endoftext|>", "151645 <|im_end|>"], "candidate": ["151643 <|endoftext|>"],
+                              "missing_in_candidate": ["151645 <|im_end|>"], "extra_in_candidate": []},
+               sampling_diff=[{"key": "temperature", "reference": 0.7, "candidate": 1.0},
+                              {"key": "eos_token_id", "reference": [151643, 151645], "candidate": None}])
+    d["summary"].update(verdict="fail", message="FAILED | step 1 | logits excess x12 > budget x4")
     page = html.render(ReportData.from_dict(d))
-    step_chart = _between(page, 'class="chart step-chart"')
-    assert f"budget x{B:g}" in step_chart and 'class="limit"' in step_chart and step_chart.count('class="dot"') == 3
-    assert 'fill="#cf222e"' in step_chart  # the failing step
-    head = re.search(r"<thead><tr>(.*?)</tr></thead>", page.split(">steps</h3>", 1)[1]).group(1)
-    cols = re.findall(r">([a-z_]+)</th>", head)
-    assert cols[cols.index("max_abs_err") + 1:cols.index("max_abs_err") + 3] == ["excess", "twin_max_abs_err"]
+    shown = _visible(page)
+    # none of the forward-pass layout: no depth chart, heatmap, probe table or probe counts
+    for absent in ("No block probes", "0 / 0 probes", 'id="probe-table"', 'class="heat"', "Error vs depth", '{"'):
+        assert absent not in shown, absent
+    assert '<span class="badge fail">DIVERGED</span>' in page  # the forward runs' wording
+    # the step charts: max abs err (the twin dashed) and excess (the budget), the first divergence marked
+    mae = _between(page, 'class="step-chart" data-metric="max_abs_err"')
+    exc = _between(page, 'class="step-chart" data-metric="excess"')
+    assert '<path class="twin"' in mae and 'class="limit"' not in mae
+    assert f"budget x{B:g}" in exc and 'class="limit"' in exc and "twin x1" in exc
+    for chart in (mae, exc):
+        assert chart.count('class="dot') == 3 and chart.count('class="dot fail"') == 1 and 'fill="#cf222e"' in chart
+        assert '<line class="mark"' in chart and "first divergence + flip" in chart
+    # the token streams side by side, the differing token and the first divergence marked
+    stream = page.split('<table class="stream">', 1)[1].split("</table>", 1)[0]
+    assert '<tr class="ref"><th>reference</th>' in stream and '<tr class="cand"><th>candidate</th>' in stream
+    assert stream.count('class="tok differs"') == 1 and '<span class="tok differs">11</span>' in stream
+    assert '<span class="tag fail">first divergence</span>' in stream
+    # failing steps coloured; the excess right after max abs err
+    rows = re.findall(r'<tr class="(\w+)[^"]*" data-step="(\d+)">', page.split('id="step-table"', 1)[1])
+    assert rows == [("pass", "0"), ("fail", "1"), ("pass", "2")]
+    head = re.findall(r">([a-z -]+)</th>", page.split('id="step-table"', 1)[1].split("</thead>", 1)[0])
+    assert head[head.index("max abs err") + 1:head.index("max abs err") + 3] == ["excess", "twin max abs"]
     assert ">x12<" in page and ">x1<" in page
+    # stop set and sampling differences as tables, prompt and configs as key / value tables
+    stops = page.split('class="kv sides stop-table"', 1)[1].split("</table>", 1)[0]
+    assert "stop set: differs" in stops and '<tr class="differs"><th>missing in candidate</th><td></td><td>151645 &lt;|im_end|&gt;</td>' in stops
+    sampling = page.split('class="kv sides sampling-table"', 1)[1].split("</table>", 1)[0]
+    assert "2 differ" in sampling and '<tr class="differs"><th>temperature</th><td>0.7</td><td>1</td></tr>' in sampling
+    assert "<th>eos_token_id</th><td>151643, 151645</td><td>-</td>" in sampling
+    prompt = page.split('class="kv prompt-table"', 1)[1].split("</table>", 1)[0]
+    assert f"<th>tokens</th><td>{gen['prompt']['tokens']}</td>" in prompt and "ids</summary>" in prompt
+    configs = page.split('class="kv sides config-table"', 1)[1].split("</table>", 1)[0]
+    for k, v in gen["reference"]["config"].items():
+        assert f"<th>{k}</th><td>{html.show(v)}</td>" in configs
+    assert "<th>twin</th><td>the " in page.split('class="kv verdict-facts"', 1)[1]  # generate's twin, not "none recorded"
+
+
+def test_generation_page_of_a_real_failing_run() -> None:
+    rep = failing_generation_report()
+    page = html.render(rep)
+    first = rep.generation["first_divergent_step"]
+    assert rep.summary["verdict"] == "fail" and '<span class="badge fail">DIVERGED</span>' in page
+    assert f'<td class="fail first" data-step="{first}"><span class="tok">' in page
+    table = page.split('id="step-table"', 1)[1]
+    assert re.search(rf'<tr class="fail first" data-step="{first}">', table) and "not compared" in table
+    passing = html.render(generation_report())
+    assert '<span class="badge pass">PASS</span>' in passing and 'class="tag fail"' not in passing
+    assert "none: every compared step within the budget" in passing
+
+
+def test_forward_badges_and_failures_in_view() -> None:
+    broken, fixed = sample_reports()
+    page = html.render(broken)
+    assert '<span class="badge fail">DIVERGED</span>' in page and '<span class="badge pass">PASS</span>' in html.render(fixed)
+    n = broken.summary["probes_failed"]
+    assert f'<button type="button" id="jump-fail" class="failing">{n} failing: jump to blocks.2.mlp_out' in page
+    assert 'id="fail-first"' in page and 'id="jump-fail"' not in html.render(fixed)
+    assert "break-all" not in page  # no number is split mid-value
+
+
+def test_within_budget_shades_are_green_not_amber() -> None:
+    def rgb(c: str) -> tuple[int, int, int]:
+        return int(c[1:3], 16), int(c[3:5], 16), int(c[5:7], 16)
+
+    for x in (0.5, 1.0, 1.5, 2.0):  # up to half the budget: pale to green
+        r, g, b = rgb(charts.excess_shade(x, 4.0, False))
+        assert g > r and g > b, x
+    for x in (3.0, 4.0):  # approaching the budget: yellow to amber
+        r, g, b = rgb(charts.excess_shade(x, 4.0, False))
+        assert r > g > b and r - g < 60, x
+    for x in (4.1, 40.0, 1e5):  # over: red
+        r, g, b = rgb(charts.excess_shade(x, 4.0, True))
+        assert r > g + 60 and r > b + 60, x
+    for frac in (1e-3, 0.1, 0.3, 0.5):  # absolute runs: at 0.1-0.5 of atol still green
+        r, g, b = rgb(charts.error_shade(frac, 1.0, False))
+        assert g > r and g > b, frac
+    r, g, b = rgb(charts.error_shade(0.9, 1.0, False))
+    assert r > g > b
+
+
+def test_diff_page_overlays_both_runs_and_colours_failures() -> None:
+    broken, fixed = sample_reports()
+    d = compare.diff_reports(broken, fixed)
+    assert d.budget_a == d.budget_b == B
+    page = html.render_diff(d)
+    chart = _between(page, 'class="metric-chart" data-metric="excess"')
+    assert '<g class="series" data-point="run A">' in chart and '<g class="series" data-point="run B">' in chart
+    assert f"budget x{B:g}" in chart and chart.count('class="dot fail"') == broken.summary["probes_failed"]
+    assert 'class="metric-chart" data-metric="max_abs_err"' in page
+    row = re.search(r'<tr data-probe="blocks.2.mlp_out".*?</tr>', page, re.DOTALL).group(0)
+    assert '<td class="l st-fail">fail</td><td class="l st-pass">pass</td>' in row and 'class="excess over"' in row
+    absolute = html.render_diff(compare.diff_reports(*absolute_reports()))
+    assert 'data-metric="excess"' not in absolute and 'class="metric-chart" data-metric="max_abs_err"' in absolute
+
+
+def test_axis_labels_are_thinned_to_fit() -> None:
+    """Many blocks: block numbers at a stride wide enough for their labels, clear of head and tail."""
+    broken, _ = sample_reports()
+    d = broken.to_dict()
+    rows = [p for p in d["probes"] if not p["name"].startswith("blocks.")]
+    for b in range(48):
+        for p in d["probes"]:
+            if p["name"].startswith("blocks.0."):
+                rows.append({**p, "name": p["name"].replace("blocks.0.", f"blocks.{b}."), "block": b})
+    d["probes"], d["run"]["num_blocks"] = rows, 48
+    chart = charts.depth_chart(ReportData.from_dict(d), "excess")
+    labels = [(x, lb, anchor) for x, lb, anchor, dy in chart.xticks if dy == 15]  # the tick row
+    assert [t[1] for t in chart.xticks[:2]] == ["head", "tail"] and 6 < len(labels) < 30
+    spans = sorted((x - charts._tw(lb) * {"middle": 0.5, "end": 1, "start": 0}[a],
+                    x + charts._tw(lb) * {"middle": 0.5, "end": 0, "start": 1}[a]) for x, lb, a in labels)
+    assert all(b0 <= a1 for (_, b0), (a1, _) in itertools.pairwise(spans))
+
+
+def test_generation_page_keeps_hostile_strings_inert() -> None:
+    d = generation_report().to_dict()
+    gen = d["generation"]
+    gen["prompt"]["text"] = XSS_SCRIPT
+    gen["special_tokens"] = {XSS_IMG: gen["steps"][0]["ref_token"]}
+    gen["reference"].update(text=XSS_SCRIPT + " text", stop_tokens=[XSS_IMG], source=XSS_IMG)
+    gen["candidate"]["config"] = {XSS_SCRIPT: XSS_IMG, "nested": {"k": XSS_SCRIPT}, "ids": [XSS_IMG]}
+    gen["sampling_diff"] = [{"key": XSS_SCRIPT, "reference": XSS_IMG, "candidate": [XSS_SCRIPT]}]
+    gen["hint"] = XSS_SCRIPT
+    d["run"]["reference"]["implementation"] = "a." * 20 + XSS_SCRIPT  # long: gets line-break chances
+    page = html.render(ReportData.from_dict(d))
+    assert XSS_SCRIPT not in page and "<img" not in page and len(re.findall(r"<script\b", page)) == 2
+    assert page.count("&lt;script&gt;alert(1)&lt;/script&gt;") >= 5 and "&#34;&gt;&lt;img src=x onerror=alert(1)&gt;" in page
+    assert "a.<wbr>a.<wbr>" in page and "&lt;/script&gt;" in page

@@ -1,21 +1,25 @@
 """Geometry for the HTML report's inline SVG charts (pure Python, no JS library).
 
-These functions only place numbers already in ReportData on axes; they compute no
-statistics. The template draws the shapes they describe.
+These functions only place numbers already in ReportData (or a RunDiff) on axes; they
+compute no statistics. The templates draw the shapes they describe.
 
 Calibrated reports (schema 1.1) carry, per probe, the precision twin's error (the
 reference run in the candidate's dtype) and the candidate's *excess* over it: the error
 charts draw the twin's error as a dashed line of the same colour, the excess chart draws
 the excess with the budget as its limit, and the heatmap shades cells by excess.
+Generation reports get the same charts per decode step; `parity diff` overlays run A and
+run B along depth.
 """
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from parity.capture import probes as canon
+from parity.errors import ProbeError
 from parity.report.console import calibrated, fmt, xfmt
 from parity.report.data import ProbeRow, ReportData
 
@@ -30,8 +34,14 @@ PRIMARY = ("attn_out", "mlp_out", "resid_post")
 TWIN = {"max_abs_err": "twin_max_abs_err", "nrmse": "twin_nrmse"}
 #: a calibrated report without a budget (should not happen) is drawn against calibrate's default
 FALLBACK_BUDGET = 8.0
-#: heatmap colours: pale (no error / within the twin) -> amber (at the limit) -> red (over it)
-PALE, AMBER, RED, DARK_RED, GREY = "#e8f5e9", "#ffc107", "#e05252", "#8e0d0d", "#9e9e9e"
+#: heatmap colours: pale (no error / within the twin) -> green (half the limit) -> yellow ->
+#: amber (approaching the limit) -> red (over it) -> dark red (far over it)
+PALE, GREEN, YELLOW, AMBER = "#f1f8f1", "#b5dcb7", "#fff1b8", "#ffc83d"
+RED, DARK_RED, GREY, FAIL = "#e05252", "#8e0d0d", "#9e9e9e", "#cf222e"
+#: `parity diff`: run A and run B
+RUN_COLORS = {"A": "#e8871e", "B": "#1f6feb"}
+#: SVG text of the charts: 11px; an estimate of a label's width, for keeping labels apart
+CHAR_W = 6.4
 
 
 def point_of(row: ProbeRow) -> str:
@@ -57,16 +67,17 @@ class Series:
     primary: bool = False
     #: the precision twin's error at the same probes (dashed, same colour); None: no twin
     twin_path: str | None = None
+    dashed: bool = False
 
 
 @dataclass
-class Line:
-    """A horizontal line across the plot: a limit (red, dashed) or a guide (grey, dotted)."""
+class Mark:
+    """A vertical marker at one x (a generation's first divergent step, its first flip)."""
 
-    y: float
+    x: float
     label: str
-    limit: bool = True
-    label_y: float = 0.0  # in the right margin, level with the line (moved apart where two are close)
+    color: str = FAIL
+    anchor: str = "start"
 
 
 @dataclass
@@ -77,16 +88,19 @@ class DepthChart:
     top: int
     plot_w: int
     plot_h: int
-    xticks: list[tuple[float, str]]
+    xticks: list[tuple[float, str, str, int]]  # x, label, text-anchor, baseline below the plot
     yticks: list[tuple[float, str]]
     series: list[Series]
     extras: list[dict[str, Any]]
-    lines: list[Line]
+    #: horizontal lines: {y, label, limit (red dashed; else a grey dotted guide), label_y (right margin)}
+    lines: list[dict[str, Any]]
     metric: str
     ylabel: str = ""
     xlabel: str = "block"
     twin: bool = False
     empty: bool = False
+    marks: list[Mark] = field(default_factory=list)
+    vgrid: bool = False  # faint vertical lines at the x ticks
 
 
 @dataclass
@@ -101,6 +115,10 @@ class _Axes:
     lo: int
     hi: int
 
+    @property
+    def slot_w(self) -> float:
+        return self.plot_w / self.slots
+
     def x(self, slot: float) -> float:
         return round(self.left + self.plot_w * (slot + 0.5) / self.slots, 1)
 
@@ -109,7 +127,7 @@ class _Axes:
         return round(self.top + self.plot_h * (self.hi - lv) / (self.hi - self.lo), 1)
 
 
-_MARGIN = (62, 14, 64, 34)  # left, top, right (the horizontal lines' labels), bottom
+_MARGIN = (62, 18, 78, 34)  # left, top (the markers' labels), right (lines' and tail probes' labels), bottom
 
 
 def _axes(values: Sequence[float], slots: int, width: int, height: int) -> _Axes | None:
@@ -118,24 +136,63 @@ def _axes(values: Sequence[float], slots: int, width: int, height: int) -> _Axes
     if not pos:
         return None
     left, top, right, bottom = _MARGIN
-    lo = math.floor(math.log10(min(pos))) - (1 if 0.0 in values else 0)
-    hi = max(math.ceil(math.log10(max(pos))), lo + 1)
-    return _Axes(left, top, width - left - right, height - top - bottom, slots, lo, hi)
+    lo = math.floor(math.log10(min(pos)) - 0.05) - (1 if 0.0 in values else 0)  # no point on the frame
+    hi = max(math.ceil(math.log10(max(pos)) + 0.05), lo + 1)
+    return _Axes(left, top, width - left - right, height - top - bottom, max(slots, 1), lo, hi)
 
 
-def _empty(metric: str, width: int, height: int, ylabel: str) -> DepthChart:
+def _empty(metric: str, width: int, height: int, ylabel: str, xlabel: str = "block") -> DepthChart:
     left, top, right, bottom = _MARGIN
     return DepthChart(width, height, left, top, width - left - right, height - top - bottom, [], [], [], [], [],
-                      metric, ylabel, empty=True)
+                      metric, ylabel, xlabel, empty=True)
 
 
-def _get(row: ProbeRow, attr: str | None) -> float | None:
-    v = getattr(row, attr) if attr else None
+def _get(row: Any, attr: str | None) -> float | None:
+    v = (row.get(attr) if isinstance(row, dict) else getattr(row, attr)) if attr else None
     return v if _finite(v) else None
 
 
-def _path(coords: Sequence[tuple[float, float]]) -> str:
-    return "M" + " L".join(f"{cx},{cy}" for cx, cy in coords)
+def _path(coords: Sequence[tuple[float, float] | None]) -> str:
+    """A polyline; None breaks it (a gap where a value is missing)."""
+    out, move = [], True
+    for c in coords:
+        if c is None:
+            move = True
+            continue
+        out.append(("M" if move else "L") + f"{c[0]},{c[1]}")
+        move = False
+    return " ".join(out)
+
+
+def _tw(label: str) -> float:
+    return CHAR_W * len(label)
+
+
+def _ticks(ax: _Axes, labels: Sequence[tuple[float, str]], ends: Sequence[tuple[float, str]] = ()) -> list[tuple[float, str, str, int]]:
+    """Ticks (x, label, text-anchor, baseline below the plot) at (slot, label), at a regular stride
+    wide enough for the labels, minus any that would touch an end label (head, tail)."""
+    out: list[tuple[float, str, str, int]] = []
+    for slot, label in ends:  # under its slot; where too wide for it, a row lower, from the plot's edge
+        if _tw(label) + 4 <= ax.slot_w:
+            out.append((ax.x(slot), label, "middle", 15))
+        else:
+            out.append((ax.left + 1, label, "start", 30) if slot == 0 else (ax.left + ax.plot_w - 1, label, "end", 30))
+    widest = max((_tw(lb) for _, lb in labels), default=0.0)
+    gap = min((b[0] - a[0] for a, b in itertools.pairwise(labels)), default=1) * ax.slot_w
+    stride = next(s for s in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 10**9) if s * gap >= widest + 10)
+
+    def span(x: float, label: str, anchor: str) -> tuple[float, float]:
+        w = _tw(label)
+        return (x - w / 2, x + w / 2) if anchor == "middle" else (x - w, x) if anchor == "end" else (x, x + w)
+
+    taken = [span(*t[:3]) for t in out if t[3] == 15]
+    for i, (slot, label) in enumerate(labels):
+        if i % stride:
+            continue
+        a, b = span(ax.x(slot), label, "middle")
+        if all(b + 4 <= a0 or a >= b0 + 4 for a0, b0 in taken):
+            out.append((ax.x(slot), label, "middle", 15))
+    return out
 
 
 def _tip(row: ProbeRow, metric: str, twin: str | None, show: Callable[[Any], str]) -> str:
@@ -148,13 +205,9 @@ def _tip(row: ProbeRow, metric: str, twin: str | None, show: Callable[[Any], str
     return text
 
 
-def _fmt(metric: str) -> Callable[[Any], str]:
-    return xfmt if metric == "excess" else fmt
-
-
 def _series(rows: list[ProbeRow], metric: str, twin: str | None, ax: _Axes) -> list[Series]:
     """One line per block point (the twin's beside it), in execution order."""
-    show = _fmt(metric)
+    show = (xfmt if metric == "excess" else fmt)
     out: list[Series] = []
     for point in canon.BLOCK_POINTS:
         pts = sorted(((r.block, r) for r in rows if r.block is not None and point_of(r) == point
@@ -172,16 +225,15 @@ def _series(rows: list[ProbeRow], metric: str, twin: str | None, ax: _Axes) -> l
 
 def _extras(rows: list[ProbeRow], metric: str, twin: str | None, ax: _Axes, nb: int) -> list[dict[str, Any]]:
     """Head and tail probes (embed, rope, final_norm, logits) as squares; the twin's hollow."""
-    show = _fmt(metric)
+    show = (xfmt if metric == "excess" else fmt)
     out = []
     for r in rows:
         if r.block is None and _get(r, metric) is not None:
             slot = 0 if r.name in canon.HEAD_PROBES else nb + 1
             tv = _get(r, twin)
             out.append({"x": ax.x(slot), "y": ax.y(getattr(r, metric)), "name": r.name, "value": getattr(r, metric),
-                        "fail": r.passed is False, "tip": _tip(r, metric, twin, show),
+                        "fail": r.passed is False, "tip": _tip(r, metric, twin, show), "label_x": ax.x(slot) + 6,
                         "twin_y": None if tv is None else ax.y(tv)})
-    _spread_labels(out, bottom=ax.top + ax.plot_h - 2)
     return out
 
 
@@ -197,17 +249,31 @@ def _limits(report: ReportData, metric: str) -> list[tuple[float, str, bool]]:
     return []
 
 
-def _lines(ax: _Axes, specs: Sequence[tuple[float, str, bool]], gap: float = 11.0) -> list[Line]:
-    """Horizontal lines at (value, label, is the limit), their labels kept ``gap`` apart."""
-    out = sorted((Line(ax.y(v), label, limit) for v, label, limit in specs), key=lambda ln: ln.y)
-    below = -math.inf
-    for ln in out:
-        ln.label_y = round(max(ln.y + 4, below + gap), 1)
-        below = ln.label_y
-    return out
+def _lines(ax: _Axes, specs: Sequence[tuple[float, str, bool]]) -> list[dict[str, Any]]:
+    return sorted(({"y": ax.y(v), "label": label, "limit": limit} for v, label, limit in specs), key=lambda ln: ln["y"])
 
 
-def _twin_metric(rows: list[ProbeRow], metric: str) -> str | None:
+def _spread(labels: list[dict[str, Any]], lo: float, hi: float, gap: float = 13.0) -> None:
+    """Move labels (baselines at label_y, first level with their mark) apart, at least ``gap``
+    between two, within [lo, hi]."""
+    labels = sorted(labels, key=lambda d: d["y"])
+    prev = -math.inf
+    for d in labels:
+        d["label_y"] = prev = round(max(d["y"] + 4, prev + gap, lo), 1)
+    for d in reversed(labels):
+        d["label_y"] = hi = round(min(d["label_y"], hi), 1)
+        hi -= gap
+
+
+def _place_labels(ax: _Axes, extras: list[dict[str, Any]], lines: list[dict[str, Any]]) -> None:
+    """Head probes' labels right of their squares; tail probes' labels and the lines' labels share
+    the right margin: all kept apart, inside the plot's height (off the x axis' labels)."""
+    head = [d for d in extras if d["x"] == ax.x(0)]
+    _spread(head, ax.top + 9, ax.top + ax.plot_h - 2)
+    _spread([d for d in extras if d not in head] + lines, ax.top + 9, ax.top + ax.plot_h + 12)
+
+
+def _twin_metric(rows: list[Any], metric: str) -> str | None:
     twin = TWIN.get(metric)
     return twin if twin and any(_get(r, twin) is not None for r in rows) else None
 
@@ -235,49 +301,107 @@ def depth_chart(report: ReportData, metric: str = "max_abs_err", width: int = 82
     ax = _axes(vals + [v for v, _, _ in limits], nb + 2, width, height) if vals else None  # embed | blocks | tail
     if ax is None:
         return _empty(metric, width, height, _ylabel(metric))
-    step = max(1, math.ceil(nb / 16))
-    xticks = [(ax.x(0), "head")] + [(ax.x(b + 1), str(b)) for b in range(0, nb, step)] + [(ax.x(nb + 1), "tail")]
+    xticks = _ticks(ax, [(b + 1, str(b)) for b in range(nb)], [(0, "head"), (nb + 1, "tail")])
     lines = _lines(ax, limits)
+    extras = _extras(rows, metric, twin, ax, nb)
+    _place_labels(ax, extras, lines)
     return DepthChart(width, height, ax.left, ax.top, ax.plot_w, ax.plot_h, xticks, _yticks(ax, metric),
-                      _series(rows, metric, twin, ax), _extras(rows, metric, twin, ax, nb), lines, metric,
-                      _ylabel(metric), twin=twin is not None)
+                      _series(rows, metric, twin, ax), extras, lines, metric, _ylabel(metric), twin=twin is not None)
 
 
-def step_chart(gen: dict[str, Any] | None, width: int = 820, height: int = 200) -> DepthChart | None:
-    """A generation's excess per compared step, with the budget; None without excess."""
-    steps = [s for s in (gen or {}).get("steps", []) if s.get("comparable") and _finite(s.get("excess"))]
+# --------------------------------------------------------------------------- generation: per decode step
+
+
+def step_chart(gen: dict[str, Any] | None, metric: str = "excess", width: int = 820, height: int = 220) -> DepthChart | None:
+    """The logits' ``metric`` (max_abs_err, with the twin's dashed; or excess, with the budget) per
+    decode step; the first divergent step and the first token flip marked. None: no step has it."""
+    gen = gen or {}
+    steps = [s for s in gen.get("steps", []) if s.get("comparable") and _get(s, metric) is not None]
     if not steps:
         return None
-    budget = (gen or {}).get("budget")
-    budget = float(budget) if _finite(budget) and budget > 0 else FALLBACK_BUDGET
-    n = max(s["step"] for s in steps) + 1
-    ax = _axes([s["excess"] for s in steps] + [1.0, budget], n, width, height)
-    assert ax is not None  # the budget is positive
-    coords = [(ax.x(s["step"]), ax.y(s["excess"])) for s in steps]
-    dots = [{"x": cx, "y": cy, "name": None, "value": s["excess"], "fail": s.get("passed") is False,
-             "tip": f"step {s['step']}: excess {xfmt(s['excess'])}, max abs err {fmt(s.get('max_abs_err'), 3)}"}
-            for (cx, cy), s in zip(coords, steps)]
-    every = max(1, math.ceil(n / 20))
-    xticks = [(ax.x(i), str(i)) for i in range(0, n, every)]
-    lines = _lines(ax, [(1.0, "twin x1", False), (budget, f"budget {xfmt(budget)}", True)])
-    series = [Series("steps", PALETTE["attn_out"], _path(coords), dots, primary=True)]
-    return DepthChart(width, height, ax.left, ax.top, ax.plot_w, ax.plot_h, xticks, _yticks(ax, "excess"), series, [],
-                      lines, "excess", _ylabel("excess"), xlabel="step")
+    calib = gen.get("tolerance") == "calibrated" or any(_finite(s.get("excess")) for s in steps)
+    budget = float(gen["budget"]) if _finite(gen.get("budget")) and gen["budget"] > 0 else FALLBACK_BUDGET
+    twin = _twin_metric(steps, metric)
+    limits: list[tuple[float, str, bool]] = []
+    if metric == "excess":
+        limits = [(1.0, "twin x1", False), (budget, f"budget {xfmt(budget)}", True)]
+    elif metric == "max_abs_err" and not calib and _finite((gen.get("logits_tolerance") or {}).get("atol")):
+        atol = gen["logits_tolerance"]["atol"]
+        limits = [(atol, f"atol {atol:g}", True)] if atol > 0 else []
+    n = max(s["step"] for s in gen["steps"]) + 1
+    vals = [v for s in steps for v in (_get(s, metric), _get(s, twin)) if v is not None]
+    ax = _axes(vals + [v for v, _, _ in limits], n, width, height)
+    if ax is None:
+        return _empty(metric, width, height, _ylabel(metric), "step")
+    show = (xfmt if metric == "excess" else fmt)
+    at = {s["step"]: s for s in steps}
+    coords = [(ax.x(i), ax.y(at[i][metric])) if i in at else None for i in range(n)]
+    dots = [{"x": ax.x(s["step"]), "y": ax.y(s[metric]), "name": None, "step": s["step"], "value": s[metric],
+             "fail": s.get("passed") is False,
+             "tip": f"step {s['step']}: {metric} {show(s[metric])}"
+                    + (f" (twin {show(s.get(twin))})" if twin and s.get(twin) is not None else "")
+                    + ("" if metric == "max_abs_err" else f", max abs err {fmt(s.get('max_abs_err'), 3)}")}
+            for s in steps]
+    tw = [(ax.x(i), ax.y(at[i][twin])) if i in at and _finite(at[i].get(twin)) else None for i in range(n)] if twin else []
+    series = [Series("logits", PALETTE["attn_out"], _path(coords), dots, True, _path(tw) if twin else None)]
+    lines = _lines(ax, limits)
+    _place_labels(ax, [], lines)
+    return DepthChart(width, height, ax.left, ax.top, ax.plot_w, ax.plot_h, _ticks(ax, [(i, str(i)) for i in range(n)]),
+                      _yticks(ax, metric), series, [], lines, metric, _ylabel(metric), xlabel="decode step",
+                      twin=twin is not None, marks=_step_marks(gen, ax))
 
 
-def _spread_labels(extras: list[dict[str, Any]], gap: float = 11.0, bottom: float = math.inf) -> None:
-    """Labels of dots in the same column move apart so they do not overlap, and up where
-    the lowest would fall below ``bottom`` (onto the x axis' labels)."""
-    columns: dict[float, list[dict[str, Any]]] = {}
-    for d in sorted(extras, key=lambda e: (e["x"], e["y"])):
-        col = columns.setdefault(d["x"], [])
-        d["label_y"] = round(max(d["y"] + 4, col[-1]["label_y"] + gap if col else -1e9), 1)
-        col.append(d)
-    for col in columns.values():
-        limit = bottom
-        for d in reversed(col):
-            d["label_y"] = round(min(d["label_y"], limit), 1)
-            limit = d["label_y"] - gap
+def _step_marks(gen: dict[str, Any], ax: _Axes) -> list[Mark]:
+    first, flip = gen.get("first_divergent_step"), gen.get("first_token_flip_step")
+    marks = []
+    if isinstance(first, int):
+        marks.append(Mark(ax.x(first), "first divergence" + (" + flip" if flip == first else "")))
+    if isinstance(flip, int) and flip != first:
+        marks.append(Mark(ax.x(flip), "first token flip", "#9a6700"))
+    for m in marks:  # labels run right of the marker; left of it near the right edge
+        if m.x + _tw(m.label) + 4 > ax.left + ax.plot_w:
+            m.anchor = "end"
+    return marks
+
+
+# --------------------------------------------------------------------------- parity diff: A and B along depth
+
+
+def diff_chart(diff: Any, metric: str = "excess", width: int = 820, height: int = 280) -> DepthChart | None:
+    """Run A's and run B's ``metric`` (excess: err_/excess_ fields of each row) on one chart, probe
+    by probe in execution order (block numbers where each block starts); failing probes red.
+    None: neither run has the metric."""
+    key = {"excess": "excess", "max_abs_err": "err"}[metric]
+    rows = diff.rows
+    vals = [v for r in rows for s in "ab" if (v := _get(r, f"{key}_{s}")) is not None]
+    budgets = {b for b in (diff.budget_a, diff.budget_b) if _finite(b)} if metric == "excess" else set()
+    specs = [(1.0, "twin x1", False)] if metric == "excess" else []
+    specs += [(b, f"budget {xfmt(b)}", True) for b in sorted(budgets)]
+    ax = _axes(vals + [v for v, _, _ in specs], len(rows), width, height) if vals else None
+    if ax is None:
+        return None
+    show = (xfmt if metric == "excess" else fmt)
+    series = []
+    for side in "BA":  # A dashed on top of B: both show where they coincide
+        s = side.lower()
+        coords = [(ax.x(i), ax.y(v)) if (v := _get(r, f"{key}_{s}")) is not None else None for i, r in enumerate(rows)]
+        dots = [{"x": c[0], "y": c[1], "name": r.name, "fail": getattr(r, f"status_{s}") == "fail", "value": None,
+                 "tip": f"{r.name}: run {side} {show(getattr(r, f'{key}_{s}'))} ({getattr(r, f'status_{s}')})"}
+                for c, r in zip(coords, rows) if c is not None]
+        series.append(Series(f"run {side}", RUN_COLORS[side], _path(coords), dots, True, dashed=side == "A"))
+    starts: list[tuple[float, str]] = []
+    for i, r in enumerate(rows):
+        try:
+            block = canon.parse(r.name).block
+        except ProbeError:
+            continue
+        if block is not None and (not starts or starts[-1][1] != str(block)):
+            starts.append((i, str(block)))
+    lines = _lines(ax, specs)
+    _place_labels(ax, [], lines)
+    return DepthChart(width, height, ax.left, ax.top, ax.plot_w, ax.plot_h, _ticks(ax, starts), _yticks(ax, metric),
+                      series, [], lines, metric, _ylabel(metric), xlabel="probe, in execution order (ticks: where each block starts)",
+                      vgrid=True)
 
 
 # --------------------------------------------------------------------------- heatmap
@@ -306,38 +430,45 @@ def _clamp(t: float) -> float:
     return min(1.0, max(0.0, t))
 
 
+def _within(frac: float, pale: float) -> str:
+    """A value at ``frac`` of its limit (0 < frac <= 1), log scale: pale at ``pale`` or less, green
+    up to half the limit (comfortably within it), yellow to amber approaching it."""
+    if frac <= 0.5:
+        return _mix(PALE, GREEN, _clamp(math.log(frac / pale) / math.log(0.5 / pale)) if frac > pale else 0.0)
+    return _mix(YELLOW, AMBER, _clamp(math.log(frac / 0.5) / math.log(2)))
+
+
 def error_shade(err: float | None, atol: float | None, failed: bool) -> str:
-    """Absolute reports: the error relative to the probe's atol, 1e-4*atol (pale) to atol (amber)."""
+    """Absolute reports: the error relative to the probe's atol (pale at 1e-4·atol, green to half
+    of it, amber approaching it, red over it)."""
     if failed:
-        return "#d62728"
+        return FAIL
     if not _finite(err) or not atol:
         return GREY
-    if err == 0:
-        return PALE
-    return _mix(PALE, "#ffc107", _clamp((math.log10(err / atol) + 4) / 4))
+    return PALE if err == 0 else _within(err / atol, 1e-4)
 
 
 def excess_shade(excess: float | None, budget: float, failed: bool) -> str:
-    """Calibrated reports, log scale: up to x1 (as precise as the twin) pale, amber at the
-    budget, red over it -- darker up to 1000 x the budget."""
+    """Calibrated reports, log scale: up to x1 (as precise as the twin) pale, green up to half the
+    budget, amber approaching it, red over it -- darker up to 1000 x the budget."""
     if excess is None or (isinstance(excess, float) and math.isnan(excess)):
-        return "#d62728" if failed else GREY
+        return FAIL if failed else GREY
     if excess > budget or failed:
         over = math.log10(excess / budget) / 3 if math.isfinite(excess) and excess > budget else 1.0
         return _mix(RED, DARK_RED, _clamp(over if excess > budget else 0.0))
-    if excess <= 1:
-        return PALE
-    return _mix(PALE, AMBER, _clamp(math.log(excess) / math.log(budget)) if budget > 1 else 1.0)
+    if excess <= 1 or budget <= 1:
+        return PALE if excess <= 1 else AMBER
+    return _within(excess / budget, 1 / budget)
 
 
 def _legend(mode: str, budget: float | None) -> list[tuple[str, str]]:
     if mode == "excess":
         b = budget or FALLBACK_BUDGET
-        steps = [(1.0, "≤ x1"), (b ** (1 / 3), xfmt(b ** (1 / 3))), (b ** (2 / 3), xfmt(b ** (2 / 3))), (b, xfmt(b))]
+        steps = [(1.0, "≤ x1"), (b / 2, xfmt(b / 2)), (b * 0.75, xfmt(b * 0.75)), (b, xfmt(b) + " budget")]
         over = [(b * 10, "> " + xfmt(b)), (b * 1000, xfmt(b * 1000))]
         return ([(excess_shade(v, b, False), label) for v, label in steps]
                 + [(excess_shade(v, b, True), label) for v, label in over] + [(GREY, "not compared")])
-    scale = [(1e-4, "1e-4·atol"), (1e-2, "1e-2·atol"), (1.0, "atol")]
+    scale = [(1e-4, "1e-4·atol"), (0.5, "0.5·atol"), (0.75, "0.75·atol"), (1.0, "atol")]
     return [(error_shade(v, 1.0, False), label) for v, label in scale] + [(error_shade(2.0, 1.0, True), "over"),
                                                                            (GREY, "not compared")]
 

@@ -9,6 +9,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from parity.report.charts import budget_of
+from parity.report.console import calibrated
 from parity.report.data import ReportData, _jsonable
 
 #: error ratios beyond these count as a change (below: "same")
@@ -38,6 +40,9 @@ class RunDiff:
     message_a: str
     message_b: str
     rows: list[ProbeChange] = field(default_factory=list)
+    #: calibrated runs: each run's budget (a probe fails when its excess is over it)
+    budget_a: float | None = None
+    budget_b: float | None = None
 
     @property
     def counts(self) -> dict[str, int]:
@@ -91,12 +96,18 @@ def label(report: ReportData) -> str:
     return f"{run.get('model')} {cand.get('name')} {cand.get('dtype')} {run.get('created', '')}".strip()
 
 
+def _budget(report: ReportData) -> float | None:
+    """A calibrated run's budget, as the report states it; None for absolute runs."""
+    return budget_of(report) if calibrated(report) else None
+
+
 def diff_reports(a: ReportData, b: ReportData) -> RunDiff:
     rows_a = {r.name: r for r in a.probes}
     rows_b = {r.name: r for r in b.probes}
     names = [r.name for r in a.probes] + [r.name for r in b.probes if r.name not in rows_a]
     out = RunDiff(label(a), label(b), a.summary.get("verdict", "?"), b.summary.get("verdict", "?"),
-                  a.summary.get("message", ""), b.summary.get("message", ""))
+                  a.summary.get("message", ""), b.summary.get("message", ""),
+                  budget_a=_budget(a), budget_b=_budget(b))
     for n in names:
         ra, rb = rows_a.get(n), rows_b.get(n)
         ea = ra.max_abs_err if ra else None
