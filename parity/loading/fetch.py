@@ -107,16 +107,10 @@ def fetch(name: str, wheel: str | Path | None = None, force: bool = False,
     return dest, True
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def check_sha256(path: Path, expected: str, what: str) -> None:
-    got = sha256_of(path)
+    from parity.loading.gguf import sha256_file
+
+    got = sha256_file(path)
     if got != expected:
         raise FetchError(f"{what} has sha256 {got[:16]}..., the pinned one is {expected[:16]}...",
                          note="a corrupted or changed download; nothing was written (run parity fetch again)")
