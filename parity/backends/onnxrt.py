@@ -14,6 +14,7 @@ import torch
 
 from parity.backends.base import Backend, Sink
 from parity.errors import BackendError, UsageError
+from parity.loading.families import DTYPE_NAMES
 from parity.backends.onnx_export import INPUT, OUTPUT, ExportedGraph, OnnxProbe, export_graph, inject_fault, parse_fault, value_types, with_outputs
 from parity.capture import hooks
 
@@ -120,7 +121,6 @@ def summarize_missing(missing: dict[str, str]) -> dict[str, str]:
     return out
 
 
-DTYPE_NAMES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
 def export_for(ctx: Any, dtype: str) -> tuple[ExportedGraph, Any]:

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from parity.backends.base import Backend, Sink
-from parity.backends.onnxrt import DTYPE_NAMES, canonical, export_for, summarize_missing
+from parity.backends.onnxrt import canonical, export_for, summarize_missing
+from parity.loading.families import DTYPE_NAMES
 from parity.errors import BackendError, UsageError
 from parity.backends.onnx_export import INPUT, OUTPUT, ExportedGraph, inject_fault, parse_fault
 

@@ -6,9 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from parity.options import add_group, dtype_arg, run_options
+from parity.options import DTYPE_SHORT, add_group, dtype_arg, run_options
 
-DTYPE_NAMES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 
 
 def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -110,7 +109,7 @@ def cmd_compare(ns: argparse.Namespace) -> int:
     if ids_a is not None and ids_b is not None and list(ids_a) != list(ids_b):
         raise UsageError(f"dumps {a.folder} and {b.folder} were made from different input ids.")
     tokens = len(ids_a or ids_b or [])
-    dtype = ns.dtype or DTYPE_NAMES.get(str(b.meta.get("dtype")), None)
+    dtype = ns.dtype or DTYPE_SHORT.get(str(b.meta.get("dtype")), None)
     tols = _tolerances(model, dtype, ns.atol, ns.rtol)
 
     def shape(p: str) -> list[int] | None:

@@ -9,6 +9,7 @@ from parity.capture.sinks import Capture, Comparator
 from parity.compare.diff import DiffStats
 from parity.compare.tolerances import Tolerance, ToleranceTable
 from parity.errors import ParityError, UsageError
+from parity.loading.families import DTYPE_NAMES
 from parity.options import RunOptions
 from parity.run.common import Progress, isolated, stage
 from parity.run.reference import Reference, check_weights
@@ -17,7 +18,6 @@ from parity.verdict.calibrate import Calibration, Twin, check_budget, resolve_mo
 #: the kernel tolerance of calibrated runs: elements are not judged one by one
 NO_ELEMENT_TOLERANCE = ToleranceTable(Tolerance(float("inf"), 0.0))
 
-DTYPE_NAMES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
 def calibration_for(opts: RunOptions, explicit_tolerances: bool) -> Calibration:
