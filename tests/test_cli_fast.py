@@ -65,3 +65,17 @@ def test_make_demo_says_where_parity_is() -> None:
     text = (ROOT / "Makefile").read_text()
     demo = text.split("\ndemo:", 1)[1].split("\n\n", 1)[0]
     assert "source $(VENV)/bin/activate" in demo and "$(VENV)/bin/parity" in demo
+
+
+def test_a_bug_in_parity_is_exit_3_not_1(monkeypatch: pytest.MonkeyPatch, run_cli) -> None:
+    from parity.cli import info
+
+    def broken(ns):  # noqa: ANN001, ANN202
+        raise RuntimeError("something parity did not expect")
+
+    monkeypatch.setattr(info, "cmd_doctor", broken)
+    code, out, err = run_cli("doctor")
+    assert code == 3 and len(err.strip().splitlines()) == 1
+    assert "internal error: RuntimeError: something parity did not expect" in err and "--debug" in err
+    with pytest.raises(RuntimeError):
+        run_cli("doctor", "--debug")

@@ -1,5 +1,6 @@
 """The ``parity`` command line. Exit codes: 0 parity holds, 1 divergence found,
-2 usage or input error (one line, with a ``Note:``; ``--debug`` shows the traceback).
+2 usage or input error (one line, with a ``Note:``; ``--debug`` shows the traceback),
+3 an internal error (a bug in parity: one line, never 1).
 
 One module per command (run and bisect, generate, dump and compare, probes and doctor,
 report and diff, fetch), each with ``add_parser(s)``; only argparse and light modules are
@@ -14,7 +15,7 @@ from collections.abc import Sequence
 
 from parity import __version__
 from parity.cli import dump, fetch, generate, info, report, run
-from parity.cli.common import EXIT_USAGE
+from parity.cli.common import EXIT_INTERNAL, EXIT_USAGE
 from parity.errors import ParityError
 
 
@@ -53,6 +54,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
+    except Exception as exc:  # noqa: BLE001 - a bug in parity: never exit 1 ("the engine is broken")
+        if ns.debug:
+            raise
+        text = " ".join(str(exc).split())[:300]
+        print(f"parity: internal error: {type(exc).__name__}{': ' + text if text else ''} (a bug in parity, not a "
+              "verdict; rerun with --debug for the traceback)", file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

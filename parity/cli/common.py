@@ -9,7 +9,7 @@ from pathlib import Path
 from datetime import datetime
 from typing import Any
 
-EXIT_OK, EXIT_DIVERGED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_DIVERGED, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
 
 
 class StageProgress:
