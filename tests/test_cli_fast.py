@@ -79,3 +79,34 @@ def test_a_bug_in_parity_is_exit_3_not_1(monkeypatch: pytest.MonkeyPatch, run_cl
     assert "internal error: RuntimeError: something parity did not expect" in err and "--debug" in err
     with pytest.raises(RuntimeError):
         run_cli("doctor", "--debug")
+
+
+@pytest.mark.parametrize("args", [["--atol", "nan"], ["--rtol", "nan", "--atol", "0"], ["--atol", "-1"]])
+def test_tolerances_must_be_finite_and_not_negative(args: list[str], run_cli) -> None:
+    code, _, err = run_cli("run", *args, "-q", "--no-files")
+    assert code == 2 and "need a finite number >= 0" in err
+
+
+def test_nan_in_tolerance_tables_is_refused() -> None:
+    from parity.compare.tolerances import table_from
+    from parity.errors import UsageError
+
+    with pytest.raises(UsageError, match="not a non-negative number"):
+        table_from({"default": {"atol": float("nan")}})
+
+
+def test_a_reference_that_produces_nan_is_an_input_error(tmp_path: Path, run_cli) -> None:
+    """NaN weights: NaN on both sides would compare equal and pass."""
+    import torch
+    from safetensors.torch import save_file
+
+    from parity.loading.source import ModelSource
+
+    model = ModelSource.resolve("llama").build("cpu")
+    sd = {k: v.clone().contiguous() for k, v in model.state_dict().items()}
+    sd["model.layers.1.mlp.down_proj.weight"][3, 5] = float("nan")
+    (tmp_path / "config.json").write_text(json.dumps({**ModelSource.resolve("llama").config_dict, "model_type": "llama"}))
+    save_file(sd, str(tmp_path / "model.safetensors"))
+    code, _, err = run_cli("run", "--checkpoint", str(tmp_path), "--tokens", "4", "-q", "--no-files")
+    assert code == 2 and "the reference produces NaN at 'blocks.1.mlp_out'" in err, err
+    assert torch.isnan(sd["model.layers.1.mlp.down_proj.weight"]).any()

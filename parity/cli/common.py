@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import sys
 import time
@@ -96,6 +97,9 @@ def check_options(opts: Any) -> None:
     if bi is not None and not bi.is_available():
         raise UsageError(f"candidate '{opts.candidate}' needs {', '.join(bi.missing())}, which is not installed.",
                          note="`parity doctor` lists what is available here")
+    for flag, value in (("--atol", opts.atol), ("--rtol", opts.rtol)):
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise UsageError(f"{flag} {value}: need a finite number >= 0.")
     resolve_mode(opts.tolerance, opts.atol is not None or opts.rtol is not None)
     if opts.budget is not None:
         check_budget(opts.budget)

@@ -7,6 +7,7 @@ non-finite on one side only.
 from __future__ import annotations
 
 import fnmatch
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,7 +69,7 @@ def _tol(raw: Any, where: str) -> Tolerance:
     vals = {}
     for k in ("atol", "rtol"):
         v = raw.get(k, 0.0)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
             raise UsageError(f"{where}.{k} = {v!r} is not a non-negative number.")
         vals[k] = float(v)
     return Tolerance(**vals)

@@ -10,7 +10,7 @@ from typing import Any
 from parity.capture import probes as canon
 from parity.capture.probemap import ProbeMap, find_map
 from parity.capture.sinks import Capture, Recorder
-from parity.errors import ParityError, UsageError
+from parity.errors import InputError, ParityError, UsageError
 from parity.loading.inputs import resolve_inputs
 from parity.loading.source import ModelSource
 from parity.options import RunOptions
@@ -98,11 +98,23 @@ def prepare_reference(opts: RunOptions, progress: Progress | None = None) -> Ref
     with stage(progress, "running reference", timings), reference:
         reference.capture(ids, ref_probes, Recorder(ref_cap, keep=True, store_device="cpu",
                                                     gpu_budget_bytes=gpu_keep_bytes()))
+    check_finite(ref_cap)
     facts = {**reference.describe(), "trust_remote_code": source.trust_remote_code}
     if source.remote_shims is not None:
         facts["remote_shims"] = source.remote_shims
     return Reference(opts, source, pmap, selected, ids, ref_model, facts, ref_cap, device, timings,
                      digest=weights_digest(ref_model))
+
+
+def check_finite(cap: Capture) -> None:
+    """A reference that produces NaN is no reference: NaN on both sides would compare as
+    equal, and a broken model would pass. (Inf, e.g. an activation beyond float16 in a float16
+    reference, is judged per probe.)"""
+    for name, rec in cap.records.items():
+        if rec.stats.nan:
+            raise InputError(f"the reference produces NaN at '{name}' ({rec.stats.nan} values): its weights or "
+                             "inputs hold NaN, or it overflows.", note="parity compares against a finite float32 "
+                             "reference; check the checkpoint (a NaN weight) and the inputs")
 
 
 def weights_digest(model: Any) -> Any:
