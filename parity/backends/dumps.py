@@ -409,15 +409,18 @@ def write_dump(out: str | Path, tensors: dict[str, Any], meta: dict[str, Any]) -
     folder.mkdir(parents=True, exist_ok=True)
     names = canon.in_order(tensors)
     clean = {n: tensors[n].detach().to("cpu").contiguous() for n in names}
-    tmp = folder / (TENSORS + ".tmp")
-    save_file(clean, str(tmp), metadata={"format": DUMP_FORMAT})
-    tmp.replace(folder / TENSORS)
     manifest = {"format": DUMP_FORMAT, "version": DUMP_VERSION, **meta,
                 "probes": {n: {"shape": list(clean[n].shape), "dtype": str(clean[n].dtype).removeprefix("torch.")} for n in names}}
-    for name, text in ((MANIFEST, json.dumps(manifest, indent=1)), (IDS, json.dumps(meta.get("input_ids") or []))):
-        t = folder / (name + ".tmp")
-        t.write_text(text)
-        t.replace(folder / name)
+    tmps = [folder / f".{name}.tmp" for name in (TENSORS, MANIFEST, IDS)]
+    try:  # the manifest last: a reader finds a manifest only beside complete tensors
+        save_file(clean, str(tmps[0]), metadata={"format": DUMP_FORMAT})
+        tmps[2].write_text(json.dumps(meta.get("input_ids") or []))
+        tmps[1].write_text(json.dumps(manifest, indent=1))
+        for t, name in ((tmps[0], TENSORS), (tmps[2], IDS), (tmps[1], MANIFEST)):
+            t.replace(folder / name)
+    finally:  # an error, Ctrl-C or SIGTERM (parity.outputs.Terminated) leaves no temp file
+        for t in tmps:
+            t.unlink(missing_ok=True)
     return folder
 
 

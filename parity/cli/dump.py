@@ -33,6 +33,17 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def cmd_dump(ns: argparse.Namespace) -> int:
+    from parity.cli.common import with_model
+    from parity.cli.common import check_options
+    from parity.outputs import Outputs
+
+    opts = with_model(run_options(ns), ns)
+    check_options(opts)
+    with Outputs(ns.out) as outputs:
+        return _dump(ns, opts, outputs)
+
+
+def _dump(ns: argparse.Namespace, opts: Any, outputs: Any) -> int:
     from parity import backends
     from parity.capture import probes as canon
     from parity.backends.pytorch import ModuleBackend, check_device
@@ -44,9 +55,6 @@ def cmd_dump(ns: argparse.Namespace) -> int:
     from parity.run.common import CandidateContext
     from parity.loading.source import ModelSource
 
-    from parity.cli.common import with_model
-
-    opts = with_model(run_options(ns), ns)
     device = check_device(opts.device)
     source = ModelSource.resolve(opts.model, opts.checkpoint, opts.seed, opts.trust_remote_code)
     pmap = find_map(source.probe_map_name, opts.probe_dirs)
@@ -71,10 +79,11 @@ def cmd_dump(ns: argparse.Namespace) -> int:
     meta = {"model": source.family.name, "source": source.label, "seed": source.seed, "backend": backend.describe(),
             "dtype": backend.describe().get("dtype"), "input_ids": ids,
             "not_exposed": [p for p in selected if p not in offered]}
-    folder = write_dump(ns.out, {n: r.tensor for n, r in cap.records.items()}, meta)
+    write_dump(outputs.dir, {n: r.tensor for n, r in cap.records.items()}, meta)
+    outputs.commit()
     if prog is not None:
         prog.close()
-    print(f"Dump: {folder} ({len(cap.records)} probes from {backend.label}; {len(meta['not_exposed'])} not exposed)")
+    print(f"Dump: {ns.out} ({len(cap.records)} probes from {backend.label}; {len(meta['not_exposed'])} not exposed)")
     return 0
 
 
@@ -88,6 +97,13 @@ def _tolerances(model: str | None, dtype: str | None, atol: float | None, rtol: 
 
 
 def cmd_compare(ns: argparse.Namespace) -> int:
+    from parity.outputs import Outputs
+
+    with Outputs(ns.out) if ns.out else Outputs() as outputs:
+        return _compare(ns, outputs)
+
+
+def _compare(ns: argparse.Namespace, outputs: Any) -> int:
     from parity.capture import probes as canon
     from parity.capture.sinks import Capture, Comparator, Recorder
     from parity.verdict.diagnose import diagnose
@@ -134,6 +150,7 @@ def cmd_compare(ns: argparse.Namespace) -> int:
     console.render(report, show_all=not getattr(ns, "failures_only", False), wide=getattr(ns, "wide", False),
                    every_row=getattr(ns, "every_row", False))
     if ns.out:
-        paths = files.write(report, Path(ns.out))
-        print(f"Reports: {paths['json']}  {paths['csv']}")
+        paths = files.write(report, outputs.dir)
+        outputs.commit()
+        print(f"Reports: {outputs.final(paths['json'])}  {outputs.final(paths['csv'])}")
     return 0 if report.summary["verdict"] == "pass" else 1

@@ -46,6 +46,14 @@ def cmd_generate(ns: argparse.Namespace) -> int:
     opts = with_model(options(ns), ns)
     check_options(opts)  # before torch is imported
 
+    from parity.outputs import Outputs
+
+    out = Path(ns.out) if ns.out else Path("reports") / ("gen-" + run_id(ns))
+    with Outputs(None if ns.no_files else out, [("--html", getattr(ns, "html", None))]) as outputs:
+        return _generate(ns, opts, outputs)
+
+
+def _generate(ns: argparse.Namespace, opts: Any, outputs: Any) -> int:
     from parity.report import generation as gen_report
     from parity.run.generate import execute
     prog = progress(ns.quiet)
@@ -54,12 +62,16 @@ def cmd_generate(ns: argparse.Namespace) -> int:
     finally:
         done(prog)
     gen_report.render(result.report)
+    lines = []
     if not ns.no_files:
-        out = Path(ns.out) if ns.out else Path("reports") / ("gen-" + run_id(ns))
-        paths = gen_report.write(result.report, out)
-        print(f"Reports: {paths['json']}  {paths['csv']}")
+        paths = gen_report.write(result.report, outputs.dir)
+        lines.append(f"Reports: {outputs.final(paths['json'])}  {outputs.final(paths['csv'])}")
     if getattr(ns, "html", None):  # the output group's --html, where the HTML report exists
         from parity.report import html  # type: ignore[attr-defined]
 
-        print(f"HTML report: {html.write(result.report, ns.html)}")
+        html.write(result.report, outputs.file(ns.html))
+        lines.append(f"HTML report: {ns.html}")
+    outputs.commit()
+    for line in lines:
+        print(line)
     return 0 if result.passed else 1

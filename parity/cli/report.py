@@ -28,21 +28,31 @@ def load(path: str | Path) -> ReportData:
 def cmd_report(ns: argparse.Namespace) -> int:
     from parity.report import html
 
-    report = load(ns.run)
+    from parity.outputs import Outputs
+
     out = Path(ns.output) if ns.output else Path(ns.run).with_suffix(".html") if Path(ns.run).is_file() else Path(ns.run) / "report.html"
-    print(f"HTML report: {html.write(report, out)}")
+    flag = "--output" if ns.output else "the default output (next to the report)"
+    with Outputs(files=[(flag, out)]) as outputs:
+        report = load(ns.run)
+        html.write(report, outputs.file(out))
+    print(f"HTML report: {out}")
     return 0
 
 
 def cmd_diff(ns: argparse.Namespace) -> int:
     from parity.report import compare
 
-    diff = compare.diff_reports(load(ns.run_a), load(ns.run_b))
-    compare.render_console(diff, show_all=ns.all)
-    if ns.html:
-        from parity.report import html
+    from parity.outputs import Outputs
 
-        print(f"HTML diff: {html.write_diff(diff, ns.html)}")
+    with Outputs(files=[("--html", ns.html)]) as outputs:
+        diff = compare.diff_reports(load(ns.run_a), load(ns.run_b))
+        compare.render_console(diff, show_all=ns.all)
+        if ns.html:
+            from parity.report import html
+
+            html.write_diff(diff, outputs.file(ns.html))
+    if ns.html:
+        print(f"HTML diff: {ns.html}")
     return 1 if diff.regressed else 0
 
 

@@ -25,28 +25,40 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
 def cmd_run(ns: argparse.Namespace) -> int:
     opts = with_model(run_options(ns), ns)
     check_options(opts)  # before torch is imported
+    marks = getattr(ns, "bisect_marks", 1)
+    if marks is not None and marks < 1:
+        from parity.errors import UsageError
 
+        raise UsageError(f"--bisect-marks {marks}: need at least 1 probe per build.")
+    from parity.outputs import Outputs
+
+    out = Path(ns.out) if ns.out else Path("reports") / run_id(ns)
+    with Outputs(None if ns.no_files else out, [("--html", getattr(ns, "html", None))]) as outputs:
+        return _run(ns, opts, outputs, marks or 1)
+
+
+def _run(ns: argparse.Namespace, opts: Any, outputs: Any, marks: int) -> int:
     from parity.report import console as console_report
     from parity.report import files
     from parity.run.candidate import execute
     from parity.run.common import CandidateFailed
 
-    out = Path(ns.out) if ns.out else Path("reports") / run_id(ns)
     prog = progress(ns.quiet)
     bisect = getattr(ns, "mode", "all") == "bisect"
     try:
         if bisect:
             from parity.run.bisect import execute_bisect, render_builds
 
-            result = execute_bisect(opts, prog, marks=getattr(ns, "bisect_marks", 1) or 1)
+            result = execute_bisect(opts, prog, marks=marks)
         else:
             result = execute(opts, prog)
     except CandidateFailed as exc:  # the candidate raised mid-forward: keep what it got to
         done(prog)
         console_report.render(exc.report, **_table(ns))
         if not ns.no_files:
-            paths = files.write(exc.report, out)
-            exc.note = f"partial report: {paths['json']}; --debug shows the traceback"
+            paths = files.write(exc.report, outputs.dir)
+            outputs.commit()
+            exc.note = f"partial report: {outputs.final(paths['json'])}; --debug shows the traceback"
         raise
     finally:
         done(prog)
@@ -54,14 +66,20 @@ def cmd_run(ns: argparse.Namespace) -> int:
     console_report.render(report, **_table(ns))
     if bisect:
         print(render_builds(report.summary))
+    lines = []
     if not ns.no_files:
-        paths = files.write(report, out)
-        tensors = files.write_tensors(result, out) if ns.keep_tensors else None
-        print(f"Reports: {paths['json']}  {paths['csv']}" + (f"  {tensors}" if tensors else ""))
+        paths = files.write(report, outputs.dir)
+        tensors = files.write_tensors(result, outputs.dir) if ns.keep_tensors else None
+        lines.append(f"Reports: {outputs.final(paths['json'])}  {outputs.final(paths['csv'])}"
+                     + (f"  {outputs.final(tensors)}" if tensors else ""))
     if getattr(ns, "html", None):
         from parity.report import html
 
-        print(f"HTML report: {html.write(report, ns.html)}")
+        html.write(report, outputs.file(ns.html))
+        lines.append(f"HTML report: {ns.html}")
+    outputs.commit()  # every file in place, or none
+    for line in lines:
+        print(line)
     return EXIT_OK if report.summary["verdict"] == "pass" else EXIT_DIVERGED
 
 
