@@ -45,7 +45,6 @@ from __future__ import annotations
 import fnmatch
 import json
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,6 +87,9 @@ class NameMap:
             m = r.pattern.fullmatch(name)
             if m:
                 i = m.groupdict().get("i")
+                if i is not None and not (i.isascii() and i.isdigit() and len(i) < 7 and int(i) + r.offset >= 0):
+                    raise DumpError(f"dumped tensor '{name}': the block group of pattern '{r.pattern.pattern}' "
+                                    f"matched {i!r}, not a block number.", note="use (?P<i>\\d+) for the block index")
                 probe = r.probe.replace("{i}", str(int(i) + r.offset)) if i is not None else r.probe
                 canon.parse(probe)
                 return probe, r.tp
@@ -102,23 +104,14 @@ class NameMap:
 def load_name_map(path: str | Path | None) -> NameMap:
     if path is None:
         return NameMap()
+    from parity.backends.schema import check_name_map
+    from parity.validate import parse_toml, read_text
+
     p = Path(path)
-    try:
-        raw = tomllib.loads(p.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise DumpError(f"cannot read name map {p}: {exc}") from None
-    rules = []
-    for i, t in enumerate(raw.get("tensor", [])):
-        if not isinstance(t, dict) or "pattern" not in t or "probe" not in t:
-            raise DumpError(f"{p}: [[tensor]] entry {i} needs 'pattern' and 'probe'.")
-        if t.get("tp") not in (None, "replicated", "sum", "concat"):
-            raise DumpError(f"{p}: entry {i} has tp={t['tp']!r}.", note="tp is replicated, sum or concat")
-        try:
-            pat = re.compile(t["pattern"])
-        except re.error as exc:
-            raise DumpError(f"{p}: entry {i}: bad pattern: {exc}") from None
-        rules.append(NameRule(pat, t["probe"], int(t.get("offset", 0)), t.get("tp")))
-    return NameMap(rules, list(raw.get("ignore", [])), str(p))
+    raw = parse_toml(read_text(p, DumpError, "name map"), DumpError, f"name map {p}")
+    checked = check_name_map(raw, f"name map {p}")
+    rules = [NameRule(re.compile(t.pattern), t.probe, t.offset, t.tp) for t in checked.tensor]
+    return NameMap(rules, list(checked.ignore), str(p))
 
 
 # -- reading files -----------------------------------------------------------------------------
@@ -177,7 +170,12 @@ class Dump:
         return [load_array(Path(p)) for p in self.shards[probe]]
 
     def tensor(self, probe: str, shape: list[int] | None) -> Any:
-        return reassemble(probe, self.raw(probe), shape, self.tp_rules.get(probe))
+        shards = self.raw(probe)
+        for t in shards:
+            if not t.is_floating_point():  # complex, integer or bool activations: not a probe
+                raise DumpError(f"dump {self.folder}: '{probe}' has dtype {str(t.dtype).removeprefix('torch.')}.",
+                                note="probe tensors are real floating point (float32, float16, bfloat16)")
+        return reassemble(probe, shards, shape, self.tp_rules.get(probe))
 
     @property
     def input_ids(self) -> list[int] | None:
@@ -215,13 +213,16 @@ def read_dump(folder: str | Path, name_map: NameMap | None = None) -> Dump:
 
 
 def _read_parity(folder: Path, nm: NameMap) -> Dump:
-    try:
-        meta = json.loads((folder / MANIFEST).read_text())
-    except (OSError, ValueError) as exc:
-        raise DumpError(f"cannot read {folder / MANIFEST}: {_first_line(exc)}") from None
-    if meta.get("format") != DUMP_FORMAT:
-        raise DumpError(f"{folder / MANIFEST} is not a parity dump manifest (format {meta.get('format')!r}).")
-    listed = meta.get("probes") or {}
+    from parity.backends.schema import check_manifest
+    from parity.validate import read_json
+
+    meta = read_json(folder / MANIFEST, DumpError, "dump manifest")
+    if not isinstance(meta, dict) or meta.get("format") != DUMP_FORMAT:
+        fmt = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise DumpError(f"{folder / MANIFEST} is not a parity dump manifest (format {fmt!r}).",
+                        note="a JSON object with format 'parity-dump', as `parity dump` writes it")
+    checked = check_manifest(meta, f"dump manifest {folder / MANIFEST}")
+    listed = {k: v.model_dump(exclude_unset=True) for k, v in checked.probes.items()}
     if not (folder / TENSORS).is_file():
         raise DumpError(f"dump {folder} has a manifest but no {TENSORS}.")
     from safetensors import safe_open
@@ -274,10 +275,21 @@ def _read_tllm(folder: Path, nm: NameMap) -> Dump:
         _collect(dump, nm, per_rank, [tp.name for tp in tps], pp, "is dumped twice (as '{name}' and another tensor / stage)")
         ids = per_rank[0].get("input_ids")
         if ids is not None and "input_ids" not in dump.meta:
-            dump.meta["input_ids"] = [int(x) for x in load_array(ids).reshape(-1).tolist()]
+            dump.meta["input_ids"] = _ids(load_array(ids), ids)
     dump.ranks = tps_count or 1
     _check_nonempty(dump)
     return dump
+
+
+def _ids(t: Any, path: Path) -> list[int]:
+    """A dumped input_ids tensor as token ids (integers only: NaN, floats, bool refused)."""
+    import torch
+
+    from parity.loading.inputs import ids_from_array
+
+    if t.dtype == torch.bfloat16:
+        t = t.float()
+    return ids_from_array(t.reshape(-1).numpy(), str(path))
 
 
 def _tllm_files(tp_dir: Path) -> dict[str, Path]:

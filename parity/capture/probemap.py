@@ -6,7 +6,6 @@ with N blocks and returns one :class:`Binding` per concrete probe.
 """
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,8 +14,6 @@ from typing import Any
 from parity.capture import probes as canon
 from parity.errors import ProbeError
 from parity.resources import find_file, search_dirs
-
-_KEYS = {"module", "io", "index", "kwarg", "heads", "batched", "transform"}
 
 # Named transforms a map may apply to the extracted value (before batch removal).
 TRANSFORMS: dict[str, Callable[[Any], Any]] = {}
@@ -152,51 +149,34 @@ class ProbeMap:
         return [self.bind(p, config) for p in probes]
 
 
-def _spec_from(name: str, raw: dict[str, Any], where: str) -> ProbeSpec:
-    unknown = set(raw) - _KEYS
-    if unknown:
-        raise ProbeError(
-            f"{where}: probe '{name}' has unknown key(s) {sorted(unknown)}.",
-            note="valid keys: " + ", ".join(sorted(_KEYS)),
-        )
-    if "module" not in raw:
-        raise ProbeError(f"{where}: probe '{name}' has no 'module'.")
-    io = raw.get("io", "output")
-    if io not in ("input", "output"):
-        raise ProbeError(f"{where}: probe '{name}' has io={io!r}.", note="io is 'input' or 'output'")
-    tr = raw.get("transform")
+def _spec_from(name: str, raw: Any, where: str) -> ProbeSpec:
+    """One entry (already checked by parity.capture.schema): its transform must be known."""
+    tr = raw.transform
     if tr is not None and tr not in TRANSFORMS:
         raise ProbeError(
             f"{where}: probe '{name}' uses unknown transform {tr!r}.",
             note="known transforms: " + (", ".join(sorted(TRANSFORMS)) or "none"),
         )
-    return ProbeSpec(**{k: raw[k] for k in raw})
+    return ProbeSpec(**raw.model_dump(exclude_unset=True))
 
 
 def load_map(path: Path, name: str | None = None) -> ProbeMap:
+    from parity.capture.schema import check_probe_map
+    from parity.validate import read_toml
+
     where = str(path)
-    try:
-        data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ProbeError(f"cannot read probe map {where}: {exc}") from None
-    raw_probes = data.get("probes")
-    if not isinstance(raw_probes, dict) or not raw_probes:
+    data = read_toml(path, ProbeError, "probe map")
+    if not isinstance(data.get("probes"), dict) or not data["probes"]:
         raise ProbeError(f"{where}: no [probes] table.")
-    entries: dict[str, ProbeSpec] = {}
-    for key, raw in raw_probes.items():
+    for key in data["probes"]:
         canon.parse(key.replace("{i}", "0"))  # every key must be a canonical name
-        if not isinstance(raw, dict):
-            raise ProbeError(f"{where}: probe '{key}' must be a table.")
-        entries[key] = _spec_from(key, raw, where)
-    return ProbeMap(name or path.stem, path, entries, data.get("architecture"), _block_from(data.get("block"), where))
-
-
-def _block_from(raw: Any, where: str) -> BlockSpec | None:
-    if raw is None:
-        return None
-    if not isinstance(raw, dict) or "module" not in raw or set(raw) - {"module", "input", "reset"}:
-        raise ProbeError(f"{where}: [block] must be a table with 'module' (and optional 'input', 'reset').")
-    return BlockSpec(str(raw["module"]), str(raw.get("input", "hidden_states")), tuple(raw.get("reset", ())))
+    checked = check_probe_map(data, f"probe map {where}")
+    entries = {key: _spec_from(key, raw, where) for key, raw in checked.probes.items()}
+    block = None
+    if checked.block is not None:
+        b = checked.block
+        block = BlockSpec(b.module, b.input, tuple(b.reset))
+    return ProbeMap(name or path.stem, path, entries, checked.architecture, block)
 
 
 def find_map(name: str, extra_dirs: Sequence[str | Path] = ()) -> ProbeMap:

@@ -93,6 +93,10 @@ def check_options(opts: Any) -> None:
             raise UsageError(f"unknown device '{dev}' ({flag}).", note="valid devices: cpu, cuda, cuda:N, auto")
     if opts.tokens is not None and opts.tokens < 1:
         raise UsageError(f"--tokens {opts.tokens}: need at least 1 token.")
+    from parity.loading.limits import MAX_TOKENS
+
+    if opts.tokens is not None and opts.tokens > MAX_TOKENS:
+        raise UsageError(f"--tokens {opts.tokens}: parity compares at most {MAX_TOKENS} tokens in one run.")
     bi = backends.info(opts.candidate) if opts.candidate != "reference" else None
     if bi is not None and not bi.is_available():
         raise UsageError(f"candidate '{opts.candidate}' needs {', '.join(bi.missing())}, which is not installed.",

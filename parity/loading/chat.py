@@ -98,10 +98,35 @@ def _encode(tok: Any, text: str) -> list[int]:
 
 
 def _decode(tok: Any, ids: list[int]) -> str:
+    """Text of ``ids``; an id the tokenizer does not know (a model vocabulary larger than the
+    tokenizer's, padded rows) shows as ``<id N>`` instead of failing inside the tokenizer."""
+    n = _vocab_len(tok)
+    if n is not None and any(not 0 <= t < n for t in ids):
+        out: list[str] = []
+        run: list[int] = []
+        for t in ids:
+            if 0 <= t < n:
+                run.append(t)
+                continue
+            if run:
+                out.append(_decode(tok, run))
+                run = []
+            out.append(f"<id {t}>")
+        if run:
+            out.append(_decode(tok, run))
+        return "".join(out)
     try:
         return str(tok.decode(ids, skip_special_tokens=True))
     except TypeError:
         return str(tok.decode(ids, skip_special=True))
+
+
+def _vocab_len(tok: Any) -> int | None:
+    try:
+        return int(len(tok))
+    except TypeError:
+        v = getattr(tok, "vocab_size", None)
+        return v if isinstance(v, int) else None
 
 
 def _template_ids(out: Any) -> list[int]:

@@ -4,7 +4,6 @@ that name the tensor at fault.
 """
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -25,10 +24,9 @@ def checkpoint_dir(path: str | Path) -> Path:
 
 def read_json_object(path: Path, error: type[ParityError], label: str) -> dict[str, Any]:
     """A JSON file holding an object; ``error(...)`` naming ``label`` otherwise."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise error(f"cannot read {label}: {exc}") from None
+    from parity.validate import parse_json, read_text
+
+    data = parse_json(read_text(path, error, label), error, label)
     if not isinstance(data, dict):
         raise error(f"{label} is not a JSON object.")
     return data
@@ -45,11 +43,7 @@ def weight_files(folder: Path) -> list[Path]:
     for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         index = folder / index_name
         if index.is_file():
-            try:
-                shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-            except (OSError, json.JSONDecodeError, KeyError, AttributeError) as exc:
-                raise CheckpointError(f"cannot read {index}: {exc}") from None
-            files = [folder / s for s in shards]
+            files = [_shard_path(folder, s, index) for s in _index_shards(index)]
             missing = [f.name for f in files if not f.is_file()]
             if missing:
                 raise CheckpointError(f"checkpoint '{folder}' lacks shard {missing[0]} named in {index_name}.")
@@ -61,6 +55,45 @@ def weight_files(folder: Path) -> list[Path]:
             note="expected model.safetensors, model-*.safetensors (+ index) or pytorch_model*.bin",
         )
     return found
+
+
+def _index_shards(index: Path) -> list[str]:
+    """The shard file names of a sharded checkpoint's index (weight_map: tensor -> file)."""
+    data = read_json_object(index, CheckpointError, str(index))
+    wm = data.get("weight_map")
+    if not isinstance(wm, dict) or not wm or not all(isinstance(k, str) and isinstance(v, str) and v for k, v in wm.items()):
+        raise CheckpointError(f"{index}: 'weight_map' must be a non-empty object of tensor name -> shard file name.")
+    return sorted(set(wm.values()))
+
+
+def _shard_path(folder: Path, name: str, index: Path) -> Path:
+    """``folder / name`` when it stays inside the checkpoint folder (symlinks resolved);
+    a shard named ``../../etc/passwd``, an absolute path or a link leading out is refused."""
+    p = Path(name)
+    inside = folder.resolve()
+    if p.is_absolute() or ".." in p.parts or "\x00" in name:
+        raise CheckpointError(f"{index} names shard '{name}', a path outside the checkpoint folder.",
+                              note="shard names are file names inside the checkpoint folder")
+    target = (folder / p).resolve()
+    if not target.is_relative_to(inside):
+        raise CheckpointError(f"{index} names shard '{name}', which leads outside the checkpoint folder (to {target}).",
+                              note="shard names are file names inside the checkpoint folder")
+    return folder / p
+
+
+#: tensor dtypes a checkpoint's weights may have (cast to the model's float dtype); integer and
+#: bool "weights" are a broken or quantized export, not something to cast silently
+WEIGHT_DTYPES = ("float32", "float16", "bfloat16", "float64")
+
+
+def _check_dtypes(sd: dict[str, Any], path: Path) -> None:
+    for key, t in sd.items():
+        if key.endswith(IGNORED_SUFFIXES):  # buffers (masks) the model rebuilds itself
+            continue
+        name = str(t.dtype).removeprefix("torch.")
+        if name not in WEIGHT_DTYPES:
+            raise CheckpointError(f"{path.name}: tensor '{key}' has dtype {name}.",
+                                  note="weights must be " + ", ".join(WEIGHT_DTYPES) + " (a quantized checkpoint needs dequantizing first)")
 
 
 def _load_file(path: Path) -> dict[str, Any]:
@@ -106,7 +139,9 @@ def _load_error(exc: BaseException) -> str:
 def load_state_dict(folder: Path) -> dict[str, Any]:
     sd: dict[str, Any] = {}
     for f in weight_files(folder):
-        sd.update(_load_file(f))
+        part = _load_file(f)
+        _check_dtypes(part, f)
+        sd.update(part)
     return sd
 
 

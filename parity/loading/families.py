@@ -83,8 +83,8 @@ def _hf_config(cls_name: str) -> Callable[[dict[str, Any]], Any]:
         clean = {k: v for k, v in cfg.items() if k not in ("architectures", "auto_map", "transformers_version")}
         try:
             return cls(**clean)
-        except (ValueError, TypeError) as exc:
-            raise ModelError(f"{cls_name}: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - user input; transformers' strict dataclasses raise their own types
+            raise ModelError(f"{cls_name}: {' '.join(str(exc).split())[:300]}") from None
 
     return make
 

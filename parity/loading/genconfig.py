@@ -49,7 +49,10 @@ def read_json_config(path: str | Path, what: str) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise InputError(f"{what} '{p}' does not exist.", note="give a generation_config.json file")
-    return read_json_object(p, InputError, f"{what} '{p}'")
+    from parity.loading.schema import check_generation_config
+
+    label = f"{what} '{p}'"
+    return check_generation_config(read_json_object(p, InputError, label), label)
 
 
 def reference_settings(preset: Any, checkpoint: Path | None, chat_stop_ids: list[int]) -> GenSettings:

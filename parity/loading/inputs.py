@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from parity.errors import InputError, ParityError
+from parity.loading.limits import check_tokens
 
 if TYPE_CHECKING:
     from parity.loading.source import ModelSource
@@ -26,27 +27,57 @@ def seeded_ids(n: int, vocab: int, seed: int, high: int | None = None) -> list[i
 
 
 def read_ids(path: str | Path) -> list[int]:
+    from parity.validate import parse_json, read_text
+
     p = Path(path)
     if not p.is_file():
         raise InputError(f"--input-ids file '{p}' does not exist.", note="give a .npy, .json or .txt file of token ids")
-    try:
-        if p.suffix == ".npy":
-            import numpy as np
-
-            data: Any = np.load(p, allow_pickle=False).tolist()
-        elif p.suffix == ".json":
-            data = json.loads(p.read_text())
-            if isinstance(data, dict):
-                data = data.get("input_ids")
-        else:
-            data = [int(t) for t in p.read_text().replace(",", " ").split()]
-    except (ValueError, OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"cannot read token ids from '{p}': {exc}", note="a .npy array, a JSON list, or whitespace-separated integers") from None
+    label = f"--input-ids file '{p}'"
+    if p.suffix == ".npy":
+        return ids_from_array(_load_npy(p), label)
+    text = read_text(p, InputError, "--input-ids file")
+    if p.suffix == ".json":
+        data: Any = parse_json(text, InputError, label)
+        if isinstance(data, dict):
+            data = data.get("input_ids")
+    else:
+        try:
+            data = [int(t) for t in text.replace(",", " ").split()]
+        except ValueError as exc:
+            raise InputError(f"cannot read token ids from '{p}': {exc}",
+                             note="a .npy array, a JSON list, or whitespace-separated integers") from None
     if isinstance(data, list) and len(data) == 1 and isinstance(data[0], list):
         data = data[0]
     if not isinstance(data, list) or not data or not all(isinstance(t, int) and not isinstance(t, bool) for t in data):
         raise InputError(f"'{p}' does not hold a non-empty list of integer token ids.")
     return data
+
+
+def _load_npy(p: Path) -> Any:
+    import numpy as np
+
+    try:
+        return np.load(p, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        text = " ".join(str(exc).split())[:200]
+        raise InputError(f"cannot read token ids from '{p}': {text}",
+                         note="a .npy array of integers (no pickles), a JSON list, or whitespace-separated integers") from None
+
+
+def ids_from_array(arr: Any, label: str) -> list[int]:
+    """Token ids from a numpy array: integers only (NaN, floats, complex and bool refused), one
+    sequence ([T] or [1, T])."""
+    import numpy as np
+
+    arr = np.asarray(arr)
+    if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer):
+        raise InputError(f"{label} holds {arr.dtype} values, not integer token ids.",
+                         note="token ids are an integer array (int32/int64)")
+    if arr.ndim == 2 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim != 1 or arr.size == 0:
+        raise InputError(f"{label} has shape {list(arr.shape)}; token ids are one non-empty sequence ([T] or [1, T]).")
+    return [int(x) for x in arr.tolist()]
 
 
 def check_ids(ids: list[int], vocab: int) -> list[int]:
@@ -72,13 +103,27 @@ def load_tokenizer(family: str, checkpoint: Path | None, tokenizer: str | None) 
 
         try:
             return QWenTokenizer.from_file(tik)
+        except ParityError:
+            raise
         except ImportError as exc:
             raise InputError(str(exc), note="pip install tiktoken") from None
+        except Exception as exc:  # noqa: BLE001 - an empty, damaged or non-text file
+            raise InputError(f"cannot read tokenizer '{tik}': {_one_line(exc)}",
+                             note="a qwen.tiktoken file: one '<base64 token> <rank>' per line") from None
     if not any((where / f).is_file() for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")):
         raise InputError(f"no tokenizer files in '{where}'.", note="expected tokenizer.json or tokenizer.model")
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(where))
+    try:
+        return AutoTokenizer.from_pretrained(str(where))
+    except Exception as exc:  # noqa: BLE001 - empty, truncated or non-UTF-8 tokenizer files raise many types
+        raise InputError(f"cannot load the tokenizer in '{where}': {_one_line(exc)}",
+                         note="tokenizer.json (UTF-8 JSON) or tokenizer.model as the model's repository has them") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())[:200]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def encode(tok: Any, prompt: str) -> list[int]:
@@ -104,12 +149,18 @@ def plain_ids(opts: RunOptions, source: ModelSource) -> list[int]:
     vocab = source.vocab_size
     if opts.prompt is not None:
         tok = load_tokenizer(source.family.name, source.checkpoint, opts.tokenizer)
-        return check_ids(encode(tok, opts.prompt), vocab)
+        ids = encode(tok, opts.prompt)
+        check_tokens(len(ids), source.config_dict, "--prompt")
+        return check_ids(ids, vocab)
     if opts.input_ids is not None:
-        return check_ids(read_ids(opts.input_ids), vocab)
+        ids = read_ids(opts.input_ids)
+        check_tokens(len(ids), source.config_dict, f"--input-ids {opts.input_ids}")
+        return check_ids(ids, vocab)
     specials = list(source.preset.chat.get("special_tokens", {}).values())
     high = min(specials) if specials and min(specials) > vocab // 2 else None
-    return seeded_ids(DEFAULT_TOKENS if opts.tokens is None else opts.tokens, vocab, source.seed, high)
+    n = DEFAULT_TOKENS if opts.tokens is None else opts.tokens
+    check_tokens(n, source.config_dict, f"--tokens {n}")
+    return seeded_ids(n, vocab, source.seed, high)
 
 
 def load_vocab(opts: RunOptions, source: ModelSource) -> Any:

@@ -60,6 +60,7 @@ class ModelSource:
             ckpt.weight_files(folder)  # fail early when weights are absent
         if shape is not None and folder is not None:
             raise ModelError("--shape builds seeded weights; it cannot be combined with --checkpoint.")
+        cfg = _checked(fam.name, cfg, str(folder / "config.json") if folder is not None else f"preset '{model}'")
         return cls(fam, preset, cfg, fam.make_config(cfg), folder,
                    preset.seed if seed is None else seed, trust_remote_code, shape, gguf)
 
@@ -115,6 +116,16 @@ class ModelSource:
         assert self.checkpoint is not None
         model, self.remote_shims = remote.build(self.checkpoint, self.config_dict, device)
         return model
+
+
+def _checked(family: str, cfg: dict[str, Any], label: str) -> dict[str, Any]:
+    """The config's sizes and types (parity.loading.schema), and its weights within memory."""
+    from parity.loading.limits import check_model_memory
+    from parity.loading.schema import check_config
+
+    cfg = check_config(family, cfg, label)
+    check_model_memory(cfg, label)
+    return cfg
 
 
 def _folder(model: str, preset: Preset, checkpoint: str | Path) -> tuple[Path, Path | None]:

@@ -195,11 +195,17 @@ def _ended(side: Side, vocab: chatfmt.Vocab) -> str:
 # --------------------------------------------------------------------------- setup
 
 
+#: each decode step is a forward on both sides (and the twin): more is not a parity check
+MAX_NEW_TOKENS = 1 << 16
+
+
 def check_options(opts: GenerateOptions) -> None:
     if opts.max_new_tokens < 1:
         raise UsageError(f"--max-new-tokens {opts.max_new_tokens}: need at least 1 new token.")
     if opts.overlap_k < 1:
         raise UsageError(f"--overlap-k {opts.overlap_k}: need k >= 1.")
+    if opts.max_new_tokens > MAX_NEW_TOKENS:
+        raise UsageError(f"--max-new-tokens {opts.max_new_tokens}: parity decodes at most {MAX_NEW_TOKENS} steps.")
 
 
 def context_length(config: Any) -> int | None:
@@ -243,6 +249,9 @@ def plan(opts: GenerateOptions, source: ModelSource) -> Plan:
     from parity.loading.inputs import load_vocab
 
     check_options(opts)
+    if opts.overlap_k > source.vocab_size:
+        raise UsageError(f"--overlap-k {opts.overlap_k}: more than the model's {source.vocab_size} tokens.",
+                         note=f"k is between 1 and {source.vocab_size}")
     vocab = load_vocab(opts, source)
     ids, how = prompt_ids(opts, source, vocab)
     stop_texts = opts.stop_tokens or list(source.preset.chat.get("stop_tokens", []))
