@@ -10,6 +10,7 @@ what they share. pydantic is imported only when a schema is checked.
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, TypeVar
@@ -109,7 +110,8 @@ def describe(exc: Any, label: str, schema: Any = None) -> tuple[str, str | None]
     shown = repr(given)
     shown = shown if len(shown) <= 60 else shown[:57] + "..."
     more = f" (and {len(errs) - 1} more problem{'s' if len(errs) > 2 else ''})" if len(errs) > 1 else ""
-    msg = " ".join(str(e.get("msg", "invalid")).split())
+    msg = " ".join(str(e.get("msg", "invalid")).split()).removeprefix("Value error, ")
+    msg = re.sub(r" or instance of \w+", "", msg)
     if e.get("type") == "extra_forbidden":
         fields = ", ".join(sorted(_fields_at(schema, list(e.get("loc", ()))[:-1])))
         return f"{label}: unknown key '{loc}'{more}.", (f"valid keys: {fields}" if fields else None)

@@ -59,6 +59,10 @@ def load_module(path: Path) -> Any:
     sys.path.insert(0, folder)  # only while it is imported: its top-level sibling imports work
     try:
         spec.loader.exec_module(module)
+    except SystemExit as exc:
+        sys.modules.pop(name, None)
+        raise BackendError(f"port file '{path}' called sys.exit({exc.code!r}) while importing.",
+                           note="a port file defines its factory; guard script code with if __name__ == '__main__'") from None
     except Exception as exc:  # noqa: BLE001 - anything the user's file raises
         sys.modules.pop(name, None)
         raise BackendError(f"port file '{path}' raised while importing: {_one_line(exc)}",
@@ -84,12 +88,19 @@ def load_factory(spec: str) -> tuple[Callable[..., Any], str]:
 def build(factory: Callable[..., Any], label: str, config: Any, state_dict: dict[str, Any]) -> nn.Module:
     try:
         model = factory(config, state_dict)
+    except SystemExit as exc:
+        raise BackendError(f"port factory {label} called sys.exit({exc.code!r}) while building.",
+                           note="the factory returns the port model; it must not exit") from None
     except Exception as exc:  # noqa: BLE001
         raise BackendError(f"port factory {label} raised while building: {_one_line(exc)}",
                            note="the factory gets (config, state_dict) with Hugging Face parameter names") from exc
     if not isinstance(model, nn.Module):
         raise BackendError(f"port factory {label} returned a {type(model).__name__}, not a torch.nn.Module.",
                            note="return the port model (an nn.Module whose forward takes input_ids)")
+    if next(model.parameters(), None) is None and next(model.buffers(), None) is None:
+        raise BackendError(f"port factory {label} returned a module with no parameters or buffers.",
+                           note="register the port's weights as nn.Parameter (or buffers) so that parity can move "
+                                "it to the candidate's device and dtype")
     return model
 
 
@@ -117,7 +128,10 @@ class PortBackend(ModuleBackend):
         return canon.in_order(set(self.probe_map.names(self.num_blocks)) | self.emitted | {"logits"})
 
     def capture_impl(self, input_ids: Any, probes: list[str], sink: Sink) -> Any:
-        logits = self._forward(input_ids, probes, sink)
+        try:
+            logits = self._forward(input_ids, probes, sink)
+        except SystemExit as exc:  # the port's own code: an error of the candidate, never exit 0
+            raise RuntimeError(f"the port called sys.exit({exc.code!r}) in its forward") from None
         self.ran = True
         if "logits" in probes and "logits" not in self.emitted and "logits" not in self.probe_map.entries:
             if not isinstance(logits, torch.Tensor):

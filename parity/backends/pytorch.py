@@ -122,11 +122,13 @@ class ModuleBackend(Backend):
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        t = first_tensor(self.model)
+        return t.device if t is not None else torch.device("cpu")
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
+        t = first_tensor(self.model)
+        return t.dtype if t is not None else torch.float32
 
     def available_probes_impl(self) -> list[str]:
         return self.probe_map.names(self.num_blocks)
@@ -185,6 +187,13 @@ class ModuleBackend(Backend):
             "compiled": self.runner is not self.model,
             "implementation": remote.describe(self.model),
         }
+
+
+def first_tensor(model: nn.Module) -> torch.Tensor | None:
+    """The model's first parameter, else its first buffer, else None (a module that holds no
+    tensors of its own)."""
+    t = next(model.parameters(), None)
+    return t if t is not None else next(model.buffers(), None)
 
 
 def set_attn(model: nn.Module, attn: str) -> None:

@@ -12,6 +12,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from parity import __version__
 from parity.cli import dump, fetch, generate, info, report, run
@@ -19,8 +20,17 @@ from parity.cli.common import EXIT_INTERNAL, EXIT_USAGE
 from parity.errors import ParityError
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with parity's one-line errors (``parity: error: ... Note: ...``, exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"parity: error: {' '.join(message.split())}. Note: `{self.prog} --help` lists the options",
+              file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="parity", description="Layer-by-layer numerical parity debugger for LLM inference.")
+    parser = _Parser(prog="parity", description="Layer-by-layer numerical parity debugger for LLM inference.")
     parser.add_argument("--version", action="version", version=f"parity {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     common = argparse.ArgumentParser(add_help=False)
@@ -47,6 +57,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"parity: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except SystemExit as exc:  # code parity runs (a port, remote model code) called sys.exit: never a verdict
+        if ns.debug:
+            raise
+        print(f"parity: internal error: sys.exit({exc.code!r}) called during the command (not a verdict; rerun with "
+              "--debug for the traceback)", file=sys.stderr)
+        return EXIT_INTERNAL
     except KeyboardInterrupt:
         print("parity: interrupted", file=sys.stderr)
         return 130

@@ -3,7 +3,6 @@ probe). They import only the report package (no torch)."""
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +17,16 @@ def load(path: str | Path) -> ReportData:
         p = p / "report.json"
     if not p.is_file():
         raise UsageError(f"no report at '{path}'.", note="give a report.json written by `parity run` or its folder")
+    from parity.report.schema import check_report
+    from parity.validate import read_json
+
+    data = read_json(p, UsageError, "report")
+    if not isinstance(data, dict):
+        raise UsageError(f"'{p}' is not a parity report (a JSON {type(data).__name__}, not an object).",
+                         note="give a report.json written by `parity run`")
+    check_report(data, f"report '{p}'")
     try:
-        return ReportData.from_dict(json.loads(p.read_text(encoding="utf-8")))
+        return ReportData.from_dict(data)
     except (ValueError, KeyError, TypeError) as exc:
         raise UsageError(f"'{p}' is not a parity report ({type(exc).__name__}: {exc}).",
                          note="give a report.json written by `parity run`") from None

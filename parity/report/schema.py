@@ -1,0 +1,107 @@
+"""The schema of report.json as ``parity report`` and ``parity diff`` read it back: a report of
+the wrong shape (probes a list of ints, ``run`` a list, ``cosine`` a string, ``summary`` a
+list or an empty object) is an error naming the file and the key, never a traceback from a
+renderer or an empty page that looks like a result."""
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+from parity.errors import UsageError
+from parity.validate import check
+
+
+def _real(v: Any) -> Any:
+    """A number, or the strings "nan"/"inf"/"-inf" parity writes for non-finite floats."""
+    if v in ("nan", "inf", "-inf"):
+        return float(v)
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ValueError("need a number (or \"nan\", \"inf\", \"-inf\")")
+    return float(v)
+
+
+Real = Annotated[float, BeforeValidator(_real)] | None
+Int = Annotated[int, Field(strict=True)] | None
+Ints = list[Annotated[int, Field(strict=True)]] | None
+Str = Annotated[str, Field(strict=True)] | None
+
+
+class Row(BaseModel):
+    """One probe row (parity.report.data.ProbeRow); keys it does not know are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: Annotated[str, Field(strict=True, min_length=1)]
+    block: Int = None
+    component: Annotated[str, Field(strict=True)]
+    status: Annotated[str, Field(strict=True)]
+    passed: Annotated[bool, Field(strict=True)] | None
+    shape: Ints = None
+    ref_dtype: Str = None
+    cand_dtype: Str = None
+    ref_mean: Real = None
+    ref_sum: Real = None
+    cand_mean: Real = None
+    cand_sum: Real = None
+    ref_abs_max: Real = None
+    cand_abs_max: Real = None
+    max_abs_err: Real = None
+    mean_abs_err: Real = None
+    max_rel_err: Real = None
+    cosine: Real = None
+    snr_db: Real = None
+    nrmse: Real = None
+    nan: Int = None
+    inf: Int = None
+    ref_nan: Int = None
+    ref_inf: Int = None
+    n_bad: Int = None
+    numel: Int = None
+    worst_index: Ints = None
+    worst_token: Int = None
+    worst_channel: Int = None
+    worst_ref: Real = None
+    worst_cand: Real = None
+    fp16_headroom: Real = None
+    atol: Real = None
+    rtol: Real = None
+    isolated_max_abs_err: Real = None
+    twin_max_abs_err: Real = None
+    twin_nrmse: Real = None
+    excess: Real = None
+    isolated_excess: Real = None
+
+
+Obj = dict[str, Any] | None
+
+
+class Summary(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    verdict: Literal["pass", "diverged", "fail", "error"]
+    message: Annotated[str, Field(strict=True)]
+    probes_compared: Int = None
+    probes_failed: Int = None
+    first_divergence: Obj = None
+    largest_error: Obj = None
+    largest_excess: Obj = None
+    diagnosis: Obj = None
+    tolerance: Str = None
+    budget: Real = None
+    floor: Real = None
+    classification: Str = None
+
+
+class Report(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    schema_version: Str = None
+    run: dict[str, Any]
+    summary: Summary
+    probes: list[Row]
+    generation: Obj = None
+
+
+def check_report(raw: Any, label: str) -> Report:
+    return check(Report, raw, UsageError, label)
