@@ -212,7 +212,8 @@ def read_dump(folder: str | Path, name_map: NameMap | None = None) -> Dump:
     return {"parity": _read_parity, "tllm": _read_tllm, "torch": _read_torch}[layout](Path(folder), nm)
 
 
-def _read_parity(folder: Path, nm: NameMap) -> Dump:
+def read_manifest(folder: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """(manifest.json of a parity dump, its probes: name -> {shape, dtype}), checked."""
     from parity.backends.schema import check_manifest
     from parity.validate import read_json
 
@@ -222,7 +223,11 @@ def _read_parity(folder: Path, nm: NameMap) -> Dump:
         raise DumpError(f"{folder / MANIFEST} is not a parity dump manifest (format {fmt!r}).",
                         note="a JSON object with format 'parity-dump', as `parity dump` writes it")
     checked = check_manifest(meta, f"dump manifest {folder / MANIFEST}")
-    listed = {k: v.model_dump(exclude_unset=True) for k, v in checked.probes.items()}
+    return meta, {k: v.model_dump(exclude_unset=True) for k, v in checked.probes.items()}
+
+
+def _read_parity(folder: Path, nm: NameMap) -> Dump:
+    meta, listed = read_manifest(folder)
     if not (folder / TENSORS).is_file():
         raise DumpError(f"dump {folder} has a manifest but no {TENSORS}.")
     from safetensors import safe_open

@@ -120,9 +120,25 @@ def check_options(opts: Any) -> None:
         if path and not Path(path).exists():
             raise UsageError(f"{flag} {path}: no such {kind}.")
     _check_port(opts)
+    _check_maps(opts)
     for d in opts.probe_dirs:
         if not Path(d).is_dir():
             raise UsageError(f"--probe-dir {d}: no such folder.")
+
+
+def _check_maps(opts: Any) -> None:
+    """--port-map, --dump-map and a parity dump's manifest.json read and checked against their
+    schemas now: a typo in a map costs no reference forward (none of this imports torch)."""
+    from parity.backends import dumps
+
+    if opts.port_map and opts.candidate == "port":
+        from parity.capture.probemap import load_map
+
+        load_map(Path(opts.port_map))
+    if opts.dump_map:
+        dumps.load_name_map(opts.dump_map)
+    if opts.candidate == "dump" and opts.dump and (Path(opts.dump) / dumps.MANIFEST).is_file():
+        dumps.read_manifest(Path(opts.dump))
 
 
 def _check_port(opts: Any) -> None:
