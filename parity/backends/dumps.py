@@ -104,14 +104,19 @@ class NameMap:
 def load_name_map(path: str | Path | None) -> NameMap:
     if path is None:
         return NameMap()
-    from parity.backends.schema import check_name_map
     from parity.validate import parse_toml, read_text
 
     p = Path(path)
-    raw = parse_toml(read_text(p, DumpError, "name map"), DumpError, f"name map {p}")
-    checked = check_name_map(raw, f"name map {p}")
+    return name_map_from_dict(parse_toml(read_text(p, DumpError, "name map"), DumpError, f"name map {p}"), str(p))
+
+
+def name_map_from_dict(raw: Any, where: str) -> NameMap:
+    """A name map from its parsed TOML (checked by parity.backends.schema)."""
+    from parity.backends.schema import check_name_map
+
+    checked = check_name_map(raw, f"name map {where}")
     rules = [NameRule(re.compile(t.pattern), t.probe, t.offset, t.tp) for t in checked.tensor]
-    return NameMap(rules, list(checked.ignore), str(p))
+    return NameMap(rules, list(checked.ignore), where)
 
 
 # -- reading files -----------------------------------------------------------------------------

@@ -161,12 +161,16 @@ def _spec_from(name: str, raw: Any, where: str) -> ProbeSpec:
 
 
 def load_map(path: Path, name: str | None = None) -> ProbeMap:
-    from parity.capture.schema import check_probe_map
     from parity.validate import read_toml
 
-    where = str(path)
-    data = read_toml(path, ProbeError, "probe map")
-    if not isinstance(data.get("probes"), dict) or not data["probes"]:
+    return map_from_dict(read_toml(path, ProbeError, "probe map"), str(path), name or path.stem, path)
+
+
+def map_from_dict(data: dict[str, Any], where: str, name: str, path: Path | None = None) -> ProbeMap:
+    """A probe map from its parsed TOML (checked by parity.capture.schema)."""
+    from parity.capture.schema import check_probe_map
+
+    if not isinstance(data, dict) or not isinstance(data.get("probes"), dict) or not data["probes"]:
         raise ProbeError(f"{where}: no [probes] table.")
     for key in data["probes"]:
         canon.parse(key.replace("{i}", "0"))  # every key must be a canonical name
@@ -176,7 +180,7 @@ def load_map(path: Path, name: str | None = None) -> ProbeMap:
     if checked.block is not None:
         b = checked.block
         block = BlockSpec(b.module, b.input, tuple(b.reset))
-    return ProbeMap(name or path.stem, path, entries, checked.architecture, block)
+    return ProbeMap(name, path, entries, checked.architecture, block)
 
 
 def find_map(name: str, extra_dirs: Sequence[str | Path] = ()) -> ProbeMap:

@@ -3,6 +3,8 @@ probe). They import only the report package (no torch)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,18 @@ def load(path: str | Path) -> ReportData:
                          note="give a report.json written by `parity run`") from None
 
 
+@contextlib.contextmanager
+def rendering(what: str) -> Iterator[None]:
+    """Rendering a report the user gave: a value of a shape no schema rule caught (a report.json
+    edited by hand) is an input error naming the file, never a traceback."""
+    try:
+        yield
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError, ZeroDivisionError, OverflowError) as exc:
+        text = " ".join(str(exc).split())[:160]
+        raise UsageError(f"report '{what}' holds a value parity cannot render ({type(exc).__name__}: {text}).",
+                         note="give a report.json as `parity run` wrote it (--debug shows where)") from exc
+
+
 def cmd_report(ns: argparse.Namespace) -> int:
     from parity.report import html
 
@@ -41,7 +55,8 @@ def cmd_report(ns: argparse.Namespace) -> int:
     flag = "--output" if ns.output else "the default output (next to the report)"
     with Outputs(files=[(flag, out)]) as outputs:
         report = load(ns.run)
-        html.write(report, outputs.file(out))
+        with rendering(ns.run):
+            html.write(report, outputs.file(out))
     print(f"HTML report: {out}")
     return 0
 
@@ -52,12 +67,14 @@ def cmd_diff(ns: argparse.Namespace) -> int:
     from parity.outputs import Outputs
 
     with Outputs(files=[("--html", ns.html)]) as outputs:
-        diff = compare.diff_reports(load(ns.run_a), load(ns.run_b))
-        compare.render_console(diff, show_all=ns.all)
-        if ns.html:
-            from parity.report import html
+        a, b = load(ns.run_a), load(ns.run_b)
+        with rendering(f"{ns.run_a}' or '{ns.run_b}"):
+            diff = compare.diff_reports(a, b)
+            compare.render_console(diff, show_all=ns.all)
+            if ns.html:
+                from parity.report import html
 
-            html.write_diff(diff, outputs.file(ns.html))
+                html.write_diff(diff, outputs.file(ns.html))
     if ns.html:
         print(f"HTML diff: {ns.html}")
     return 1 if diff.regressed else 0

@@ -93,11 +93,47 @@ class Summary(BaseModel):
     classification: Str = None
 
 
+class Verdict(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    mode: Str = None
+    budget: Real = None
+    floor: Real = None
+    dtype: Str = None
+    twin: Obj = None
+
+
+class Run(BaseModel):
+    """``run``: what the renderers read of it (other keys pass through)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    command: Str = None
+    model: Str = None
+    source: Str = None
+    checkpoint: Str = None
+    preset: Str = None
+    shape: Str = None
+    seed: Int = None
+    num_blocks: Annotated[int, Field(strict=True, ge=0, le=1 << 20)] | None = None
+    reference: Obj = None
+    candidate: Obj = None
+    dtype: Str = None
+    tokens: Annotated[int, Field(strict=True, ge=0)] | None = None
+    input_ids: Ints = None
+    prompt: Str = None
+    verdict: Verdict | None = None
+    tolerances: Obj = None
+    timings_s: dict[str, Real] | None = None
+    versions: Obj = None
+    created: Str = None
+
+
 class Report(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     schema_version: Str = None
-    run: dict[str, Any]
+    run: Run
     summary: Summary
     probes: list[Row]
     generation: Obj = None
