@@ -134,6 +134,7 @@ class Outputs:
             raise UsageError(f"{flag} {self.target} and an output file are the same path.")
         self.flag = flag
         self._tmpdir: Path | None = None
+        self._was: Path | None = None  # the temp folder, once committed (for final())
         self._tmpfiles: dict[Path, Path] = {}
         self._made: list[Path] = []  # parent folders this run created (removed again on failure)
         self._lock = _Lock(self.target.absolute(), flag) if self.target is not None else None
@@ -188,8 +189,9 @@ class Outputs:
         for real, tmp in self._tmpfiles.items():
             if Path(path) == tmp:
                 return real
-        if self._tmpdir is not None and self.target is not None and Path(path).is_relative_to(self._tmpdir):
-            return self.target / Path(path).relative_to(self._tmpdir)
+        tmpdir = self._tmpdir or self._was
+        if tmpdir is not None and self.target is not None and Path(path).is_relative_to(tmpdir):
+            return self.target / Path(path).relative_to(tmpdir)
         return Path(path)
 
     # -- commit / discard ----------------------------------------------------------------------
@@ -203,7 +205,7 @@ class Outputs:
                     for f in sorted(self._tmpdir.iterdir()):
                         os.replace(f, self.target / f.name)
                     self._tmpdir.rmdir()
-                self._tmpdir = None
+                self._was, self._tmpdir = self._tmpdir, None
             for real, tmp in list(self._tmpfiles.items()):
                 if tmp.exists():
                     os.replace(tmp, real)

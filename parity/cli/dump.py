@@ -151,6 +151,7 @@ def _compare(ns: argparse.Namespace, outputs: Any) -> int:
                    every_row=getattr(ns, "every_row", False))
     if ns.out:
         paths = files.write(report, outputs.dir)
+        line = f"Reports: {outputs.final(paths['json'])}  {outputs.final(paths['csv'])}"
         outputs.commit()
-        print(f"Reports: {outputs.final(paths['json'])}  {outputs.final(paths['csv'])}")
+        print(line)
     return 0 if report.summary["verdict"] == "pass" else 1

@@ -57,8 +57,8 @@ def _run(ns: argparse.Namespace, opts: Any, outputs: Any, marks: int) -> int:
         console_report.render(exc.report, **_table(ns))
         if not ns.no_files:
             paths = files.write(exc.report, outputs.dir)
-            outputs.commit()
             exc.note = f"partial report: {outputs.final(paths['json'])}; --debug shows the traceback"
+            outputs.commit()
         raise
     finally:
         done(prog)
