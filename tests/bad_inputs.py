@@ -333,6 +333,8 @@ CASES: dict[str, tuple[Callable[[Kit], list[str]], tuple[str, ...]]] = {
                           ("sha256",)),
     "probes-model-unknown": (lambda k: ["probes", "--model", "gpt9"], ("unknown model",)),
     "probes-no-match": (lambda k: ["probes", "-p", "blocks.*.nothing"], ("matches no probe",)),
+    "probes-probe-dir-missing": (lambda k: ["probes", "--probe-dir", "/nonexistent/probes"], ("--probe-dir",)),
+    "probes-checkpoint-config-deep": (lambda k: ["probes", "--checkpoint", str(k.checkpoint(raw=DEEP))], ("nests",)),
     "doctor-unknown-option": (lambda k: ["doctor", "--verbose"], ("unrecognized arguments",)),
     "command-unknown": (lambda k: ["frobnicate"], ("invalid choice",)),
 }

@@ -7,6 +7,7 @@ import errno
 import functools
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from parity import __version__
@@ -47,7 +48,11 @@ def cmd_probes(ns: argparse.Namespace) -> int:
     from parity.loading.source import ModelSource
 
     from parity.cli.common import infer_model
+    from parity.errors import UsageError
 
+    for d in ns.probe_dirs:
+        if not Path(d).is_dir():
+            raise UsageError(f"--probe-dir {d}: no such folder.")
     source = ModelSource.resolve(ns.model or infer_model(ns.checkpoint), ns.checkpoint,
                                  trust_remote_code=ns.trust_remote_code, shape=ns.shape)
     pmap = find_map(source.probe_map_name, ns.probe_dirs)
