@@ -16,17 +16,21 @@ MAX_TOKENS = 1 << 20
 _GIB = 1 << 30
 
 
-def available_bytes() -> int:
-    """Free host memory, plus free GPU memory when torch is loaded and sees a GPU."""
-    host = _meminfo_available()
+def available_bytes(device: str | None = None) -> int:
+    """Free memory of ``device`` ("cpu", "cuda", "cuda:N"); None: free host memory plus the
+    largest free GPU memory when torch is loaded and sees a GPU."""
     torch = sys.modules.get("torch")
-    if torch is not None:
+    gpu = 0
+    if torch is not None and (device is None or device.startswith("cuda")):
         try:
             if torch.cuda.is_available():
-                host += max(torch.cuda.mem_get_info(i)[0] for i in range(torch.cuda.device_count()))
+                idx = [int(device.split(":")[1])] if device and ":" in device else range(torch.cuda.device_count())
+                gpu = max(torch.cuda.mem_get_info(i)[0] for i in idx)
         except Exception:  # noqa: BLE001 - a broken CUDA setup is reported where it is used
-            pass
-    return host
+            gpu = 0
+    if device is not None and device.startswith("cuda"):
+        return gpu or (1 << 40)  # no reading: do not refuse
+    return _meminfo_available() + gpu
 
 
 def _meminfo_available() -> int:
@@ -52,7 +56,7 @@ def _sizes(cfg: dict[str, Any]) -> tuple[int, int, int, int, int]:
                 return v
         return 1
     vocab = max(get("vocab_size"), get("padded_vocab_size"))
-    inter = get("intermediate_size", "ffn_hidden_size")
+    inter = get("intermediate_size") if "intermediate_size" in cfg else max(1, get("ffn_hidden_size") // 2)
     return (vocab, get("hidden_size", "n_embd"), get("num_hidden_layers", "n_layer"), inter,
             get("num_attention_heads", "n_head"))
 
@@ -62,9 +66,9 @@ def weight_bytes(cfg: dict[str, Any]) -> int:
     return 4 * (2 * vocab * h + layers * (4 * h * h + 3 * h * inter))
 
 
-def check_model_memory(cfg: dict[str, Any], label: str) -> None:
-    """The float32 reference of ``cfg`` must fit in the memory there is."""
-    need, have = weight_bytes(cfg), available_bytes()
+def check_model_memory(cfg: dict[str, Any], label: str, device: str | None = None) -> None:
+    """The float32 reference of ``cfg`` must fit in the free memory of ``device``."""
+    need, have = weight_bytes(cfg), available_bytes(device)
     if need > have:
         raise ModelError(f"{label}: a model of this size needs about {need / _GIB:.1f} GiB for its float32 "
                          f"weights, and {have / _GIB:.1f} GiB is free.",

@@ -94,6 +94,10 @@ class ModelSource:
         """The float32 reference module, in eval mode, on ``device``."""
         import torch
 
+        from parity.loading.limits import check_model_memory
+
+        check_model_memory(self.config_dict, self.label, str(device))  # before anything is allocated
+
         if self.trust_remote_code and self.checkpoint is not None:
             return self._build_remote(device)
         with torch.device(device), _skip_init(self.checkpoint is not None):
@@ -119,13 +123,10 @@ class ModelSource:
 
 
 def _checked(family: str, cfg: dict[str, Any], label: str) -> dict[str, Any]:
-    """The config's sizes and types (parity.loading.schema), and its weights within memory."""
-    from parity.loading.limits import check_model_memory
+    """The config's sizes and types (parity.loading.schema): bounded before transformers sees it."""
     from parity.loading.schema import check_config
 
-    cfg = check_config(family, cfg, label)
-    check_model_memory(cfg, label)
-    return cfg
+    return check_config(family, cfg, label)
 
 
 def _folder(model: str, preset: Preset, checkpoint: str | Path) -> tuple[Path, Path | None]:
