@@ -263,11 +263,12 @@ def test_fuzz_tool_parity(value: Any, tmp: Path) -> None:
     config.parse(value)
 
 
-@fuzz("tool_parity_text", texts, weight=0.5)
+@fuzz("tool_parity_text", st.tuples(st.sampled_from(["[tool.parity]\n", "[tool]\n", "tool = ", ""]), texts)
+      | st.binary(max_size=200), weight=0.5)
 def test_fuzz_tool_parity_text(value: Any, tmp: Path) -> None:
     from parity.pytest_plugin import config
 
-    config.load(_write(tmp, "pyproject.toml", "[tool.parity]\n" + value))
+    config.load(_write(tmp, "pyproject.toml", value if isinstance(value, bytes) else value[0] + value[1]))
 
 
 _GEN = {"eos_token_id": [151643, 151645], "pad_token_id": 151643, "do_sample": True, "top_p": 0.8, "top_k": 0,

@@ -52,7 +52,7 @@ def cmd_report(ns: argparse.Namespace) -> int:
     from parity.outputs import Outputs
 
     out = Path(ns.output) if ns.output else Path(ns.run).with_suffix(".html") if Path(ns.run).is_file() else Path(ns.run) / "report.html"
-    flag = "--output" if ns.output else "the default output (next to the report)"
+    flag = "--output" if ns.output else "report page"
     with Outputs(files=[(flag, out)]) as outputs:
         report = load(ns.run)
         with rendering(ns.run):

@@ -21,7 +21,6 @@ matching pattern wins. Imports nothing heavy.
 from __future__ import annotations
 
 import fnmatch
-import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -57,11 +56,11 @@ def find_pyproject(rootpath: Path, inipath: Path | None) -> Path | None:
 def load(path: Path | None) -> ParityConfig:
     if path is None:
         return ParityConfig()
-    try:
-        doc = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"{path} is not valid TOML: {exc}.") from None
-    raw = doc.get("tool", {}).get("parity")
+    from parity.validate import parse_toml, read_text
+
+    doc = parse_toml(read_text(path, UsageError, "pyproject"), UsageError, str(path))
+    tool = doc.get("tool", {})
+    raw = tool.get("parity") if isinstance(tool, Mapping) else None
     if raw is None:
         return ParityConfig(path=path)
     return parse(raw, path)
@@ -107,6 +106,8 @@ def check_option(key: str, val: Any, where: str) -> Any:
         want = (str,)
     if val is not None and (not isinstance(val, want) or (isinstance(val, bool) and bool not in want)):
         raise UsageError(f"{where}.{key} = {val!r} has the wrong type.", note=f"expected {' or '.join(t.__name__ for t in want)}")
+    if isinstance(val, list) and not all(isinstance(v, str) for v in val):
+        raise UsageError(f"{where}.{key} = {val!r}: every element must be a string.")
     if key in ("probes", "probe_dirs") and isinstance(val, str):
         val = [val]
     return val
