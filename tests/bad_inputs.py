@@ -292,6 +292,9 @@ CASES: dict[str, tuple[Callable[[Kit], list[str]], tuple[str, ...]]] = {
     "dump-tokens-1e9": (lambda k: ["dump", "-q", "--out", str(k.out), "--tokens", "1000000000"], ("at most",)),
     "dump-model-unknown": (lambda k: ["dump", "-q", "--out", str(k.out), "--model", "gpt9"], ("unknown model",)),
     # -- parity compare ----------------------------------------------------------------------------
+    "compare-atol-nan": (lambda k: ["compare", str(k.shared["dump"]), str(k.shared["dump"]), "--atol", "nan"], ("--atol",)),
+    "compare-rtol-negative": (lambda k: ["compare", str(k.shared["dump"]), str(k.shared["dump"]), "--rtol", "-1"],
+                              ("--rtol",)),
     "compare-missing": (_compare(lambda k: k.tmp / "nope"), ("does not exist",)),
     "compare-manifest-list": (_compare(lambda k: k.dump([1])), ("manifest",)),
     "compare-manifest-deep": (_compare(lambda k: k.file("d/manifest.json", DEEP).parent), ("nests",)),

@@ -101,9 +101,7 @@ def check_options(opts: Any) -> None:
     if bi is not None and not bi.is_available():
         raise UsageError(f"candidate '{opts.candidate}' needs {', '.join(bi.missing())}, which is not installed.",
                          note="`parity doctor` lists what is available here")
-    for flag, value in (("--atol", opts.atol), ("--rtol", opts.rtol)):
-        if value is not None and not (math.isfinite(value) and value >= 0):
-            raise UsageError(f"{flag} {value}: need a finite number >= 0.")
+    check_tolerances(opts.atol, opts.rtol)
     resolve_mode(opts.tolerance, opts.atol is not None or opts.rtol is not None)
     if opts.budget is not None:
         check_budget(opts.budget)
@@ -124,6 +122,15 @@ def check_options(opts: Any) -> None:
     for d in opts.probe_dirs:
         if not Path(d).is_dir():
             raise UsageError(f"--probe-dir {d}: no such folder.")
+
+
+def check_tolerances(atol: float | None, rtol: float | None) -> None:
+    """--atol/--rtol: finite and >= 0 (NaN would pass every probe, a negative one fail them all)."""
+    from parity.errors import UsageError
+
+    for flag, value in (("--atol", atol), ("--rtol", rtol)):
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise UsageError(f"{flag} {value}: need a finite number >= 0.")
 
 
 def _check_maps(opts: Any) -> None:

@@ -97,7 +97,10 @@ def _tolerances(model: str | None, dtype: str | None, atol: float | None, rtol: 
 
 
 def cmd_compare(ns: argparse.Namespace) -> int:
+    from parity.cli.common import check_tolerances
     from parity.outputs import Outputs
+
+    check_tolerances(ns.atol, ns.rtol)
 
     with Outputs(ns.out) if ns.out else Outputs() as outputs:
         return _compare(ns, outputs)
