@@ -6,8 +6,8 @@ folder at a time (a lock), and a run's files written as one unit.
   :class:`~parity.errors.UsageError` naming the flag, before a model is built.
 * :class:`Outputs`: ``with Outputs(folder=..., files=[...]) as out:`` takes the folder's lock
   at once (a second run on the same ``--out`` is refused, not interleaved); writers write into
-  ``out.dir`` (a hidden temp folder beside the target) and ``out.file(path)`` (a hidden temp
-  file beside it); only when the block ends without an error is everything moved into place,
+  ``out.dir`` (a hidden temp folder beside a new target, inside an existing one: the same file
+  system either way) and ``out.file(path)`` (a hidden temp file beside it); only when the block ends without an error is everything moved into place,
   with SIGINT and SIGTERM held back for those few renames. On an error, Ctrl-C or SIGTERM the
   temp files are removed and nothing the user had is touched. A new folder is one rename; into
   an existing folder each file is replaced (other files there are kept).
@@ -171,7 +171,10 @@ class Outputs:
             raise RuntimeError("Outputs without a folder")
         if self._tmpdir is None:
             t = self.target.absolute()
-            self._tmpdir = t.parent / f".{t.name}.parity-tmp-{secrets.token_hex(4)}"
+            # a new folder: staged beside it and renamed; an existing one (maybe a mount point):
+            # staged inside it, on its file system, and its files replaced one by one
+            home = t if t.is_dir() else t.parent
+            self._tmpdir = home / f".{t.name}.parity-tmp-{secrets.token_hex(4)}"
             os.mkdir(self._tmpdir, 0o777)
         return self._tmpdir
 
