@@ -88,7 +88,7 @@ def read_toml(path: str | Path, error: type[ParityError], label: str) -> dict[st
     return parse_toml(read_text(path, error, label), error, f"{label} '{path}'")
 
 
-def check(schema: type[T], data: Any, error: type[ParityError], label: str) -> T:
+def check(schema: type[T], data: Any, error: type[ParityError], label: str, note: str | None = None) -> T:
     """``data`` validated by the pydantic model ``schema``; the first problem as ``error``
     naming ``label``, the key path and what the key takes."""
     from pydantic import ValidationError
@@ -96,7 +96,8 @@ def check(schema: type[T], data: Any, error: type[ParityError], label: str) -> T
     try:
         return schema.model_validate(data)  # type: ignore[attr-defined, no-any-return]
     except ValidationError as exc:
-        raise error(*describe(exc, label, schema)) from None
+        msg, why = describe(exc, label, schema)
+        raise error(msg, note=why or note) from None
     except (RecursionError, OverflowError) as exc:
         raise error(f"{label}: {type(exc).__name__}.") from None
 

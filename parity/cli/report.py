@@ -26,7 +26,7 @@ def load(path: str | Path) -> ReportData:
     if not isinstance(data, dict):
         raise UsageError(f"'{p}' is not a parity report (a JSON {type(data).__name__}, not an object).",
                          note="give a report.json written by `parity run`")
-    check_report(data, f"report '{p}'")
+    check_report(data, f"'{p}' is not a parity report")
     try:
         return ReportData.from_dict(data)
     except (ValueError, KeyError, TypeError) as exc:

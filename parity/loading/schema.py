@@ -99,7 +99,10 @@ def check_config(family: str, cfg: dict[str, Any], label: str) -> dict[str, Any]
     """``cfg`` checked against its family's schema; returns it with float keys as floats
     (what transformers' strict config classes want). ModelError naming ``label`` otherwise."""
     schema = SCHEMAS.get(family, HFConfig)
-    model = check(schema, cfg, ModelError, label)
+    required = [n for n, f in schema.model_fields.items() if f.is_required()]
+    model = check(schema, cfg, ModelError, label,
+                  note=f"a {family} config needs {', '.join(required)} (positive integers); sizes are bounded "
+                       f"(layers <= {MAX_LAYERS}, hidden <= {MAX_HIDDEN}, vocab <= {MAX_VOCAB})")
     out = dict(cfg)
     for name in schema.model_fields:
         value = getattr(model, name)
@@ -127,5 +130,6 @@ class GenerationConfig(BaseModel):
 
 
 def check_generation_config(cfg: Any, label: str) -> dict[str, Any]:
-    check(GenerationConfig, cfg, InputError, label)
+    check(GenerationConfig, cfg, InputError, label,
+          note="token ids are integers >= 0 (or lists of them); temperature, top_p, repetition_penalty numbers")
     return dict(cfg)

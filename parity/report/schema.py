@@ -140,4 +140,4 @@ class Report(BaseModel):
 
 
 def check_report(raw: Any, label: str) -> Report:
-    return check(Report, raw, UsageError, label)
+    return check(Report, raw, UsageError, label, note="give a report.json written by `parity run` (or its folder)")
