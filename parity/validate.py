@@ -44,40 +44,47 @@ def read_text(path: str | Path, error: type[ParityError], label: str, max_bytes:
         raise error(f"{label} '{p}' is not UTF-8 text (byte {exc.start}).") from None
 
 
-def nesting_depth(text: str) -> int:
-    """How deep brackets nest in JSON/TOML text (brackets inside strings counted too: an
-    over-estimate is safe here)."""
-    depth = deepest = 0
-    for ch in text:
-        if ch in "[{":
-            depth += 1
-            if depth > deepest:
-                deepest = depth
-        elif ch in "]}":
-            depth -= 1
+def nesting_depth(value: Any) -> int:
+    """How deep lists and dicts nest in a parsed document (iterative: no recursion limit)."""
+    if not isinstance(value, (list, dict)):
+        return 0
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if d > deepest:
+            deepest = d
+        for x in (v.values() if isinstance(v, dict) else v):
+            if isinstance(x, (list, dict)):
+                stack.append((x, d + 1))
     return deepest
 
 
-def _check_depth(text: str, error: type[ParityError], label: str) -> None:
-    if nesting_depth(text) > MAX_DEPTH:
+def _check_depth(data: Any, error: type[ParityError], label: str) -> Any:
+    if nesting_depth(data) > MAX_DEPTH:
         raise error(f"{label} nests more than {MAX_DEPTH} levels deep.", note="not a file parity writes or reads")
+    return data
 
 
 def parse_json(text: str, error: type[ParityError], label: str) -> Any:
-    """JSON text -> Python; depth bounded, NaN/Infinity allowed as Python reads them."""
-    _check_depth(text, error, label)
+    """JSON text -> Python, nesting bounded (NaN/Infinity read as Python reads them)."""
     try:
-        return json.loads(text)
-    except (ValueError, RecursionError) as exc:
+        data = json.loads(text)
+    except RecursionError:
+        raise error(f"{label} nests more than {MAX_DEPTH} levels deep.", note="not a file parity writes or reads") from None
+    except ValueError as exc:
         raise error(f"{label} is not valid JSON: {exc}.") from None
+    return _check_depth(data, error, label)
 
 
 def parse_toml(text: str, error: type[ParityError], label: str) -> dict[str, Any]:
-    _check_depth(text, error, label)
     try:
-        return tomllib.loads(text)
-    except (tomllib.TOMLDecodeError, RecursionError, ValueError) as exc:
+        data = tomllib.loads(text)
+    except RecursionError:
+        raise error(f"{label} nests more than {MAX_DEPTH} levels deep.", note="not a file parity writes or reads") from None
+    except (tomllib.TOMLDecodeError, ValueError) as exc:
         raise error(f"{label} is not valid TOML: {exc}.") from None
+    return _check_depth(data, error, label)
 
 
 def read_json(path: str | Path, error: type[ParityError], label: str) -> Any:
