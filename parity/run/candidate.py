@@ -92,7 +92,9 @@ def add_isolated(rows: list[ProbeRow], iso: dict[str, DiffStats], calib: Calibra
 
 
 def execute(opts: RunOptions, progress: Progress | None = None) -> RunResult:
-    backends.load(opts.candidate)  # fail on an unknown candidate before any work
+    mod = backends.load(opts.candidate)  # fail on an unknown candidate before any work
+    if hasattr(mod, "prepare"):  # a candidate that decides the run's dtype (llamacpp: the GGUF file's)
+        mod.prepare(opts, progress)
     calibration_for(opts, False)  # and on verdict options that do not fit together
     ref = prepare_reference(opts, progress)
     return compare_candidate(ref, opts, progress, release_reference=True)

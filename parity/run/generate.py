@@ -332,7 +332,7 @@ def build_candidate(opts: GenerateOptions, source: ModelSource, ref_model: Any, 
     mod = backends.load(opts.candidate)
     pmap = find_map(source.probe_map_name, opts.probe_dirs)
     cand = mod.create(CandidateContext(opts, source, pmap, ref_model, device))
-    if not hasattr(cand, "model"):
+    if not hasattr(cand, "model") and not hasattr(cand, "stepper"):
         raise BackendError(f"candidate '{opts.candidate}' exposes no torch module to decode with.",
                            note="generation parity needs a candidate with a KV-cache forward (torch)")
     return cand
@@ -349,7 +349,10 @@ def execute(opts: GenerateOptions, progress: Progress | None = None) -> Generate
     torch_dtype(opts.dtype)
     device = check_device(opts.device)
     ref_device = check_device(opts.ref_device or device)
-    backends.info(opts.candidate)
+    mod = backends.load(opts.candidate)
+    if hasattr(mod, "prepare"):  # a candidate that decides the run's dtype (llamacpp: the GGUF file's)
+        mod.prepare(opts, progress)
+        torch_dtype(opts.dtype)
     source = ModelSource.resolve(opts.model, opts.checkpoint, opts.seed, opts.trust_remote_code, opts.shape)
     fault_specs = check_port_options(opts, source.num_blocks, generation=True)
     p = plan(opts, source)
@@ -379,8 +382,11 @@ def execute(opts: GenerateOptions, progress: Progress | None = None) -> Generate
 
     _say(progress, f"decoding {opts.max_new_tokens} steps on both sides" + (" and the twin" if twin_model is not None else ""))
     t0 = time.perf_counter()
-    with Stepper(ref_model) as rs, Stepper(cand.model, p.cand_gen.position_offset) as cs, \
+    cand_stepper = cand.stepper(p.cand_gen.position_offset) if hasattr(cand, "stepper") \
+        else Stepper(cand.model, p.cand_gen.position_offset)
+    with Stepper(ref_model) as rs, cand_stepper as cs, \
             Stepper(twin_model if twin_model is not None else ref_model) as ts:
+        engine_stops(cs, p, opts)
         ref = Side(rs, p.ref_settings.stop_ids)
         cnd = Side(cs, p.cand_settings.stop_ids)
         if twin_model is not None:
@@ -399,6 +405,18 @@ def execute(opts: GenerateOptions, progress: Progress | None = None) -> Generate
                "first_divergence": None, "reasons": reasons,
                "diagnosis": {"hint": gen["hint"], "evidence": []} if gen["hint"] else None}
     return GenerateResult(ReportData(run=facts, probes=[], summary=summary, generation=gen), passed)
+
+
+def engine_stops(stepper: Any, p: Plan, opts: GenerateOptions) -> None:
+    """An engine that reads its own stop set (llama.cpp: the GGUF metadata's end-of-generation
+    tokens) decodes with it, unless a generation config or fault was given for it."""
+    if not hasattr(stepper, "stop_ids") or opts.candidate_generation_config or p.cand_gen.notes:
+        return
+    p.cand_settings.stop_ids = list(stepper.stop_ids())
+    eos = getattr(stepper, "eos_id", lambda: None)()
+    if eos is not None:
+        p.cand_settings.config["eos_token_id"] = eos
+    p.cand_settings.source = f"{opts.candidate}: the engine's end-of-generation tokens (GGUF metadata)"
 
 
 def generation_section(opts: GenerateOptions, p: Plan, rows: list[dict[str, Any]], choices: list[int],

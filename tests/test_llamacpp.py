@@ -1,0 +1,160 @@
+"""The llamacpp candidate: GGUF files converted by llama.cpp's own converter, probes from the
+graph's eval callback, GGUF-side faults localized, decode steps with llama.cpp's KV cache.
+
+Unit tests of the probe map, the q/k layout transform and the GGUF faults run everywhere
+(they need only the gguf package); the engine tests need llama-cpp-python (``make llamacpp``)
+and are marked slow (each conversion runs llama.cpp's converter, ~20 s)."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import read_report
+
+HAVE_LLAMA = importlib.util.find_spec("llama_cpp") is not None
+needs_llama = pytest.mark.skipif(not HAVE_LLAMA, reason="llama-cpp-python is not installed (make llamacpp, or "
+                                                         "pip install 'parity-debugger[llamacpp]')")
+
+
+# -- unit tests: no engine ---------------------------------------------------------------------
+
+def test_probe_map_names_and_reasons() -> None:
+    from parity.backends.llamacpp_graph import load_graph_map
+    from parity.capture import probes as canon
+
+    gmap = load_graph_map()
+    names = gmap.names(2)
+    assert names == canon.in_order(names)
+    assert {"embed", "blocks.1.attn.q_rot", "blocks.0.attn_out", "final_norm", "logits"} <= set(names)
+    assert "rope.cos" not in names and "ROPE kernel" in gmap.why_not("rope.cos")
+    assert gmap.spec("blocks.3.attn.q").node == "Qcur-3" and gmap.spec("blocks.3.attn.q").op_not == "ROPE"
+    assert gmap.spec("blocks.3.attn_out").weight == "blk.3.attn_output.weight"
+    assert gmap.rope_norm == ("llama",)
+
+
+def test_rope_pairs_undoes_the_converters_permutation() -> None:
+    from parity.backends.llamacpp_graph import rope_pairs
+    from parity.faults.gguf import qk_permutation
+
+    heads, hd, T = 3, 8, 5
+    w = torch.randn(heads * hd, 16)
+    x = torch.randn(T, 16)
+    hf = (x @ w.T).reshape(T, heads, hd)
+    permuted = x @ w[torch.as_tensor(qk_permutation(heads * hd, heads))].T  # what llama.cpp computes
+    assert torch.equal(rope_pairs(permuted.reshape(T, heads, hd), heads), hf)
+    assert not torch.equal(permuted.reshape(T, heads, hd), hf)
+
+
+def _tiny_gguf(path: Path) -> None:
+    import gguf
+
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_block_count(1)
+    w.add_head_count(2)
+    w.add_head_count_kv(1)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_eos_token_id(2)
+    w.add_bos_token_id(1)
+    w.add_tensor("blk.0.attn_q.weight", np.arange(8 * 4, dtype=np.float32).reshape(8, 4))
+    w.add_tensor("blk.0.attn_k.weight", np.arange(4 * 4, dtype=np.float32).reshape(4, 4))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def test_gguf_faults_edit_a_copy_in_place(tmp_path: Path) -> None:
+    pytest.importorskip("gguf")
+    from gguf import GGUFReader
+
+    from parity.faults import gguf as gf
+
+    f = tmp_path / "m.gguf"
+    _tiny_gguf(f)
+    assert "1e-05 -> 0.1" in gf.norm_eps(f)
+    assert "2 -> 1" in gf.eos_id(f)
+    note = gf.qk_permute(f, None)
+    assert "undid" in note and "2 tensors" in note
+    r = GGUFReader(str(f))
+    eps = r.fields["llama.attention.layer_norm_rms_epsilon"]
+    assert abs(float(eps.parts[eps.data[0]][0]) - 0.1) < 1e-7
+    q = {t.name: np.array(t.data) for t in r.tensors}["blk.0.attn_q.weight"]
+    rows = q[:, 0] / 4  # original row index of each row now
+    assert list(rows) == list(np.argsort(gf.qk_permutation(8, 2)))
+
+
+def test_gguf_faults_need_the_llamacpp_candidate(run_cli, tmp_path: Path) -> None:
+    code, out, err = run_cli("run", "--model", "llama", "--fault", "gguf-norm-eps", "-q", "--no-files")
+    assert code == 2 and "needs --candidate llamacpp" in out + err
+
+
+def test_stand_in_tokenizer_is_a_sentencepiece_model(tmp_path: Path) -> None:
+    spm = pytest.importorskip("sentencepiece")
+    from parity.loading.convert_gguf import write_standin_tokenizer
+
+    write_standin_tokenizer(tmp_path / "tokenizer.model")
+    sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "tokenizer.model"))
+    assert sp.vocab_size() == 259 and sp.IdToPiece(3 + 10) == "<0x0A>" and sp.IsByte(13) and sp.IsControl(2)
+
+
+def test_absent_engine_is_a_clear_usage_error(run_cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    from parity import backends
+
+    monkeypatch.setattr(backends.BackendInfo, "missing", lambda self: ["llama_cpp"])
+    monkeypatch.setattr(backends.BackendInfo, "is_available", lambda self: False)
+    code, out, err = run_cli("run", "--model", "llama", "--candidate", "llamacpp", "-q", "--no-files")
+    assert code == 2 and "needs llama_cpp" in out + err
+
+
+# -- the engine ----------------------------------------------------------------------------------
+
+def _run(run_cli, tmp_path: Path, *args: str) -> tuple[int, dict, str]:
+    code, out, err = run_cli("run", "--candidate", "llamacpp", "--tokens", "24", "-q", "--out", str(tmp_path), *args)
+    rep = read_report(tmp_path) if (tmp_path / "report.json").exists() else {}
+    return code, rep, out + err
+
+
+@needs_llama
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["llama", "qwen2"])
+def test_converted_f32_matches_at_float32_rounding(model: str, run_cli, tmp_path: Path) -> None:
+    code, rep, text = _run(run_cli, tmp_path, "--model", model, "--dtype", "fp32")
+    assert code == 0, text
+    cand = rep["run"]["candidate"]
+    assert cand["gguf_type"] == "F32" and cand["dtype"] == "float32" and cand["kv_cache"] == "F32"
+    compared = [p for p in rep["probes"] if p["passed"] is not None]
+    assert {"embed", "blocks.0.attn.q", "blocks.0.attn.q_rot", "blocks.3.attn_out", "blocks.3.resid_post", "logits"} \
+        <= {p["name"] for p in compared}
+    for p in compared:  # float32 kernels, another summation order
+        assert p["nrmse"] < 2e-6, (p["name"], p["nrmse"])
+    assert {p["name"] for p in rep["probes"] if p["status"] == "not exposed"} == {"rope.cos", "rope.sin"}
+
+
+@needs_llama
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["llama", "qwen2"])
+def test_converted_f16_passes_calibrated(model: str, run_cli, tmp_path: Path) -> None:
+    code, rep, text = _run(run_cli, tmp_path, "--model", model, "--dtype", "fp16")
+    assert code == 0, text
+    assert rep["run"]["candidate"]["gguf_type"] == "F16" and rep["run"]["verdict"]["twin"]["state"] == "measured"
+    assert rep["summary"]["largest_excess"]["excess"] < 4
+
+
+@needs_llama
+@pytest.mark.slow
+@pytest.mark.parametrize("model,fault,probe", [
+    ("llama", "gguf-qk-permute@2", "blocks.2.attn.q"),
+    ("qwen2", "gguf-qk-permute@1", "blocks.1.attn.q"),
+    ("llama", "gguf-norm-eps", "blocks.0.attn_in"),
+])
+def test_conversion_faults_are_localized(model: str, fault: str, probe: str, run_cli, tmp_path: Path) -> None:
+    code, rep, text = _run(run_cli, tmp_path, "--model", model, "--dtype", "fp32", "--fault", fault)
+    assert code == 1, text
+    first = rep["summary"]["first_divergence"]
+    assert first["probe"] == probe, first
+    assert first["component"] == ("norm" if fault == "gguf-norm-eps" else "attn")
+    assert rep["run"]["candidate"]["faults"]
