@@ -89,12 +89,13 @@ def converter_dir(say: Say | None = None) -> Path:
 
 
 def _download_sdist(ver: str, work: Path) -> Path:
-    cmd = [sys.executable, "-m", "pip", "download", "--no-binary", ":all:", "--no-deps", "--no-build-isolation",
+    cmd = [sys.executable, "-m", "pip", "download", "--no-binary", ":all:", "--no-deps",
            f"{DIST}=={ver}", "-d", str(work), "--disable-pip-version-check", "--no-input", "--progress-bar", "off"]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     found = sorted(work.glob("*.tar.gz"))
     if proc.returncode != 0 or len(found) != 1:
-        last = ([ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()] or ["no output"])[-1]
+        lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
+        last = ([ln for ln in lines if ln.startswith("ERROR:")] or lines or ["no output"])[-1]
         raise ConversionError(f"cannot download the {DIST}=={ver} source distribution: {last.strip()}",
                               note=f"check the network, or set ${SOURCE_ENV} to a llama.cpp checkout")
     return found[0]
