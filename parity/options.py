@@ -62,6 +62,8 @@ class RunOptions:
     dump_map: str | None = None
     gguf: str | None = None
     gguf_type: str | None = None
+    #: a quantized GGUF whose activation quantization the precision twin emulates (set by the llamacpp candidate)
+    twin_gguf: str | None = None
     trtllm_map: str | None = None
     mode: str = "all"
     port: str | None = None

@@ -12,8 +12,9 @@ Which GGUF file runs (``resolve``, before the reference is built):
    set to it), so both sides hold the same weights.
 
 (2 and 3 take ``--gguf-type`` as a request to convert instead.) The verdict's dtype follows
-the file: F32 -> float32, F16 -> float16, BF16 -> bfloat16, a quantized file -> the float16
-twin with the quantized budget (``QUANT_BUDGET``, see README "llama.cpp"). ``--fault
+the file: F32 -> float32, F16 -> float16, BF16 -> bfloat16; a quantized file's twin is the
+reference with llama.cpp's activation quantization emulated (parity.backends.actquant; the
+float16 floor), see README "llama.cpp". ``--fault
 gguf-...`` alters a copy of the file (parity.faults.gguf).
 
 The KV cache holds float32 for an F32 file (llama.cpp's default F16 cache would add half
@@ -43,8 +44,6 @@ from parity.capture import probes as canon
 from parity.errors import BackendError, UsageError
 from parity.loading import convert_gguf as conv
 
-#: budget (excess over the float16 twin) of a quantized GGUF: see README "llama.cpp" for the numbers
-QUANT_BUDGET = 64.0
 GGML_TYPE_F32 = 0
 _LOG: deque[str] = deque(maxlen=40)
 _log_cb: Any = None
@@ -111,8 +110,8 @@ def resolve(opts: Any, say: Any = None) -> Resolved:
     ftype, dtype = conv.file_type(path)
     res = Resolved(path.resolve(), origin, ftype, dtype or "fp16", dtype is None)
     opts.dtype = res.dtype
-    if res.quantized and opts.budget is None and opts.tolerance != "absolute" and opts.atol is None and opts.rtol is None:
-        opts.budget = QUANT_BUDGET
+    if res.quantized:  # the twin: the reference with llama.cpp's activation quantization (parity.backends.actquant)
+        opts.twin_gguf = str(res.path)
     opts.gguf = str(res.path)
     _RESOLVED[opts.gguf] = res
     return res

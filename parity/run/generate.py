@@ -339,11 +339,12 @@ def build_candidate(opts: GenerateOptions, source: ModelSource, ref_model: Any, 
 
 
 def execute(opts: GenerateOptions, progress: Progress | None = None) -> GenerateResult:
-    from parity.backends.pytorch import ModuleBackend, check_device, derive, torch_dtype
+    from parity.backends.pytorch import ModuleBackend, check_device, torch_dtype
     from parity.capture.probemap import find_map
     from parity.run.candidate import run_facts
     from parity.run.reference import check_port_options
-    from parity.run.twin import REFERENCE_ATTN, calibration_for, candidate_is_twin
+    from parity.run.twin import calibration_for, candidate_is_twin
+    from parity.run.twin import twin_model as make_twin
 
     timings: dict[str, float] = {}
     torch_dtype(opts.dtype)
@@ -375,7 +376,7 @@ def execute(opts: GenerateOptions, progress: Progress | None = None) -> Generate
             twin = "candidate"
         else:  # derived before the candidate is built: nothing the candidate does reaches it
             _say(progress, f"building precision twin ({calib.dtype})")
-            twin_model = derive(ref_model, opts.dtype, device, REFERENCE_ATTN)
+            twin_model, _ = make_twin(ref_model, opts, device)
     _say(progress, f"building candidate ({opts.candidate})")
     cand = build_candidate(opts, source, ref_model, device)
     timings["build"] = round(time.perf_counter() - t0, 4)
