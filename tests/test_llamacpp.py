@@ -158,3 +158,64 @@ def test_conversion_faults_are_localized(model: str, fault: str, probe: str, run
     assert first["probe"] == probe, first
     assert first["component"] == ("norm" if fault == "gguf-norm-eps" else "attn")
     assert rep["run"]["candidate"]["faults"]
+
+
+# -- the real model: SmolLM2's Q4_1 GGUF as shipped ---------------------------------------------
+
+def _real_smollm2() -> None:
+    from parity.loading import fetch
+
+    if not (REAL_DIR / "config.json").is_file():
+        pytest.skip(f"SmolLM2 is not fetched ({REAL_DIR} is missing): run `make model`")
+    here = fetch.model_dir("smollm2")
+    if here != REAL_DIR and not here.exists():
+        here.parent.mkdir(parents=True, exist_ok=True)
+        here.symlink_to(REAL_DIR, target_is_directory=True)
+
+
+def _real_dir() -> Path:
+    from parity.loading import fetch
+
+    return fetch.model_dir("smollm2")
+
+
+REAL_DIR = _real_dir()  # the cache `make model` filled (conftest moves $PARITY_CACHE later)
+
+
+@needs_llama
+@pytest.mark.slow
+@pytest.mark.real
+def test_smollm2_q4_1_within_the_activation_quantization_twin(run_cli, tmp_path: Path) -> None:
+    """llama.cpp's Q4_1 kernels quantize activations to 8 bits per 32: against a float16 twin
+    every matmul output is x10-35 off (README), against the twin that emulates the scheme ~x1."""
+    _real_smollm2()
+    code, out, err = run_cli("run", "--model", "smollm2", "--candidate", "llamacpp", "--chat", "--prompt",
+                             "Write a short poem about the sea.", "-q", "--out", str(tmp_path))
+    assert code == 0, out + err
+    rep = read_report(tmp_path)
+    cand, verdict = rep["run"]["candidate"], rep["run"]["verdict"]
+    assert cand["gguf_type"] == "Q4_1" and cand["quantized"] and "pinned GGUF" in cand["gguf_origin"]
+    assert "activation quantization (q8/32)" in verdict["twin"]["label"] and verdict["budget"] == 4
+    compared = [p for p in rep["probes"] if p["excess"] is not None]
+    assert len(compared) == 273 and max(p["excess"] for p in compared) < 4
+    assert cand["gguf_generation"]["eos_token_id"] == "2"
+
+
+@needs_llama
+@pytest.mark.slow
+@pytest.mark.real
+def test_generate_reads_the_engines_stop_set_and_finds_a_wrong_eos(run_cli, tmp_path: Path) -> None:
+    _real_smollm2()
+    args = ["generate", "--model", "smollm2", "--candidate", "llamacpp", "--chat", "--prompt", "What is 2+2?",
+            "--max-new-tokens", "4", "--teacher-forcing", "-q"]
+    code, out, err = run_cli(*args, "--out", str(tmp_path / "clean"))
+    clean = read_report(tmp_path / "clean")["generation"]
+    assert all(r["comparable"] for r in clean["steps"]) and len(clean["steps"]) == 4
+    assert clean["candidate"]["stop_ids"] and 2 in clean["candidate"]["stop_ids"]
+    assert "GGUF metadata" in clean["candidate"]["source"]
+    code, out, err = run_cli(*args, "--fault", "gguf-eos-id", "--out", str(tmp_path / "eos"))
+    assert code == 1, out + err
+    gen = read_report(tmp_path / "eos")["generation"]
+    assert 1 in gen["candidate"]["stop_ids"] and 1 not in clean["candidate"]["stop_ids"]
+    assert any("<|im_start|>" in t for t in gen["stop_set_diff"]["extra_in_candidate"])
+    assert {"key": "eos_token_id", "reference": [2], "candidate": [1]} in gen["sampling_diff"]

@@ -176,7 +176,8 @@ class LlamaCppBackend(Backend):
         self.ggml: Ggml | None = None
         self.collector: Collector | None = None
         self._cb: Any = None
-        self.meta: dict[str, str] = {}
+        self.gen_facts: dict[str, Any] = {}
+        self.ref_chat_template: str | None = None
 
     # -- lifecycle
     def activate_impl(self) -> None:
@@ -192,6 +193,7 @@ class LlamaCppBackend(Backend):
             raise BackendError(f"llama.cpp could not load {self.path}: {_last_log()}")
         self.ggml = Ggml()
         self.arch = self.meta_str("general.architecture") or "?"
+        self.gen_facts = generation_facts(self)
         n_vocab = llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(self.model))
         want = getattr(self.config, "vocab_size", None)
         if isinstance(want, int) and n_vocab != want:
@@ -322,7 +324,8 @@ class LlamaCppBackend(Backend):
                 "kv_cache": "F32" if r.file_type == "F32" else "llama.cpp default (F16)", "flash_attn": False,
                 "threads": self.threads, "llama_cpp_python": version("llama-cpp-python"),
                 "implementation": "llama.cpp (eval-callback probes, probes/llamacpp.toml)",
-                "not_exposed": self.not_exposed(), "faults": self.faults or None}
+                "not_exposed": self.not_exposed(), "faults": self.faults or None,
+                "gguf_generation": self.gen_facts or None}
 
 
 class LlamaCppStepper:
@@ -376,8 +379,25 @@ def generation_facts(backend: LlamaCppBackend) -> dict[str, Any]:
     keys = ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eot_token_id",
             "tokenizer.ggml.padding_token_id")
     out: dict[str, Any] = {k.removeprefix("tokenizer.ggml."): backend.meta_str(k) for k in keys}
-    out["chat_template"] = backend.meta_str("tokenizer.chat_template") is not None
+    tmpl = backend.meta_str("tokenizer.chat_template")
+    ref = backend.ref_chat_template
+    out["chat_template"] = ("absent" if tmpl is None else "present" if ref is None
+                            else "same as the reference tokenizer's" if tmpl.strip() == ref.strip() else "differs from the reference tokenizer's")
     return out
+
+
+def reference_chat_template(source: Any) -> str | None:
+    """The chat template of the reference's tokenizer (tokenizer_config.json), if any."""
+    import json
+
+    f = source.checkpoint / "tokenizer_config.json" if source.checkpoint else None
+    if f is None or not f.is_file():
+        return None
+    try:
+        t = json.loads(f.read_text()).get("chat_template")
+    except (OSError, ValueError):
+        return None
+    return t if isinstance(t, str) else None
 
 
 def create(ctx: Any) -> LlamaCppBackend:
@@ -388,6 +408,7 @@ def create(ctx: Any) -> LlamaCppBackend:
     path, notes = with_faults(res.path, list(o.faults or []), ctx.source.num_blocks, work)
     gmap = load_graph_map("llamacpp", o.probe_dirs)
     backend = LlamaCppBackend(path, res, ctx.source.config, ctx.source.num_blocks, gmap, notes)
+    backend.ref_chat_template = reference_chat_template(ctx.source)
     weakref.finalize(backend, shutil.rmtree, str(work), True)
     return backend
 
