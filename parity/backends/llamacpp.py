@@ -110,7 +110,7 @@ def resolve(opts: Any, say: Any = None) -> Resolved:
     ftype, dtype = conv.file_type(path)
     res = Resolved(path.resolve(), origin, ftype, dtype or "fp16", dtype is None)
     opts.dtype = res.dtype
-    if res.quantized:  # the twin: the reference with llama.cpp's activation quantization (parity.backends.actquant)
+    if res.quantized and opts.quant_twin != "float":  # the twin: the reference with llama.cpp's activation quantization (parity.backends.actquant)
         opts.twin_gguf = str(res.path)
     opts.gguf = str(res.path)
     _RESOLVED[opts.gguf] = res
