@@ -42,8 +42,9 @@ model: setup
 	$(PY) -m parity fetch smollm2
 
 # llama-cpp-python for --candidate llamacpp: PyPI ships only its source, so pip compiles
-# llama.cpp (CPU backend, portable: GGML_NATIVE=OFF; ~4 min on 2 cores, measured 2026-11) and
-# caches the wheel, which later installs reuse. Skipped when it imports already.
+# llama.cpp (CPU backend, portable: GGML_NATIVE=OFF) and caches the wheel, which later installs
+# reuse. Measured (2026-11, 2 cores): ~4 min idle, 15.6 min with the cores shared; from pip's
+# wheel cache 7 s. Skipped when it imports already.
 LLAMACPP_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF
 llamacpp: setup
 	@$(PY) -c "import llama_cpp, sentencepiece" 2>/dev/null && echo "llama-cpp-python already installed" || \

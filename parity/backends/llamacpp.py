@@ -83,10 +83,21 @@ _RESOLVED: dict[str, Resolved] = {}
 
 
 def resolve(opts: Any, say: Any = None) -> Resolved:
-    """The clean GGUF file this run's llama.cpp runs; adjusts ``opts`` (dtype, budget, and
-    the reference's checkpoint for a converted quantized file). Idempotent."""
-    if opts.gguf and opts.gguf in _RESOLVED:
-        return _RESOLVED[opts.gguf]
+    """The clean GGUF file this run's llama.cpp runs; adjusts ``opts`` (the file, the
+    verdict's dtype, the twin of a quantized file, and the reference's checkpoint for a
+    converted quantized file). Idempotent."""
+    res = _RESOLVED.get(opts.gguf) if opts.gguf else None
+    if res is None:
+        res = _locate(opts, say)
+        _RESOLVED[str(res.path)] = res
+    opts.gguf = str(res.path)
+    opts.dtype = res.dtype
+    if res.quantized and opts.quant_twin != "float":  # the twin: the reference with llama.cpp's activation quantization
+        opts.twin_gguf = str(res.path)
+    return res
+
+
+def _locate(opts: Any, say: Any) -> Resolved:
     from parity.loading.gguf import is_gguf
 
     outtype = getattr(opts, "gguf_type", None)
@@ -108,13 +119,7 @@ def resolve(opts: Any, say: Any = None) -> Resolved:
         if outtype == "q8_0":
             opts.checkpoint = str(path)  # the reference: the same quantized weights, dequantized
     ftype, dtype = conv.file_type(path)
-    res = Resolved(path.resolve(), origin, ftype, dtype or "fp16", dtype is None)
-    opts.dtype = res.dtype
-    if res.quantized and opts.quant_twin != "float":  # the twin: the reference with llama.cpp's activation quantization (parity.backends.actquant)
-        opts.twin_gguf = str(res.path)
-    opts.gguf = str(res.path)
-    _RESOLVED[opts.gguf] = res
-    return res
+    return Resolved(path.resolve(), origin, ftype, dtype or "fp16", dtype is None)
 
 
 def _fetched_name(opts: Any) -> str | None:
