@@ -22,6 +22,18 @@ needs_llama = pytest.mark.skipif(not HAVE_LLAMA, reason="llama-cpp-python is not
 
 # -- unit tests: no engine ---------------------------------------------------------------------
 
+@pytest.mark.parametrize("module", ["parity.backends.llamacpp", "parity.backends.llamacpp_graph", "parity.backends.actquant",
+                                    "parity.faults.gguf", "parity.loading.convert_gguf"])
+def test_modules_import_without_llama_cpp(module: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+    import sys
+
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # `import llama_cpp` raises
+    for name in [m for m in sys.modules if m == module]:
+        monkeypatch.delitem(sys.modules, name)
+    importlib.import_module(module)
+
+
 def test_probe_map_names_and_reasons() -> None:
     from parity.backends.llamacpp_graph import load_graph_map
     from parity.capture import probes as canon
@@ -230,3 +242,21 @@ def test_qwen_v1_preset_cannot_be_converted_and_says_why(run_cli, tmp_path: Path
                              "-q", "--no-files")
     assert code == 2, out + err
     assert "convert_hf_to_gguf.py failed" in out + err and "AutoTokenizer" in out + err
+
+
+def test_activation_quantization_is_8_bit_per_block() -> None:
+    from torch import nn
+
+    from parity.backends.actquant import quantize_activations, quantize_block
+
+    x = torch.randn(3, 64) * torch.linspace(0.1, 10, 64)
+    q = quantize_block(x, 32)
+    d = x.reshape(-1, 32).abs().amax(-1, keepdim=True) / 127
+    assert ((q.reshape(-1, 32) - x.reshape(-1, 32)).abs() <= d / 2 + 1e-6).all()
+    assert ((q.reshape(-1, 32) / d).round() - q.reshape(-1, 32) / d).abs().max() < 1e-4  # 255 levels per block
+    model = nn.Sequential()
+    model.add_module("lm_head", nn.Linear(64, 4, bias=False))
+    applied = quantize_activations(model, {"output.weight": "Q4_1"})
+    assert applied == {"lm_head": "q8/32"}
+    assert torch.allclose(model(x), q @ model.lm_head.weight.T, atol=1e-5)
+    assert quantize_activations(nn.Sequential(nn.Linear(4, 4)), {"output.weight": "F32"}) == {}
