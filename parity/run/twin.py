@@ -61,7 +61,7 @@ def measure_twin(ref: Reference, opts: RunOptions, calib: Calibration, progress:
     if ref.model is None:
         raise ParityError("the reference model was released before its precision twin was measured.")
     check_weights(ref)
-    from parity.backends.pytorch import ModuleBackend, derive
+    from parity.backends.pytorch import ModuleBackend
 
     t0 = time.perf_counter()
     with stage(progress, f"running precision twin ({calib.dtype})", timings):
