@@ -337,6 +337,9 @@ class LlamaCppStepper:
     """Greedy decode steps with llama.cpp's KV cache (parity generate): prefill, then one token."""
 
     def __init__(self, backend: LlamaCppBackend, position_offset: int = 0) -> None:
+        if position_offset:
+            raise UsageError("fault 'kv-position' cannot be reproduced in llama.cpp: llama_decode refuses a token whose "
+                             "position does not follow the sequence's cached positions.", note="use it with --candidate torch")
         self.b, self.position_offset, self.length = backend, position_offset, 0
 
     def __enter__(self) -> LlamaCppStepper:
