@@ -114,6 +114,12 @@ def _locate(opts: Any, say: Any) -> Resolved:
         outtype = outtype or conv.DTYPE_OUTTYPE.get(opts.dtype)
         if outtype not in conv.OUTTYPES:
             raise UsageError(f"--gguf-type {outtype}: not a type llama.cpp's converter writes.", note="valid: " + ", ".join(conv.OUTTYPES))
+        from parity import faults
+
+        model_faults = [f for f in faults.parse(opts.faults, 10**6) if f.fault.target == "model"]
+        if model_faults:  # they alter the reference's weights after loading, not the converted file
+            raise UsageError(f"fault '{model_faults[0].fault.name}' alters the reference's weights, not a GGUF converted from them.",
+                             note="convert the faulty weights yourself and pass --gguf FILE")
         path = convert_reference(opts, outtype, say)
         origin = f"the reference's weights converted to {outtype.upper()} by llama.cpp's convert_hf_to_gguf.py"
         if outtype == "q8_0":
