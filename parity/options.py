@@ -60,6 +60,11 @@ class RunOptions:
     ort_fault: list[str] | None = None
     dump: str | None = None
     dump_map: str | None = None
+    gguf: str | None = None
+    gguf_type: str | None = None
+    #: a quantized GGUF whose activation quantization the precision twin emulates (set by the llamacpp candidate)
+    twin_gguf: str | None = None
+    quant_twin: str = "emulate"
     trtllm_map: str | None = None
     mode: str = "all"
     port: str | None = None
@@ -123,6 +128,9 @@ GROUPS: dict[str, tuple[str, list[Opt]]] = {
         Opt(("--ort-fault",), {"action": "append", "metavar": "TARGET*SCALE", "help": argparse.SUPPRESS}),
         Opt(("--dump",), {"metavar": "DIR", "help": "--candidate dump: folder of dumped tensors (parity dump, tllm_debug/, rank<N>/*.pt)"}),
         Opt(("--dump-map",), {"metavar": "TOML", "help": "--candidate dump: map from dumped tensor names to canonical probes"}),
+        Opt(("--gguf",), {"metavar": "FILE", "help": "--candidate llamacpp: the GGUF file llama.cpp runs (default: the --checkpoint GGUF, a fetched model's GGUF, else the reference converted by llama.cpp's convert_hf_to_gguf.py)"}),
+        Opt(("--gguf-type",), {"choices": ["f32", "f16", "bf16", "q8_0"], "help": "--candidate llamacpp: convert the reference's weights to this GGUF type (default: --dtype's; q8_0: the reference reads the same file dequantized)"}),
+        Opt(("--quant-twin",), {"default": "emulate", "choices": ["emulate", "float"], "help": "--candidate llamacpp, quantized GGUF: the twin emulates llama.cpp's activation quantization (default), or is the plain reference in float16 (float: shows how far the quantized kernels move each probe)"}),
         Opt(("--trtllm-map",), {"metavar": "NAME|TOML", "help": "--candidate trtllm: probe map for the TensorRT-LLM model (default: trtllm_<family>)"}),
         Opt(("--mode",), {"default": "all", "choices": ["all", "bisect"], "help": "all: mark every probe in one build; bisect: few marked probes per build, binary search (default: all)"}),
     ]),

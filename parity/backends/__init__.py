@@ -45,6 +45,10 @@ CANDIDATES: dict[str, BackendInfo] = {
         "trtllm", "parity.backends.trtllm", ("tensorrt_llm",),
         "TensorRT-LLM's PyTorch backend, hooked through a trtllm_<family> probe map",
     ),
+    "llamacpp": BackendInfo(
+        "llamacpp", "parity.backends.llamacpp", ("llama_cpp", "gguf"),
+        "a GGUF file run by llama.cpp (llama-cpp-python), probes from its graph's eval callback",
+    ),
     "dump": BackendInfo(
         "dump", "parity.backends.dump", ("safetensors",),
         "tensors dumped by any runtime (--dump DIR): parity dumps, tllm_debug/ .npy, rank<N>/*.pt",

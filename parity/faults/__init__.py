@@ -7,7 +7,9 @@ A fault is registered with :func:`fault` and says how it alters the run:
 * ``target = "model"``: it changes the weights both sides load (a property of the
   checkpoint, e.g. an outlier channel), applied to the reference before it runs;
 * ``target = "generation"``: it changes the candidate's decode loop or generation config
-  (stop set, decode-step positions) — only ``parity generate`` can see it.
+  (stop set, decode-step positions) — only ``parity generate`` can see it;
+* ``target = "gguf"``: it alters the copy of the GGUF file ``--candidate llamacpp`` runs
+  (parity.faults.gguf: conversion bugs).
 
 ``block`` is None (every block, or the whole model) or the block index after ``@``.
 Port and model faults live in parity.faults.library (imports torch), generation faults in
@@ -53,6 +55,8 @@ def _load_builtin() -> None:
         import parity.faults.library  # noqa: F401  (registers the port and model faults)
     if "kv-position" not in FAULTS:
         import parity.faults.generation  # noqa: F401  (registers the generation faults)
+    if "gguf-norm-eps" not in FAULTS:
+        import parity.faults.gguf  # noqa: F401  (registers the GGUF faults, --candidate llamacpp)
 
 
 def describe() -> dict[str, str]:

@@ -34,7 +34,10 @@ def compare_candidate(ref: Reference, opts: RunOptions, progress: Progress | Non
     the reference model once the candidate is built (a one-shot run needs it no more)."""
     timings = dict(ref.timings)
     if create is None:
-        create = backends.load(opts.candidate).create
+        mod = backends.load(opts.candidate)
+        if hasattr(mod, "prepare"):  # idempotent; execute() ran it before the reference was built
+            mod.prepare(opts, progress)
+        create = mod.create
     # only parity's own torch factory can be the twin (a wrapped or replaced one is not)
     registered = getattr(create, "__module__", None) == "parity.backends.pytorch"
     source, ids, ref_cap, selected = ref.source, ref.ids, ref.capture, ref.selected
@@ -92,7 +95,9 @@ def add_isolated(rows: list[ProbeRow], iso: dict[str, DiffStats], calib: Calibra
 
 
 def execute(opts: RunOptions, progress: Progress | None = None) -> RunResult:
-    backends.load(opts.candidate)  # fail on an unknown candidate before any work
+    mod = backends.load(opts.candidate)  # fail on an unknown candidate before any work
+    if hasattr(mod, "prepare"):  # a candidate that decides the run's dtype (llamacpp: the GGUF file's)
+        mod.prepare(opts, progress)
     calibration_for(opts, False)  # and on verdict options that do not fit together
     ref = prepare_reference(opts, progress)
     return compare_candidate(ref, opts, progress, release_reference=True)

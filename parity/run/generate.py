@@ -341,24 +341,28 @@ def build_candidate(opts: GenerateOptions, source: ModelSource, ref_model: Any, 
     mod = backends.load(opts.candidate)
     pmap = find_map(source.probe_map_name, opts.probe_dirs)
     cand = mod.create(CandidateContext(opts, source, pmap, ref_model, device))
-    if not hasattr(cand, "model"):
+    if not hasattr(cand, "model") and not hasattr(cand, "stepper"):
         raise BackendError(f"candidate '{opts.candidate}' exposes no torch module to decode with.",
                            note="generation parity needs a candidate with a KV-cache forward (torch)")
     return cand
 
 
 def execute(opts: GenerateOptions, progress: Progress | None = None) -> GenerateResult:
-    from parity.backends.pytorch import ModuleBackend, check_device, derive, torch_dtype
+    from parity.backends.pytorch import ModuleBackend, check_device, torch_dtype
     from parity.capture.probemap import find_map
     from parity.run.candidate import run_facts
     from parity.run.reference import check_port_options
-    from parity.run.twin import REFERENCE_ATTN, calibration_for, candidate_is_twin
+    from parity.run.twin import calibration_for, candidate_is_twin
+    from parity.run.twin import twin_model as make_twin
 
     timings: dict[str, float] = {}
     torch_dtype(opts.dtype)
     device = check_device(opts.device)
     ref_device = check_device(opts.ref_device or device)
-    backends.info(opts.candidate)
+    mod = backends.load(opts.candidate)
+    if hasattr(mod, "prepare"):  # a candidate that decides the run's dtype (llamacpp: the GGUF file's)
+        mod.prepare(opts, progress)
+        torch_dtype(opts.dtype)
     source = ModelSource.resolve(opts.model, opts.checkpoint, opts.seed, opts.trust_remote_code, opts.shape)
     fault_specs = check_port_options(opts, source.num_blocks, generation=True)
     p = plan(opts, source)
@@ -381,15 +385,18 @@ def execute(opts: GenerateOptions, progress: Progress | None = None) -> Generate
             twin = "candidate"
         else:  # derived before the candidate is built: nothing the candidate does reaches it
             _say(progress, f"building precision twin ({calib.dtype})")
-            twin_model = derive(ref_model, opts.dtype, device, REFERENCE_ATTN)
+            twin_model, _ = make_twin(ref_model, opts, device)
     _say(progress, f"building candidate ({opts.candidate})")
     cand = build_candidate(opts, source, ref_model, device)
     timings["build"] = round(time.perf_counter() - t0, 4)
 
     _say(progress, f"decoding {opts.max_new_tokens} steps on both sides" + (" and the twin" if twin_model is not None else ""))
     t0 = time.perf_counter()
-    with Stepper(ref_model) as rs, Stepper(cand.model, p.cand_gen.position_offset) as cs, \
+    cand_stepper = cand.stepper(p.cand_gen.position_offset) if hasattr(cand, "stepper") \
+        else Stepper(cand.model, p.cand_gen.position_offset)
+    with Stepper(ref_model) as rs, cand_stepper as cs, \
             Stepper(twin_model if twin_model is not None else ref_model) as ts:
+        engine_stops(cs, p, opts)
         ref = Side(rs, p.ref_settings.stop_ids)
         cnd = Side(cs, p.cand_settings.stop_ids)
         if twin_model is not None:
@@ -408,6 +415,18 @@ def execute(opts: GenerateOptions, progress: Progress | None = None) -> Generate
                "first_divergence": None, "reasons": reasons,
                "diagnosis": {"hint": gen["hint"], "evidence": []} if gen["hint"] else None}
     return GenerateResult(ReportData(run=facts, probes=[], summary=summary, generation=gen), passed)
+
+
+def engine_stops(stepper: Any, p: Plan, opts: GenerateOptions) -> None:
+    """An engine that reads its own stop set (llama.cpp: the GGUF metadata's end-of-generation
+    tokens) decodes with it, unless a generation config or fault was given for it."""
+    if not hasattr(stepper, "stop_ids") or opts.candidate_generation_config or p.cand_gen.notes:
+        return
+    p.cand_settings.stop_ids = list(stepper.stop_ids())
+    eos = getattr(stepper, "eos_id", lambda: None)()
+    if eos is not None:
+        p.cand_settings.config["eos_token_id"] = eos
+    p.cand_settings.source = f"{opts.candidate}: the engine's end-of-generation tokens (GGUF metadata)"
 
 
 def generation_section(opts: GenerateOptions, p: Plan, rows: list[dict[str, Any]], choices: list[int],

@@ -31,11 +31,14 @@ def check_port_options(opts: RunOptions, num_blocks: int, generation: bool = Fal
     if gen and not generation:
         raise UsageError(f"fault '{gen[0].fault.name}' acts at decode steps: a single forward pass cannot show it.",
                          note=f"use parity generate --fault {gen[0].fault.name}")
+    gguf = [s for s in specs if s.fault.target == "gguf"]
+    if gguf and opts.candidate != "llamacpp":
+        raise UsageError(f"fault '{gguf[0].fault.name}' alters the GGUF file llama.cpp runs: it needs --candidate llamacpp.")
     if opts.candidate != "port":
         wrong = [s for s in specs if s.fault.target == "port"]
         if wrong:
             raise UsageError(f"fault '{wrong[0].fault.name}' alters the built-in port: it needs --candidate port.",
-                             note="model faults (" + ", ".join(n for n, f in faults.FAULTS.items() if f.target != "port")
+                             note="model faults (" + ", ".join(n for n, f in faults.FAULTS.items() if f.target not in ("port", "gguf"))
                              + ") work with any candidate")
     return specs
 

@@ -4,6 +4,7 @@ the run is built; and the run's verdict settings."""
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from parity.capture.sinks import Capture, Comparator
 from parity.compare.diff import DiffStats
@@ -54,17 +55,17 @@ def measure_twin(ref: Reference, opts: RunOptions, calib: Calibration, progress:
         return Twin("float32", "reference", "the float32 reference itself (floor: float32 rounding)")
     if skip_if_candidate and candidate_is_twin(opts, ref.facts.get("attn")):
         return None  # filled from the candidate's own diffs (see compare_candidate)
-    key = (calib.dtype, ref.device, opts.isolate)
+    key = (calib.dtype, ref.device, opts.isolate, opts.twin_gguf)
     if key in ref.twins:
         return ref.twins[key]
     if ref.model is None:
         raise ParityError("the reference model was released before its precision twin was measured.")
     check_weights(ref)
-    from parity.backends.pytorch import ModuleBackend, derive
+    from parity.backends.pytorch import ModuleBackend
 
     t0 = time.perf_counter()
     with stage(progress, f"running precision twin ({calib.dtype})", timings):
-        model = derive(ref.model, opts.dtype, ref.device, REFERENCE_ATTN)
+        model, what = twin_model(ref.model, opts, ref.device)
         backend = ModuleBackend(model, ref.probe_map, getattr(model, "config", ref.source.config), "twin",
                                 ref.source.num_blocks)
         comparator = Comparator(ref.capture, Capture("twin", backend.describe()), NO_ELEMENT_TOLERANCE)
@@ -77,9 +78,32 @@ def measure_twin(ref: Reference, opts: RunOptions, calib: Calibration, progress:
         desc = backend.describe()
         del backend, model, comparator
         _free_device_memory(ref.device)
-    label = f"the reference in {calib.dtype} on {desc.get('device')}, {REFERENCE_ATTN} attention"
+    label = what or f"the reference in {calib.dtype} on {desc.get('device')}, {REFERENCE_ATTN} attention"
     twin = ref.twins[key] = Twin(calib.dtype, "measured", label, diffs, iso, time.perf_counter() - t0)
     return twin
+
+
+def twin_model(ref_model: Any, opts: RunOptions, device: str) -> tuple[Any, str | None]:
+    """The twin's module and, when it is not the plain reference in ``opts.dtype``, what it
+    is: with ``opts.twin_gguf`` (a quantized GGUF file, set by the llamacpp candidate) the
+    reference in float32 with that file's activation quantization before every matmul
+    (parity.backends.actquant), as llama.cpp's kernels do."""
+    from parity.backends.pytorch import derive
+
+    if not opts.twin_gguf:
+        return derive(ref_model, opts.dtype, device, REFERENCE_ATTN), None
+    from pathlib import Path
+
+    from parity.backends.actquant import quantize_activations, weight_types
+
+    model = derive(ref_model, "fp32", device, REFERENCE_ATTN)
+    applied = quantize_activations(model, weight_types(Path(opts.twin_gguf)))
+    if not applied:
+        raise ParityError(f"no matmul of the reference maps to a quantized tensor of {opts.twin_gguf}.",
+                          note="the activation-quantization twin knows the llama/qwen2 module layout")
+    kinds = ", ".join(sorted(set(applied.values())))
+    return model, (f"the reference in float32 with llama.cpp's activation quantization ({kinds}) before "
+                   f"{len(applied)} matmuls, {REFERENCE_ATTN} attention")
 
 
 def _free_device_memory(device: str) -> None:
