@@ -31,6 +31,7 @@ class GenSettings:
     source: str
     config: dict[str, Any]
     stop_ids: list[int] = field(default_factory=list)
+    from_engine: bool = False  # the stop set is the engine's own (read from its model file)
 
     def to_dict(self, vocab: Vocab) -> dict[str, Any]:
         return {"source": self.source, "config": self.config, "stop_ids": self.stop_ids,

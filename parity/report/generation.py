@@ -93,6 +93,8 @@ def render_summary(report: ReportData, console: Any) -> None:
         _line(console, f"candidate ({cand['ended_by']}): {cand['text']}")
     _line(console, "stop sets: reference " + ", ".join(ref["stop_tokens"]) + " | candidate "
           + ", ".join(cand["stop_tokens"]))
+    if (gen.get("stop_set_diff") or {}).get("note"):
+        _line(console, "note: " + gen["stop_set_diff"]["note"])
     curve = gen.get("error_curve") or []
     if gen["mode"] == "teacher-forced" and curve:
         _line(console, "error curve (logits max abs err per step): " + " ".join(fmt(e, 2) for e in curve))

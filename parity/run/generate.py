@@ -301,7 +301,7 @@ def verdict(gen: dict[str, Any], tol: Tolerance) -> tuple[bool, str, list[str]]:
         reasons.append(f"step {first} | {what}")
     if gen["overrun"]:
         reasons.append(gen["overrun"]["message"])
-    if gen["stop_set_diff"]:
+    if gen["stop_set_diff"] and not gen["stop_set_diff"].get("engine_extras_only"):
         d = gen["stop_set_diff"]
         parts = [f"candidate lacks {', '.join(d['missing_in_candidate'])}" if d["missing_in_candidate"] else "",
                  f"candidate adds {', '.join(d['extra_in_candidate'])}" if d["extra_in_candidate"] else ""]
@@ -423,6 +423,7 @@ def engine_stops(stepper: Any, p: Plan, opts: GenerateOptions) -> None:
     if not hasattr(stepper, "stop_ids") or opts.candidate_generation_config or p.cand_gen.notes:
         return
     p.cand_settings.stop_ids = list(stepper.stop_ids())
+    p.cand_settings.from_engine = True
     eos = getattr(stepper, "eos_id", lambda: None)()
     if eos is not None:
         p.cand_settings.config["eos_token_id"] = eos
@@ -460,10 +461,25 @@ def generation_section(opts: GenerateOptions, p: Plan, rows: list[dict[str, Any]
                       "ended_by": _ended(ref, v)},
         "candidate": {**p.cand_settings.to_dict(v), "tokens": cnd.seq, "text": v.text(cnd.seq),
                       "predicted": choices, "predicted_text": v.text(choices), "ended_by": _ended(cnd, v)},
-        "stop_set_diff": stop_set_diff(p.ref_settings, p.cand_settings, v),
+        "stop_set_diff": _engine_extras(stop_set_diff(p.ref_settings, p.cand_settings, v), p),
         "sampling_diff": sampling_diff(p.ref_settings.config, p.cand_settings.config),
         "overrun": stop_outcome(ref, cnd, v),
     }
+
+
+def _engine_extras(diff: dict[str, Any] | None, p: Plan) -> dict[str, Any] | None:
+    """Mark a stop-set difference that is only an engine's own extra end-of-generation tokens
+    (llama.cpp also ends on e.g. `<|endoftext|>` when the file's eos_token_id is the reference's):
+    reported, not a failure -- unless the generation ends on one (the early stop is then the
+    reason). A missing stop token or a different eos_token_id in the file still fails."""
+    if diff is None or diff["missing_in_candidate"] or not p.cand_settings.from_engine:
+        return diff
+    eos = p.cand_settings.config.get("eos_token_id")
+    if eos is None or eos not in p.ref_settings.stop_ids:
+        return diff
+    return {**diff, "engine_extras_only": True,
+            "note": "the engine also ends generation on " + ", ".join(diff["extra_in_candidate"])
+                    + " (its own end-of-generation tokens; the file's eos_token_id is the reference's)"}
 
 
 def _say(progress: Progress | None, what: str) -> None:
