@@ -66,6 +66,12 @@ class RunOptions:
     port_map: str | None = None
     faults: list[str] = field(default_factory=list)
     isolate: bool = True
+    # quantized candidates (issue 19; parity.backends.schemes)
+    quant: str | None = None
+    quant_exclude: list[str] = field(default_factory=list)
+    quant_budget: float | None = None
+    quant_twin: str | None = None
+    quant_sensitivity: bool = False
 
     def __post_init__(self) -> None:
         self.dtype = dtype_arg(self.dtype)
@@ -116,6 +122,13 @@ GROUPS: dict[str, tuple[str, list[Opt]]] = {
         Opt(("--port-map",), {"metavar": "FILE.toml", "help": "probe map of your port (module paths -> canonical names); parity.probe() calls need none"}),
         Opt(("--fault",), {"dest": "faults", "action": "append", "default": [], "metavar": "NAME[@BLOCK]", "help": "inject a known porting bug (repeatable): port faults double-rope, silu-wrong-branch, qkv-split, rope-base, norm-eps (need --candidate port); model fault mlp-overflow; generation faults eos-token, kv-position (parity generate); `parity doctor` lists them"}),
         Opt(("--no-isolate",), {"dest": "isolate", "action": "store_false", "default": True, "help": "skip the isolated (teacher-forced) per-block pass"}),
+    ]),
+    "quant": ("quantization", [
+        Opt(("--quant",), {"metavar": "SCHEME", "help": "with --candidate quant: int8-wo, int4-wo, int4-awq, w8a8-sq, fp8, int8-kv, fp8-kv, nvfp4 (ModelOpt fake quantization)"}),
+        Opt(("--quant-exclude",), {"action": "append", "default": [], "metavar": "GLOB", "help": "units kept unquantized, repeatable: 'blocks.0.*', 'blocks.*.mlp', 'blocks.*.kv'"}),
+        Opt(("--quant-budget",), {"type": float, "metavar": "X", "help": "pass/fail budget of a quantized candidate: logits nrmse vs the float32 reference (default: the scheme's)"}),
+        Opt(("--sensitivity",), {"dest": "quant_sensitivity", "action": "store_true", "help": "with --candidate quant: also quantize one block / one component kind at a time and rank blocks by the logits error"}),
+        Opt(("--quant-twin",), {"metavar": "SCHEME", "help": "judge the candidate (an engine running SCHEME) against the reference fake-quantized with SCHEME instead of the plain precision twin"}),
     ]),
     "engine": ("engine backends", [
         Opt(("--ort-opt",), {"default": "all", "choices": ["disable", "basic", "extended", "all"], "help": "ONNX Runtime graph optimization level (default: all)"}),

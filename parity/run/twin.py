@@ -38,7 +38,7 @@ REFERENCE_ATTN = "eager"
 def candidate_is_twin(opts: RunOptions, ref_attn: str | None) -> bool:
     """The torch candidate with the reference's attention, uncompiled, on the twin's device
     *is* an honest run of the reference in its dtype: the twin's forward would repeat it."""
-    return (opts.candidate == "torch" and not opts.compile and opts.attn == REFERENCE_ATTN
+    return (opts.candidate == "torch" and not opts.quant_twin and not opts.compile and opts.attn == REFERENCE_ATTN
             and ref_attn in (None, REFERENCE_ATTN))
 
 
@@ -50,11 +50,11 @@ def measure_twin(ref: Reference, opts: RunOptions, calib: Calibration, progress:
     (``skip_if_candidate``): its own errors are the floor (see twin_from_candidate)."""
     if not calib.calibrated:
         return None
-    if calib.dtype == "float32":
+    if calib.dtype == "float32" and not opts.quant_twin:
         return Twin("float32", "reference", "the float32 reference itself (floor: float32 rounding)")
     if skip_if_candidate and candidate_is_twin(opts, ref.facts.get("attn")):
         return None  # filled from the candidate's own diffs (see compare_candidate)
-    key = (calib.dtype, ref.device, opts.isolate)
+    key = (calib.dtype, ref.device, opts.isolate, opts.quant_twin)
     if key in ref.twins:
         return ref.twins[key]
     if ref.model is None:
@@ -63,8 +63,9 @@ def measure_twin(ref: Reference, opts: RunOptions, calib: Calibration, progress:
     from parity.backends.pytorch import ModuleBackend, derive
 
     t0 = time.perf_counter()
-    with stage(progress, f"running precision twin ({calib.dtype})", timings):
-        model = derive(ref.model, opts.dtype, ref.device, REFERENCE_ATTN)
+    what = f"{calib.dtype} + {opts.quant_twin}, fake-quantized" if opts.quant_twin else calib.dtype
+    with stage(progress, f"running precision twin ({what})", timings):
+        model = quant_twin(ref, opts) if opts.quant_twin else derive(ref.model, opts.dtype, ref.device, REFERENCE_ATTN)
         backend = ModuleBackend(model, ref.probe_map, getattr(model, "config", ref.source.config), "twin",
                                 ref.source.num_blocks)
         comparator = Comparator(ref.capture, Capture("twin", backend.describe()), NO_ELEMENT_TOLERANCE)
@@ -77,9 +78,23 @@ def measure_twin(ref: Reference, opts: RunOptions, calib: Calibration, progress:
         desc = backend.describe()
         del backend, model, comparator
         _free_device_memory(ref.device)
-    label = f"the reference in {calib.dtype} on {desc.get('device')}, {REFERENCE_ATTN} attention"
+    label = f"the reference in {what} on {desc.get('device')}, {REFERENCE_ATTN} attention"
     twin = ref.twins[key] = Twin(calib.dtype, "measured", label, diffs, iso, time.perf_counter() - t0)
     return twin
+
+
+def quant_twin(ref: Reference, opts: RunOptions) -> object:
+    """The twin of an engine running a quantization scheme (``--quant-twin S``): the reference
+    with S applied by ModelOpt (parity.backends.quant.quantized_reference)."""
+    from parity.backends import quant
+
+    spec = ref.probe_map.block_spec()
+    if spec is None:
+        raise UsageError("--quant-twin needs a probe map with a [block] section.")
+    calib, _ = quant.calibration_ids(ref.source, opts.tokenizer)
+    model, _ = quant.quantized_reference(ref.model, opts.quant_twin or "", dtype=opts.dtype, device=ref.device,
+                                         block_module=spec.module, calibration=calib)
+    return model
 
 
 def _free_device_memory(device: str) -> None:

@@ -1,0 +1,108 @@
+"""Renderers of ``parity eval`` (console, JSON + CSV, HTML) and the bar charts the quantized
+reports share. They read the document parity.run.evaluate builds; nothing is recomputed."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from parity.report.data import _jsonable
+from parity.report.files import atomic_write, rows_csv
+
+ROUGE = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+PROMPT_COLUMNS = ["line", "kind", "ref_tokens", "cand_tokens", "agreement", "first_divergent_token", "exact_match",
+                  *ROUGE, *(f"target_{k}_reference" for k in ROUGE), *(f"target_{k}_candidate" for k in ROUGE),
+                  "ref_ended_by", "cand_ended_by", "stop_outcome", "reference_text", "candidate_text", "target"]
+
+
+def flat(row: dict[str, Any]) -> dict[str, Any]:
+    """A per-prompt row with its ROUGE dicts spread into columns (the CSV's)."""
+    out = {k: v for k, v in row.items() if not isinstance(v, dict)}
+    out.update(row.get("rouge_vs_reference") or {})
+    for side, key in (("reference", "rouge_ref_vs_target"), ("candidate", "rouge_cand_vs_target")):
+        for k, v in (row.get(key) or {}).items():
+            out[f"target_{k}_{side}"] = v
+    out["stop_outcome"] = (row.get("stop_outcome") or {}).get("message")
+    return out
+
+
+def render(doc: dict[str, Any], console: Any = None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console(width=None)
+    ev = doc["eval"]
+    t = Table(title=f"parity eval: {doc['run']['model']} | reference vs {doc['run']['candidate'].get('name')} | {ev['dataset']}",
+              title_justify="left")
+    for c in ("line", "tokens ref/cand", "agreement", "first diff", "exact", "rouge1", "rouge2", "rougeL", "rougeLsum", "stop"):
+        t.add_column(c, justify="left" if c in ("stop",) else "right")
+    for r in ev["prompts"]:
+        rg = r["rouge_vs_reference"]
+        so = r.get("stop_outcome")
+        t.add_row(str(r["line"]), f"{r['ref_tokens']}/{r['cand_tokens']}", f"{r['agreement']:.3f}",
+                  "-" if r["first_divergent_token"] is None else str(r["first_divergent_token"]),
+                  "yes" if r["exact_match"] else "no", *(f"{rg[k]:.1f}" for k in ROUGE),
+                  so["kind"] if so else r["cand_ended_by"])
+    console.print(t)
+    console.print(doc["summary"]["message"], markup=False, highlight=False, soft_wrap=True)
+    for r in ev["prompts"]:
+        if r.get("stop_outcome"):
+            console.print(f"  - line {r['line']}: {r['stop_outcome']['message']}", markup=False, highlight=False, soft_wrap=True)
+    for n in ev.get("fault_notes") or []:
+        console.print(f"  fault: {n}", markup=False, highlight=False)
+
+
+def write(doc: dict[str, Any], out_dir: Path) -> dict[str, Path]:
+    """report.json (the ``eval`` section) and prompts.csv, both rendered before either is written."""
+    paths = {"json": out_dir / "report.json", "csv": out_dir / "prompts.csv"}
+    texts = {"json": json.dumps(_jsonable(doc), indent=2, allow_nan=False) + "\n",
+             "csv": rows_csv([flat(r) for r in doc["eval"]["prompts"]], PROMPT_COLUMNS)}
+    for key, path in paths.items():
+        atomic_write(path, texts[key])
+    return paths
+
+
+def bars(values: list[tuple[Any, float | None]], width: int = 820, height: int = 200, log: bool = False) -> dict[str, Any]:
+    """Geometry of a bar chart (one bar per label, e.g. per block): rects and y ticks in SVG
+    coordinates. ``log``: a log10 axis (errors spanning decades)."""
+    import math
+
+    left, right, top, bottom = 56, 10, 10, 26
+    vals = [v for _, v in values if v is not None and v > 0 and math.isfinite(v)]
+    if not vals:
+        return {"width": width, "height": height, "bars": [], "ticks": [], "empty": True}
+    tf = (lambda v: math.log10(v)) if log else (lambda v: v)
+    lo = math.floor(tf(min(vals))) if log else 0.0
+    hi = tf(max(vals))
+    hi = hi if hi > lo else lo + 1.0
+    plot_w, plot_h = width - left - right, height - top - bottom
+    slot = plot_w / max(1, len(values))
+    out = []
+    for k, (label, v) in enumerate(values):
+        ok = v is not None and v > 0 and math.isfinite(v)
+        h = 0.0 if not ok else max(1.0, plot_h * (tf(v) - lo) / (hi - lo))  # type: ignore[arg-type]
+        out.append({"x": left + k * slot + slot * 0.12, "w": slot * 0.76, "y": top + plot_h - h, "h": h,
+                    "label": str(label), "value": v, "lx": left + k * slot + slot / 2})
+    ticks = []
+    steps = range(int(lo), int(math.ceil(hi)) + 1) if log else [hi * f for f in (0, 0.25, 0.5, 0.75, 1.0)]
+    for t in steps:
+        y = top + plot_h - plot_h * ((t - lo) / (hi - lo))
+        ticks.append({"y": y, "text": (f"1e{t}" if log else f"{(10 ** t) if log else t:.3g}")})
+    every = max(1, len(values) // 30)
+    return {"width": width, "height": height, "bars": out, "ticks": ticks, "left": left, "bottom": top + plot_h,
+            "label_every": every, "empty": False}
+
+
+def html(doc: dict[str, Any]) -> str:
+    from parity.report.html import _env
+
+    ev = doc["eval"]
+    chart = bars([(r["line"], r["rouge_vs_reference"]["rougeL"]) for r in ev["prompts"]], height=180)
+    return _env().get_template("eval.html.j2").render(doc=doc, ev=ev, run=doc["run"], s=doc["summary"], chart=chart,
+                                                      rouge=ROUGE, rows=[flat(r) for r in ev["prompts"]])
+
+
+def write_html(doc: dict[str, Any], path: str | Path) -> Path:
+    path = Path(path)
+    atomic_write(path, html(doc))
+    return path

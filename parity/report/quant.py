@@ -1,0 +1,107 @@
+"""Renderers of quantized runs: the attribution and sensitivity section of a ``parity run
+--candidate quant`` report (HTML), and the ``parity quant-sweep`` table (console, JSON, CSV,
+HTML). They read what parity.run.quant and parity.run.quant_sweep put in the document."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from parity.report.data import _jsonable
+from parity.report.evaluation import bars
+from parity.report.files import atomic_write, rows_csv
+
+SWEEP_COLUMNS = ["scheme", "status", "logits_nrmse", "logits_max_abs_err", "excess_over_twin", "first_divergent_block",
+                 "sensitive_blocks", "isolated_blocks", "top_block_agrees", "rougeL_vs_reference", "token_agreement",
+                 "budget", "verdict", "wall_s"]
+
+
+def view(q: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Chart geometry of a quantized run's summary["quant"] (None for other runs)."""
+    if not q:
+        return None
+    att = q.get("attribution") or {}
+    blocks = att.get("blocks") or []
+    sens = q.get("sensitivity") or {}
+    return {
+        "q": q,
+        "attribution": bars([(b["block"], b.get("resid_post")) for b in blocks], log=True) if blocks else None,
+        "attn": bars([(b["block"], b.get("attn_out")) for b in blocks], log=True, height=150) if blocks else None,
+        "mlp": bars([(b["block"], b.get("mlp_out")) for b in blocks], log=True, height=150) if blocks else None,
+        "sensitivity": bars([(r["block"], r["logits_nrmse"]) for r in sens.get("blocks", [])]) if sens else None,
+        "kinds": sens.get("kinds") or {},
+        "agreement": q.get("agreement"),
+    }
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    if isinstance(v, list):
+        return ",".join(map(str, v)) or "-"
+    return str(v)
+
+
+def render_sweep(doc: dict[str, Any], console: Any = None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console(width=None)
+    run = doc["run"]
+    t = Table(title=f"parity quant-sweep: {run.get('model')} ({run.get('source')}) | reference float32 vs each scheme "
+              f"({run.get('dtype')} activations) | {run.get('tokens')} tokens", title_justify="left")
+    heads = {"scheme": "scheme", "logits_nrmse": "logits nrmse", "excess_over_twin": "excess vs twin",
+             "first_divergent_block": "1st div. block", "sensitive_blocks": "sensitive blocks",
+             "isolated_blocks": "isolated top", "rougeL_vs_reference": "ROUGE-L vs ref", "token_agreement": "agreement",
+             "budget": "budget", "verdict": "verdict", "wall_s": "wall s"}
+    for h in heads.values():
+        t.add_column(h, justify="left" if h in ("scheme", "verdict") else "right")
+    for r in doc["table"]:
+        if r.get("status") != "ran":
+            t.add_row(r["scheme"], *["-"] * (len(heads) - 3), r.get("status", "-"), "-")
+            continue
+        t.add_row(*(_cell(r.get(k)) for k in heads))
+    console.print(t)
+    console.print(f"Latency: {doc['latency']}.", markup=False, highlight=False, soft_wrap=True)
+    if doc.get("eval"):
+        e = doc["eval"]
+        console.print(f"ROUGE-L: {e['metric']}; {e['prompts']} prompts of {e['dataset']}, greedy, at most "
+                      f"{e['max_new_tokens']} tokens.", markup=False, highlight=False, soft_wrap=True)
+    else:
+        console.print("ROUGE-L: not measured (no tokenizer: seeded weights produce no text worth scoring, or --no-rouge).",
+                      markup=False, highlight=False, soft_wrap=True)
+
+
+def sweep_csv(doc: dict[str, Any]) -> str:
+    return rows_csv([{k: (",".join(map(str, v)) if isinstance(v, list) else v) for k, v in r.items()} for r in doc["table"]],
+                    SWEEP_COLUMNS)
+
+
+def sweep_html(doc: dict[str, Any]) -> str:
+    from parity.report.html import _env
+
+    ran = [r for r in doc["table"] if r.get("status") == "ran"]
+    chart = bars([(r["scheme"], r["logits_nrmse"]) for r in ran], height=200, log=True)
+    views = {r["scheme"]: view(r.get("quant")) for r in ran if r.get("quant")}
+    return _env().get_template("quant_sweep.html.j2").render(doc=doc, run=doc["run"], rows=doc["table"], chart=chart,
+                                                             views=views, columns=SWEEP_COLUMNS, cell=_cell)
+
+
+def write_sweep(doc: dict[str, Any], out_dir: Path) -> dict[str, Path]:
+    """sweep.json, sweep.csv and sweep.html, all rendered before any is written."""
+    paths = {"json": out_dir / "sweep.json", "csv": out_dir / "sweep.csv", "html": out_dir / "sweep.html"}
+    texts = {"json": json.dumps(_jsonable(doc), indent=2, allow_nan=False, default=str) + "\n", "csv": sweep_csv(doc),
+             "html": sweep_html(doc)}
+    for key, path in paths.items():
+        atomic_write(path, texts[key])
+    return paths
+
+
+def write_sweep_html(doc: dict[str, Any], path: str | Path) -> Path:
+    path = Path(path)
+    atomic_write(path, sweep_html(doc))
+    return path
