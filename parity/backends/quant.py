@@ -236,7 +236,11 @@ def create(ctx: Any) -> QuantBackend:
     spec = ctx.probe_map.block_spec()
     if spec is None:
         raise BackendError("the quant candidate needs a probe map with a [block] section (the block module path).")
-    calib, how = calibration_ids(ctx.source, getattr(o, "tokenizer", None))
+    scheme = schemes.get(o.quant)
+    if scheme.calibrates:
+        calib, how = calibration_ids(ctx.source, getattr(o, "tokenizer", None))
+    else:
+        calib, how = [], "none needed (weight-only max scales come from the weights)"
     if ctx.progress is not None:
         ctx.progress(f"quantizing ({o.quant}, ModelOpt; calibration: {how})")
     model, facts = quantized_reference(ctx.reference_model, o.quant, dtype=o.dtype, device=ctx.device,

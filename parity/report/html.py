@@ -127,9 +127,9 @@ def render(report: ReportData) -> str:
 
 
 def quant_view(q: Any) -> Any:
-    from parity.report import quant
+    from parity.report import bars
 
-    return quant.view(q)
+    return bars.view(q)
 
 
 def verdict_view(report: ReportData) -> dict[str, Any]:

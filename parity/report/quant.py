@@ -8,30 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from parity.report.data import _jsonable
-from parity.report.evaluation import bars
+from parity.report.bars import bars, view
 from parity.report.files import atomic_write, rows_csv
 
 SWEEP_COLUMNS = ["scheme", "status", "logits_nrmse", "logits_max_abs_err", "excess_over_twin", "first_divergent_block",
                  "sensitive_blocks", "isolated_blocks", "top_block_agrees", "rougeL_vs_reference", "token_agreement",
                  "budget", "verdict", "wall_s"]
-
-
-def view(q: dict[str, Any] | None) -> dict[str, Any] | None:
-    """Chart geometry of a quantized run's summary["quant"] (None for other runs)."""
-    if not q:
-        return None
-    att = q.get("attribution") or {}
-    blocks = att.get("blocks") or []
-    sens = q.get("sensitivity") or {}
-    return {
-        "q": q,
-        "attribution": bars([(b["block"], b.get("resid_post")) for b in blocks], log=True) if blocks else None,
-        "attn": bars([(b["block"], b.get("attn_out")) for b in blocks], log=True, height=150) if blocks else None,
-        "mlp": bars([(b["block"], b.get("mlp_out")) for b in blocks], log=True, height=150) if blocks else None,
-        "sensitivity": bars([(r["block"], r["logits_nrmse"]) for r in sens.get("blocks", [])]) if sens else None,
-        "kinds": sens.get("kinds") or {},
-        "agreement": q.get("agreement"),
-    }
 
 
 def _cell(v: Any) -> str:

@@ -101,6 +101,10 @@ def _rouge(ref: Any, opts: RunOptions, rows: list[dict[str, Any]], models: dict[
         model = sides.pop(row["scheme"], None)
         if model is None:
             continue
+        if row["scheme"] in models:  # quantized weights folded once: decode steps need not re-quantize them
+            from parity.backends.quant import modelopt
+
+            modelopt().fold_weight(model)
         if progress is not None:
             progress(f"ROUGE: greedy outputs of {row['scheme']}")
         out = ev.generate_all(model, prompts, stops, max_new, 0, update)
