@@ -176,3 +176,31 @@ def test_cli_run_writes_the_quant_section(run_cli, tmp_path: Path) -> None:
     rep = json.loads((tmp_path / "report.json").read_text())
     assert rep["run"]["candidate"]["quant"]["excluded"] == ["blocks.0.*"]
     assert rep["summary"]["quant"]["scheme"] == "int8-wo" and "quant int8-wo" in out
+
+
+# -- the real SmolLM2 (make test-all) -----------------------------------------------------------
+
+@needs_modelopt
+@pytest.mark.real
+@pytest.mark.slow
+def test_real_sweep_int4_costs_more_than_int8(run_cli, tmp_path: Path) -> None:
+    from parity.loading import fetch
+
+    real = fetch.model_dir("smollm2")
+    orig = Path.home() / ".cache" / "parity" / "models" / "smollm2"
+    if not (real / "config.json").is_file():
+        if not (orig / "config.json").is_file():
+            pytest.skip("SmolLM2 is not fetched: run `make model` (parity fetch smollm2)")
+        real.parent.mkdir(parents=True, exist_ok=True)
+        real.symlink_to(orig, target_is_directory=True)
+    code, out, _ = run_cli("quant-sweep", "--model", "smollm2", "--device", "cpu", "--schemes", "int8-wo,int4-wo",
+                           "--prompt", "The library now lends telescopes, sewing machines and power tools.",
+                           "--no-rouge", "-q", "--out", str(tmp_path))
+    assert code == 0
+    doc = json.loads((tmp_path / "sweep.json").read_text())
+    rows = {r["scheme"]: r for r in doc["table"]}
+    assert set(rows) == {"fp16 (twin)", "int8-wo", "int4-wo"}
+    assert rows["fp16 (twin)"]["logits_nrmse"] < rows["int8-wo"]["logits_nrmse"] < rows["int4-wo"]["logits_nrmse"]
+    assert len(rows["int4-wo"]["sensitive_blocks"]) == 3 and len(rows["int4-wo"]["isolated_blocks"]) == 3
+    assert rows["int4-wo"]["excess_over_twin"] > rows["int8-wo"]["excess_over_twin"] > 1
+    assert "not measured" in doc["latency"] and "int4-wo" in (tmp_path / "sweep.csv").read_text()

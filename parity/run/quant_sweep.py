@@ -64,7 +64,13 @@ def execute(opts: RunOptions, names: list[str], progress: Progress | None = None
 
         q_opts = dataclasses.replace(base, candidate="quant", quant=name, quant_sensitivity=True)
         t0 = time.perf_counter()
-        res = compare_candidate(ref, q_opts, progress, create=create)
+        try:
+            res = compare_candidate(ref, q_opts, progress, create=create)
+        except Exception as exc:  # noqa: BLE001 - one scheme failing (a ModelOpt kernel missing) ends only its row
+            text = " ".join(str(exc).split())[:200]
+            rows.append({"scheme": name, "status": f"error: {type(exc).__name__}: {text}", "wall_s": round(time.perf_counter() - t0, 2)})
+            kept.clear()
+            continue
         rows.append(_row(name, res.report, time.perf_counter() - t0))
         if rouge:
             models[name] = kept["backend"].model
