@@ -41,8 +41,7 @@ def options(ns: argparse.Namespace) -> Any:
 def check_eval(ns: argparse.Namespace, opts: Any) -> None:
     from parity.errors import UsageError
 
-    if opts.candidate != "reference":
-        check_options(opts)
+    check_options(opts)  # the eval-only candidate "reference" (the reference against itself) passes it
     if ns.limit is not None and ns.limit < 1:
         raise UsageError(f"--limit {ns.limit}: need at least 1 prompt.")
     if ns.dataset is not None and not Path(ns.dataset).is_file():

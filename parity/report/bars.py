@@ -29,10 +29,10 @@ def bars(values: list[tuple[Any, float | None]], width: int = 820, height: int =
         out.append({"x": left + k * slot + slot * 0.12, "w": slot * 0.76, "y": top + plot_h - h, "h": h,
                     "label": str(label), "value": v, "lx": left + k * slot + slot / 2})
     ticks = []
-    steps = range(int(lo), int(math.ceil(hi)) + 1) if log else [hi * f for f in (0, 0.25, 0.5, 0.75, 1.0)]
+    steps = range(int(lo), int(math.floor(hi)) + 1) if log else [hi * f for f in (0, 0.25, 0.5, 0.75, 1.0)]
     for t in steps:
         y = top + plot_h - plot_h * ((t - lo) / (hi - lo))
-        ticks.append({"y": y, "text": (f"1e{t}" if log else f"{(10 ** t) if log else t:.3g}")})
+        ticks.append({"y": y, "text": f"1e{t}" if log else f"{t:.3g}"})
     every = max(1, len(values) // 30)
     return {"width": width, "height": height, "bars": out, "ticks": ticks, "left": left, "bottom": top + plot_h,
             "label_every": every, "empty": False}
