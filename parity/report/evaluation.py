@@ -31,12 +31,16 @@ def render(doc: dict[str, Any], console: Any = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = console or Console(width=None)
+    import os
+    import sys
+
+    width = None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", "100") or 100)
+    console = console or Console(width=width)
     ev = doc["eval"]
     t = Table(title=f"parity eval: {doc['run']['model']} | reference vs {doc['run']['candidate'].get('name')} | {ev['dataset']}",
               title_justify="left")
-    for c in ("line", "tokens ref/cand", "agreement", "first diff", "exact", "rouge1", "rouge2", "rougeL", "rougeLsum", "stop"):
-        t.add_column(c, justify="left" if c in ("stop",) else "right")
+    for c in ("line", "tokens r/c", "agree", "1st diff", "exact", "R-1", "R-2", "R-L", "R-Lsum", "ended"):
+        t.add_column(c, justify="left" if c == "ended" else "right", no_wrap=True)
     for r in ev["prompts"]:
         rg = r["rouge_vs_reference"]
         so = r.get("stop_outcome")

@@ -286,7 +286,7 @@ def execute(opts: Any, dataset: str | None = None, limit: int | None = None,
     section = {"dataset": label, "chat": bool(opts.chat), "greedy": True, "max_new_tokens": opts.max_new_tokens,
                "rouge": "rouge-score (Google), F1 x100, Porter stemmer", "faults": list(opts.faults),
                "fault_notes": sd.notes, "overall": ov, "prompts": rows}
-    run = {"command": "eval", "model": source.family.name, "source": source.label, "candidate": {**cand_desc, "name": opts.candidate},
+    run = {"command": "eval", "model": opts.model, "family": source.family.name, "source": source.label, "candidate": {**cand_desc, "name": opts.candidate},
            "dtype": opts.dtype, "device": device, "timings_s": timings}
     return {"schema_version": "1.1", "run": run, "summary": summary_of(ov, opts.candidate), "eval": section}
 

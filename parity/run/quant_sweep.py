@@ -77,7 +77,8 @@ def execute(opts: RunOptions, names: list[str], progress: Progress | None = None
         else:
             kept.clear()
     ev = _rouge(ref, opts, rows, models, progress, dataset, limit, max_new_tokens) if rouge else None
-    return {"schema_version": "1.1", "run": {**fp16.report.run, "command": "quant-sweep", "candidate": None},
+    return {"schema_version": "1.1", "run": {**fp16.report.run, "model": opts.model, "family": ref.source.family.name,
+                                            "command": "quant-sweep", "candidate": None},
             "eval": ev, "latency": "not measured: fake quantization runs in floating point (no int8/int4/FP8 kernels), "
             "so its speed says nothing about an engine's", "table": rows}
 
