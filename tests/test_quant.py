@@ -43,6 +43,11 @@ def test_quant_options_are_checked_before_any_model(run_cli, args: list[str], te
     assert code == 2 and text in err
 
 
+def test_sweep_refuses_an_unknown_scheme_before_any_model(run_cli) -> None:
+    code, _, err = run_cli("quant-sweep", "--model", "smollm2", "--schemes", "int8-wo,fp7", "-q")
+    assert code == 2 and "unknown quantization scheme 'fp7'" in err
+
+
 def test_units_use_the_canonical_vocabulary() -> None:
     pytest.importorskip("torch")
     from parity.backends.quant import block_pattern, unit_of
