@@ -52,6 +52,10 @@ def render_sweep(doc: dict[str, Any], console: Any = None) -> None:
             continue
         t.add_row(*(_cell(r.get(k)) for k in heads))
     console.print(t)
+    for r in doc["table"]:
+        line = agreement_line(r)
+        if line:
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
     console.print(f"Latency: {doc['latency']}.", markup=False, highlight=False, soft_wrap=True)
     if doc.get("eval"):
         e = doc["eval"]
@@ -60,6 +64,20 @@ def render_sweep(doc: dict[str, Any], console: Any = None) -> None:
     else:
         console.print("ROUGE-L: not measured (no tokenizer: seeded weights produce no text worth scoring, or --no-rouge).",
                       markup=False, highlight=False, soft_wrap=True)
+
+
+def agreement_line(row: dict[str, Any]) -> str | None:
+    """Does the top block in isolation (excess) also top the sensitivity sweep? With the numbers."""
+    q = row.get("quant") or {}
+    a, sens = q.get("agreement"), q.get("sensitivity")
+    if not a or not sens or a.get("isolated_top") is None:
+        return None
+    err = {b["block"]: b["logits_nrmse"] for b in sens["blocks"]}
+    iso, top = a["isolated_top"], a["sensitivity_top"]
+    if a["agree"]:
+        return f"{row['scheme']}: block {iso} tops both rankings (alone it gives logits nrmse {err[iso]:.3g})"
+    return (f"{row['scheme']}: isolated top block {iso} is #{a['sensitivity_rank_of_isolated_top']} by sensitivity "
+            f"(logits nrmse {err[iso]:.3g} alone, vs {err[top]:.3g} for block {top})")
 
 
 def sweep_csv(doc: dict[str, Any]) -> str:
