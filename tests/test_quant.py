@@ -147,6 +147,26 @@ def test_toggling_one_block_equals_excluding_all_others(tiny_ref, scheme: str) -
 
 
 @needs_modelopt
+def test_kv_quantizers_see_the_whole_cache_at_decode_steps(tiny_ref) -> None:
+    """int8-kv in generation (parity eval, generate): at a cached decode step the k quantizer
+    receives every cached position, so the cache is read quantized (static per-tensor scale)."""
+    from parity.backends import quant
+    from parity.run.decode import Stepper
+
+    spec = tiny_ref.probe_map.block_spec()
+    calib, _ = quant.calibration_ids(tiny_ref.source)
+    model, facts = quant.quantized_reference(tiny_ref.model, "int8-kv", dtype="fp32", device="cpu",
+                                             block_module=spec.module, calibration=calib)
+    assert set(facts["quantizers"]) == {"kv"}
+    seen: list[int] = []
+    first = next(m for n, m in model.named_modules() if n.endswith("k_bmm_quantizer"))
+    first.register_forward_hook(lambda mod, args, out: seen.append(args[0].shape[-2]))
+    with Stepper(model) as st:
+        st.step(int(st.prefill([5, 6, 7, 8]).argmax()))
+    assert seen == [4, 5]
+
+
+@needs_modelopt
 def test_sensitivity_sweep_and_html(tiny_ref, tmp_path: Path) -> None:
     pytest.importorskip("jinja2")
     from parity.report import html
