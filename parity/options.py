@@ -64,13 +64,20 @@ class RunOptions:
     gguf_type: str | None = None
     #: a quantized GGUF whose activation quantization the precision twin emulates (set by the llamacpp candidate)
     twin_gguf: str | None = None
-    quant_twin: str = "emulate"
     trtllm_map: str | None = None
     mode: str = "all"
     port: str | None = None
     port_map: str | None = None
     faults: list[str] = field(default_factory=list)
     isolate: bool = True
+    # quantized candidates (issue 19; parity.backends.schemes)
+    quant: str | None = None
+    quant_exclude: list[str] = field(default_factory=list)
+    quant_budget: float | None = None
+    #: the twin of a quantized candidate: None/"auto" (llama.cpp quantized GGUF: "emulate", else the
+    #: plain precision twin), "emulate", "float" (the plain precision twin) or a SCHEME (ModelOpt)
+    quant_twin: str | None = None
+    quant_sensitivity: bool = False
 
     def __post_init__(self) -> None:
         self.dtype = dtype_arg(self.dtype)
@@ -122,6 +129,13 @@ GROUPS: dict[str, tuple[str, list[Opt]]] = {
         Opt(("--fault",), {"dest": "faults", "action": "append", "default": [], "metavar": "NAME[@BLOCK]", "help": "inject a known porting bug (repeatable): port faults double-rope, silu-wrong-branch, qkv-split, rope-base, norm-eps (need --candidate port); model fault mlp-overflow; generation faults eos-token, kv-position (parity generate); `parity doctor` lists them"}),
         Opt(("--no-isolate",), {"dest": "isolate", "action": "store_false", "default": True, "help": "skip the isolated (teacher-forced) per-block pass"}),
     ]),
+    "quant": ("quantization", [
+        Opt(("--quant",), {"metavar": "SCHEME", "help": "with --candidate quant: int8-wo, int4-wo, int4-awq, w8a8-sq, fp8, int8-kv, fp8-kv, nvfp4 (ModelOpt fake quantization)"}),
+        Opt(("--quant-exclude",), {"action": "append", "default": [], "metavar": "GLOB", "help": "units kept unquantized, repeatable: 'blocks.0.*', 'blocks.*.mlp', 'blocks.*.kv'"}),
+        Opt(("--quant-budget",), {"type": float, "metavar": "X", "help": "pass/fail budget of a quantized candidate: logits nrmse vs the float32 reference (default: the scheme's)"}),
+        Opt(("--sensitivity",), {"dest": "quant_sensitivity", "action": "store_true", "help": "with --candidate quant: also quantize one block / one component kind at a time and rank blocks by the logits error"}),
+        Opt(("--quant-twin",), {"metavar": "auto|emulate|float|SCHEME", "help": "the twin of a quantized candidate. SCHEME: the reference fake-quantized with it (an engine running SCHEME judged against what the scheme itself costs); emulate: llama.cpp's activation quantization on the reference (the default for a quantized GGUF); float: the plain precision twin (shows how far the quantization moves each probe)"}),
+    ]),
     "engine": ("engine backends", [
         Opt(("--ort-opt",), {"default": "all", "choices": ["disable", "basic", "extended", "all"], "help": "ONNX Runtime graph optimization level (default: all)"}),
         Opt(("--ort-provider",), {"default": "CPUExecutionProvider", "metavar": "EP", "help": "ONNX Runtime execution provider (default: CPUExecutionProvider)"}),
@@ -130,7 +144,6 @@ GROUPS: dict[str, tuple[str, list[Opt]]] = {
         Opt(("--dump-map",), {"metavar": "TOML", "help": "--candidate dump: map from dumped tensor names to canonical probes"}),
         Opt(("--gguf",), {"metavar": "FILE", "help": "--candidate llamacpp: the GGUF file llama.cpp runs (default: the --checkpoint GGUF, a fetched model's GGUF, else the reference converted by llama.cpp's convert_hf_to_gguf.py)"}),
         Opt(("--gguf-type",), {"choices": ["f32", "f16", "bf16", "q8_0"], "help": "--candidate llamacpp: convert the reference's weights to this GGUF type (default: --dtype's; q8_0: the reference reads the same file dequantized)"}),
-        Opt(("--quant-twin",), {"default": "emulate", "choices": ["emulate", "float"], "help": "--candidate llamacpp, quantized GGUF: the twin emulates llama.cpp's activation quantization (default), or is the plain reference in float16 (float: shows how far the quantized kernels move each probe)"}),
         Opt(("--trtllm-map",), {"metavar": "NAME|TOML", "help": "--candidate trtllm: probe map for the TensorRT-LLM model (default: trtllm_<family>)"}),
         Opt(("--mode",), {"default": "all", "choices": ["all", "bisect"], "help": "all: mark every probe in one build; bisect: few marked probes per build, binary search (default: all)"}),
     ]),

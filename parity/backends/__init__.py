@@ -58,6 +58,10 @@ CANDIDATES: dict[str, BackendInfo] = {
         "parity's own implementation of the family (clean-room Qwen v1; transformers' class for the others) loaded "
         "from the same checkpoint: the cross-check of a --trust-remote-code reference",
     ),
+    "quant": BackendInfo(
+        "quant", "parity.backends.quant", ("torch", "modelopt"),
+        "the reference weights fake-quantized by NVIDIA ModelOpt (--quant int8-wo|int4-wo|int4-awq|w8a8-sq|fp8|int8-kv|fp8-kv|nvfp4)",
+    ),
     "port": BackendInfo(
         "port", "parity.backends.port", ("torch",),
         "a PyTorch port (--port FILE.py:factory, or the family's built-in engine-style port with --fault)",

@@ -92,7 +92,7 @@ def resolve(opts: Any, say: Any = None) -> Resolved:
         _RESOLVED[str(res.path)] = res
     opts.gguf = str(res.path)
     opts.dtype = res.dtype
-    if res.quantized and opts.quant_twin != "float":  # the twin: the reference with llama.cpp's activation quantization
+    if res.quantized and opts.quant_twin in (None, "auto", "emulate"):  # the twin: the reference with llama.cpp's activation quantization
         opts.twin_gguf = str(res.path)
     return res
 

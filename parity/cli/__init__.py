@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from parity import __version__
-from parity.cli import dump, fetch, generate, info, report, run
+from parity.cli import dump, eval as eval_cmd, fetch, generate, info, quant_sweep, report, run
 from parity.cli.common import EXIT_INTERNAL, EXIT_USAGE
 from parity.errors import ParityError
 
@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--debug", action="store_true", help="show tracebacks")
     run.add_parsers(sub, common)  # run, bisect
     generate.add_parser(sub, common)
+    eval_cmd.add_parser(sub, common)
+    quant_sweep.add_parser(sub, common)
     dump.add_commands(sub, common)  # dump, compare
     info.add_parsers(sub, common)  # probes, doctor
     report.add_parsers(sub, common)  # report, diff

@@ -119,6 +119,7 @@ def check_options(opts: Any) -> None:
             raise UsageError(f"{flag} {path}: no such {kind}.")
     _check_port(opts)
     _check_maps(opts)
+    _check_quant(opts)
     for d in opts.probe_dirs:
         if not Path(d).is_dir():
             raise UsageError(f"--probe-dir {d}: no such folder.")
@@ -162,6 +163,41 @@ def _check_port(opts: Any) -> None:
         file = Path(path if sep and name.isidentifier() else opts.port)
         if not file.is_file():
             raise UsageError(f"port file '{file}' does not exist.", note="--port path/to/file.py:factory")
+
+
+def _check_quant(opts: Any) -> None:
+    """--quant, --quant-twin and --quant-budget (parity.backends.schemes), before any model
+    is built: an unknown scheme, or one that needs CUDA on a CPU device, is exit 2."""
+    from parity.backends import schemes
+    from parity.errors import UsageError
+
+    quant, twin = getattr(opts, "quant", None), getattr(opts, "quant_twin", None)
+    if opts.candidate == "quant" and not quant:
+        raise UsageError("--candidate quant needs --quant SCHEME.", note="schemes: " + ", ".join(schemes.SCHEMES))
+    if quant and opts.candidate != "quant":
+        raise UsageError("--quant needs --candidate quant.", note="an engine running a scheme: --quant-twin SCHEME")
+    if getattr(opts, "quant_exclude", None) and opts.candidate != "quant":
+        raise UsageError("--quant-exclude needs --candidate quant.")
+    budget = getattr(opts, "quant_budget", None)
+    if budget is not None and not (math.isfinite(budget) and budget > 0):
+        raise UsageError(f"--quant-budget {budget}: need a finite number > 0 (a logits nrmse).")
+    if twin and twin not in ("auto", "emulate", "float") and twin not in schemes.SCHEMES:
+        raise UsageError(f"--quant-twin {twin}: not a twin.",
+                         note="auto, emulate (llama.cpp's activation quantization), float, or a scheme: "
+                              + ", ".join(schemes.SCHEMES))
+    for name in (quant, None if twin in ("auto", "emulate", "float") else twin):
+        if name:
+            scheme = schemes.get(name)
+            if scheme.needs_cuda:
+                schemes.check_device(scheme, _resolved_device(opts.device))
+
+
+def _resolved_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def with_model(opts: Any, ns: argparse.Namespace) -> Any:

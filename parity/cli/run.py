@@ -11,7 +11,7 @@ from parity.options import add_group, run_options
 
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("run", parents=[common], help="compare a candidate against the reference, probe by probe")
-    for g in ("model", "input", "candidate", "engine", "compare", "output"):
+    for g in ("model", "input", "candidate", "quant", "engine", "compare", "output"):
         add_group(p, g)
     p.set_defaults(func=cmd_run)
 

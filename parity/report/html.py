@@ -121,9 +121,15 @@ def render(report: ReportData) -> str:
         charts={m: charts.depth_chart(report, m) for m in ("max_abs_err", "nrmse")},
         excess_chart=charts.depth_chart(report, "excess", height=230) if calib else None,
         heat=charts.heatmap(report), point_of=charts.point_of,
-        generation=generation_view(report.generation),
+        generation=generation_view(report.generation), quant=quant_view(report.summary.get("quant")),
         data_json=script_json(report.to_dict()),
     )
+
+
+def quant_view(q: Any) -> Any:
+    from parity.report import bars
+
+    return bars.view(q)
 
 
 def verdict_view(report: ReportData) -> dict[str, Any]:

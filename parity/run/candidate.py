@@ -80,6 +80,13 @@ def compare_candidate(ref: Reference, opts: RunOptions, progress: Progress | Non
                        isolated_profiles=iso_profiles, calibration=calib)
     summary["isolation"] = iso_state
     report = ReportData(run=facts, probes=rows, summary=summary)
+    if opts.candidate == "quant":  # quantization error is large by design: a budget decides (parity.run.quant)
+        from parity.run import quant
+
+        quant.judge(report, opts)
+        if opts.quant_sensitivity:
+            with stage(progress, "sensitivity sweep (one block, one kind quantized at a time)", timings):
+                quant.attach_sensitivity(report, cand, ref_cap, ids, calib, getattr(progress, "update", None))
     return RunResult(report, ref_cap, cand_cap, ids)
 
 

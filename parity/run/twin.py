@@ -39,7 +39,7 @@ REFERENCE_ATTN = "eager"
 def candidate_is_twin(opts: RunOptions, ref_attn: str | None) -> bool:
     """The torch candidate with the reference's attention, uncompiled, on the twin's device
     *is* an honest run of the reference in its dtype: the twin's forward would repeat it."""
-    return (opts.candidate == "torch" and not opts.compile and opts.attn == REFERENCE_ATTN
+    return (opts.candidate == "torch" and not scheme_twin(opts) and not opts.compile and opts.attn == REFERENCE_ATTN
             and ref_attn in (None, REFERENCE_ATTN))
 
 
@@ -51,11 +51,11 @@ def measure_twin(ref: Reference, opts: RunOptions, calib: Calibration, progress:
     (``skip_if_candidate``): its own errors are the floor (see twin_from_candidate)."""
     if not calib.calibrated:
         return None
-    if calib.dtype == "float32":
+    if calib.dtype == "float32" and not scheme_twin(opts):
         return Twin("float32", "reference", "the float32 reference itself (floor: float32 rounding)")
     if skip_if_candidate and candidate_is_twin(opts, ref.facts.get("attn")):
         return None  # filled from the candidate's own diffs (see compare_candidate)
-    key = (calib.dtype, ref.device, opts.isolate, opts.twin_gguf)
+    key = (calib.dtype, ref.device, opts.isolate, opts.twin_gguf, scheme_twin(opts))
     if key in ref.twins:
         return ref.twins[key]
     if ref.model is None:
@@ -65,7 +65,12 @@ def measure_twin(ref: Reference, opts: RunOptions, calib: Calibration, progress:
 
     t0 = time.perf_counter()
     with stage(progress, f"running precision twin ({calib.dtype})", timings):
-        model, what = twin_model(ref.model, opts, ref.device)
+        if scheme_twin(opts):
+            model = quant_twin(ref, opts)
+            what = (f"the reference in {DTYPE_NAMES.get(opts.dtype, opts.dtype)} fake-quantized with {opts.quant_twin} "
+                    f"(ModelOpt) on {ref.device}, {REFERENCE_ATTN} attention")
+        else:
+            model, what = twin_model(ref.model, opts, ref.device)
         backend = ModuleBackend(model, ref.probe_map, getattr(model, "config", ref.source.config), "twin",
                                 ref.source.num_blocks)
         comparator = Comparator(ref.capture, Capture("twin", backend.describe()), NO_ELEMENT_TOLERANCE)
@@ -83,11 +88,18 @@ def measure_twin(ref: Reference, opts: RunOptions, calib: Calibration, progress:
     return twin
 
 
-def twin_model(ref_model: Any, opts: RunOptions, device: str) -> tuple[Any, str | None]:
+def scheme_twin(opts: RunOptions) -> str | None:
+    """The quantization scheme the twin applies (``--quant-twin SCHEME``), if any."""
+    twin = getattr(opts, "quant_twin", None)
+    return None if twin in (None, "auto", "emulate", "float") else twin
+
+
+def twin_model(ref_model: Any, opts: Any, device: str) -> tuple[Any, str | None]:
     """The twin's module and, when it is not the plain reference in ``opts.dtype``, what it
     is: with ``opts.twin_gguf`` (a quantized GGUF file, set by the llamacpp candidate) the
     reference in float32 with that file's activation quantization before every matmul
-    (parity.backends.actquant), as llama.cpp's kernels do."""
+    (parity.backends.actquant), as llama.cpp's kernels do. (``--quant-twin SCHEME``: see
+    quant_twin.)"""
     from parity.backends.pytorch import derive
 
     if not opts.twin_gguf:
@@ -104,6 +116,20 @@ def twin_model(ref_model: Any, opts: RunOptions, device: str) -> tuple[Any, str 
     kinds = ", ".join(sorted(set(applied.values())))
     return model, (f"the reference in float32 with llama.cpp's activation quantization ({kinds}) before "
                    f"{len(applied)} matmuls, {REFERENCE_ATTN} attention")
+
+
+def quant_twin(ref: Reference, opts: RunOptions) -> object:
+    """The twin of an engine running a quantization scheme (``--quant-twin S``): the reference
+    with S applied by ModelOpt (parity.backends.quant.quantized_reference)."""
+    from parity.backends import quant
+
+    spec = ref.probe_map.block_spec()
+    if spec is None:
+        raise UsageError("--quant-twin needs a probe map with a [block] section.")
+    calib, _ = quant.calibration_ids(ref.source, opts.tokenizer)
+    model, _ = quant.quantized_reference(ref.model, scheme_twin(opts) or "", dtype=opts.dtype, device=ref.device,
+                                         block_module=spec.module, calibration=calib)
+    return model
 
 
 def _free_device_memory(device: str) -> None:

@@ -1,0 +1,66 @@
+"""``parity quant-sweep``: fp16 and each quantization scheme against the float32 reference,
+one table (parity.run.quant_sweep)."""
+from __future__ import annotations
+
+import argparse
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from parity.cli.common import EXIT_OK, check_options, done, progress, with_model
+from parity.options import add_group, run_options
+
+
+def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("quant-sweep", parents=[common], help="fp16 and int8-wo, int4-wo, int8-kv, w8a8-sq, fp8 (ModelOpt) "
+                       "against the float32 reference: one table")
+    for g in ("model", "input"):
+        add_group(p, g)
+    g = p.add_argument_group("sweep")
+    g.add_argument("--schemes", metavar="A,B,...", help="schemes, comma-separated (default: int8-wo,int4-wo,int8-kv,w8a8-sq,fp8)")
+    g.add_argument("--dtype", default="fp16", help="activation dtype of the twin and the schemes (default: fp16)")
+    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, auto (default: cuda when present)")
+    g.add_argument("--ref-device", help="reference device (default: the candidate's)")
+    g.add_argument("--no-rouge", dest="rouge", action="store_false", help="skip the greedy outputs and ROUGE-L")
+    g.add_argument("--dataset", metavar="FILE.jsonl", help="prompts for ROUGE-L (default: the built-in summarization set)")
+    g.add_argument("--limit", type=int, metavar="N", help="first N prompts only")
+    g.add_argument("--max-new-tokens", type=int, default=32, metavar="N", help="greedy tokens per prompt (default: 32)")
+    add_group(p, "output")
+    p.set_defaults(func=cmd_sweep, candidate="torch")
+
+
+def cmd_sweep(ns: argparse.Namespace) -> int:
+    from parity.backends import schemes
+    from parity.errors import UsageError
+
+    opts = with_model(run_options(ns), ns)
+    check_options(opts)
+    names = [n.strip() for n in (ns.schemes or ",".join(schemes.SWEEP)).split(",") if n.strip()]
+    for n in names:
+        schemes.get(n)
+    if not names:
+        raise UsageError("--schemes names no scheme.", note="valid schemes: " + ", ".join(schemes.SCHEMES))
+    if ns.limit is not None and ns.limit < 1:
+        raise UsageError(f"--limit {ns.limit}: need at least 1 prompt.")
+    if ns.rouge and ns.dataset:
+        from parity.run.evaluate import load_items
+
+        load_items(ns.dataset, ns.limit)
+
+    from parity.report import quant as quant_report
+    from parity.run.quant_sweep import execute
+
+    prog = progress(ns.quiet)
+    try:
+        doc = execute(opts, names, prog, rouge=ns.rouge, dataset=ns.dataset, limit=ns.limit, max_new_tokens=ns.max_new_tokens)
+    finally:
+        done(prog)
+    quant_report.render_sweep(doc)
+    if not ns.no_files:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        out = Path(ns.out) if ns.out else Path("reports") / f"{stamp}-{opts.model}-quant-sweep"
+        paths = quant_report.write_sweep(doc, out)
+        print(f"Reports: {paths['json']}  {paths['csv']}  {paths['html']}")
+    if getattr(ns, "html", None):
+        print(f"HTML report: {quant_report.write_sweep_html(doc, ns.html)}")
+    return EXIT_OK

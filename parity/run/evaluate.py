@@ -1,0 +1,308 @@
+"""Task-level parity (``parity eval``): greedy generations of the reference and the candidate
+for a set of prompts, compared per prompt and overall -- token agreement, first divergent
+token, exact match, ROUGE-1/2/L/Lsum of the candidate's output against the reference's and,
+where the set has targets, of each side against the targets (the delta the seed's
+TensorRT-LLM ablation reports).
+
+ROUGE is Google's ``rouge-score`` (the implementation Hugging Face ``evaluate`` wraps), F1 in
+percent, with its default tokenizer and the Porter stemmer; ``rougeLsum`` splits summaries at
+newlines (the outputs are scored as generated, no sentence splitter).
+
+Input: JSONL, one object per line with ``prompt`` (used as is) or ``article`` (wrapped in a
+summarization instruction), and optionally ``target`` or ``highlights``. A bad line is an
+input error naming its number. The built-in set (``models/data/summarize.jsonl``) holds a
+few short news-style articles written for parity, with two-sentence highlights.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from parity.errors import InputError, UsageError
+
+BUILTIN = "data/summarize.jsonl"
+SUMMARIZE = "Summarize the following article in two sentences.\n\n{article}"
+ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+Progress = Callable[[str], Any]
+
+
+@dataclass
+class Item:
+    line: int
+    text: str
+    kind: str  # "prompt" | "article"
+    target: str | None = None
+
+    @property
+    def instruction(self) -> str:
+        return SUMMARIZE.format(article=self.text) if self.kind == "article" else self.text
+
+
+def builtin_path() -> Path:
+    from parity import resources
+
+    path = resources.find_file("models", BUILTIN)
+    if path is None:
+        raise InputError(f"the built-in evaluation set {BUILTIN} is missing from parity's models folder.")
+    return path
+
+
+def load_items(path: str | Path | None = None, limit: int | None = None) -> tuple[list[Item], str]:
+    """The prompts of a JSONL file (or the built-in set), and where they came from."""
+    where = Path(path) if path is not None else builtin_path()
+    if not where.is_file():
+        raise InputError(f"--dataset {where}: no such file.")
+    items: list[Item] = []
+    for n, line in enumerate(where.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        if line.strip():
+            items.append(_item(where, n, line))
+    if not items:
+        raise InputError(f"{where}: no prompts (the file is empty).",
+                         note='one JSON object per line: {"prompt": ...} or {"article": ..., "highlights": ...}')
+    label = f"built-in {BUILTIN}" if path is None else str(where)
+    return (items[:limit] if limit else items), label
+
+
+def _item(where: Path, n: int, line: str) -> Item:
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{where}: line {n} is not valid JSON ({exc.msg}, column {exc.colno}).") from None
+    if not isinstance(obj, dict):
+        raise InputError(f"{where}: line {n} is a JSON {type(obj).__name__}, not an object.")
+    kind = "prompt" if "prompt" in obj else "article" if "article" in obj else None
+    text = obj.get(kind) if kind else None
+    if not isinstance(text, str) or not text.strip():
+        raise InputError(f"{where}: line {n} has no 'prompt' or 'article' text.",
+                         note='one JSON object per line: {"prompt": ...} or {"article": ..., "highlights": ...}')
+    target = obj.get("target", obj.get("highlights"))
+    if target is not None and not isinstance(target, str):
+        raise InputError(f"{where}: line {n}: 'target'/'highlights' must be a string.")
+    return Item(n, text, kind or "prompt", target)
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def scorer() -> Any:
+    try:
+        from rouge_score import rouge_scorer
+    except ImportError:
+        raise UsageError("ROUGE needs Google's rouge-score package, which is not installed.",
+                         note="pip install 'parity-debugger[eval]' (rouge-score)") from None
+    return rouge_scorer.RougeScorer(list(ROUGE_KEYS), use_stemmer=True)
+
+
+def rouge(sc: Any, reference: str, prediction: str) -> dict[str, float]:
+    """F1 in percent of ``prediction`` against ``reference`` (two empty texts: 100)."""
+    if not reference.strip() and not prediction.strip():
+        return {k: 100.0 for k in ROUGE_KEYS}
+    s = sc.score(reference, prediction)
+    return {k: round(100.0 * s[k].fmeasure, 4) for k in ROUGE_KEYS}
+
+
+def token_metrics(ref: list[int], cand: list[int]) -> dict[str, Any]:
+    """Position-wise agreement over the longer output, the first differing position, exact match."""
+    n = max(len(ref), len(cand))
+    same = sum(1 for a, b in zip(ref, cand) if a == b)
+    first = next((i for i, (a, b) in enumerate(zip(ref, cand)) if a != b), None)
+    if first is None and len(ref) != len(cand):
+        first = min(len(ref), len(cand))
+    return {"agreement": 1.0 if n == 0 else same / n, "first_divergent_token": first, "exact_match": ref == cand}
+
+
+def overall(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Means over prompts (ROUGE, agreement), exact-match rate, overruns."""
+    def mean(key: str, sub: str | None = None) -> float | None:
+        vals = [(r[key] or {}).get(sub) if sub else r[key] for r in rows]
+        vals = [v for v in vals if v is not None]
+        return round(sum(vals) / len(vals), 4) if vals else None
+
+    out: dict[str, Any] = {"prompts": len(rows), "agreement": mean("agreement"),
+                           "exact_match": mean("exact_match"), "overruns": sum(1 for r in rows if r["stop_outcome"])}
+    for k in ROUGE_KEYS:
+        out[k] = mean("rouge_vs_reference", k)
+    if any(r.get("rouge_ref_vs_target") for r in rows):
+        for k in ROUGE_KEYS:
+            ref_t, cand_t = mean("rouge_ref_vs_target", k), mean("rouge_cand_vs_target", k)
+            out[f"target_{k}_reference"], out[f"target_{k}_candidate"] = ref_t, cand_t
+            out[f"target_{k}_delta"] = None if ref_t is None or cand_t is None else round(cand_t - ref_t, 4)
+    return out
+
+
+# --------------------------------------------------------------------------- generation
+
+
+def greedy(model: Any, ids: list[int], stops: list[int], max_new: int, position_offset: int = 0) -> tuple[list[int], str]:
+    """Greedy decode with the model's KV cache: the new tokens (a final stop token included)
+    and what ended it ("stop" | "max-new-tokens")."""
+    from parity.run.decode import Stepper
+
+    seq: list[int] = []
+    with Stepper(model, position_offset) as st:
+        logits = st.prefill(ids)
+        while True:
+            t = int(logits.argmax())
+            seq.append(t)
+            if t in stops:
+                return seq, "stop"
+            if len(seq) >= max_new:
+                return seq, "max-new-tokens"
+            logits = st.step(t)
+
+
+def prompt_ids(items: list[Item], opts: Any, source: Any, vocab: Any) -> list[list[int]]:
+    from parity.loading import chat as chatfmt
+    from parity.loading import inputs
+
+    if vocab.tokenizer is None:
+        raise InputError("parity eval needs a tokenizer: this model has none (a preset or --shape with seeded weights).",
+                         note="use --model smollm2, a --checkpoint DIR with tokenizer files, or --tokenizer PATH")
+    out = []
+    for it in items:
+        if opts.chat:
+            ids, _ = chatfmt.wrap_prompt(source.preset.chat.get("template", "chatml"), vocab, prompt=it.instruction,
+                                         ids=None, system=opts.system)
+        else:
+            ids = inputs.encode(vocab.tokenizer, it.instruction)
+        out.append(inputs.check_ids(ids, source.vocab_size))
+    return out
+
+
+def generate_all(model: Any, prompts: list[list[int]], stops: list[int], max_new: int, position_offset: int = 0,
+                 on_step: Progress | None = None, who: str = "") -> list[tuple[list[int], str]]:
+    out = []
+    for k, ids in enumerate(prompts):
+        if on_step is not None:
+            on_step(f"{who}prompt {k + 1} of {len(prompts)}")
+        out.append(greedy(model, ids, stops, max_new, position_offset))
+    return out
+
+
+def compare_outputs(items: list[Item], ref_out: list[tuple[list[int], str]], cand_out: list[tuple[list[int], str]],
+                    ref_stops: list[int], cand_stops: list[int], vocab: Any) -> list[dict[str, Any]]:
+    """Per-prompt rows: texts, token metrics, ROUGE, stop outcome (an overrun named)."""
+    from parity.run.generate import Side, stop_outcome
+
+    sc = scorer()
+    rows = []
+    for it, (r, r_end), (c, c_end) in zip(items, ref_out, cand_out):
+        r_text, c_text = vocab.text(_body(r, r_end)), vocab.text(_body(c, c_end))
+        ref_side, cand_side = Side(None, ref_stops, list(r), r_end), Side(None, cand_stops, list(c), c_end)  # type: ignore[arg-type]
+        outcome = stop_outcome(ref_side, cand_side, vocab)
+        row: dict[str, Any] = {"line": it.line, "kind": it.kind, "ref_tokens": len(r), "cand_tokens": len(c),
+                               "ref_ended_by": r_end, "cand_ended_by": c_end, **token_metrics(r, c),
+                               "rouge_vs_reference": rouge(sc, r_text, c_text), "stop_outcome": outcome,
+                               "reference_text": r_text, "candidate_text": c_text, "target": it.target}
+        if it.target is not None:
+            row["rouge_ref_vs_target"] = rouge(sc, it.target, r_text)
+            row["rouge_cand_vs_target"] = rouge(sc, it.target, c_text)
+        rows.append(row)
+    return rows
+
+
+def _body(seq: list[int], ended: str) -> list[int]:
+    """The output without the token that ended it."""
+    return seq[:-1] if ended == "stop" else seq
+
+
+# --------------------------------------------------------------------------- run
+
+
+@dataclass
+class Sides:
+    """Stop sets and decode settings of both sides (the candidate's after generation faults)."""
+
+    ref_stops: list[int]
+    cand_stops: list[int]
+    position_offset: int
+    notes: list[str]
+
+
+def sides(opts: Any, source: Any, vocab: Any) -> Sides:
+    from parity.faults import apply_generation
+    from parity.faults.generation import CandidateGeneration
+    from parity.loading import chat as chatfmt
+    from parity.loading.genconfig import candidate_settings, eos_list, reference_settings
+
+    stop_texts = opts.stop_tokens or list(source.preset.chat.get("stop_tokens", []))
+    ref_s = reference_settings(source.preset, source.checkpoint, chatfmt.resolve_stop_tokens(stop_texts, vocab))
+    cand_s = candidate_settings(ref_s, opts.candidate_generation_config)
+    gen = CandidateGeneration(list(cand_s.stop_ids), cand_s.config, vocab.specials,
+                              eos_list(getattr(source.config, "eos_token_id", None)))
+    apply_generation(opts.faults, gen, source.num_blocks)
+    return Sides(list(ref_s.stop_ids), list(gen.stop_ids), gen.position_offset, list(gen.notes))
+
+
+def execute(opts: Any, dataset: str | None = None, limit: int | None = None,
+            progress: Any = None) -> dict[str, Any]:
+    """One ``parity eval``: the document its JSON holds (``eval`` section with per-prompt rows
+    and the overall metrics)."""
+    import time
+
+    from parity import backends
+    from parity.backends.pytorch import check_device, torch_dtype
+    from parity.loading.inputs import load_vocab
+    from parity.loading.source import ModelSource
+    from parity.run.generate import build_candidate
+    from parity.run.reference import check_port_options
+
+    if opts.max_new_tokens < 1:
+        raise UsageError(f"--max-new-tokens {opts.max_new_tokens}: need at least 1 new token.")
+    items, label = load_items(dataset, limit)
+    torch_dtype(opts.dtype)
+    device = check_device(opts.device)
+    if opts.candidate != "reference":
+        backends.info(opts.candidate)
+    scorer()  # before any model is built
+    source = ModelSource.resolve(opts.model, opts.checkpoint, opts.seed, opts.trust_remote_code, opts.shape)
+    check_port_options(opts, source.num_blocks, generation=True)
+    vocab = load_vocab(opts, source)
+    prompts = prompt_ids(items, opts, source, vocab)
+    sd = sides(opts, source, vocab)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    _say(progress, "building reference")
+    ref_model = source.build(check_device(opts.ref_device or device))
+    if opts.candidate == "reference":
+        cand_model, cand_desc = ref_model, {"backend": "reference", "note": "the reference itself"}
+    else:
+        _say(progress, f"building candidate ({opts.candidate})")
+        cand = build_candidate(opts, source, ref_model, device)
+        cand_model, cand_desc = cand.model, cand.describe()
+    timings["build"] = round(time.perf_counter() - t0, 3)
+    update = getattr(progress, "update", None)
+    t0 = time.perf_counter()
+    _say(progress, f"generating on the reference ({len(prompts)} prompts, at most {opts.max_new_tokens} tokens)")
+    ref_out = generate_all(ref_model, prompts, sd.ref_stops, opts.max_new_tokens, 0, update)
+    _say(progress, f"generating on the candidate ({opts.candidate}, {len(prompts)} prompts)")
+    cand_out = generate_all(cand_model, prompts, sd.cand_stops, opts.max_new_tokens, sd.position_offset, update)
+    timings["generate"] = round(time.perf_counter() - t0, 3)
+    rows = compare_outputs(items, ref_out, cand_out, sd.ref_stops, sd.cand_stops, vocab)
+    ov = overall(rows)
+    section = {"dataset": label, "chat": bool(opts.chat), "greedy": True, "max_new_tokens": opts.max_new_tokens,
+               "rouge": "rouge-score (Google), F1 x100, Porter stemmer", "faults": list(opts.faults),
+               "fault_notes": sd.notes, "overall": ov, "prompts": rows}
+    run = {"command": "eval", "model": opts.model, "family": source.family.name, "source": source.label, "candidate": {**cand_desc, "name": opts.candidate},
+           "dtype": opts.dtype, "device": device, "timings_s": timings}
+    return {"schema_version": "1.1", "run": run, "summary": summary_of(ov, opts.candidate), "eval": section}
+
+
+def summary_of(ov: dict[str, Any], candidate: str) -> dict[str, Any]:
+    msg = (f"EVAL | {candidate} vs reference over {ov['prompts']} prompts | rougeL {ov['rougeL']:.1f} | "
+           f"rouge1 {ov['rouge1']:.1f} | rouge2 {ov['rouge2']:.1f} | token agreement {ov['agreement']:.3f} | "
+           f"exact match {ov['exact_match']:.2f}")
+    if ov.get("target_rougeL_delta") is not None:
+        msg += (f" | vs targets: rougeL {ov['target_rougeL_reference']:.1f} (reference) -> "
+                f"{ov['target_rougeL_candidate']:.1f} (candidate), delta {ov['target_rougeL_delta']:+.1f}")
+    if ov["overruns"]:
+        msg += f" | {ov['overruns']} overrun(s) / early stop(s)"
+    return {"verdict": "report", "message": msg}
+
+
+def _say(progress: Any, what: str) -> None:
+    if progress is not None:
+        progress(what)
