@@ -36,7 +36,7 @@ def test_cuda_only_scheme_on_cpu_is_exit_2_saying_it_needs_cuda(run_cli) -> None
     (["--candidate", "quant"], "--candidate quant needs --quant SCHEME"),
     (["--quant", "int8-wo"], "--quant needs --candidate quant"),
     (["--candidate", "quant", "--quant", "int8-wo", "--quant-budget", "0"], "--quant-budget 0.0"),
-    (["--quant-twin", "int5"], "unknown quantization scheme 'int5'"),
+    (["--quant-twin", "int5"], "--quant-twin int5: not a twin"),
 ])
 def test_quant_options_are_checked_before_any_model(run_cli, args: list[str], text: str) -> None:
     code, _, err = run_cli("run", "--model", "llama", "--no-files", *args)
@@ -190,7 +190,7 @@ def test_quant_twin_judges_the_scheme_against_itself(tiny_ref) -> None:
     r = _run(tiny_ref, quant="int8-wo", quant_twin="int8-wo")
     assert r.summary["quant"]["mode"] == "quant-twin"
     assert r.summary["verdict"] == "pass", r.summary["message"]
-    assert "int8-wo, fake-quantized" in r.run["verdict"]["twin"]["label"]
+    assert "fake-quantized with int8-wo (ModelOpt)" in r.run["verdict"]["twin"]["label"]
 
 
 @needs_modelopt
