@@ -66,6 +66,7 @@ class RunOptions:
     port_map: str | None = None
     faults: list[str] = field(default_factory=list)
     isolate: bool = True
+    targeted: bool = True  # issue 18: the targeted pass naming the cause of a divergence
 
     def __post_init__(self) -> None:
         self.dtype = dtype_arg(self.dtype)
@@ -116,6 +117,7 @@ GROUPS: dict[str, tuple[str, list[Opt]]] = {
         Opt(("--port-map",), {"metavar": "FILE.toml", "help": "probe map of your port (module paths -> canonical names); parity.probe() calls need none"}),
         Opt(("--fault",), {"dest": "faults", "action": "append", "default": [], "metavar": "NAME[@BLOCK]", "help": "inject a known porting bug (repeatable): port faults double-rope, silu-wrong-branch, qkv-split, rope-base, norm-eps (need --candidate port); model fault mlp-overflow; generation faults eos-token, kv-position (parity generate); `parity doctor` lists them"}),
         Opt(("--no-isolate",), {"dest": "isolate", "action": "store_false", "default": True, "help": "skip the isolated (teacher-forced) per-block pass"}),
+        Opt(("--no-targeted",), {"dest": "targeted", "action": "store_false", "default": True, "help": "skip the targeted pass (full tensors of the first divergent probe, hypotheses naming the cause)"}),
     ]),
     "engine": ("engine backends", [
         Opt(("--ort-opt",), {"default": "all", "choices": ["disable", "basic", "extended", "all"], "help": "ONNX Runtime graph optimization level (default: all)"}),
