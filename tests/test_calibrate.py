@@ -79,7 +79,7 @@ def test_torch_candidate_in_the_twins_configuration_is_the_twin(run_cli, tmp_pat
     assert v["mode"] == "calibrated" and v["twin"]["state"] == "candidate" and "skipped" in v["twin"]["label"]
     assert "precision twin" not in err  # no second forward
     assert all(p["excess"] <= 1.0 for p in rep["probes"] if p["passed"] is not None)
-    assert rep["schema_version"] == "1.1" and rep["run"]["tolerances"] is None
+    assert rep["schema_version"] == "1.2" and rep["run"]["tolerances"] is None
 
 
 def test_port_fp16_passes_against_a_measured_twin(run_cli, tmp_path: Path) -> None:

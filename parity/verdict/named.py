@@ -71,12 +71,13 @@ def apply(diag: dict[str, Any], results: Sequence[Result], ev: Evidence, how: st
     diag["hypotheses"] = s["hypotheses"]
     diag["targeted"] = {"probe": ev.probe, "mode": how, "probes": sorted(ev.cand), "tested": s["hypotheses_tested"],
                         "identity_residual": s["identity_residual"], "fit_tolerance": s["fit_tolerance"], **seconds}
-    line, runs = token_line(ev, ev.tolerance)
+    ident, tol = s["identity_residual"], s["fit_tolerance"]
+    winner = next((r for r in results if r.fits), None)
+    # a token is off above the rounding level actually seen here: the winner's residual when one fits
+    line, runs = token_line(ev, tol if winner is None else min(tol, max(2 * winner.residual, 1e-12)))
     diag["tokens"] = runs
     evidence = [e for e in diag.get("evidence", []) if not e.startswith("per token:")]
     evidence.append(line)
-    ident, tol = s["identity_residual"], s["fit_tolerance"]
-    winner = next((r for r in results if r.fits), None)
     if winner is not None:
         diag["location_hint"] = diag.get("hint")
         diag["cause"] = CAUSE_OF.get(winner.name, FAMILY_CAUSE.get(winner.family, winner.family))

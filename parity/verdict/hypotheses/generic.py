@@ -20,8 +20,10 @@ def scale(ev: Evidence) -> list[Result]:
     if den == 0:
         return []
     s = (r * c).sum().item() / den
+    if abs(s - 1.0) < 1e-3:
+        return []  # no scale to speak of
     name = recognise(s, ev.facts)
-    what = f"x{s:.4g}" + (f" = {name}" if name else "")
+    what = f"x{s:.4g}" + (f" (recognized: {name})" if name else "")
     return [Result("scale", "scale", {"factor": s, "recognized": name}, residual(c, s * r),
                    f"{ev.probe} is the reference scaled by {what}")]
 
