@@ -182,7 +182,7 @@ def refine(summary: dict[str, Any], cand: Any, ref: Any, calib: Any, dtype: str 
     tensors of its probe: the targeted pass. Failures are recorded, never raised."""
     from parity.run.common import stage
     from parity.verdict import named
-    from parity.verdict.hypotheses import test_all
+    from parity.verdict.hypotheses import evaluate
 
     diag = summary.get("diagnosis")
     if not diag or diag.get("kind") != "bug" or diag.get("cause") == "overflow":
@@ -205,7 +205,7 @@ def refine(summary: dict[str, Any], cand: Any, ref: Any, calib: Any, dtype: str 
             if ev is None:
                 diag["targeted"] = {"probe": focus, "state": "the candidate does not expose this probe"}
                 return
-            results, hyp_s = timed(test_all, ev)
+            results, hyp_s = timed(evaluate, ev)
             named.apply(diag, results, ev, how, {"capture_s": round(cap_s, 4), "hypotheses_s": round(hyp_s, 4)})
     except Exception as exc:  # noqa: BLE001 - evidence, never fatal
         diag["targeted"] = {"probe": focus, "state": f"failed: {type(exc).__name__}: {' '.join(str(exc).split())}"}

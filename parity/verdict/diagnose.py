@@ -246,16 +246,16 @@ def _signature(row: ProbeRow, by_name: dict[str, ProbeRow], prof: Any, dtype: st
         return "overflow", (f"non-finite values appear in the candidate at {row.name} while the reference is finite "
                             f"(channel {row.worst_channel}, token {row.worst_token}): overflow or division by zero")
     if point in ("rope.cos", "rope.sin"):
-        return "rotary", ("rotary: the cos/sin tables differ from the reference (position 0 always matches): wrong "
-                          "rotary base (theta), rotary dim, or NTK/scaling of the table")
+        return "rotary", ("rotary: the cos/sin tables differ from the reference: wrong position ids, rotary base "
+                          "(theta), rotary dim, or NTK/scaling of the table")
     if point in ("attn.q_rot", "attn.k_rot"):
         return "rotary", ("rotary: q/k match before rotary but not after -- rotary applied twice (the attention "
                           "kernel's own rotary on top of the model's), a wrong table or base, or interleaved vs "
                           "rotate-half layout")
     if point in ("attn.q", "attn.k", "attn.v"):
-        return "layout", ("layout: q/k/v differ right after the fused QKV projection while attn_in matched -- the "
-                          "fused weight is concatenated or split in the wrong order (q|k|v vs per-head/grouped "
-                          "interleave) or viewed with the wrong head layout")
+        return "layout", ("layout: q/k/v differ right after their projection while attn_in matched -- projection "
+                          "weights or bias, a fused QKV weight concatenated or split in the wrong order (q|k|v vs "
+                          "per-head/grouped interleave), or the wrong head layout")
     if point == "attn_out":
         if _token_split(prof, row):
             return "position", ("position handling: attention is right at token 0 and wrong at later positions while "

@@ -6,7 +6,7 @@ it can explain (``"attn_out"``, ``"attn.q"``, ``"*"`` for any). It gets the
 :class:`~parity.verdict.hypotheses.core.Result` objects (one per variant it tried, each with
 its fitted parameters and residual), or nothing when it does not apply (a tensor it needs was
 not captured, or its model of the reference does not reproduce the reference).
-:func:`test_all` runs every applicable hypothesis, judges each (see core.judge) and returns
+:func:`evaluate` runs every applicable hypothesis, judges each (see core.judge) and returns
 them best first. Users add their own with the same decorator::
 
     from parity.verdict.hypotheses import hypothesis, Result, residual
@@ -29,7 +29,7 @@ from typing import Any
 from parity.verdict.hypotheses.core import Evidence, Result, judge, recognise, residual
 
 __all__ = ["HYPOTHESES", "Evidence", "Hypothesis", "Result", "hypothesis", "identity_residual", "recognise",
-           "residual", "test_all"]
+           "residual", "evaluate"]
 
 Fn = Callable[[Evidence], "Iterable[Result] | None"]
 
@@ -67,7 +67,7 @@ def identity_residual(ev: Evidence) -> float:
     return residual(ev.out_cand, ev.out_ref)
 
 
-def test_all(ev: Evidence, names: Sequence[str] | None = None) -> list[Result]:
+def evaluate(ev: Evidence, names: Sequence[str] | None = None) -> list[Result]:
     """Every applicable hypothesis tried on ``ev``, judged, best first (fitting ones first,
     then by residual). A hypothesis that raises is skipped: it is evidence, never fatal."""
     _load_builtin()
