@@ -176,6 +176,23 @@ def timed(fn: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:
     return out, time.perf_counter() - t0
 
 
+def _reference(ref: Any, names: list[str]) -> Capture:
+    """The reference capture, with the probes of ``names`` it lacks (a --probes filter left
+    them out) captured by running the reference model again for those only."""
+    missing = [n for n in names if n not in ref.capture and n in set(ref.probe_map.names(ref.source.num_blocks))]
+    if not missing or ref.model is None:
+        return ref.capture
+    from parity.backends.pytorch import ModuleBackend
+
+    cap = Capture("reference (targeted)", dict(ref.capture.meta))
+    cap.records.update(ref.capture.records)
+    backend = ModuleBackend(ref.model, ref.probe_map, getattr(ref.model, "config", ref.source.config), "reference",
+                            ref.source.num_blocks)
+    with backend:
+        backend.capture(ref.ids, missing, Recorder(cap, keep=True))
+    return cap
+
+
 def refine(summary: dict[str, Any], cand: Any, ref: Any, calib: Any, dtype: str | None, progress: Any,
            timings: dict[str, float], teacher_forced: bool) -> None:
     """Name the cause of ``summary.diagnosis`` (a bug) by testing hypotheses on the full
@@ -194,13 +211,14 @@ def refine(summary: dict[str, Any], cand: Any, ref: Any, calib: Any, dtype: str 
     try:
         with stage(progress, f"targeted pass (full tensors around {focus})", timings):
             names = probes_for(focus, n)
+            ref_cap = _reference(ref, names)
             with cand:
-                (tensors, how), cap_s = timed(capture, cand, ref.ids, ref.capture, names, n, teacher_forced)
+                (tensors, how), cap_s = timed(capture, cand, ref.ids, ref_cap, names, n, teacher_forced)
             twin = calib.twin if calib is not None else None
             table = (twin.isolated if how == "teacher-forced" else twin.diffs) if twin is not None else {}
             d = table.get(focus)
             device = next(iter(tensors.values())).device if tensors else "cpu"
-            ev = evidence(focus, ref.capture, tensors, ref.model, ref.probe_map, ref.source.config, n,
+            ev = evidence(focus, ref_cap, tensors, ref.model, ref.probe_map, ref.source.config, n,
                           dtype or "float32", None if d is None else d.nrmse, device)
             if ev is None:
                 diag["targeted"] = {"probe": focus, "state": "the candidate does not expose this probe"}
