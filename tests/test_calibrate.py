@@ -107,16 +107,20 @@ def _scaled_down_proj(scale: float):  # noqa: ANN202
 
 def test_small_bug_named_where_it_is_calibrated_but_not_absolute() -> None:
     """A 2% weight error in block 3's MLP (fp16): the calibrated verdict fails at that very
-    probe as a step; the fixed fp16 tolerances see it two probes later and call it
-    accumulation."""
+    probe as a step, and names the scale; the fixed fp16 tolerances see it two probes later,
+    and step detection at the first probe whose input matched (issue 18) traces it back to
+    where it is born."""
     base = RunOptions(model="llama", tokens=16, device="cpu")
     ref = prepare_reference(base)
     cal = compare_candidate(ref, base, create=_scaled_down_proj(1.02)).report.summary
     assert cal["first_divergence"]["probe"] == "blocks.3.mlp_out"
     assert cal["first_divergence"]["classification"] == "step"
     absolute = compare_candidate(ref, replace(base, tolerance="absolute"), create=_scaled_down_proj(1.02)).report.summary
+    assert cal["diagnosis"]["named_cause"] == "scale"
+    assert cal["diagnosis"]["hypotheses"][0]["params"]["factor"] == pytest.approx(1.02, rel=2e-3)
     assert absolute["first_divergence"]["probe"] != "blocks.3.mlp_out"
-    assert absolute["first_divergence"]["classification"] == "accumulation"
+    assert absolute["first_divergence"]["classification"] == "step"
+    assert absolute["first_divergence"]["born_at"] == "blocks.3.mlp_out"
 
 
 def test_bf16_attention_scale_in_fp32_is_a_step_at_attention() -> None:

@@ -82,12 +82,9 @@ def apply(diag: dict[str, Any], results: Sequence[Result], ev: Evidence, how: st
         diag["location_hint"] = diag.get("hint")
         diag["cause"] = CAUSE_OF.get(winner.name, FAMILY_CAUSE.get(winner.family, winner.family))
         diag["named_cause"] = winner.name
-        extra = _params(winner)
-        diag["hint"] = (f"{winner.cause} -- residual {winner.residual:.2g} after the fit ({extra}) vs {ident:.2g} "
-                        f"unexplained; rounding level {tol:.2g}" if extra else
-                        f"{winner.cause} -- residual {winner.residual:.2g} vs {ident:.2g} unexplained; rounding level {tol:.2g}")
-        evidence.append(f"hypothesis tested on the full tensors ({how}): {winner.name} fits at {ev.probe}, residual "
-                        f"{winner.residual:.2g} <= {tol:.2g}")
+        diag["hint"] = f"{winner.cause} -- residual {winner.residual:.2g} vs {ident:.2g} unexplained (rounding level {tol:.2g})"
+        evidence.append(f"hypothesis tested on the full tensors ({how}): {winner.name} ({_params(winner) or 'no parameter'}) "
+                        f"fits at {ev.probe}, residual {winner.residual:.2g} <= {tol:.2g}")
     else:
         best = results[0] if results else None
         tried = f"best {best.name} residual {best.residual:.2g}" if best else "none applied"

@@ -22,39 +22,14 @@ transposed weight), rotary, attention, norm and mlp; they are registered on firs
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 from parity.verdict.hypotheses.core import Evidence, Result, judge, recognise, residual
+from parity.verdict.hypotheses.registry import HYPOTHESES, Hypothesis, hypothesis
 
 __all__ = ["HYPOTHESES", "Evidence", "Hypothesis", "Result", "hypothesis", "identity_residual", "recognise",
            "residual", "evaluate"]
-
-Fn = Callable[[Evidence], "Iterable[Result] | None"]
-
-
-@dataclass(frozen=True)
-class Hypothesis:
-    name: str
-    points: tuple[str, ...]
-    fn: Fn
-
-    def applies(self, point: str) -> bool:
-        return "*" in self.points or point in self.points
-
-
-HYPOTHESES: dict[str, Hypothesis] = {}
-
-
-def hypothesis(name: str, points: Sequence[str]) -> Callable[[Fn], Fn]:
-    """Register a hypothesis for the canonical points it can explain (``"*"``: any)."""
-
-    def deco(fn: Fn) -> Fn:
-        HYPOTHESES[name] = Hypothesis(name, tuple(points), fn)
-        return fn
-
-    return deco
 
 
 def _load_builtin() -> None:

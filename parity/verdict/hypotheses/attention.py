@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import torch
 
-from parity.verdict.hypotheses import hypothesis
+from parity.verdict.hypotheses.registry import hypothesis
 from parity.verdict.hypotheses.core import Evidence, Result, recognise, residual
 from parity.verdict.hypotheses.rotary import Rotary
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from parity.verdict.hypotheses import hypothesis
+from parity.verdict.hypotheses.registry import hypothesis
 from parity.verdict.hypotheses.core import Evidence, Result, residual
 
 ACTS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {

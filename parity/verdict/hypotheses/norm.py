@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from parity.verdict.hypotheses import hypothesis
+from parity.verdict.hypotheses.registry import hypothesis
 from parity.verdict.hypotheses.core import Evidence, Result, residual
 
 NORM_POINTS = ["attn_in", "mlp_in", "final_norm"]

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from parity.verdict.hypotheses import hypothesis
+from parity.verdict.hypotheses.registry import hypothesis
 from parity.verdict.hypotheses.core import Evidence, Result, residual
 
 Rot = Callable[[torch.Tensor], torch.Tensor]  # [T, h, d] -> [T, h, d]
