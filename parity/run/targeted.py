@@ -46,6 +46,24 @@ def probes_for(focus: str, num_blocks: int) -> list[str]:
     return canon.in_order(names)
 
 
+class _Enough(Exception):
+    """Raised from the sink once every wanted probe arrived: the rest of the forward is not needed."""
+
+
+class _StopWhenDone:
+    """A sink keeping full tensors, ending the forward when the last wanted probe arrives
+    (the targeted pass then costs the forward up to the probe's block, not the whole model)."""
+
+    def __init__(self, rec: Recorder, wanted: list[str]) -> None:
+        self.rec, self.left = rec, set(wanted)
+
+    def __call__(self, name: str, tensor: Any) -> None:
+        self.rec(name, tensor)
+        self.left.discard(name)
+        if not self.left:
+            raise _Enough
+
+
 def capture(cand: Any, ids: list[int], ref_cap: Capture, names: list[str], num_blocks: int,
             teacher_forced: bool) -> tuple[dict[str, torch.Tensor], str]:
     """The candidate's full tensors of ``names`` (what it offers), and how they were run."""
@@ -55,13 +73,17 @@ def capture(cand: Any, ids: list[int], ref_cap: Capture, names: list[str], num_b
     rec = Recorder(cap, keep=True)
     block = canon.parse(names[-1]).block
     forcing = isolation_inputs(num_blocks)
-    if teacher_forced and block is not None and cand.supports_isolation() and all(n in ref_cap for n in forcing):
-        inputs = {i: ref_cap.tensor(n) for i, n in enumerate(forcing)}
-        cand.capture_isolated(ids, inputs, [n for n in wanted if canon.parse(n).block is not None], rec)
-        how = "teacher-forced"
-    else:
-        cand.capture(ids, wanted, rec)
-        how = "forward"
+    try:
+        if teacher_forced and block is not None and cand.supports_isolation() and all(n in ref_cap for n in forcing):
+            how = "teacher-forced"
+            inputs = {i: ref_cap.tensor(n) for i, n in enumerate(forcing)}
+            blocks = [n for n in wanted if canon.parse(n).block is not None]
+            cand.capture_isolated(ids, inputs, blocks, _StopWhenDone(rec, blocks))
+        else:
+            how = "forward"
+            cand.capture(ids, wanted, _StopWhenDone(rec, wanted))
+    except _Enough:
+        how += ", stopped after the last probe needed"
     return {n: r.tensor for n, r in cap.records.items() if r.tensor is not None}, how
 
 
@@ -87,7 +109,8 @@ def weights(model: nn.Module | None, pmap: Any, focus: str, config: Any, hidden:
             norm = _module(model, pmap, focus, config)
             if norm is not None and getattr(norm, "weight", None) is not None:
                 out["norm.weight"] = norm.weight.detach()
-                out["norm.eps"] = next((float(getattr(norm, a)) for a in EPS_ATTRS if hasattr(norm, a)), None)
+                eps = next((float(getattr(norm, a)) for a in EPS_ATTRS if hasattr(norm, a)), None)
+                out["norm.eps"] = None if eps is None else float(f"{eps:.7g}")  # a float32 attribute: 1e-05, not 9.99e-06
         elif p.block is not None and (p.point.startswith("attn") or p.point == "resid_mid"):
             attn = _module(model, pmap, f"blocks.{p.block}.attn_out", config)
             if attn is not None:
@@ -215,7 +238,7 @@ def refine(summary: dict[str, Any], cand: Any, ref: Any, calib: Any, dtype: str 
             with cand:
                 (tensors, how), cap_s = timed(capture, cand, ref.ids, ref_cap, names, n, teacher_forced)
             twin = calib.twin if calib is not None else None
-            table = (twin.isolated if how == "teacher-forced" else twin.diffs) if twin is not None else {}
+            table = (twin.isolated if how.startswith("teacher-forced") else twin.diffs) if twin is not None else {}
             d = table.get(focus)
             device = next(iter(tensors.values())).device if tensors else "cpu"
             ev = evidence(focus, ref_cap, tensors, ref.model, ref.probe_map, ref.source.config, n,
