@@ -58,7 +58,8 @@ def measure(model: str, shape: str, tokens: int, fault: str, dtype: str) -> dict
            "hypotheses_s": tg.get("hypotheses_s"), "run_s": total,
            "ratio_targeted_over_forward": None if targeted_s is None else targeted_s / fwd,
            "gpu": torch.cuda.get_device_name()}
-    del held, ref, res
+    held.clear()
+    del ref, res
     torch.cuda.empty_cache()
     return row
 

@@ -47,6 +47,8 @@ def compare_candidate(ref: Reference, opts: RunOptions, progress: Progress | Non
     calib.twin = measure_twin(ref, opts, calib, progress, timings, skip_if_candidate=registered)
     with stage(progress, f"building candidate ({opts.candidate})", timings):
         cand = create(CandidateContext(opts, source, ref.probe_map, ref.model, ref.device, progress))
+    if release_reference and not opts.targeted:  # else kept: the targeted pass reads its weights
+        ref.model = None
     offered = set(cand.available_probes())
     wanted = [p for p in selected if p in offered]
     cand_cap = Capture(cand.label, cand.describe())
@@ -77,7 +79,7 @@ def compare_candidate(ref: Reference, opts: RunOptions, progress: Progress | Non
     summary["isolation"] = iso_state
     if opts.targeted:
         refine(summary, cand, ref, calib, cand_cap.meta.get("dtype"), progress, timings, opts.isolate)
-    if release_reference:  # kept until here: the targeted pass reads its weights
+    if release_reference:
         ref.model = None
     report = ReportData(run=facts, probes=rows, summary=summary)
     return RunResult(report, ref_cap, cand_cap, ids)

@@ -26,7 +26,7 @@ def token_errors(ref: Any, cand: Any) -> list[float]:
     r = ref.double().reshape(ref.shape[0], -1)
     c = cand.double().reshape(cand.shape[0], -1)
     scale = r.norm().item() / math.sqrt(max(r.shape[0], 1)) or 1.0
-    return [(c[t] - r[t]).norm().item() / scale for t in range(r.shape[0])]
+    return ((c - r).norm(dim=1) / scale).tolist()
 
 
 def ranges(off: Sequence[bool]) -> list[tuple[int, int, bool]]:

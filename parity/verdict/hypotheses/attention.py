@@ -11,7 +11,7 @@ from collections.abc import Callable
 import torch
 
 from parity.verdict.hypotheses.registry import hypothesis
-from parity.verdict.hypotheses.core import Evidence, Result, recognise, residual
+from parity.verdict.hypotheses.core import Evidence, Result, log_fit, recognise, residual
 from parity.verdict.hypotheses.rotary import Rotary
 
 LOW = {"float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -61,18 +61,10 @@ class Attention:
 
 
 def _fit_scale(score: Callable[[float], float], d: int) -> float:
-    lo, hi = math.log(1 / (16 * d)), math.log(16.0)
-    grid = [lo + (hi - lo) * i / 48 for i in range(49)]
-    best = min(grid, key=lambda x: score(math.exp(x)))
-    lo, hi = best - (hi - lo) / 48, best + (hi - lo) / 48
-    g = (math.sqrt(5) - 1) / 2
-    for _ in range(40):
-        a, b = hi - g * (hi - lo), lo + g * (hi - lo)
-        if score(math.exp(a)) < score(math.exp(b)):
-            hi = b
-        else:
-            lo = a
-    return math.exp((lo + hi) / 2)
+    """The softmax scale minimizing ``score``: the usual mistakes first, then a fit."""
+    usual = [1 / d, 1 / math.sqrt(d), 1.0, 1 / math.sqrt(2 * d), math.sqrt(2 / d)]
+    fitted = log_fit(score, 1 / (16 * d), 16.0)
+    return min([*usual, fitted], key=score)
 
 
 @hypothesis("attention", ["attn_out"])

@@ -128,3 +128,28 @@ def as_heads(x: torch.Tensor, heads: int | None) -> torch.Tensor:
     if x.dim() == 3 or not heads:
         return x
     return x.reshape(x.shape[0], heads, -1)
+
+
+def golden_min(f: Any, lo: float, hi: float, iters: int = 30) -> float:
+    """The x in [lo, hi] minimizing a unimodal ``f`` (golden-section search, one call per step)."""
+    g = (math.sqrt(5) - 1) / 2
+    a, b = hi - g * (hi - lo), lo + g * (hi - lo)
+    fa, fb = f(a), f(b)
+    for _ in range(iters):
+        if fa < fb:
+            hi, b, fb = b, a, fa
+            a = hi - g * (hi - lo)
+            fa = f(a)
+        else:
+            lo, a, fa = a, b, fb
+            b = lo + g * (hi - lo)
+            fb = f(b)
+    return (lo + hi) / 2
+
+
+def log_fit(f: Any, lo: float, hi: float, points: int = 24, iters: int = 30) -> float:
+    """The positive x in [lo, hi] minimizing ``f``: a log grid, then golden search around its best."""
+    step = (math.log(hi) - math.log(lo)) / (points - 1)
+    grid = [math.log(lo) + i * step for i in range(points)]
+    best = min(grid, key=lambda x: f(math.exp(x)))
+    return math.exp(golden_min(lambda x: f(math.exp(x)), best - step, best + step, iters))

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from parity.verdict.hypotheses.registry import hypothesis
-from parity.verdict.hypotheses.core import Evidence, Result, residual
+from parity.verdict.hypotheses.core import Evidence, Result, log_fit, residual
 
 Rot = Callable[[torch.Tensor], torch.Tensor]  # [T, h, d] -> [T, h, d]
 
@@ -131,20 +131,15 @@ class Rotary:
                    lambda x, f=f: self.apply(x, freqs=f, is_q=is_q))
 
     def fit_base(self, score: Callable[[torch.Tensor], float]) -> tuple[float, float]:
-        """(base, residual) minimizing ``score(freqs)`` over the base (log grid, then golden)."""
+        """(base, residual) minimizing ``score(freqs)`` over the base: x10 and /10 first, then a fit."""
         b0 = self.base_guess()
-        grid = [b0 * 10 ** (j / 4) for j in range(-16, 17) if j]
-        best = min(grid, key=lambda b: score(freqs_for_base(b, self.rd, self.dev)))
-        lo, hi = math.log(best) - math.log(10) / 4, math.log(best) + math.log(10) / 4
-        g = (math.sqrt(5) - 1) / 2
-        for _ in range(40):
-            a, b = hi - g * (hi - lo), lo + g * (hi - lo)
-            if score(freqs_for_base(math.exp(a), self.rd, self.dev)) < score(freqs_for_base(math.exp(b), self.rd, self.dev)):
-                hi = b
-            else:
-                lo = a
-        base = math.exp((lo + hi) / 2)
-        return base, score(freqs_for_base(base, self.rd, self.dev))
+
+        def f(b: float) -> float:
+            return score(freqs_for_base(b, self.rd, self.dev))
+
+        usual = [b0 * r for r in (100.0, 0.01, 10.0, 0.1)]
+        base = min([*usual, log_fit(f, b0 * 1e-4, b0 * 1e4, points=17)], key=f)
+        return base, f(base)
 
 
 def _base_result(ev: Evidence, rot: Rotary, score: Callable[[torch.Tensor], float]) -> Result:
