@@ -182,3 +182,14 @@ def test_built_in_fault_claims_hold() -> None:
     for fault, model in (("double-rope", "llama"), ("qkv-split", "qwen"), ("norm-eps@1", "llama")):
         opts = RunOptions(model=model, candidate="port", dtype="fp16", device="cpu", tokens=16, faults=[fault])
         claims_hold(execute(opts).report.summary)
+
+
+def test_targeted_pass_keeps_only_the_probe_and_its_inputs() -> None:
+    from parity.run.targeted import probes_for
+
+    assert probes_for("blocks.2.mlp_out", 4) == ["rope.cos", "rope.sin", "blocks.2.mlp_in", "blocks.2.mlp_out"]
+    assert "blocks.1.resid_post" in probes_for("blocks.2.attn_in", 4) and "embed" in probes_for("blocks.0.attn_in", 4)
+    t = run("llama", "build_down_x1_5", "fp32")["diagnosis"]["targeted"]
+    assert set(t["probes"]) <= {"rope.cos", "rope.sin", "blocks.0.mlp_in", "blocks.0.mlp_out"}
+    assert t["mode"] == "forward, stopped after the last probe needed"  # a plain port: no teacher forcing
+    assert t["capture_s"] >= 0 and t["hypotheses_s"] >= 0
