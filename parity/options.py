@@ -70,6 +70,7 @@ class RunOptions:
     port_map: str | None = None
     faults: list[str] = field(default_factory=list)
     isolate: bool = True
+    targeted: bool = True  # issue 18: the targeted pass naming the cause of a divergence
     # quantized candidates (issue 19; parity.backends.schemes)
     quant: str | None = None
     quant_exclude: list[str] = field(default_factory=list)
@@ -128,6 +129,7 @@ GROUPS: dict[str, tuple[str, list[Opt]]] = {
         Opt(("--port-map",), {"metavar": "FILE.toml", "help": "probe map of your port (module paths -> canonical names); parity.probe() calls need none"}),
         Opt(("--fault",), {"dest": "faults", "action": "append", "default": [], "metavar": "NAME[@BLOCK]", "help": "inject a known porting bug (repeatable): port faults double-rope, silu-wrong-branch, qkv-split, rope-base, norm-eps (need --candidate port); model fault mlp-overflow; generation faults eos-token, kv-position (parity generate); `parity doctor` lists them"}),
         Opt(("--no-isolate",), {"dest": "isolate", "action": "store_false", "default": True, "help": "skip the isolated (teacher-forced) per-block pass"}),
+        Opt(("--no-targeted",), {"dest": "targeted", "action": "store_false", "default": True, "help": "skip the targeted pass (full tensors of the first divergent probe, hypotheses naming the cause)"}),
     ]),
     "quant": ("quantization", [
         Opt(("--quant",), {"metavar": "SCHEME", "help": "with --candidate quant: int8-wo, int4-wo, int4-awq, w8a8-sq, fp8, int8-kv, fp8-kv, nvfp4 (ModelOpt fake quantization)"}),

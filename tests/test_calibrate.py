@@ -79,7 +79,7 @@ def test_torch_candidate_in_the_twins_configuration_is_the_twin(run_cli, tmp_pat
     assert v["mode"] == "calibrated" and v["twin"]["state"] == "candidate" and "skipped" in v["twin"]["label"]
     assert "precision twin" not in err  # no second forward
     assert all(p["excess"] <= 1.0 for p in rep["probes"] if p["passed"] is not None)
-    assert rep["schema_version"] == "1.1" and rep["run"]["tolerances"] is None
+    assert rep["schema_version"] == "1.2" and rep["run"]["tolerances"] is None
 
 
 def test_port_fp16_passes_against_a_measured_twin(run_cli, tmp_path: Path) -> None:
@@ -107,16 +107,20 @@ def _scaled_down_proj(scale: float):  # noqa: ANN202
 
 def test_small_bug_named_where_it_is_calibrated_but_not_absolute() -> None:
     """A 2% weight error in block 3's MLP (fp16): the calibrated verdict fails at that very
-    probe as a step; the fixed fp16 tolerances see it two probes later and call it
-    accumulation."""
+    probe as a step, and names the scale; the fixed fp16 tolerances see it two probes later,
+    and step detection at the first probe whose input matched (issue 18) traces it back to
+    where it is born."""
     base = RunOptions(model="llama", tokens=16, device="cpu")
     ref = prepare_reference(base)
     cal = compare_candidate(ref, base, create=_scaled_down_proj(1.02)).report.summary
     assert cal["first_divergence"]["probe"] == "blocks.3.mlp_out"
     assert cal["first_divergence"]["classification"] == "step"
     absolute = compare_candidate(ref, replace(base, tolerance="absolute"), create=_scaled_down_proj(1.02)).report.summary
+    assert cal["diagnosis"]["named_cause"] == "scale"
+    assert cal["diagnosis"]["hypotheses"][0]["params"]["factor"] == pytest.approx(1.02, rel=2e-3)
     assert absolute["first_divergence"]["probe"] != "blocks.3.mlp_out"
-    assert absolute["first_divergence"]["classification"] == "accumulation"
+    assert absolute["first_divergence"]["classification"] == "step"
+    assert absolute["first_divergence"]["born_at"] == "blocks.3.mlp_out"
 
 
 def test_bf16_attention_scale_in_fp32_is_a_step_at_attention() -> None:

@@ -51,7 +51,7 @@ def test_readme_example_runs_from_a_fresh_folder(buggy: bool, tmp_path: Path) ->
         assert rep["summary"]["probes_compared"] >= 40
         return
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert "FAILED | blocks.0.mlp_out" in proc.stdout and "Diagnosis: activation/gating" in proc.stdout
+    assert "FAILED | blocks.0.mlp_out" in proc.stdout and "Diagnosis: the activation (silu) on the wrong branch" in proc.stdout
     diag = rep["summary"]["diagnosis"]
     assert (diag["block"], diag["component"], diag["cause"]) == (0, "mlp", "gating")
 

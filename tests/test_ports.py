@@ -19,22 +19,26 @@ def run(model: str, dtype: str, faults: list[str] | None = None, candidate: str 
 
 # fault -> {family: (first diverging probe, cause)}; the cause names the hint's family.
 # double-rope: the qwen reference exposes q_rot (so rotary is seen directly); LLaMA's HF
-# reference does not, so the evidence is attn_out right at token 0 and wrong after it.
+# reference does not: the targeted pass recomputes attention from q/k/v and names it there.
 EXPECTED = {
-    "double-rope": {"qwen": ("blocks.0.attn.q_rot", "rotary"), "llama": ("blocks.0.attn_out", "position")},
-    "double-rope@1": {"qwen": ("blocks.1.attn.q_rot", "rotary"), "llama": ("blocks.1.attn_out", "position")},
+    "double-rope": {"qwen": ("blocks.0.attn.q_rot", "rotary"), "llama": ("blocks.0.attn_out", "rotary")},
+    "double-rope@1": {"qwen": ("blocks.1.attn.q_rot", "rotary"), "llama": ("blocks.1.attn_out", "rotary")},
     "silu-wrong-branch": {"qwen": ("blocks.0.mlp_out", "gating"), "llama": ("blocks.0.mlp_out", "gating")},
     "silu-wrong-branch@2": {"qwen": ("blocks.2.mlp_out", "gating"), "llama": ("blocks.2.mlp_out", "gating")},
     "qkv-split": {"qwen": ("blocks.0.attn.q", "layout"), "llama": ("blocks.0.attn.q", "layout")},
     "qkv-split@3": {"qwen": ("blocks.3.attn.q", "layout"), "llama": ("blocks.3.attn.q", "layout")},
     "rope-base": {"qwen": ("rope.cos", "rotary"), "llama": ("rope.cos", "rotary")},
-    "rope-base@2": {"qwen": ("blocks.2.attn.q_rot", "rotary"), "llama": ("blocks.2.attn_out", "position")},
+    "rope-base@2": {"qwen": ("blocks.2.attn.q_rot", "rotary"), "llama": ("blocks.2.attn_out", "rotary")},
     "norm-eps": {"qwen": ("blocks.0.attn_in", "norm-eps"), "llama": ("blocks.0.attn_in", "norm-eps")},
     "norm-eps@1": {"qwen": ("blocks.1.attn_in", "norm-eps"), "llama": ("blocks.1.attn_in", "norm-eps")},
     "mlp-overflow": {"qwen": ("blocks.2.mlp_out", "overflow"), "llama": ("blocks.2.mlp_out", "overflow")},
     "mlp-overflow@1": {"qwen": ("blocks.1.mlp_out", "overflow"), "llama": ("blocks.1.mlp_out", "overflow")},
 }
-HINT_WORDS = {"rotary": "rotary", "position": "position", "gating": "activation", "layout": "qkv",
+# the exact cause the targeted pass names (issue 18), per fault; overflow is named by its range check
+NAMED = {"double-rope": "rotary-twice", "silu-wrong-branch": "activation-wrong-branch", "qkv-split": "permutation",
+         "rope-base": "rotary-base", "norm-eps": "norm-eps", "mlp-overflow": None}
+NAMED_PARAMS = {"rope-base": ("ratio", 100.0), "norm-eps": ("eps", 0.1)}
+HINT_WORDS = {"rotary": "rotary", "position": "position", "gating": "activation", "layout": "q|k|v",
               "norm-eps": "epsilon", "overflow": "float16"}
 
 # every fault in both dtypes on both families; the @block variants in one dtype each
@@ -58,11 +62,23 @@ def test_fault_is_localized_and_explained(fault: str, model: str, dtype: str) ->
     assert diag["kind"] == "bug" and diag["cause"] == cause, diag
     assert diag["block"] == fd["block"] and diag["component"] == fd["component"]
     assert HINT_WORDS[cause] in diag["hint"].lower(), diag["hint"]
+    base = fault.split("@")[0]
+    assert diag.get("named_cause") == NAMED[base], diag["hint"]
+    if NAMED[base] is not None:
+        win = diag["hypotheses"][0]
+        assert win["fits"] and win["residual"] <= diag["targeted"]["fit_tolerance"], win
+        if base in NAMED_PARAMS:
+            key, value = NAMED_PARAMS[base]
+            assert win["params"][key] == pytest.approx(value, rel=1e-2), win
+        if base == "qkv-split":
+            assert "per-KV-group interleaved" in win["params"]["layout"]
     assert diag["evidence"] and any(probe in e for e in diag["evidence"])
     if cause == "overflow":
         assert "channel 7" in diag["hint"]
     if cause in ("position", "rotary") and probe != "rope.cos":
-        assert any("token 0 max abs" in e for e in diag["evidence"])
+        assert any(e.startswith("per token at") for e in diag["evidence"])
+        if base == "double-rope":  # rotation at position 0 is the identity: token 0 matches, the others not
+            assert diag["tokens"][0] == {"first": 0, "last": 0, "off": False} and diag["tokens"][1]["off"], diag["tokens"]
     if fd["block"] is not None:  # isolation measured and pointing at the same block
         iso = [e for e in diag["evidence"] if e.startswith("isolated")]
         assert iso and f"block {fd['block']}" in iso[0]
@@ -111,11 +127,18 @@ def test_isolation_off_and_probe_filter_still_isolates() -> None:
     assert rep.row("blocks.1.mlp_out").isolated_max_abs_err < 1e-4 < rep.row("blocks.2.mlp_out").isolated_max_abs_err
 
 
-def test_double_rope_without_rotary_probes_is_position_handling() -> None:
+def test_double_rope_without_rotary_probes_is_named_by_the_targeted_pass() -> None:
+    # q/k/v filtered out of the run: the targeted pass captures them (both sides) for the one probe
     rep = run("qwen", "fp16", ["double-rope"], probes=["embed", "blocks.*.attn_in", "blocks.*.attn_out", "logits"])
     diag = rep.summary["diagnosis"]
     assert rep.summary["first_divergence"]["probe"] == "blocks.0.attn_out"
-    assert diag["cause"] == "position" and "rotary applied twice" in diag["hint"]
+    assert (diag["cause"], diag["named_cause"]) == ("rotary", "rotary-twice") and "rotary applied twice" in diag["hint"]
+    assert "blocks.0.attn.q" in diag["targeted"]["probes"]
+
+
+def test_no_targeted_keeps_the_location_hint() -> None:
+    diag = run("llama", "fp32", ["double-rope"], targeted=False).summary["diagnosis"]
+    assert diag["cause"] == "position" and "hypotheses" not in diag
 
 
 def test_model_fault_works_with_torch_candidate() -> None:
@@ -146,16 +169,20 @@ def test_port_kv_cache_matches_full_forward(model: str) -> None:
 @pytest.mark.parametrize(("model", "dtype"), [("llama", "fp16"), ("qwen", "bf16")])
 def test_isolation_finds_a_bug_hidden_under_tolerance(model: str, dtype: str) -> None:
     """Absolute tolerances: the wrong eps is within tolerance where it happens (low
-    precision), so the first probe over tolerance is later and looks like accumulation; the
-    teacher-forced error still shows the step at the norm, and the diagnosis says so.
-    (Calibrated verdicts see the step at the norm directly: tests/test_calibrate.py.)"""
+    precision), so the first probe over tolerance is later; step detection at the first probe
+    whose input matched (issue 18) still finds the step at the norm -- born_at -- and the
+    targeted pass names the epsilon there. (Calibrated verdicts see the step at the norm
+    directly: tests/test_calibrate.py.)"""
     fault = "norm-eps@3" if dtype == "fp16" else "norm-eps"
     s = run(model, dtype, [fault], tolerance="absolute").summary
-    assert s["first_divergence"]["classification"] == "accumulation"
-    diag = s["diagnosis"]
     block = 3 if dtype == "fp16" else 0
+    fd = s["first_divergence"]
+    assert fd["probe"] != f"blocks.{block}.attn_in"  # first over tolerance: later
+    assert (fd["classification"], fd["born_at"]) == ("step", f"blocks.{block}.attn_in"), s["message"]
+    diag = s["diagnosis"]
     assert (diag["kind"], diag["cause"], diag["block"], diag["probe"]) == ("bug", "norm-eps", block, f"blocks.{block}.attn_in")
-    assert "isolation shows" in diag["evidence"][0]
+    assert "born earlier" in diag["evidence"][0]
+    assert diag["named_cause"] == "norm-eps" and diag["hypotheses"][0]["params"]["eps"] == pytest.approx(0.1, rel=1e-2)
 
 
 def test_qwen_port_has_dynamic_ntk_and_logn_past_seq_length() -> None:

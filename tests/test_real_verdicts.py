@@ -64,19 +64,20 @@ def test_fixed_tolerances_fail_the_same_honest_run(references: dict[str, Any]) -
     assert s["first_divergence"]["classification"] == "accumulation"
 
 
-@pytest.mark.parametrize(("fault", "block", "components"), [
-    ("double-rope", 0, {"attn", "rope"}),
-    ("silu-wrong-branch@15", 15, {"mlp"}),
-    ("qkv-split@15", 15, {"attn"}),
-    ("norm-eps", 0, {"norm"}),
-    ("rope-base", None, {"rope"}),
+@pytest.mark.parametrize(("fault", "block", "components", "named"), [
+    ("double-rope", 0, {"attn", "rope"}, "rotary-twice"),
+    ("silu-wrong-branch@15", 15, {"mlp"}, "activation-wrong-branch"),
+    ("qkv-split@15", 15, {"attn"}, "permutation"),
+    ("norm-eps", 0, {"norm"}, "norm-eps"),
+    ("rope-base", None, {"rope"}, "rotary-base"),
 ])
 def test_named_faults_are_found_in_fp16(references: dict[str, Any], fault: str, block: int | None,
-                                         components: set[str]) -> None:
+                                         components: set[str], named: str) -> None:
     s = verdict(reference(references, "medium"), "port", "fp16", faults=[fault])
     diag = s["diagnosis"]
     assert s["verdict"] == "diverged" and s["first_divergence"]["classification"] == "step", s["message"]
     assert diag["block"] == block and diag["component"] in components, diag
+    assert diag["named_cause"] == named, diag["hint"]  # issue 18: the exact cause, on real activations
 
 
 def test_a_bug_fp16_rounding_hides_shows_in_fp32(references: dict[str, Any]) -> None:
@@ -86,3 +87,5 @@ def test_a_bug_fp16_rounding_hides_shows_in_fp32(references: dict[str, Any]) -> 
     assert verdict(ref, "port", "fp16", faults=["norm-eps@15"])["verdict"] == "pass"
     s = verdict(ref, "port", "fp32", faults=["norm-eps@15"])
     assert (s["first_divergence"]["probe"], s["first_divergence"]["classification"]) == ("blocks.15.attn_in", "step")
+    assert s["diagnosis"]["named_cause"] == "norm-eps"
+    assert s["diagnosis"]["hypotheses"][0]["params"]["eps"] == pytest.approx(0.1, rel=1e-2)

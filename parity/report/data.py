@@ -7,7 +7,10 @@ from typing import Any
 
 #: 1.1: calibrated verdicts -- per probe twin_max_abs_err, twin_nrmse, excess, isolated_excess;
 #: run.verdict = {mode, budget, floor, dtype, twin}; atol/rtol null in calibrated runs
-SCHEMA_VERSION = "1.1"
+#: 1.2: summary.diagnosis gains hypotheses [{name, family, params, residual, fits, cause}], named_cause,
+#: location_hint, tokens [{first, last, off}] and targeted {probe, mode, probes, ...}; first_divergence.born_at
+#: (all optional: readers of 1.0/1.1 files find them absent)
+SCHEMA_VERSION = "1.2"
 
 
 @dataclass

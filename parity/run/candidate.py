@@ -21,6 +21,7 @@ from parity.options import RunOptions
 from parity.report.data import ProbeRow, ReportData
 from parity.run.common import CandidateContext, CandidateFailed, Progress, RunResult, isolated, stage
 from parity.run.reference import Reference, prepare_reference
+from parity.run.targeted import refine
 from parity.run.twin import NO_ELEMENT_TOLERANCE, calibration_for, measure_twin, twin_from_candidate
 from parity.verdict.calibrate import Calibration, Excess
 from parity.verdict.diagnose import diagnose
@@ -49,7 +50,7 @@ def compare_candidate(ref: Reference, opts: RunOptions, progress: Progress | Non
     calib.twin = measure_twin(ref, opts, calib, progress, timings, skip_if_candidate=registered)
     with stage(progress, f"building candidate ({opts.candidate})", timings):
         cand = create(CandidateContext(opts, source, ref.probe_map, ref.model, ref.device, progress))
-    if release_reference:
+    if release_reference and not opts.targeted:  # else kept: the targeted pass reads its weights
         ref.model = None
     offered = set(cand.available_probes())
     wanted = [p for p in selected if p in offered]
@@ -79,6 +80,10 @@ def compare_candidate(ref: Reference, opts: RunOptions, progress: Progress | Non
     summary = diagnose(rows, cand_cap.meta.get("dtype"), isolated=iso_diffs, profiles=comparator.profiles,
                        isolated_profiles=iso_profiles, calibration=calib)
     summary["isolation"] = iso_state
+    if opts.targeted:
+        refine(summary, cand, ref, calib, cand_cap.meta.get("dtype"), progress, timings, opts.isolate)
+    if release_reference:
+        ref.model = None
     report = ReportData(run=facts, probes=rows, summary=summary)
     if opts.candidate == "quant":  # quantization error is large by design: a budget decides (parity.run.quant)
         from parity.run import quant

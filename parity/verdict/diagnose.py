@@ -51,6 +51,27 @@ def classify(rows: Sequence[ProbeRow], index: int, dtype: str | None,
     return ("step" if ratio >= (STEP_GROWTH if calibrated else STEP_FACTOR) else "accumulation"), ratio
 
 
+def birth(rows: Sequence[ProbeRow], index: int, dtype: str | None, calibration: Calibration | None = None) -> int | None:
+    """The earliest probe up to ``index`` whose own input matched and whose error is a step
+    over it (issue 18: an error born in a norm is not accumulation even when it stays under
+    the budget until probes downstream): its measure at least the honest rounding level (excess
+    1; absolute: STEP_FACTOR rounding units) and STEP_GROWTH (STEP_FACTOR) times its input's."""
+    calibrated = calibration is not None and calibration.calibrated
+    by_name = {r.name: r for r in rows}
+    blocks = {r.block for r in rows if r.block is not None}
+    for i, row in enumerate(rows[:index + 1]):
+        src = by_name.get(_input_of(row.name, blocks) or "")
+        if not row.compared or src is None or not src.compared:
+            continue
+        m, m_in = (row.excess, src.excess) if calibrated else (row.nrmse, src.nrmse)
+        if m is None or m_in is None or not math.isfinite(m):
+            continue
+        level = 1.0 if calibrated else STEP_FACTOR * _floor(dtype)
+        if m >= level and m >= (STEP_GROWTH if calibrated else STEP_FACTOR) * m_in:
+            return i
+    return None
+
+
 def diagnose(rows: Sequence[ProbeRow], dtype: str | None, isolated: Mapping[str, Any] | None = None,
              profiles: Mapping[str, Any] | None = None, isolated_profiles: Mapping[str, Any] | None = None,
              calibration: Calibration | None = None) -> dict[str, Any]:
@@ -78,6 +99,9 @@ def diagnose(rows: Sequence[ProbeRow], dtype: str | None, isolated: Mapping[str,
         i = failed[0]
         row = rows[i]
         kind, ratio = classify(rows, i, dtype, calib)
+        born = birth(rows, i, dtype, calib) if kind == "accumulation" else None
+        if born is not None and born < i:
+            kind = "step"
         last_ok = next((r.name for r in reversed(rows[:i]) if r.passed), None)
         summary["first_divergence"] = {
             "probe": row.name,
@@ -94,6 +118,8 @@ def diagnose(rows: Sequence[ProbeRow], dtype: str | None, isolated: Mapping[str,
             "twin_nrmse": row.twin_nrmse,
             "twin_max_abs_err": row.twin_max_abs_err,
         }
+        if born is not None and born < i:
+            summary["first_divergence"]["born_at"] = rows[born].name
     else:
         summary["classification"] = "accumulation" if worst is not None and (worst.nrmse or 0) > 0 else "exact"
     summary["message"] = message(summary)
@@ -144,6 +170,8 @@ def message(summary: dict[str, Any]) -> str:
     else:
         what = f"max_abs={_g(fd['max_abs_err'])} > atol={_g(fd['atol'])} rtol={_g(fd['rtol'])}"
         growth = f"error x{_g(fd['growth'])} over upstream"
+    if fd.get("born_at"):
+        growth = f"born at {fd['born_at']} (its input matched; error there a step over it)"
     return f"FAILED | {fd['probe']} | {what} | {where} | {kind}: {why}, {growth} | last matched: {fd['last_matched'] or 'none'}"
 
 
@@ -218,16 +246,16 @@ def _signature(row: ProbeRow, by_name: dict[str, ProbeRow], prof: Any, dtype: st
         return "overflow", (f"non-finite values appear in the candidate at {row.name} while the reference is finite "
                             f"(channel {row.worst_channel}, token {row.worst_token}): overflow or division by zero")
     if point in ("rope.cos", "rope.sin"):
-        return "rotary", ("rotary: the cos/sin tables differ from the reference (position 0 always matches): wrong "
-                          "rotary base (theta), rotary dim, or NTK/scaling of the table")
+        return "rotary", ("rotary: the cos/sin tables differ from the reference: wrong position ids, rotary base "
+                          "(theta), rotary dim, or NTK/scaling of the table")
     if point in ("attn.q_rot", "attn.k_rot"):
         return "rotary", ("rotary: q/k match before rotary but not after -- rotary applied twice (the attention "
                           "kernel's own rotary on top of the model's), a wrong table or base, or interleaved vs "
                           "rotate-half layout")
     if point in ("attn.q", "attn.k", "attn.v"):
-        return "layout", ("layout: q/k/v differ right after the fused QKV projection while attn_in matched -- the "
-                          "fused weight is concatenated or split in the wrong order (q|k|v vs per-head/grouped "
-                          "interleave) or viewed with the wrong head layout")
+        return "layout", ("layout: q/k/v differ right after their projection while attn_in matched -- projection "
+                          "weights or bias, a fused QKV weight concatenated or split in the wrong order (q|k|v vs "
+                          "per-head/grouped interleave), or the wrong head layout")
     if point == "attn_out":
         if _token_split(prof, row):
             return "position", ("position handling: attention is right at token 0 and wrong at later positions while "
@@ -355,6 +383,8 @@ def _focus(rows: Sequence[ProbeRow], fd: dict[str, Any], culprit: int | None, is
     """The probe to explain: the first divergence, unless isolation shows the bug elsewhere
     (in another block, or hidden under tolerance ahead of an 'accumulation' first divergence):
     then the first probe of the culprit block whose own (isolated) error jumps."""
+    if fd.get("born_at"):
+        return fd["born_at"]
     upstream = fd["block"] == culprit or fd["probe"] in canon.HEAD_PROBES  # embed / rope tables
     if culprit is None or (fd["classification"] == "step" and upstream):
         return fd["probe"]
@@ -400,7 +430,8 @@ def explain(rows: Sequence[ProbeRow], summary: dict[str, Any], dtype: str | None
                 "evidence": [_state(first, first.name)] + iso_lines}
     name = _focus(rows, fd, culprit, isolated, judge)
     row = by_name[name]
-    moved = name != fd["probe"]
+    born = name == fd.get("born_at")
+    moved = name != fd["probe"] and not born
     prof = (isolated_profiles or {}).get(name) if moved else profiles.get(name)
     if moved and name in isolated:  # judge the probe by its own (teacher-forced) error
         d = isolated[name]
@@ -408,6 +439,9 @@ def explain(rows: Sequence[ProbeRow], summary: dict[str, Any], dtype: str | None
                                   excess=judge.excess(name, d))
     cause, hint = _signature(row, by_name, prof, dtype)
     evidence = []
+    if born:
+        evidence.append(f"first over {'budget' if calib.calibrated else 'tolerance'}: {fd['probe']}; the error is born "
+                        f"earlier, at {name}, a step over its matching input (judged there, not as accumulation)")
     if moved:
         evidence.append(f"first over {'budget' if calib.calibrated else 'tolerance'}: {fd['probe']} "
                         f"({fd['classification']}); but isolation shows block {culprit}'s own error starts at {name} "

@@ -1,0 +1,74 @@
+"""Hypotheses about *why* a probe diverges, tested on the captured tensors (issue 18).
+
+A hypothesis is a small function registered with :func:`hypothesis` for the canonical points
+it can explain (``"attn_out"``, ``"attn.q"``, ``"*"`` for any). It gets the
+:class:`~parity.verdict.hypotheses.core.Evidence` of the targeted pass and returns
+:class:`~parity.verdict.hypotheses.core.Result` objects (one per variant it tried, each with
+its fitted parameters and residual), or nothing when it does not apply (a tensor it needs was
+not captured, or its model of the reference does not reproduce the reference).
+:func:`evaluate` runs every applicable hypothesis, judges each (see core.judge) and returns
+them best first. Users add their own with the same decorator::
+
+    from parity.verdict.hypotheses import hypothesis, Result, residual
+
+    @hypothesis("my-bug", points=["mlp_out"])
+    def my_bug(ev):
+        pred = ...  # the candidate's output if my bug were there, from ev.ref / ev.weights
+        return [Result("my-bug", "custom", {}, residual(ev.out_cand, pred), "my bug")]
+
+The built-in families live in generic (scale, per-channel offset, head permutation,
+transposed weight), rotary, attention, norm and mlp; they are registered on first use.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from parity.verdict.hypotheses.core import Evidence, Result, judge, recognise, residual
+from parity.verdict.hypotheses.registry import HYPOTHESES, Hypothesis, hypothesis
+
+__all__ = ["HYPOTHESES", "Evidence", "Hypothesis", "Result", "hypothesis", "identity_residual", "recognise",
+           "residual", "evaluate"]
+
+
+def _load_builtin() -> None:
+    if "scale" not in HYPOTHESES:
+        from parity.verdict.hypotheses import attention, generic, mlp, norm, rotary  # noqa: F401  (register)
+
+
+def identity_residual(ev: Evidence) -> float:
+    """What the untransformed reference leaves: the error to explain."""
+    return residual(ev.out_cand, ev.out_ref)
+
+
+def evaluate(ev: Evidence, names: Sequence[str] | None = None) -> list[Result]:
+    """Every applicable hypothesis tried on ``ev``, judged, best first (fitting ones first,
+    then by residual). A hypothesis that raises is skipped: it is evidence, never fatal."""
+    _load_builtin()
+    ident = identity_residual(ev)
+    out: list[Result] = []
+    for h in HYPOTHESES.values():
+        if (names is not None and h.name not in names) or not h.applies(ev.point):
+            continue
+        try:
+            found = list(h.fn(ev) or ())
+        except Exception:  # noqa: BLE001 - a broken hypothesis must not break the diagnosis
+            continue
+        out.extend(judge(r, ev, ident) for r in found)
+    order = {id(r): i for i, r in enumerate(out)}
+    out.sort(key=lambda r: (not r.fits, r.residual if math.isfinite(r.residual) else math.inf, order[id(r)]))
+    return out
+
+
+def summary(results: Sequence[Result], ev: Evidence, keep: int = 8) -> dict[str, Any]:
+    """``summary.diagnosis`` fields: the winner (or None), the tested list (best first)."""
+    winner = next((r for r in results if r.fits), None)
+    return {
+        "cause_found": winner is not None,
+        "winner": None if winner is None else winner.to_dict(),
+        "hypotheses": [r.to_dict() for r in results[:keep]],
+        "hypotheses_tested": len(results),
+        "identity_residual": identity_residual(ev),
+        "fit_tolerance": ev.tolerance,
+    }

@@ -1,0 +1,160 @@
+"""Hypotheses for any probe: a scale factor, a per-channel constant offset (a bias missing or
+extra), a permutation of heads (q|k|v split order, per-group interleave, head order), and a
+transposed square projection weight."""
+from __future__ import annotations
+
+import torch
+
+from parity.verdict.hypotheses.registry import hypothesis
+from parity.verdict.hypotheses.core import Evidence, Result, recognise, residual
+
+ANY = ["*"]
+HEAD_POINTS = ["attn.q", "attn.k", "attn.v", "attn.q_rot", "attn.k_rot"]
+
+
+@hypothesis("scale", ANY)
+def scale(ev: Evidence) -> list[Result]:
+    """cand = s * ref: the least-squares s, and whether it is a recognizable factor."""
+    r, c = ev.out_ref.double(), ev.out_cand.double()
+    den = (r * r).sum().item()
+    if den == 0:
+        return []
+    s = (r * c).sum().item() / den
+    if abs(s - 1.0) < 1e-3:
+        return []  # no scale to speak of
+    name = recognise(s, ev.facts)
+    what = f"x{s:.4g}" + (f" (recognized: {name})" if name else "")
+    return [Result("scale", "scale", {"factor": s, "recognized": name}, residual(c, s * r),
+                   f"{ev.probe} is the reference scaled by {what}")]
+
+
+def _bias_match(offset: torch.Tensor, ev: Evidence) -> tuple[str | None, str | None]:
+    """Which reference bias the offset is (minus: dropped; plus: added twice)."""
+    flat = offset.reshape(-1)
+    n = flat.numel()
+    for role, b in ev.weights.get("biases", {}).items():
+        b = b.double().reshape(-1)
+        for start in range(0, b.numel() - n + 1, n):
+            part = b[start:start + n]
+            scale = part.norm().item()
+            if scale == 0:
+                continue
+            if (flat + part).norm().item() <= 0.05 * scale:
+                return "missing", _slice_label(role, start, n, b.numel())
+            if (flat - part).norm().item() <= 0.05 * scale:
+                return "extra", _slice_label(role, start, n, b.numel())
+    return None, None
+
+
+def _slice_label(role: str, start: int, n: int, total: int) -> str:
+    if n == total:
+        return role
+    parts = "qkv" if total == 3 * n else None
+    return f"{role}[{parts[start // n]}]" if parts else f"{role}[{start}:{start + n}]"
+
+
+@hypothesis("bias", ANY)
+def bias(ev: Evidence) -> list[Result]:
+    """cand = ref + c with one constant per channel over all tokens (a bias missing or extra)."""
+    r, c = ev.out_ref.double(), ev.out_cand.double()
+    if r.shape[0] < 4:  # too few tokens to tell a constant from anything
+        return []
+    off = (c - r).mean(dim=0, keepdim=True)
+    kind, which = _bias_match(off[0], ev)
+    if kind == "missing":
+        cause = f"the bias of {which} is dropped (a constant per-channel offset on every token equal to minus that bias)"
+    elif kind == "extra":
+        cause = f"the bias of {which} is added twice (a constant per-channel offset equal to that bias)"
+    else:
+        cause = (f"a constant per-channel offset on every token at {ev.probe} (norm {off.norm().item():.3g}): "
+                 "a bias missing or extra in the projection producing it")
+    return [Result("bias", "bias", {"offset_norm": off.norm().item(), "bias": which, "kind": kind},
+                   residual(c, r + off), cause)]
+
+
+# --------------------------------------------------------------------------- permutations
+
+
+def _units(ev: Evidence) -> tuple[torch.Tensor, list[str]] | None:
+    """The reference's q|k|v heads of the block as one pool of head units, with labels."""
+    pool, labels = [], []
+    point = ev.point.replace("_rot", "")
+    rot = ev.point.endswith("_rot")
+    for kind in "qkv":
+        t = ev.r(f"attn.{kind}_rot" if rot and kind != "v" else f"attn.{kind}")
+        if t is None or t.dim() != 3:
+            if kind == point[-1]:
+                return None
+            continue
+        pool.append(t.double())
+        labels += [f"{kind}{i}" for i in range(t.shape[1])]
+    return (torch.cat(pool, dim=1), labels) if pool else None
+
+
+def _layouts(nq: int, nkv: int) -> dict[str, list[str]]:
+    """Head-unit orders a fused q|k|v row block is read with, by name: each is the list of
+    reference units the candidate takes as q0.., k0.., v0.. when it splits contiguous rows
+    with that layout."""
+    contiguous = [f"q{i}" for i in range(nq)] + [f"k{i}" for i in range(nkv)] + [f"v{i}" for i in range(nkv)]
+    per = nq // nkv if nkv else 0
+    out: dict[str, list[str]] = {}
+    if per and nkv:
+        q, k, v = [], [], []
+        for g in range(nkv):
+            base = g * (per + 2)
+            q += [contiguous[base + j] for j in range(per)]
+            k.append(contiguous[base + per])
+            v.append(contiguous[base + per + 1])
+        out["per-KV-group interleaved (Megatron) split of a q|k|v fused weight"] = q + k + v
+    sizes = {"q": nq, "k": nkv, "v": nkv}
+    for order in ("kqv", "qvk", "vkq", "kvq", "vqk"):  # a weight stacked in `order`, split as q|k|v
+        out[f"fused weight stacked {'|'.join(order)}, split as q|k|v"] = [f"{p}{i}" for p in order for i in range(sizes[p])]
+    return out
+
+
+@hypothesis("permutation", HEAD_POINTS)
+def permutation(ev: Evidence) -> list[Result]:
+    """Each candidate head is some reference head of the block (q, k or v): which."""
+    got = _units(ev)
+    c = ev.out_cand.double()
+    if got is None or c.dim() != 3:
+        return []
+    pool, labels = got
+    if pool.shape[-1] != c.shape[-1]:
+        return []
+    err = torch.stack([(pool - c[:, j:j + 1]).norm(dim=(0, 2)) for j in range(c.shape[1])])  # [cand heads, pool]
+    pick = err.argmin(dim=1)
+    mapping = [labels[int(i)] for i in pick]
+    pred = pool[:, pick]
+    kind = ev.point.replace("attn.", "")[0]
+    own = [f"{kind}{i}" for i in range(c.shape[1])]
+    if mapping == own:
+        return []  # no permutation: the heads are where they belong
+    nq = sum(1 for x in labels if x[0] == "q")
+    nkv = sum(1 for x in labels if x[0] == "k")
+    layout = None
+    for name, seq in _layouts(nq, nkv).items():
+        start = {"q": 0, "k": nq, "v": nq + nkv}[kind]
+        if seq[start:start + c.shape[1]] == mapping:
+            layout = name
+            break
+    what = layout or "heads taken from the wrong place: " + ", ".join(f"{o}<-{m}" for o, m in zip(own, mapping) if o != m)
+    return [Result("permutation", "permutation", {"mapping": mapping, "layout": layout}, residual(c, pred),
+                   f"{ev.probe}: {what}")]
+
+
+@hypothesis("transposed-weight", ["attn.q", "attn.k", "attn.v"])
+def transposed(ev: Evidence) -> list[Result]:
+    """The projection applied with its square weight transposed (x @ W instead of x @ W.T)."""
+    x = ev.r("attn_in")
+    w = ev.weights.get(f"{ev.point}.weight")
+    if x is None or w is None or w.shape[0] != w.shape[1]:
+        return []
+    b = ev.weights.get(f"{ev.point}.bias")
+    pred = x.double() @ w.double() + (0 if b is None else b.double())
+    base = x.double() @ w.double().T + (0 if b is None else b.double())
+    if residual(ev.out_ref.reshape(base.shape), base) > 1e-3:
+        return []  # our model of the projection does not reproduce the reference
+    c = ev.out_cand.double().reshape(pred.shape)
+    return [Result("transposed-weight", "transpose", {"projection": ev.point}, residual(c, pred),
+                   f"the {ev.point} projection's square weight is used transposed (x @ W instead of x @ W.T)")]

@@ -1,0 +1,76 @@
+"""Norm hypotheses at ``attn_in``/``mlp_in``/``final_norm``, recomputed from the reference's
+input stream and the norm's own weight: another epsilon (fitted), epsilon outside the square
+root, no weight, a (1 + weight) offset, LayerNorm instead of RMSNorm, no float32 upcast."""
+from __future__ import annotations
+
+import torch
+
+from parity.verdict.hypotheses.registry import hypothesis
+from parity.verdict.hypotheses.core import Evidence, Result, residual
+
+NORM_POINTS = ["attn_in", "mlp_in", "final_norm"]
+LOW = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def norm_input(ev: Evidence) -> torch.Tensor | None:
+    """The stream entering the norm at the focus probe."""
+    if ev.point == "mlp_in":
+        return ev.r("resid_mid")
+    if ev.point == "attn_in":
+        return ev.ref.get("embed" if ev.block == 0 else f"blocks.{ev.block - 1}.resid_post")
+    if ev.point == "final_norm":
+        n = ev.facts.get("num_blocks")
+        return None if not n else ev.ref.get(f"blocks.{n - 1}.resid_post")
+    return None
+
+
+def rms(x: torch.Tensor, w: torch.Tensor | None, eps: float, *, outside: bool = False, center: bool = False,
+        low: torch.dtype | None = None) -> torch.Tensor:
+    x = x.to(low) if low is not None else x.double()
+    if center:
+        x = x - x.mean(-1, keepdim=True)
+    ms = x.pow(2).mean(-1, keepdim=True)
+    y = x / (ms.sqrt() + eps) if outside else x * torch.rsqrt(ms + eps)
+    y = y.double()
+    return y if w is None else y * w.double()
+
+
+@hypothesis("norm", NORM_POINTS)
+def norm(ev: Evidence) -> list[Result]:
+    x, w, eps = norm_input(ev), ev.weights.get("norm.weight"), ev.weights.get("norm.eps")
+    if x is None or w is None or eps is None:
+        return []
+    x = x.double()
+    if residual(ev.out_ref.double(), rms(x, w, eps)) > 1e-4:
+        return []  # our RMSNorm does not reproduce the reference's
+    c = ev.out_cand.double()
+    out = [
+        Result("norm-eps-outside-root", "norm", {"eps": eps}, residual(c, rms(x, w, eps, outside=True)),
+               f"norm epsilon added outside the square root (x / (sqrt(mean(x^2)) + eps), eps {eps:g})"),
+        Result("norm-no-weight", "norm", {}, residual(c, rms(x, None, eps)), "norm weight not applied"),
+        Result("norm-weight-offset", "norm", {}, residual(c, rms(x, w + 1.0, eps)), "norm weight applied as (1 + weight)"),
+        Result("layernorm", "norm", {}, residual(c, rms(x, w, eps, center=True)), "LayerNorm (mean subtracted) instead of RMSNorm"),
+    ]
+    low = LOW.get(ev.dtype)
+    if low is not None:
+        out.append(Result("norm-no-upcast", "norm", {"dtype": ev.dtype}, residual(c, rms(x, w, eps, low=low)),
+                          f"norm computed in {ev.dtype} (no float32 upcast)"))
+    fitted = _fit_eps(x, w, c)
+    if fitted is not None:
+        out.append(Result("norm-eps", "norm", {"eps": fitted, "expected": eps}, residual(c, rms(x, w, fitted)),
+                          f"norm epsilon {fitted:.3g} instead of {eps:g}"))
+    return out
+
+
+def _fit_eps(x: torch.Tensor, w: torch.Tensor, c: torch.Tensor) -> float | None:
+    """The epsilon that best explains ``c`` = x * rsqrt(mean(x^2) + eps) * w, per token, median."""
+    wx = x * w.double()
+    num = (wx * c).sum(-1)
+    den = (c * c).sum(-1)
+    ok = den > 0
+    if not ok.any():
+        return None
+    r = (num[ok] / den[ok])  # = sqrt(ms + eps) per token
+    ms = x.pow(2).mean(-1)[ok]
+    eps = (r * r - ms).median().item()
+    return eps if eps > 0 else None

@@ -1,0 +1,189 @@
+"""Rotary hypotheses: on the cos/sin tables (positions shifted by k, another base, interleaved
+layout, NTK on/off) and on q_rot/k_rot from the reference's q/k (rotary applied twice, not at
+all, interleaved vs rotate-half, another base, positions shifted by k, partial rotary dims,
+Qwen's logN scaling on/off past seq_length, dynamic NTK on/off).
+
+The reference's frequencies are read off its own table (``rope.cos``/``rope.sin`` at position
+1) when captured, so NTK-scaled tables are the reference's too; otherwise from the config."""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+
+from parity.verdict.hypotheses.registry import hypothesis
+from parity.verdict.hypotheses.core import Evidence, Result, log_fit, residual
+
+Rot = Callable[[torch.Tensor], torch.Tensor]  # [T, h, d] -> [T, h, d]
+
+
+def inv_freq(ev: Evidence) -> torch.Tensor | None:
+    """The reference's rotary frequencies [rd/2] (float64)."""
+    cos, sin = ev.ref.get("rope.cos"), ev.ref.get("rope.sin")
+    if cos is not None and sin is not None and cos.shape[0] >= 2:
+        half = cos.shape[-1] // 2
+        return torch.atan2(sin[1, :half].double(), cos[1, :half].double())
+    base, rd = ev.facts.get("rope_base"), ev.facts.get("rotary_dim")
+    if not base or not rd:
+        return None
+    return freqs_for_base(float(base), rd, ev.out_ref.device)
+
+
+def freqs_for_base(base: float, rd: int, device: Any = None) -> torch.Tensor:
+    return 1.0 / (base ** (torch.arange(0, rd, 2, dtype=torch.float64, device=device) / rd))
+
+
+def table(positions: torch.Tensor, freqs: torch.Tensor, layout: str = "half") -> tuple[torch.Tensor, torch.Tensor]:
+    ang = torch.outer(positions.double(), freqs)
+    emb = torch.cat((ang, ang), dim=-1) if layout == "half" else ang.repeat_interleave(2, dim=-1)
+    return emb.cos(), emb.sin()
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layout: str = "half") -> torch.Tensor:
+    """Rotate the first ``cos.shape[-1]`` channels of ``x`` [T, h, d]."""
+    rd = cos.shape[-1]
+    x = x.double()
+    rot, rest = x[..., :rd], x[..., rd:]
+    c, s = cos[:, None, :], sin[:, None, :]
+    if layout == "half":
+        a, b = rot.chunk(2, dim=-1)
+        turned = torch.cat((-b, a), dim=-1)
+    else:
+        a, b = rot[..., 0::2], rot[..., 1::2]
+        turned = torch.stack((-b, a), dim=-1).flatten(-2)
+    return torch.cat((rot * c + turned * s, rest), dim=-1)
+
+
+def logn(t: int, seq_length: int, device: Any = None) -> torch.Tensor:
+    """Qwen v1's logN query factor per position (1 before seq_length)."""
+    p = torch.arange(t, dtype=torch.float64, device=device)
+    return torch.where(p >= seq_length, torch.log(p + 1) / math.log(seq_length), torch.ones_like(p))
+
+
+class Rotary:
+    """The reference's rotary as a function of q or k, and its variants."""
+
+    def __init__(self, ev: Evidence, t: int) -> None:
+        self.ev, self.t = ev, t
+        self.freqs = inv_freq(ev)
+        self.rd = 0 if self.freqs is None else 2 * self.freqs.numel()
+        self.dev = ev.out_ref.device
+        self.pos = torch.arange(t, dtype=torch.float64, device=self.dev)
+        self.seq_length = ev.facts.get("seq_length")
+        self.ref_logn = bool(ev.facts.get("logn_attn")) and self.seq_length is not None and t > self.seq_length
+
+    def apply(self, x: torch.Tensor, *, shift: float = 0.0, freqs: torch.Tensor | None = None, layout: str = "half",
+              times: int = 1, rd: int | None = None, logn_on: bool | None = None, is_q: bool = True) -> torch.Tensor:
+        f = self.freqs if freqs is None else freqs
+        if rd is not None and rd != self.rd:
+            f = freqs_for_base(self.base_guess(), rd, self.dev)
+        cos, sin = table(self.pos + shift, f, layout)
+        out = x.double()
+        for _ in range(times):
+            out = rotate(out, cos, sin, layout)
+        use_logn = self.ref_logn if logn_on is None else logn_on
+        if is_q and use_logn and self.seq_length:
+            out = out * logn(self.t, self.seq_length, self.dev)[:, None, None]
+        return out
+
+    def base_guess(self) -> float:
+        if self.ev.facts.get("rope_base"):
+            return float(self.ev.facts["rope_base"])
+        f1 = self.freqs[1].item() if self.freqs is not None and self.freqs.numel() > 1 else 1e-4
+        return float(f1 ** (-self.rd / 2)) if f1 > 0 else 10000.0
+
+    def variants(self, is_q: bool = True) -> Iterator[tuple[str, dict[str, Any], str, Rot]]:
+        """(name, params, cause, function) for each rotary variant."""
+        yield ("rotary-twice", {}, "rotary applied twice (an attention kernel's own rotary on top of the model's)",
+               lambda x: self.apply(x, times=2, is_q=is_q))
+        yield ("rotary-none", {}, "rotary not applied", lambda x: self.apply(x, times=0, is_q=is_q))
+        yield ("rotary-interleaved", {}, "rotary in the interleaved (GPT-J, pairs 2i/2i+1) layout instead of rotate-half",
+               lambda x: self.apply(x, layout="interleaved", is_q=is_q))
+        for k in (1, -1, 2, -2, 3, 4, 8):
+            yield ("rotary-shift", {"k": k}, f"positions shifted by {k:+d} (position ids start at {k} instead of 0)",
+                   lambda x, k=k: self.apply(x, shift=k, is_q=is_q))
+        if self.rd:
+            d = self.ev.facts.get("head_dim") or self.rd
+            for rd in sorted({d, d // 2, d // 4, self.rd // 2} - {self.rd, 0}):
+                yield ("rotary-partial", {"rotary_dim": rd, "expected": self.rd},
+                       f"rotary over {rd} of the head's channels instead of {self.rd}",
+                       lambda x, rd=rd: self.apply(x, rd=rd, is_q=is_q))
+        if self.seq_length and self.t > self.seq_length and is_q:
+            on = not self.ref_logn
+            yield ("logn", {"logn": on, "seq_length": self.seq_length},
+                   f"logN query scaling {'applied' if on else 'omitted'} past seq_length {self.seq_length} "
+                   f"(positions >= {self.seq_length})", lambda x, on=on: self.apply(x, logn_on=on, is_q=is_q))
+        if self.seq_length and self.t > self.seq_length and self.rd:
+            yield from self._ntk(is_q)
+
+    def _ntk(self, is_q: bool) -> Iterator[tuple[str, dict[str, Any], str, Rot]]:
+        base = self.base_guess()
+        rd = self.rd
+        alpha = max(2 ** math.ceil(math.log2(self.t / self.seq_length) + 1) - 1, 1)
+        ntk = freqs_for_base(base * alpha ** (rd / (rd - 2)), rd, self.dev)
+        plain = freqs_for_base(base, rd, self.dev)
+        for label, f in (("on", ntk), ("off", plain)):
+            if self.freqs is not None and torch.allclose(f, self.freqs, rtol=1e-6):
+                continue
+            yield ("ntk", {"ntk": label, "alpha": alpha}, f"dynamic NTK {label} (alpha {alpha}) for a prompt past seq_length",
+                   lambda x, f=f: self.apply(x, freqs=f, is_q=is_q))
+
+    def fit_base(self, score: Callable[[torch.Tensor], float]) -> tuple[float, float]:
+        """(base, residual) minimizing ``score(freqs)`` over the base: x10 and /10 first, then a fit."""
+        b0 = self.base_guess()
+
+        def f(b: float) -> float:
+            return score(freqs_for_base(b, self.rd, self.dev))
+
+        usual = [b0 * r for r in (100.0, 0.01, 10.0, 0.1)]
+        base = min([*usual, log_fit(f, b0 * 1e-4, b0 * 1e4, points=17)], key=f)
+        return base, f(base)
+
+
+def _base_result(ev: Evidence, rot: Rotary, score: Callable[[torch.Tensor], float]) -> Result:
+    base, res = rot.fit_base(score)
+    ref_base = rot.base_guess()
+    ratio = base / ref_base
+    return Result("rotary-base", "rotary", {"base": base, "reference_base": ref_base, "ratio": ratio}, res,
+                  f"rotary base {base:.4g} instead of {ref_base:.4g} (x{ratio:.3g})")
+
+
+@hypothesis("rotary-qk", ["attn.q_rot", "attn.k_rot"])
+def rotary_qk(ev: Evidence) -> list[Result]:
+    """q_rot/k_rot from the reference's q/k under each rotary variant."""
+    pre = ev.r(ev.point.replace("_rot", ""))
+    c = ev.out_cand.double()
+    if pre is None or pre.dim() != 3:
+        return []
+    rot = Rotary(ev, pre.shape[0])
+    is_q = ev.point == "attn.q_rot"
+    if rot.freqs is None or residual(ev.out_ref.double(), rot.apply(pre, is_q=is_q)) > 1e-4:
+        return []  # our rotary does not reproduce the reference's
+    out = [Result(name, "rotary", params, residual(c, fn(pre)), cause) for name, params, cause, fn in rot.variants(is_q)]
+    out.append(_base_result(ev, rot, lambda f: residual(c, rot.apply(pre, freqs=f, is_q=is_q))))
+    return out
+
+
+@hypothesis("rotary-table", ["rope.cos", "rope.sin"])
+def rotary_table(ev: Evidence) -> list[Result]:
+    """The cos/sin table under positions shifted by k, another base, interleaved layout, NTK."""
+    c = ev.out_cand.double()
+    t = c.shape[0]
+    rot = Rotary(ev, t)
+    if rot.freqs is None or c.shape[-1] != rot.rd:
+        return []
+    k = 0 if ev.point == "rope.cos" else 1
+
+    def tab(freqs: torch.Tensor, shift: float = 0.0, layout: str = "half") -> torch.Tensor:
+        return table(rot.pos + shift, freqs, layout)[k]
+
+    if residual(ev.out_ref.double(), tab(rot.freqs)) > 1e-4:
+        return []
+    out = [Result("rotary-shift", "rotary", {"k": s}, residual(c, tab(rot.freqs, s)),
+                  f"positions shifted by {s:+d} (position ids start at {s} instead of 0)") for s in (1, -1, 2, -2, 3, 4, 8)]
+    out.append(Result("rotary-interleaved", "rotary", {}, residual(c, tab(rot.freqs, layout="interleaved")),
+                      "rotary table in the interleaved layout instead of rotate-half"))
+    out.append(_base_result(ev, rot, lambda f: residual(c, tab(f))))
+    return out
