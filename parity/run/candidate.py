@@ -80,7 +80,7 @@ def compare_candidate(ref: Reference, opts: RunOptions, progress: Progress | Non
     summary = diagnose(rows, cand_cap.meta.get("dtype"), isolated=iso_diffs, profiles=comparator.profiles,
                        isolated_profiles=iso_profiles, calibration=calib)
     summary["isolation"] = iso_state
-    if opts.targeted:
+    if opts.targeted and opts.candidate != "quant":  # a scheme's error is its cost, not a bug to name
         refine(summary, cand, ref, calib, cand_cap.meta.get("dtype"), progress, timings, opts.isolate)
     if release_reference:
         ref.model = None
