@@ -53,7 +53,7 @@ def measure(model: str, shape: str, tokens: int, fault: str, dtype: str) -> dict
     timings = res.report.run["timings_s"]
     targeted_s = next((v for k, v in timings.items() if k.startswith("targeted pass")), None)
     row = {"model": model, "shape": shape, "tokens": tokens, "dtype": dtype, "fault": fault,
-           "named_cause": diag.get("named_cause"), "probe": tg.get("probe"), "mode": tg.get("mode"),
+           "verdict": res.report.summary.get("message"), "named_cause": diag.get("named_cause"), "probe": tg.get("probe"), "mode": tg.get("mode"),
            "plain_forward_s": fwd, "targeted_s": targeted_s, "capture_s": tg.get("capture_s"),
            "hypotheses_s": tg.get("hypotheses_s"), "run_s": total,
            "ratio_targeted_over_forward": None if targeted_s is None else targeted_s / fwd,
@@ -76,6 +76,10 @@ def main() -> None:
     for f in a.faults:
         r = measure(a.model, a.shape, a.tokens, f, a.dtype)
         rows.append(r)
+        if r["targeted_s"] is None:
+            print(f"{a.model} {a.shape} T={a.tokens} {f}: no targeted pass (the run found no divergence to explain: "
+                  f"{r['verdict']})", flush=True)
+            continue
         print(f"{a.model} {a.shape} T={a.tokens} {f}: named {r['named_cause']} at {r['probe']} ({r['mode']}); "
               f"targeted {r['targeted_s']:.3f}s (capture {r['capture_s']}s, hypotheses {r['hypotheses_s']}s) / "
               f"plain forward {r['plain_forward_s']:.3f}s = ratio {r['ratio_targeted_over_forward']:.2f}", flush=True)

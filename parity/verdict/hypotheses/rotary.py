@@ -130,20 +130,25 @@ class Rotary:
             yield ("ntk", {"ntk": label, "alpha": alpha}, f"dynamic NTK {label} (alpha {alpha}) for a prompt past seq_length",
                    lambda x, f=f: self.apply(x, freqs=f, is_q=is_q))
 
-    def fit_base(self, score: Callable[[torch.Tensor], float]) -> tuple[float, float]:
-        """(base, residual) minimizing ``score(freqs)`` over the base: x10 and /10 first, then a fit."""
+    def fit_base(self, score: Callable[[torch.Tensor], float], good: float = 0.0) -> tuple[float, float]:
+        """(base, residual) minimizing ``score(freqs)`` over the base: x100, /100, x10 and /10
+        first (one scoring ``good`` or better ends the search), then a fit."""
         b0 = self.base_guess()
+        seen: dict[float, float] = {}
 
         def f(b: float) -> float:
-            return score(freqs_for_base(b, self.rd, self.dev))
+            if b not in seen:
+                seen[b] = score(freqs_for_base(b, self.rd, self.dev))
+            return seen[b]
 
-        usual = [b0 * r for r in (100.0, 0.01, 10.0, 0.1)]
-        base = min([*usual, log_fit(f, b0 * 1e-4, b0 * 1e4, points=17)], key=f)
+        base = min((b0 * r for r in (100.0, 0.01, 10.0, 0.1)), key=f)
+        if f(base) > good:
+            base = min([base, log_fit(f, b0 * 1e-4, b0 * 1e4, points=17, iters=20)], key=f)
         return base, f(base)
 
 
-def _base_result(ev: Evidence, rot: Rotary, score: Callable[[torch.Tensor], float]) -> Result:
-    base, res = rot.fit_base(score)
+def _base_result(ev: Evidence, rot: Rotary, score: Callable[[torch.Tensor], float], good: float = 0.0) -> Result:
+    base, res = rot.fit_base(score, good)
     ref_base = rot.base_guess()
     ratio = base / ref_base
     return Result("rotary-base", "rotary", {"base": base, "reference_base": ref_base, "ratio": ratio}, res,
@@ -162,7 +167,7 @@ def rotary_qk(ev: Evidence) -> list[Result]:
     if rot.freqs is None or residual(ev.out_ref.double(), rot.apply(pre, is_q=is_q)) > 1e-4:
         return []  # our rotary does not reproduce the reference's
     out = [Result(name, "rotary", params, residual(c, fn(pre)), cause) for name, params, cause, fn in rot.variants(is_q)]
-    out.append(_base_result(ev, rot, lambda f: residual(c, rot.apply(pre, freqs=f, is_q=is_q))))
+    out.append(_base_result(ev, rot, lambda f: residual(c, rot.apply(pre, freqs=f, is_q=is_q)), ev.tolerance))
     return out
 
 
@@ -185,5 +190,5 @@ def rotary_table(ev: Evidence) -> list[Result]:
                   f"positions shifted by {s:+d} (position ids start at {s} instead of 0)") for s in (1, -1, 2, -2, 3, 4, 8)]
     out.append(Result("rotary-interleaved", "rotary", {}, residual(c, tab(rot.freqs, layout="interleaved")),
                       "rotary table in the interleaved layout instead of rotate-half"))
-    out.append(_base_result(ev, rot, lambda f: residual(c, tab(f))))
+    out.append(_base_result(ev, rot, lambda f: residual(c, tab(f)), ev.tolerance))
     return out
