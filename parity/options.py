@@ -127,7 +127,7 @@ GROUPS: dict[str, tuple[str, list[Opt]]] = {
         Opt(("--compile",), {"action": "store_true", "help": "torch.compile the candidate"}),
         Opt(("--port",), {"metavar": "FILE.py:FACTORY", "help": "with --candidate port: your port, factory(config, state_dict) -> nn.Module (default: the family's built-in port)"}),
         Opt(("--port-map",), {"metavar": "FILE.toml", "help": "probe map of your port (module paths -> canonical names); parity.probe() calls need none"}),
-        Opt(("--fault",), {"dest": "faults", "action": "append", "default": [], "metavar": "NAME[@BLOCK]", "help": "inject a known porting bug (repeatable): port faults double-rope, silu-wrong-branch, qkv-split, rope-base, norm-eps (need --candidate port); model fault mlp-overflow; generation faults eos-token, kv-position (parity generate); `parity doctor` lists them"}),
+        Opt(("--fault",), {"dest": "faults", "action": "append", "default": [], "metavar": "NAME[@BLOCK]", "help": "inject a known porting bug (repeatable): port faults double-rope, silu-wrong-branch, qkv-split, rope-base, norm-eps (need --candidate port); model fault mlp-overflow; generation faults eos-token, kv-position (parity generate); GGUF faults gguf-qk-permute, gguf-norm-eps, gguf-eos-id (need --candidate llamacpp); `parity doctor` lists them"}),
         Opt(("--no-isolate",), {"dest": "isolate", "action": "store_false", "default": True, "help": "skip the isolated (teacher-forced) per-block pass"}),
         Opt(("--no-targeted",), {"dest": "targeted", "action": "store_false", "default": True, "help": "skip the targeted pass (full tensors of the first divergent probe, hypotheses naming the cause)"}),
     ]),
