@@ -3,6 +3,7 @@
 case writes its outputs (if any) to ``k.out`` / ``k.html``, which must not exist afterwards."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -13,6 +14,9 @@ from typing import Any
 import numpy as np
 
 DEEP = "[" * 100_000 + "]" * 100_000
+#: without llama-cpp-python (``make test`` does not build it) a llamacpp case stops earlier, at
+#: the missing package: still one line, exit 2
+_HAS_LLAMACPP = importlib.util.find_spec("llama_cpp") is not None
 
 
 class Kit:
@@ -340,4 +344,22 @@ CASES: dict[str, tuple[Callable[[Kit], list[str]], tuple[str, ...]]] = {
     "probes-checkpoint-config-deep": (lambda k: ["probes", "--checkpoint", str(k.checkpoint(raw=DEEP))], ("nests",)),
     "doctor-unknown-option": (lambda k: ["doctor", "--verbose"], ("unrecognized arguments",)),
     "command-unknown": (lambda k: ["frobnicate"], ("invalid choice",)),
+    # llama.cpp, quantized candidates, eval, quant-sweep (issues 19, 20)
+    "llamacpp-gguf-missing": (run("--model", "llama", "--candidate", "llamacpp", "--gguf", "/nonexistent/m.gguf"),
+                              ("--gguf",)),
+    "llamacpp-gguf-not-gguf": (lambda k: ["run", "-q", "--out", str(k.out), "--model", "llama", "--candidate", "llamacpp",
+                                          "--gguf", str(k.file("m.gguf", "not a gguf file"))],
+                               ("not a GGUF file", "Note:") if _HAS_LLAMACPP else ("needs", "not installed")),
+    "quant-scheme-unknown": (run("--model", "llama", "--candidate", "quant", "--quant", "int3-wo"),
+                             ("unknown quantization scheme", "Note:")),
+    "quant-without-scheme": (run("--model", "llama", "--candidate", "quant"), ("--quant SCHEME",)),
+    "quant-twin-unknown": (run("--model", "llama", "--quant-twin", "int5"), ("--quant-twin", "Note:")),
+    "quant-budget-negative": (run("--model", "llama", "--candidate", "quant", "--quant", "int8-wo", "--quant-budget", "-1"),
+                              ("--quant-budget",)),
+    "eval-dataset-bad-line": (lambda k: ["eval", "-q", "--out", str(k.out), "--model", "llama", "--dataset",
+                                         str(k.file("d.jsonl", '{"prompt": "hi"}\nnot json\n'))], ("line 2",)),
+    "eval-dataset-missing": (lambda k: ["eval", "-q", "--out", str(k.out), "--model", "llama", "--dataset",
+                                        str(k.tmp / "none.jsonl")], ("--dataset",)),
+    "quant-sweep-scheme-unknown": (lambda k: ["quant-sweep", "-q", "--out", str(k.out), "--model", "llama", "--schemes",
+                                              "int8-wo,nope"], ("unknown quantization scheme 'nope'",)),
 }

@@ -224,6 +224,9 @@ def file_type(path: Path) -> tuple[str, str | None]:
     """(llama.cpp's name of the file's type, the float dtype it runs in or None when quantized)."""
     from gguf import GGUFReader
 
+    from parity.loading.gguf import read_info
+
+    read_info(path)  # not a GGUF, unreadable or truncated: a one-line CheckpointError
     r = GGUFReader(str(path), "r")
     f = r.fields.get("general.file_type")
     code = int(f.parts[f.data[0]][0]) if f is not None else None

@@ -86,7 +86,7 @@ def read_info(path: Path) -> GGUFInfo:
         head = f.read(4)
     if head != MAGIC:
         raise CheckpointError(f"'{path}' is not a GGUF file (it does not start with 'GGUF').",
-                              note="--checkpoint takes a Hugging Face folder or a .gguf file")
+                              note="--checkpoint takes a Hugging Face folder or a .gguf file; --gguf a .gguf file")
     require_packages()
     from gguf import GGUFReader
 
