@@ -23,7 +23,7 @@ from parity.capture import probes as canon
 from parity.backends.base import Backend, Sink
 from parity.errors import BackendError, ProbeError, UsageError
 from parity.loading import remote
-from parity.capture.hooks import Taps, outside_graph, teacher_forced
+from parity.capture.hooks import Taps, outside_graph, skipped, teacher_forced
 from parity.capture.probemap import BlockSpec, ProbeMap
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -119,6 +119,9 @@ class ModuleBackend(Backend):
         #: whether captured tensors stay unwritten until the forward ends, so that fused
         #: statistics may be launched in batches (see parity.compare.fused.deferred)
         self.defer_stats = _defer_default(model, known=True)
+        #: a teacher-forced pass needing block N and later only skips blocks 1..N-1 (the
+        #: targeted pass, parity.run.targeted; parity.capture.hooks.skipped)
+        self.skip_blocks_below = 0
 
     @property
     def device(self) -> torch.device:
@@ -168,6 +171,7 @@ class ModuleBackend(Backend):
             stack.enter_context(api.capturing(api_sink))
             if forcing is not None:
                 stack.enter_context(teacher_forced(self.model, forcing[0], forcing[1]))
+                stack.enter_context(skipped(self.model, forcing[0], self.skip_blocks_below))
             if self.defer_stats:
                 stack.enter_context(fused.deferred())
             taps.connect(sink)

@@ -221,6 +221,41 @@ def teacher_forced(model: nn.Module, block: BlockSpec, inputs: Mapping[int, torc
             h.remove()
 
 
+@contextmanager
+def skipped(model: nn.Module, block: BlockSpec, below: int) -> Iterator[None]:
+    """Blocks 1..``below``-1 pass their input through instead of computing (block 0 runs, its
+    output's structure -- a tensor, or a tuple led by one -- is what the skipped blocks return).
+    For a teacher-forced pass that needs block ``below`` and later only: their forced inputs
+    make the skipped blocks' outputs irrelevant, so only their cost goes."""
+    if below < 2:
+        yield
+        return
+    template: dict[str, Any] = {}
+    first = _get(model, block.module.replace("{i}", "0"), "block 0")
+    handle = first.register_forward_hook(lambda _m, _a, out: template.setdefault("out", out))
+    patched: list[nn.Module] = []
+
+    def passthrough(*args: Any, **kwargs: Any) -> Any:
+        hs = kwargs.get(block.input, args[0] if args else None)
+        out = template.get("out")
+        if isinstance(out, torch.Tensor):
+            return hs
+        if isinstance(out, tuple) and out and isinstance(out[0], torch.Tensor):
+            return (hs, *out[1:])
+        raise ProbeError(f"cannot skip '{block.module}': block 0 returns {type(out).__name__}.")
+
+    try:
+        for i in range(1, below):
+            m = _get(model, block.module.replace("{i}", str(i)), f"block {i}")
+            m.forward = passthrough  # an instance attribute: nn.Module.__call__ calls it
+            patched.append(m)
+        yield
+    finally:
+        handle.remove()
+        for m in patched:
+            del m.forward
+
+
 def _forcing_hook(block: BlockSpec, x: torch.Tensor) -> Callable[..., Any]:
     def hook(_mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
         current = kwargs.get(block.input, args[0] if args else None)

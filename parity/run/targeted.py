@@ -78,13 +78,33 @@ def capture(cand: Any, ids: list[int], ref_cap: Capture, names: list[str], num_b
             how = "teacher-forced"
             inputs = {i: ref_cap.tensor(n) for i, n in enumerate(forcing)}
             blocks = [n for n in wanted if canon.parse(n).block is not None]
-            cand.capture_isolated(ids, inputs, blocks, _StopWhenDone(rec, blocks))
+            lowest = min((canon.parse(n).block for n in blocks), default=0)
+            skip = lowest if lowest > 1 and hasattr(cand, "skip_blocks_below") else 0
+            how += f" (blocks 1..{skip - 1} skipped)" if skip else ""
+            try:
+                _forced(cand, ids, inputs, blocks, rec, skip)
+            except _Enough:
+                raise
+            except Exception:  # noqa: BLE001 - a block that cannot be skipped: every block computes
+                how = "teacher-forced"
+                cand.capture_isolated(ids, inputs, blocks, _StopWhenDone(Recorder(cap, keep=True), blocks))
         else:
             how = "forward"
             cand.capture(ids, wanted, _StopWhenDone(rec, wanted))
     except _Enough:
         how += ", stopped after the last probe needed"
     return {n: r.tensor for n, r in cap.records.items() if r.tensor is not None}, how
+
+
+def _forced(cand: Any, ids: list[int], inputs: dict[int, Any], blocks: list[str], rec: Recorder, skip: int) -> None:
+    """The teacher-forced capture, blocks 1..skip-1 passing their input through."""
+    if skip:
+        cand.skip_blocks_below = skip
+    try:
+        cand.capture_isolated(ids, inputs, blocks, _StopWhenDone(rec, blocks))
+    finally:
+        if skip:
+            cand.skip_blocks_below = 0
 
 
 def _linears(module: nn.Module) -> list[tuple[str, nn.Linear]]:
