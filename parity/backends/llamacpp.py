@@ -43,6 +43,7 @@ from parity.backends.llamacpp_graph import Collector, Ggml, GraphMap, load_graph
 from parity.capture import probes as canon
 from parity.errors import BackendError, UsageError
 from parity.loading import convert_gguf as conv
+from parity.loading.families import DTYPE_NAMES
 
 GGML_TYPE_F32 = 0
 _LOG: deque[str] = deque(maxlen=40)
@@ -329,7 +330,7 @@ class LlamaCppBackend(Backend):
         from importlib.metadata import version
 
         r = self.resolved
-        return {"backend": self.label, "dtype": {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[r.dtype],
+        return {"backend": self.label, "dtype": DTYPE_NAMES[r.dtype],
                 "device": "cpu", "gguf": str(self.path), "gguf_origin": r.origin, "gguf_type": r.file_type,
                 "quantized": r.quantized, "architecture": self.arch or None,
                 "kv_cache": "F32" if r.file_type == "F32" else "llama.cpp default (F16)", "flash_attn": False,

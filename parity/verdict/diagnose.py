@@ -22,11 +22,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from parity.capture import probes as canon
-from parity.verdict.calibrate import STEP_GROWTH, Calibration
+from parity.verdict.calibrate import STEP_GROWTH, UNIT_ROUNDOFF, Calibration
 from parity.report.data import ProbeRow
 
 STEP_FACTOR = 10.0
-UNIT_ROUNDOFF = {"float32": 2.0**-24, "float16": 2.0**-11, "bfloat16": 2.0**-8}
 
 
 def _floor(dtype: str | None) -> float:

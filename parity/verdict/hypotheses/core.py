@@ -18,13 +18,14 @@ from typing import Any
 
 import torch
 
+from parity.verdict.calibrate import UNIT_ROUNDOFF
+
 #: a fitted residual must be at most this fraction of the identity's (the unexplained error)
 EXPLAINS = 0.25
 #: ... and at most this many times the precision twin's nrmse at the probe
 TWIN_FACTOR = 4.0
 #: ... floored at this many unit roundoffs of the candidate's dtype (and an absolute 1e-5)
 ROUNDOFF_FACTOR = 8.0
-UNIT_ROUNDOFF = {"float32": 2.0**-24, "float16": 2.0**-11, "bfloat16": 2.0**-8}
 
 
 @dataclass
