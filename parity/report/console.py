@@ -67,15 +67,15 @@ CONTEXT = 2
 SHOWN_FAILURES = 20
 
 
-def width() -> int:
-    """The console's width: $COLUMNS when set, the terminal's, else 100 (piped output)."""
+def width(piped: int = 100) -> int:
+    """The console's width: $COLUMNS when set, the terminal's, else ``piped`` (piped output)."""
     import os
     import shutil
 
     env = os.environ.get("COLUMNS", "")
     if env.isdigit() and int(env) > 0:
         return int(env)
-    return shutil.get_terminal_size((100, 24)).columns if sys.stdout.isatty() else 100
+    return shutil.get_terminal_size((piped, 24)).columns if sys.stdout.isatty() else piped
 
 
 def make_console() -> Any:

@@ -31,11 +31,9 @@ def render(doc: dict[str, Any], console: Any = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    import os
-    import sys
+    from parity.report.console import width
 
-    width = None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", "100") or 100)
-    console = console or Console(width=width)
+    console = console or Console(width=width())
     ev = doc["eval"]
     t = Table(title=f"parity eval: {doc['run']['model']} | reference vs {doc['run']['candidate'].get('name')} | {ev['dataset']}",
               title_justify="left")

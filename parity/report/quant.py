@@ -32,11 +32,9 @@ def render_sweep(doc: dict[str, Any], console: Any = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    import os
-    import sys
+    from parity.report.console import width
 
-    width = None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", "140") or 140)
-    console = console or Console(width=width)
+    console = console or Console(width=width(140))
     run = doc["run"]
     t = Table(title=f"parity quant-sweep: {run.get('model')} ({run.get('source')}) | reference float32 vs each scheme "
               f"({run.get('dtype')} activations) | {run.get('tokens')} tokens", title_justify="left")

@@ -15,11 +15,6 @@ from parity.backends import schemes
 from parity.options import RunOptions
 from parity.run.common import Progress
 
-COLUMNS = ["scheme", "status", "logits_nrmse", "logits_max_abs_err", "excess_over_twin", "first_divergent_block",
-           "sensitive_blocks", "isolated_blocks", "top_block_agrees", "rougeL_vs_reference", "token_agreement",
-           "budget", "verdict", "wall_s"]
-
-
 def _row(name: str, report: Any, wall: float) -> dict[str, Any]:
     s = report.summary
     lg = report.row("logits")
