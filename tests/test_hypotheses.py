@@ -123,6 +123,27 @@ def test_attention_variants(kw: dict, name: str, param: tuple) -> None:
         assert w.params["recognized"].startswith("1/d")
 
 
+@pytest.mark.parametrize("work", [torch.float64, torch.float32])
+def test_batched_rotary_residuals_equal_one_at_a_time(work: torch.dtype, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Attention.residuals (the rotary variants in one batch, chunked) is residual(c, out(q, k)) per pair."""
+    from parity.verdict.hypotheses import attention
+
+    q, k, v, wo = rnd(T, NQ, D), rnd(T, NKV, D), rnd(T, NKV, D), rnd(H, NQ * D) / 8
+    cos, sin = _rope()
+    ref = {"rope.cos": cos, "rope.sin": sin, "blocks.0.attn.q": q, "blocks.0.attn.k": k, "blocks.0.attn.v": v,
+           "blocks.0.attn_out": _attention(rotate(q, cos, sin), rotate(k, cos, sin), v, wo)}
+    e = Evidence("blocks.0.attn_out", "attn_out", 0, ref, {"blocks.0.attn_out": rnd(T, H)}, {"o_proj.weight": wo, "o_proj.bias": rnd(H)},
+                 {"head_dim": D, "rope_base": 10000.0, "rotary_dim": D}, "float16", None, work)
+    att = attention.Attention(e)
+    c = e.out_cand[att.rows]
+    pairs = [(fn(att.q), fk(att.k)) for (_, _, _, fn), (_, _, _, fk) in zip(att.rot.variants(True), att.rot.variants(False))]
+    one = [residual(c, att.out(qr, kr)) for qr, kr in pairs]
+    assert len(pairs) > 8
+    assert att.residuals(c, pairs) == pytest.approx(one, rel=1e-9 if work == torch.float64 else 1e-4)
+    monkeypatch.setattr(attention, "SCORES_MAX", 1)  # one variant per chunk
+    assert att.residuals(c, pairs) == pytest.approx(one, rel=1e-9 if work == torch.float64 else 1e-4)
+
+
 def _rms(x, w, eps, outside=False):
     ms = x.pow(2).mean(-1, keepdim=True)
     return (x / (ms.sqrt() + eps) if outside else x * torch.rsqrt(ms + eps)) * w

@@ -1,7 +1,8 @@
 """The targeted pass (issue 18): once the first divergent probe is known, run the candidate
 again keeping the full tensors of that probe and its upstream inputs only, take the
 reference's from its capture and the reference model's own weights of the component at fault,
-and test the hypotheses of parity.verdict.hypotheses on them (on the run's device, float64).
+and test the hypotheses of parity.verdict.hypotheses on them (on the run's device, in float64,
+or float32 for a half-precision candidate: see work_dtype).
 
 Teacher-forced when the candidate supports it and the probe is inside a block (the block then
 starts from the reference's stream, so its inputs are the reference's up to rounding), a plain
@@ -16,8 +17,13 @@ from torch import nn
 
 from parity.capture import probes as canon
 from parity.capture.sinks import Capture, Recorder
-from parity.run.common import isolation_inputs
+from parity.backends.pytorch import DTYPE_ALIASES
+from parity.run.common import isolation_inputs, stage
+from parity.verdict import named
+from parity.verdict.hypotheses import evaluate, load_builtin
 from parity.verdict.hypotheses.core import Evidence
+
+load_builtin()  # at start-up, with the rest of parity: not inside the targeted pass a run times
 
 ATTN_POINTS = ["attn_in", "attn.q", "attn.k", "attn.v", "attn.q_rot", "attn.k_rot", "attn_out"]
 NEEDS = {
@@ -51,14 +57,15 @@ class _Enough(Exception):
 
 
 class _StopWhenDone:
-    """A sink keeping full tensors, ending the forward when the last wanted probe arrives
-    (the targeted pass then costs the forward up to the probe's block, not the whole model)."""
+    """A sink keeping full tensors (a copy each, no statistics: the first pass has them),
+    ending the forward when the last wanted probe arrives (the targeted pass then costs the
+    forward up to the probe's block, not the whole model)."""
 
-    def __init__(self, rec: Recorder, wanted: list[str]) -> None:
-        self.rec, self.left = rec, set(wanted)
+    def __init__(self, kept: dict[str, torch.Tensor], wanted: list[str]) -> None:
+        self.kept, self.left = kept, set(wanted)
 
     def __call__(self, name: str, tensor: Any) -> None:
-        self.rec(name, tensor)
+        self.kept[name] = tensor.detach().clone()
         self.left.discard(name)
         if not self.left:
             raise _Enough
@@ -69,39 +76,41 @@ def capture(cand: Any, ids: list[int], ref_cap: Capture, names: list[str], num_b
     """The candidate's full tensors of ``names`` (what it offers), and how they were run."""
     offered = set(cand.available_probes())
     wanted = [n for n in names if n in offered]
-    cap = Capture(cand.label + " (targeted)")
-    rec = Recorder(cap, keep=True)
+    kept: dict[str, torch.Tensor] = {}
     block = canon.parse(names[-1]).block
     forcing = isolation_inputs(num_blocks)
     try:
         if teacher_forced and block is not None and cand.supports_isolation() and all(n in ref_cap for n in forcing):
             how = "teacher-forced"
-            inputs = {i: ref_cap.tensor(n) for i, n in enumerate(forcing)}
             blocks = [n for n in wanted if canon.parse(n).block is not None]
             lowest = min((canon.parse(n).block for n in blocks), default=0)
             skip = lowest if lowest > 1 and hasattr(cand, "skip_blocks_below") else 0
             how += f" (blocks 1..{skip - 1} skipped)" if skip else ""
-            try:
-                _forced(cand, ids, inputs, blocks, rec, skip)
+            try:  # a skipped block's input is not forced: it is passed through unread
+                inputs = {i: ref_cap.tensor(n) for i, n in enumerate(forcing) if not 0 < i < skip}
+                _forced(cand, ids, inputs, blocks, kept, skip)
             except _Enough:
                 raise
             except Exception:  # noqa: BLE001 - a block that cannot be skipped: every block computes
                 how = "teacher-forced"
-                cand.capture_isolated(ids, inputs, blocks, _StopWhenDone(Recorder(cap, keep=True), blocks))
+                kept.clear()
+                inputs = {i: ref_cap.tensor(n) for i, n in enumerate(forcing)}
+                cand.capture_isolated(ids, inputs, blocks, _StopWhenDone(kept, blocks))
         else:
             how = "forward"
-            cand.capture(ids, wanted, _StopWhenDone(rec, wanted))
+            cand.capture(ids, wanted, _StopWhenDone(kept, wanted))
     except _Enough:
         how += ", stopped after the last probe needed"
-    return {n: r.tensor for n, r in cap.records.items() if r.tensor is not None}, how
+    return kept, how
 
 
-def _forced(cand: Any, ids: list[int], inputs: dict[int, Any], blocks: list[str], rec: Recorder, skip: int) -> None:
+def _forced(cand: Any, ids: list[int], inputs: dict[int, Any], blocks: list[str], kept: dict[str, torch.Tensor],
+            skip: int) -> None:
     """The teacher-forced capture, blocks 1..skip-1 passing their input through."""
     if skip:
         cand.skip_blocks_below = skip
     try:
-        cand.capture_isolated(ids, inputs, blocks, _StopWhenDone(rec, blocks))
+        cand.capture_isolated(ids, inputs, blocks, _StopWhenDone(kept, blocks))
     finally:
         if skip:
             cand.skip_blocks_below = 0
@@ -183,34 +192,29 @@ def facts(config: Any, num_blocks: int) -> dict[str, Any]:
             "logn_attn": bool(get("use_logn_attn")), "num_blocks": num_blocks}
 
 
+def work_dtype(dtype: str) -> torch.dtype:
+    """What the hypotheses compute in: float32 for a float16/bfloat16 candidate (its rounding,
+    2^-11 or 2^-8, is what a fit is judged against; float32 adds 2^-24, and its kernels are
+    those the float32 reference already ran), float64 otherwise (a float32 candidate)."""
+    return torch.float32 if DTYPE_ALIASES.get(dtype, dtype) in ("fp16", "bf16") else torch.float64
+
+
 def evidence(focus: str, ref_cap: Capture, cand_tensors: dict[str, torch.Tensor], model: nn.Module | None, pmap: Any,
              config: Any, num_blocks: int, dtype: str, twin_nrmse: float | None, device: Any) -> Evidence | None:
-    """The float64 evidence of ``focus`` on ``device`` (None when the focus was not captured)."""
+    """The evidence of ``focus`` on ``device`` (None when the focus was not captured); each
+    tensor is moved and converted to the working dtype when a hypothesis first reads it."""
     if focus not in cand_tensors or focus not in ref_cap:
         return None
     f = facts(config, num_blocks)
     names = set(cand_tensors) | set(HEAD) | set(probes_for(focus, num_blocks))
-    ref = {}
-    for n in names:
-        if n in ref_cap and ref_cap.records[n].tensor is not None:
-            ref[n] = ref_cap.tensor(n).to(device=device, dtype=torch.float64)
-    cand = {n: t.to(device=device, dtype=torch.float64) for n, t in cand_tensors.items()}
+    ref = {n: ref_cap.tensor(n) for n in names if n in ref_cap and ref_cap.records[n].tensor is not None}
+    cand = dict(cand_tensors)
     for n, t in list(cand.items()):  # a flat [T, H] where the reference has [T, h, d] (or back)
         if n in ref and t.shape != ref[n].shape and t.numel() == ref[n].numel():
             cand[n] = t.reshape(ref[n].shape)
-    w = {k: _f64(v, device) for k, v in weights(model, pmap, focus, config, f["hidden_size"]).items()}
+    w = weights(model, pmap, focus, config, f["hidden_size"])
     p = canon.parse(focus)
-    return Evidence(focus, p.point, p.block, ref, cand, w, f, dtype, twin_nrmse)
-
-
-def _f64(v: Any, device: Any) -> Any:
-    if isinstance(v, torch.Tensor):
-        return v.to(device=device, dtype=torch.float64)
-    if isinstance(v, list):
-        return [_f64(x, device) for x in v]
-    if isinstance(v, dict):
-        return {k: _f64(x, device) for k, x in v.items()}
-    return v
+    return Evidence(focus, p.point, p.block, ref, cand, w, f, dtype, twin_nrmse, work_dtype(dtype), device)
 
 
 def timed(fn: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:
@@ -240,10 +244,6 @@ def refine(summary: dict[str, Any], cand: Any, ref: Any, calib: Any, dtype: str 
            timings: dict[str, float], teacher_forced: bool) -> None:
     """Name the cause of ``summary.diagnosis`` (a bug) by testing hypotheses on the full
     tensors of its probe: the targeted pass. Failures are recorded, never raised."""
-    from parity.run.common import stage
-    from parity.verdict import named
-    from parity.verdict.hypotheses import evaluate
-
     diag = summary.get("diagnosis")
     if not diag or diag.get("kind") != "bug" or diag.get("cause") == "overflow":
         return

@@ -8,6 +8,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import torch
+
 from parity.verdict.hypotheses import summary as hyp_summary
 from parity.verdict.hypotheses.core import Evidence, Result
 
@@ -23,10 +25,13 @@ TOKEN_FACTOR = 2.0
 
 def token_errors(ref: Any, cand: Any) -> list[float]:
     """Per-token RMS error relative to the reference's RMS token norm."""
-    r = ref.double().reshape(ref.shape[0], -1)
-    c = cand.double().reshape(cand.shape[0], -1)
-    scale = r.norm().item() / math.sqrt(max(r.shape[0], 1)) or 1.0
-    return ((c - r).norm(dim=1) / scale).tolist()
+    dt = torch.promote_types(ref.dtype, torch.float32)
+    r = ref.to(dt).reshape(ref.shape[0], -1)
+    c = cand.to(dt).reshape(cand.shape[0], -1)
+    d = c - r
+    per = torch.cat(((d * d).sum(dim=1), (r * r).sum().reshape(1))).tolist()
+    scale = math.sqrt(max(per[-1], 0.0)) / math.sqrt(max(r.shape[0], 1)) or 1.0
+    return [math.sqrt(max(e, 0.0)) / scale if math.isfinite(e) else math.inf for e in per[:-1]]
 
 
 def ranges(off: Sequence[bool]) -> list[tuple[int, int, bool]]:

@@ -32,7 +32,8 @@ __all__ = ["HYPOTHESES", "Evidence", "Hypothesis", "Result", "hypothesis", "iden
            "residual", "evaluate"]
 
 
-def _load_builtin() -> None:
+def load_builtin() -> None:
+    """Register the built-in hypotheses (imports their modules; idempotent)."""
     if "scale" not in HYPOTHESES:
         from parity.verdict.hypotheses import attention, generic, mlp, norm, rotary  # noqa: F401  (register)
 
@@ -45,7 +46,7 @@ def identity_residual(ev: Evidence) -> float:
 def evaluate(ev: Evidence, names: Sequence[str] | None = None) -> list[Result]:
     """Every applicable hypothesis tried on ``ev``, judged, best first (fitting ones first,
     then by residual). A hypothesis that raises is skipped: it is evidence, never fatal."""
-    _load_builtin()
+    load_builtin()
     ident = identity_residual(ev)
     out: list[Result] = []
     for h in HYPOTHESES.values():

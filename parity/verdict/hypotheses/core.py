@@ -1,8 +1,9 @@
 """What a hypothesis sees and what it returns.
 
 :class:`Evidence` holds the full tensors of the targeted pass (parity.run.targeted): the
-first divergent probe and its upstream inputs, on both sides, as float64 ``[T, ...]``
-tensors, plus the reference's own weights of the component at fault (by role) and the
+first divergent probe and its upstream inputs, on both sides, as ``[T, ...]`` tensors in the
+evidence's working dtype (float64; float32 for a half-precision candidate, whose rounding is
+four orders of magnitude above float32's), plus the reference's own weights of the component at fault (by role) and the
 facts of the model (head_dim, heads, rotary base, seq_length...). A hypothesis turns the
 *reference's* tensors into a prediction of the *candidate's* output under one transformation
 users get wrong, fitting its parameter, and reports the residual
@@ -13,6 +14,7 @@ unit roundoff), and well below what the untransformed reference leaves.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,9 +30,44 @@ TWIN_FACTOR = 4.0
 ROUNDOFF_FACTOR = 8.0
 
 
+def converted(value: Any, dtype: torch.dtype, device: Any = None) -> Any:
+    """``value`` (a tensor, or a list / dict of them) as ``dtype`` on ``device`` (None: where it is)."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device=value.device if device is None else device, dtype=dtype)
+    if isinstance(value, list):
+        return [converted(x, dtype, device) for x in value]
+    if isinstance(value, dict):
+        return {k: converted(x, dtype, device) for k, x in value.items()}
+    return value
+
+
+class Converting(Mapping):
+    """A read-only mapping converting each value on first access (a hypothesis reads a few of
+    the probes and weights the targeted pass kept: only those are copied and converted)."""
+
+    def __init__(self, raw: Mapping[str, Any], dtype: torch.dtype, device: Any = None) -> None:
+        self.raw, self.dtype, self.device = dict(raw), dtype, device
+        self.done: dict[str, Any] = {}
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self.done:
+            self.done[key] = converted(self.raw[key], self.dtype, self.device)
+        return self.done[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.raw)
+
+    def __len__(self) -> int:
+        return len(self.raw)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.raw
+
+
 @dataclass
 class Evidence:
-    """Full tensors of the focus probe and its inputs (float64, CPU, no batch dim)."""
+    """Full tensors of the focus probe and its inputs (no batch dim), each converted to
+    ``work`` on ``device`` when first read."""
 
     probe: str
     point: str  # canonical point of the focus probe: "attn_out", "attn.q_rot", "rope.cos", ...
@@ -41,6 +78,17 @@ class Evidence:
     facts: dict[str, Any] = field(default_factory=dict)  # head_dim, num_heads, num_kv_heads, seq_length, ...
     dtype: str = "float32"
     twin_nrmse: float | None = None  # the twin's error at the focus probe (None in float32)
+    work: torch.dtype = torch.float64  # what hypotheses compute in
+    device: Any = None  # where (None: where each tensor is)
+
+    def __post_init__(self) -> None:
+        self.ref = Converting(self.ref, self.work, self.device)  # type: ignore[assignment]
+        self.cand = Converting(self.cand, self.work, self.device)  # type: ignore[assignment]
+        self.weights = Converting(self.weights, self.work, self.device)  # type: ignore[assignment]
+
+    def new(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` in the working dtype (a tensor a hypothesis made, e.g. in low precision)."""
+        return x.to(self.work)
 
     def name(self, point: str) -> str:
         """The canonical probe name of ``point`` in the focus block (or a head probe)."""
@@ -85,12 +133,34 @@ class Result:
                 "residual": self.residual, "fits": self.fits, "cause": self.cause}
 
 
+# Kernels: hypotheses use the operations a float32 forward already ran (elementwise, sum,
+# mean, matmul, softmax...) and take norms as sums of squares; sorting, argmin, atan2 and
+# the like run on the host on a few numbers. On a GPU the first call of any other kernel
+# family in a process costs up to ~40 ms (CUDA loads its module), more than a whole 7B
+# forward at 512 tokens: the targeted pass's budget (benchmarks/targeted.py).
+
+
+def sumsq(x: torch.Tensor, dim: Any = None) -> torch.Tensor:
+    """The sum of squares of ``x`` (over ``dim``; all of it when None)."""
+    return (x * x).sum() if dim is None else (x * x).sum(dim=dim)
+
+
+def l2(x: torch.Tensor) -> float:
+    """``||x||`` as a float (one synchronization)."""
+    return math.sqrt(max(sumsq(x).item(), 0.0))
+
+
 def residual(cand: torch.Tensor, pred: torch.Tensor) -> float:
-    """``||cand - pred|| / ||cand||`` in float64 (inf when shapes differ or values are not finite)."""
+    """``||cand - pred|| / ||cand||`` in the wider of the two dtypes, at least float32 (inf
+    when shapes differ or values are not finite). One device synchronization."""
     if cand.shape != pred.shape:
         return math.inf
-    den = cand.double().norm().item()
-    num = (cand.double() - pred.double()).norm().item()
+    dt = torch.promote_types(torch.promote_types(cand.dtype, pred.dtype), torch.float32)
+    c = cand.to(dt)
+    num2, den2 = torch.stack((sumsq(c - pred.to(dt)), sumsq(c))).tolist()
+    if not (math.isfinite(num2) and math.isfinite(den2)):
+        return math.inf
+    num, den = math.sqrt(num2), math.sqrt(den2)
     if not math.isfinite(num):
         return math.inf
     return num / den if den > 0 else (0.0 if num == 0 else math.inf)
@@ -122,6 +192,21 @@ def recognise(value: float, facts: dict[str, Any], rel: float = 2e-3) -> str | N
         if abs(value - c) <= rel * abs(c):
             return label
     return None
+
+
+#: token rows a costly recompute (attention, MLP) is done on: every row up to this many
+#: tokens, else the first 16 and evenly spaced ones up to the last (a shifted mask, logN past
+#: seq_length, positions shifted by k all show on such rows; the MLP and norms are per token)
+MAX_ROWS = 128
+
+
+def sample_rows(t: int, device: object) -> torch.Tensor:
+    """The row indices of :data:`MAX_ROWS` for ``t`` tokens."""
+    if t <= MAX_ROWS:
+        return torch.arange(t, device=device)
+    head = torch.arange(16)
+    spread = torch.linspace(16, t - 1, MAX_ROWS - 16).round().long()
+    return torch.unique(torch.cat((head, spread))).to(device)  # on the host
 
 
 def as_heads(x: torch.Tensor, heads: int | None) -> torch.Tensor:

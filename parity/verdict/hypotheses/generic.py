@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from parity.verdict.hypotheses.registry import hypothesis
-from parity.verdict.hypotheses.core import Evidence, Result, recognise, residual
+from parity.verdict.hypotheses.core import Evidence, Result, l2, recognise, residual, sumsq
 
 ANY = ["*"]
 HEAD_POINTS = ["attn.q", "attn.k", "attn.v", "attn.q_rot", "attn.k_rot"]
@@ -15,11 +15,11 @@ HEAD_POINTS = ["attn.q", "attn.k", "attn.v", "attn.q_rot", "attn.k_rot"]
 @hypothesis("scale", ANY)
 def scale(ev: Evidence) -> list[Result]:
     """cand = s * ref: the least-squares s, and whether it is a recognizable factor."""
-    r, c = ev.out_ref.double(), ev.out_cand.double()
-    den = (r * r).sum().item()
+    r, c = ev.out_ref, ev.out_cand
+    den, num = torch.stack(((r * r).sum(), (r * c).sum())).tolist()
     if den == 0:
         return []
-    s = (r * c).sum().item() / den
+    s = num / den
     if abs(s - 1.0) < 1e-3:
         return []  # no scale to speak of
     name = recognise(s, ev.facts)
@@ -33,15 +33,15 @@ def _bias_match(offset: torch.Tensor, ev: Evidence) -> tuple[str | None, str | N
     flat = offset.reshape(-1)
     n = flat.numel()
     for role, b in ev.weights.get("biases", {}).items():
-        b = b.double().reshape(-1)
+        b = b.reshape(-1)
         for start in range(0, b.numel() - n + 1, n):
             part = b[start:start + n]
-            scale = part.norm().item()
+            scale, plus, minus = (x ** 0.5 for x in torch.stack((sumsq(part), sumsq(flat + part), sumsq(flat - part))).tolist())
             if scale == 0:
                 continue
-            if (flat + part).norm().item() <= 0.05 * scale:
+            if plus <= 0.05 * scale:
                 return "missing", _slice_label(role, start, n, b.numel())
-            if (flat - part).norm().item() <= 0.05 * scale:
+            if minus <= 0.05 * scale:
                 return "extra", _slice_label(role, start, n, b.numel())
     return None, None
 
@@ -56,19 +56,20 @@ def _slice_label(role: str, start: int, n: int, total: int) -> str:
 @hypothesis("bias", ANY)
 def bias(ev: Evidence) -> list[Result]:
     """cand = ref + c with one constant per channel over all tokens (a bias missing or extra)."""
-    r, c = ev.out_ref.double(), ev.out_cand.double()
+    r, c = ev.out_ref, ev.out_cand
     if r.shape[0] < 4:  # too few tokens to tell a constant from anything
         return []
     off = (c - r).mean(dim=0, keepdim=True)
     kind, which = _bias_match(off[0], ev)
+    norm = l2(off)
     if kind == "missing":
         cause = f"the bias of {which} is dropped (a constant per-channel offset on every token equal to minus that bias)"
     elif kind == "extra":
         cause = f"the bias of {which} is added twice (a constant per-channel offset equal to that bias)"
     else:
-        cause = (f"a constant per-channel offset on every token at {ev.probe} (norm {off.norm().item():.3g}): "
+        cause = (f"a constant per-channel offset on every token at {ev.probe} (norm {norm:.3g}): "
                  "a bias missing or extra in the projection producing it")
-    return [Result("bias", "bias", {"offset_norm": off.norm().item(), "bias": which, "kind": kind},
+    return [Result("bias", "bias", {"offset_norm": norm, "bias": which, "kind": kind},
                    residual(c, r + off), cause)]
 
 
@@ -86,7 +87,7 @@ def _units(ev: Evidence) -> tuple[torch.Tensor, list[str]] | None:
             if kind == point[-1]:
                 return None
             continue
-        pool.append(t.double())
+        pool.append(t)
         labels += [f"{kind}{i}" for i in range(t.shape[1])]
     return (torch.cat(pool, dim=1), labels) if pool else None
 
@@ -116,16 +117,16 @@ def _layouts(nq: int, nkv: int) -> dict[str, list[str]]:
 def permutation(ev: Evidence) -> list[Result]:
     """Each candidate head is some reference head of the block (q, k or v): which."""
     got = _units(ev)
-    c = ev.out_cand.double()
+    c = ev.out_cand
     if got is None or c.dim() != 3:
         return []
     pool, labels = got
     if pool.shape[-1] != c.shape[-1]:
         return []
-    err = torch.stack([(pool - c[:, j:j + 1]).norm(dim=(0, 2)) for j in range(c.shape[1])])  # [cand heads, pool]
-    pick = err.argmin(dim=1)
-    mapping = [labels[int(i)] for i in pick]
-    pred = pool[:, pick]
+    err = torch.stack([sumsq(pool - c[:, j:j + 1], dim=(0, 2)) for j in range(c.shape[1])])  # [cand heads, pool]
+    pick = err.cpu().argmin(dim=1).tolist()
+    mapping = [labels[i] for i in pick]
+    pred = torch.stack([pool[:, i] for i in pick], dim=1)  # not pool[:, pick]: an index kernel, cold in a run
     kind = ev.point.replace("attn.", "")[0]
     own = [f"{kind}{i}" for i in range(c.shape[1])]
     if mapping == own:
@@ -151,10 +152,10 @@ def transposed(ev: Evidence) -> list[Result]:
     if x is None or w is None or w.shape[0] != w.shape[1]:
         return []
     b = ev.weights.get(f"{ev.point}.bias")
-    pred = x.double() @ w.double() + (0 if b is None else b.double())
-    base = x.double() @ w.double().T + (0 if b is None else b.double())
+    pred = x @ w.T.contiguous().T + (0 if b is None else b)  # x @ W, with the layout of x @ W.T (its GEMM is warm)
+    base = x @ w.T + (0 if b is None else b)
     if residual(ev.out_ref.reshape(base.shape), base) > 1e-3:
         return []  # our model of the projection does not reproduce the reference
-    c = ev.out_cand.double().reshape(pred.shape)
+    c = ev.out_cand.reshape(pred.shape)
     return [Result("transposed-weight", "transpose", {"projection": ev.point}, residual(c, pred),
                    f"the {ev.point} projection's square weight is used transposed (x @ W instead of x @ W.T)")]

@@ -26,13 +26,14 @@ def norm_input(ev: Evidence) -> torch.Tensor | None:
 
 def rms(x: torch.Tensor, w: torch.Tensor | None, eps: float, *, outside: bool = False, center: bool = False,
         low: torch.dtype | None = None) -> torch.Tensor:
-    x = x.to(low) if low is not None else x.double()
+    work = x.dtype
+    x = x.to(low) if low is not None else x
     if center:
         x = x - x.mean(-1, keepdim=True)
     ms = x.pow(2).mean(-1, keepdim=True)
     y = x / (ms.sqrt() + eps) if outside else x * torch.rsqrt(ms + eps)
-    y = y.double()
-    return y if w is None else y * w.double()
+    y = y.to(work)
+    return y if w is None else y * w
 
 
 @hypothesis("norm", NORM_POINTS)
@@ -40,10 +41,9 @@ def norm(ev: Evidence) -> list[Result]:
     x, w, eps = norm_input(ev), ev.weights.get("norm.weight"), ev.weights.get("norm.eps")
     if x is None or w is None or eps is None:
         return []
-    x = x.double()
-    if residual(ev.out_ref.double(), rms(x, w, eps)) > 1e-4:
+    if residual(ev.out_ref, rms(x, w, eps)) > 1e-4:
         return []  # our RMSNorm does not reproduce the reference's
-    c = ev.out_cand.double()
+    c = ev.out_cand
     out = [
         Result("norm-eps-outside-root", "norm", {"eps": eps}, residual(c, rms(x, w, eps, outside=True)),
                f"norm epsilon added outside the square root (x / (sqrt(mean(x^2)) + eps), eps {eps:g})"),
@@ -64,7 +64,7 @@ def norm(ev: Evidence) -> list[Result]:
 
 def _fit_eps(x: torch.Tensor, w: torch.Tensor, c: torch.Tensor) -> float | None:
     """The epsilon that best explains ``c`` = x * rsqrt(mean(x^2) + eps) * w, per token, median."""
-    wx = x * w.double()
+    wx = x * w
     num = (wx * c).sum(-1)
     den = (c * c).sum(-1)
     ok = den > 0
@@ -72,5 +72,5 @@ def _fit_eps(x: torch.Tensor, w: torch.Tensor, c: torch.Tensor) -> float | None:
         return None
     r = (num[ok] / den[ok])  # = sqrt(ms + eps) per token
     ms = x.pow(2).mean(-1)[ok]
-    eps = (r * r - ms).median().item()
+    eps = (r * r - ms).cpu().median().item()
     return eps if eps > 0 else None

@@ -14,29 +14,30 @@ from typing import Any
 import torch
 
 from parity.verdict.hypotheses.registry import hypothesis
-from parity.verdict.hypotheses.core import Evidence, Result, log_fit, residual
+from parity.verdict.hypotheses.core import EXPLAINS, Evidence, Result, log_fit, residual
 
 Rot = Callable[[torch.Tensor], torch.Tensor]  # [T, h, d] -> [T, h, d]
 
 
 def inv_freq(ev: Evidence) -> torch.Tensor | None:
-    """The reference's rotary frequencies [rd/2] (float64)."""
+    """The reference's rotary frequencies [rd/2] (in the evidence's working dtype)."""
     cos, sin = ev.ref.get("rope.cos"), ev.ref.get("rope.sin")
     if cos is not None and sin is not None and cos.shape[0] >= 2:
         half = cos.shape[-1] // 2
-        return torch.atan2(sin[1, :half].double(), cos[1, :half].double())
+        return torch.atan2(sin[1, :half].cpu(), cos[1, :half].cpu()).to(sin.device)
     base, rd = ev.facts.get("rope_base"), ev.facts.get("rotary_dim")
     if not base or not rd:
         return None
-    return freqs_for_base(float(base), rd, ev.out_ref.device)
+    return freqs_for_base(float(base), rd, ev.out_ref.device, ev.work)
 
 
-def freqs_for_base(base: float, rd: int, device: Any = None) -> torch.Tensor:
-    return 1.0 / (base ** (torch.arange(0, rd, 2, dtype=torch.float64, device=device) / rd))
+def freqs_for_base(base: float, rd: int, device: Any = None, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Frequencies of ``base`` (computed in float64 on the host: a few numbers)."""
+    return (1.0 / (base ** (torch.arange(0, rd, 2, dtype=torch.float64) / rd))).to(device=device, dtype=dtype)
 
 
 def table(positions: torch.Tensor, freqs: torch.Tensor, layout: str = "half") -> tuple[torch.Tensor, torch.Tensor]:
-    ang = torch.outer(positions.double(), freqs)
+    ang = torch.outer(positions.to(freqs.dtype), freqs)
     emb = torch.cat((ang, ang), dim=-1) if layout == "half" else ang.repeat_interleave(2, dim=-1)
     return emb.cos(), emb.sin()
 
@@ -44,7 +45,7 @@ def table(positions: torch.Tensor, freqs: torch.Tensor, layout: str = "half") ->
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layout: str = "half") -> torch.Tensor:
     """Rotate the first ``cos.shape[-1]`` channels of ``x`` [T, h, d]."""
     rd = cos.shape[-1]
-    x = x.double()
+    x = x.to(cos.dtype)
     rot, rest = x[..., :rd], x[..., rd:]
     c, s = cos[:, None, :], sin[:, None, :]
     if layout == "half":
@@ -56,9 +57,9 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layout: str = 
     return torch.cat((rot * c + turned * s, rest), dim=-1)
 
 
-def logn(t: int, seq_length: int, device: Any = None) -> torch.Tensor:
+def logn(t: int, seq_length: int, device: Any = None, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """Qwen v1's logN query factor per position (1 before seq_length)."""
-    p = torch.arange(t, dtype=torch.float64, device=device)
+    p = torch.arange(t, dtype=dtype).to(device)
     return torch.where(p >= seq_length, torch.log(p + 1) / math.log(seq_length), torch.ones_like(p))
 
 
@@ -69,24 +70,35 @@ class Rotary:
         self.ev, self.t = ev, t
         self.freqs = inv_freq(ev)
         self.rd = 0 if self.freqs is None else 2 * self.freqs.numel()
-        self.dev = ev.out_ref.device
-        self.pos = torch.arange(t, dtype=torch.float64, device=self.dev)
+        self.dev, self.dtype = ev.out_ref.device, ev.work
+        self.pos = torch.arange(t, dtype=self.dtype).to(self.dev)  # made on the host: no arange kernel to load
         self.seq_length = ev.facts.get("seq_length")
         self.ref_logn = bool(ev.facts.get("logn_attn")) and self.seq_length is not None and t > self.seq_length
+        self.tables: dict[tuple[float, int, str], tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]] = {}
 
     def apply(self, x: torch.Tensor, *, shift: float = 0.0, freqs: torch.Tensor | None = None, layout: str = "half",
               times: int = 1, rd: int | None = None, logn_on: bool | None = None, is_q: bool = True) -> torch.Tensor:
         f = self.freqs if freqs is None else freqs
         if rd is not None and rd != self.rd:
-            f = freqs_for_base(self.base_guess(), rd, self.dev)
-        cos, sin = table(self.pos + shift, f, layout)
-        out = x.double()
+            f = freqs_for_base(self.base_guess(), rd, self.dev, self.dtype)
+        cos, sin = self._table(shift, f, layout)
+        out = x.to(self.dtype)
         for _ in range(times):
             out = rotate(out, cos, sin, layout)
         use_logn = self.ref_logn if logn_on is None else logn_on
         if is_q and use_logn and self.seq_length:
-            out = out * logn(self.t, self.seq_length, self.dev)[:, None, None]
+            out = out * logn(self.t, self.seq_length, self.dev, self.dtype)[:, None, None]
         return out
+
+    def _table(self, shift: float, freqs: torch.Tensor, layout: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin for positions + ``shift``, kept for q's and k's variant alike (freqs by identity:
+        the reference's, or a fitted base's, alive while this Rotary is)."""
+        key = (shift, id(freqs), layout)
+        if key not in self.tables:
+            if len(self.tables) >= 8:  # a fit's many bases: only the latest few are asked again
+                del self.tables[next(iter(self.tables))]
+            self.tables[key] = (freqs, table(self.pos + shift, freqs, layout))
+        return self.tables[key][1]
 
     def base_guess(self) -> float:
         if self.ev.facts.get("rope_base"):
@@ -122,10 +134,11 @@ class Rotary:
         base = self.base_guess()
         rd = self.rd
         alpha = max(2 ** math.ceil(math.log2(self.t / self.seq_length) + 1) - 1, 1)
-        ntk = freqs_for_base(base * alpha ** (rd / (rd - 2)), rd, self.dev)
-        plain = freqs_for_base(base, rd, self.dev)
+        ntk = freqs_for_base(base * alpha ** (rd / (rd - 2)), rd, self.dev, self.dtype)
+        plain = freqs_for_base(base, rd, self.dev, self.dtype)
+        rtol = 1e-6 if self.dtype == torch.float64 else 1e-4
         for label, f in (("on", ntk), ("off", plain)):
-            if self.freqs is not None and torch.allclose(f, self.freqs, rtol=1e-6):
+            if self.freqs is not None and torch.allclose(f.cpu(), self.freqs.cpu(), rtol=rtol):
                 continue
             yield ("ntk", {"ntk": label, "alpha": alpha}, f"dynamic NTK {label} (alpha {alpha}) for a prompt past seq_length",
                    lambda x, f=f: self.apply(x, freqs=f, is_q=is_q))
@@ -138,7 +151,7 @@ class Rotary:
 
         def f(b: float) -> float:
             if b not in seen:
-                seen[b] = score(freqs_for_base(b, self.rd, self.dev))
+                seen[b] = score(freqs_for_base(b, self.rd, self.dev, self.dtype))
             return seen[b]
 
         base = min((b0 * r for r in (100.0, 0.01, 10.0, 0.1)), key=f)
@@ -159,22 +172,23 @@ def _base_result(ev: Evidence, rot: Rotary, score: Callable[[torch.Tensor], floa
 def rotary_qk(ev: Evidence) -> list[Result]:
     """q_rot/k_rot from the reference's q/k under each rotary variant."""
     pre = ev.r(ev.point.replace("_rot", ""))
-    c = ev.out_cand.double()
+    c = ev.out_cand
     if pre is None or pre.dim() != 3:
         return []
     rot = Rotary(ev, pre.shape[0])
     is_q = ev.point == "attn.q_rot"
-    if rot.freqs is None or residual(ev.out_ref.double(), rot.apply(pre, is_q=is_q)) > 1e-4:
+    if rot.freqs is None or residual(ev.out_ref, rot.apply(pre, is_q=is_q)) > 1e-4:
         return []  # our rotary does not reproduce the reference's
     out = [Result(name, "rotary", params, residual(c, fn(pre)), cause) for name, params, cause, fn in rot.variants(is_q)]
-    out.append(_base_result(ev, rot, lambda f: residual(c, rot.apply(pre, freqs=f, is_q=is_q)), ev.tolerance))
+    if not _found(out, ev, c):
+        out.append(_base_result(ev, rot, lambda f: residual(c, rot.apply(pre, freqs=f, is_q=is_q)), ev.tolerance))
     return out
 
 
 @hypothesis("rotary-table", ["rope.cos", "rope.sin"])
 def rotary_table(ev: Evidence) -> list[Result]:
     """The cos/sin table under positions shifted by k, another base, interleaved layout, NTK."""
-    c = ev.out_cand.double()
+    c = ev.out_cand
     t = c.shape[0]
     rot = Rotary(ev, t)
     if rot.freqs is None or c.shape[-1] != rot.rd:
@@ -184,11 +198,18 @@ def rotary_table(ev: Evidence) -> list[Result]:
     def tab(freqs: torch.Tensor, shift: float = 0.0, layout: str = "half") -> torch.Tensor:
         return table(rot.pos + shift, freqs, layout)[k]
 
-    if residual(ev.out_ref.double(), tab(rot.freqs)) > 1e-4:
+    if residual(ev.out_ref, tab(rot.freqs)) > 1e-4:
         return []
     out = [Result("rotary-shift", "rotary", {"k": s}, residual(c, tab(rot.freqs, s)),
                   f"positions shifted by {s:+d} (position ids start at {s} instead of 0)") for s in (1, -1, 2, -2, 3, 4, 8)]
     out.append(Result("rotary-interleaved", "rotary", {}, residual(c, tab(rot.freqs, layout="interleaved")),
                       "rotary table in the interleaved layout instead of rotate-half"))
-    out.append(_base_result(ev, rot, lambda f: residual(c, tab(f)), ev.tolerance))
+    if not _found(out, ev, c):
+        out.append(_base_result(ev, rot, lambda f: residual(c, tab(f)), ev.tolerance))
     return out
+
+
+def _found(out: list[Result], ev: Evidence, c: torch.Tensor) -> bool:
+    """Whether a discrete variant already explains ``c``: the base fit (~60 recomputes) is then
+    not worth its cost."""
+    return any(r.residual <= min(ev.tolerance, EXPLAINS * residual(c, ev.out_ref)) for r in out)
