@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 from parity.options import DTYPE_SHORT, add_group, dtype_arg, run_options

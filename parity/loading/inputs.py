@@ -3,7 +3,6 @@ tokenizer (--prompt, with the checkpoint's tokenizer or --tokenizer PATH), wrapp
 model's chat format with --chat (:func:`resolve_inputs`)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 

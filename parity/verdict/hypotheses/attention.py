@@ -99,7 +99,6 @@ class Attention:
             self.cache[key] = self.w.T.contiguous()
         return self.cache[key]
 
-
     def _spread(self, x: torch.Tensor, tiled: bool) -> torch.Tensor:
         """[T, kv heads, d] -> [T, heads, d]: query head h uses kv head h // group (interleaved), or
         h % kv_heads (tiled). Expand + reshape, not an index: its kernel is cold in a run."""

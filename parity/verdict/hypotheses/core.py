@@ -3,8 +3,8 @@
 :class:`Evidence` holds the full tensors of the targeted pass (parity.run.targeted): the
 first divergent probe and its upstream inputs, on both sides, as ``[T, ...]`` tensors in the
 evidence's working dtype (float64; float32 for a half-precision candidate, whose rounding is
-four orders of magnitude above float32's), plus the reference's own weights of the component at fault (by role) and the
-facts of the model (head_dim, heads, rotary base, seq_length...). A hypothesis turns the
+four orders of magnitude above float32's), plus the reference's own weights of the component
+at fault (by role) and the facts of the model (head_dim, heads, rotary base, seq_length...). A hypothesis turns the
 *reference's* tensors into a prediction of the *candidate's* output under one transformation
 users get wrong, fitting its parameter, and reports the residual
 ``||cand - prediction|| / ||cand||``. :func:`judge` says whether it fits: a residual at the
@@ -85,10 +85,6 @@ class Evidence:
         self.ref = Converting(self.ref, self.work, self.device)  # type: ignore[assignment]
         self.cand = Converting(self.cand, self.work, self.device)  # type: ignore[assignment]
         self.weights = Converting(self.weights, self.work, self.device)  # type: ignore[assignment]
-
-    def new(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` in the working dtype (a tensor a hypothesis made, e.g. in low precision)."""
-        return x.to(self.work)
 
     def name(self, point: str) -> str:
         """The canonical probe name of ``point`` in the focus block (or a head probe)."""
