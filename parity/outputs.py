@@ -10,7 +10,9 @@ folder at a time (a lock), and a run's files written as one unit.
   system either way) and ``out.file(path)`` (a hidden temp file beside it); only when the block ends without an error is everything moved into place,
   with SIGINT and SIGTERM held back for those few renames. On an error, Ctrl-C or SIGTERM the
   temp files are removed and nothing the user had is touched. A new folder is one rename; into
-  an existing folder each file is replaced (other files there are kept).
+  an existing folder each file is replaced (other files there are kept). A run killed outright
+  (SIGKILL, a power cut) leaves its hidden temp folder; the next run on the same ``--out``,
+  holding the lock, removes it.
 
 Folders and files are created with mode 0777/0666 so that the umask applies, as for a plain
 ``mkdir``/``open``.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -30,6 +33,7 @@ from typing import Any
 from parity.errors import UsageError
 
 LOCK_SUFFIX = ".parity-lock"
+TMP_MARK = ".parity-tmp-"
 
 
 class Terminated(KeyboardInterrupt):
@@ -146,8 +150,20 @@ class Outputs:
         if self._lock is not None:
             self._mkparents(self.target.absolute().parent)  # type: ignore[union-attr]
             self._lock.acquire()
+            self._remove_stale()
         self._old_term = _install_term_handler()
         return self
+
+    def _remove_stale(self) -> None:
+        """Temp folders of a run on this target killed before it could clean up (the lock
+        held: no live run owns one)."""
+        t = self.target.absolute()  # type: ignore[union-attr]
+        mine = re.compile(re.escape(f".{t.name}{TMP_MARK}") + r"[0-9a-f]{8}")
+        for home in {t.parent, t} if t.is_dir() else {t.parent}:
+            with contextlib.suppress(OSError):
+                for p in home.iterdir():
+                    if mine.fullmatch(p.name) and p.is_dir() and not p.is_symlink():
+                        shutil.rmtree(p, ignore_errors=True)
 
     def __exit__(self, typ: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         try:
@@ -174,7 +190,7 @@ class Outputs:
             # a new folder: staged beside it and renamed; an existing one (maybe a mount point):
             # staged inside it, on its file system, and its files replaced one by one
             home = t if t.is_dir() else t.parent
-            self._tmpdir = home / f".{t.name}.parity-tmp-{secrets.token_hex(4)}"
+            self._tmpdir = home / f".{t.name}{TMP_MARK}{secrets.token_hex(4)}"
             os.mkdir(self._tmpdir, 0o777)
         return self._tmpdir
 
@@ -184,7 +200,7 @@ class Outputs:
         if p not in self._tmpfiles:
             parent = p.absolute().parent
             self._mkparents(parent)
-            self._tmpfiles[p] = parent / f".{p.name}.parity-tmp-{secrets.token_hex(4)}"
+            self._tmpfiles[p] = parent / f".{p.name}{TMP_MARK}{secrets.token_hex(4)}"
         return self._tmpfiles[p]
 
     def final(self, path: Path) -> Path:

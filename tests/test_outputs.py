@@ -46,6 +46,26 @@ def test_existing_folder_keeps_the_users_files(tmp_path: Path) -> None:
     assert (out / "report.json").read_text() == "new" and (out / "notes.txt").read_text() == "mine"
 
 
+@pytest.mark.parametrize("existing", [False, True])
+def test_a_killed_runs_staging_is_removed_by_the_next_run(tmp_path: Path, existing: bool) -> None:
+    """SIGKILL leaves the hidden staging folder (beside a new --out, inside an existing one);
+    the next run on the same --out, holding its lock, removes it -- and nothing else."""
+    out = tmp_path / "run"
+    home = out if existing else tmp_path
+    if existing:
+        out.mkdir()
+    stale = home / ".run.parity-tmp-0a1b2c3d"
+    stale.mkdir()
+    (stale / "report.json").write_text("half")
+    keep = [home / ".other.parity-tmp-0a1b2c3d", home / ".run.parity-tmp-notes", home / ".run.parity-tmp-0a1b2c3d5"]
+    for k in keep:
+        k.mkdir()
+    with Outputs(out) as o:
+        (o.dir / "report.json").write_text("{}")
+    assert not stale.exists() and all(k.is_dir() for k in keep)
+    assert (out / "report.json").read_text() == "{}"
+
+
 def test_folder_follows_the_umask(tmp_path: Path) -> None:
     old = os.umask(0o027)
     try:
