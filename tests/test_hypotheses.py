@@ -57,6 +57,22 @@ def test_permutation_recognizes_the_grouped_split() -> None:
     assert w.params["mapping"] == ["q0", "q1", "k0", "k1"]
 
 
+@pytest.mark.parametrize("order", ["pairs", "halves", "other"])
+def test_channel_permutation_names_llamacpps_pair_order(order: str) -> None:
+    from parity.verdict.hypotheses.generic import half_order, pair_order
+
+    q = rnd(T, NQ, D)
+    pick = {"pairs": pair_order(D), "halves": half_order(D), "other": [1, 0] + list(range(2, D))}[order]
+    w = winner(ev("attn.q", {"blocks.0.attn.q": q}, {"blocks.0.attn.q": q[..., pick]}))
+    assert w.name == "channel-permutation" and w.residual < 1e-12
+    assert w.params["layout"] == (None if order == "other" else order)
+    assert w.params["mapping"] == (pick if order == "other" else None)
+    assert pair_order(8) == [0, 4, 1, 5, 2, 6, 3, 7] and [pair_order(8)[i] for i in half_order(8)] == list(range(8))
+    from parity.faults.gguf import qk_permutation  # the GGUF fault's own (numpy) permutation: the same order
+
+    assert list(qk_permutation(2 * D, 2)[:D]) == pair_order(D)
+
+
 def test_transposed_square_weight() -> None:
     x, wq = rnd(T, H), rnd(H, H)
     e = ev("attn.q", {"blocks.0.attn_in": x, "blocks.0.attn.q": (x @ wq.T).view(T, NQ, -1)},

@@ -30,6 +30,7 @@ CASES: dict[tuple[str, str], tuple[str, dict[str, Any], str]] = {
     ("qwen2", "build_q_heads_reversed"): ("permutation", {"mapping": ["q3", "q2", "q1", "q0"]}, "blocks.0.attn.q"),
     ("llama", "build_mask_shift"): ("mask-shift", {"shift": 1}, "blocks.0.attn_out"),
     ("llama", "build_interleaved_rope"): ("rotary-interleaved", {}, "rope.cos"),
+    ("qwen2", "build_qk_pair_rows"): ("channel-permutation", {"layout": "pairs"}, "blocks.0.attn.q"),
 }
 
 

@@ -158,18 +158,26 @@ def test_converted_f16_passes_calibrated(model: str, run_cli, tmp_path: Path) ->
 
 @needs_llama
 @pytest.mark.slow
-@pytest.mark.parametrize("model,fault,probe", [
-    ("llama", "gguf-qk-permute@2", "blocks.2.attn.q"),
-    ("qwen2", "gguf-qk-permute@1", "blocks.1.attn.q"),
-    ("llama", "gguf-norm-eps", "blocks.0.attn_in"),
+@pytest.mark.parametrize("model,fault,probe,named,params", [
+    # llama: the converter's q/k permutation left out; qwen2: applied where its rope rotates halves
+    ("llama", "gguf-qk-permute@2", "blocks.2.attn.q", "channel-permutation", {"layout": "halves"}),
+    ("qwen2", "gguf-qk-permute@1", "blocks.1.attn.q", "channel-permutation", {"layout": "pairs"}),
+    ("llama", "gguf-norm-eps", "blocks.0.attn_in", "norm-eps", {"eps": 0.1}),
 ])
-def test_conversion_faults_are_localized(model: str, fault: str, probe: str, run_cli, tmp_path: Path) -> None:
-    code, rep, text = _run(run_cli, tmp_path, "--model", model, "--dtype", "fp32", "--fault", fault)
+@pytest.mark.parametrize("dtype", ["fp32", "fp16"])
+def test_conversion_faults_are_localized_and_named(model: str, fault: str, probe: str, named: str, params: dict,
+                                                   dtype: str, run_cli, tmp_path: Path) -> None:
+    code, rep, text = _run(run_cli, tmp_path, "--model", model, "--dtype", dtype, "--fault", fault)
     assert code == 1, text
     first = rep["summary"]["first_divergence"]
     assert first["probe"] == probe, first
     assert first["component"] == ("norm" if fault == "gguf-norm-eps" else "attn")
     assert rep["run"]["candidate"]["faults"]
+    diag = rep["summary"]["diagnosis"]
+    assert diag["named_cause"] == named, diag["hint"]  # issue 18: every built-in fault's exact cause
+    win = diag["hypotheses"][0]
+    for k, v in params.items():
+        assert win["params"][k] == (pytest.approx(v, rel=1e-2) if isinstance(v, float) else v), win
 
 
 # -- the real model: SmolLM2's Q4_1 GGUF as shipped ---------------------------------------------

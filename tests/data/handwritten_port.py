@@ -18,7 +18,7 @@ from parity import probe
 
 CLEAN: dict[str, Any] = {"softmax_scale": None, "drop_bias": None, "pos_offset": 0, "logn": True, "down_scale": 1.0,
                          "eps_outside": False, "act": "silu", "transpose_q": False, "swap_heads": False,
-                         "mask_shift": 0, "interleaved_rope": False, "q_noise": 0.0}
+                         "mask_shift": 0, "interleaved_rope": False, "q_noise": 0.0, "qk_pairs": False}
 
 
 def _get(cfg: Any, *names: str, default: Any = None) -> Any:
@@ -125,6 +125,8 @@ class Port(nn.Module):
         v = self.proj(x, i, "v").view(t, self.kv, self.d)
         if self.bugs["swap_heads"]:
             q = q.flip(1)
+        if self.bugs["qk_pairs"]:  # rows converted for a pair-rotating rope (GGUF), rotated as halves here
+            q, k = (torch.stack(x.chunk(2, dim=-1), dim=-1).flatten(-2) for x in (q, k))
         if self.bugs["q_noise"]:  # a bug no hypothesis covers: q perturbed element by element
             g = torch.Generator(device="cpu").manual_seed(1)
             q = q + self.bugs["q_noise"] * torch.randn(q.shape, generator=g).to(q)
@@ -194,4 +196,5 @@ build_transposed_q = _factory(transpose_q=True)
 build_q_heads_reversed = _factory(swap_heads=True)
 build_mask_shift = _factory(mask_shift=1)
 build_interleaved_rope = _factory(interleaved_rope=True)
+build_qk_pair_rows = _factory(qk_pairs=True)
 build_q_noise = _factory(q_noise=0.05)

@@ -1,6 +1,7 @@
 """Hypotheses for any probe: a scale factor, a per-channel constant offset (a bias missing or
-extra), a permutation of heads (q|k|v split order, per-group interleave, head order), and a
-transposed square projection weight."""
+extra), a permutation of heads (q|k|v split order, per-group interleave, head order) or of the
+channels within each head (llama.cpp's q/k pair order), and a transposed square projection
+weight."""
 from __future__ import annotations
 
 import torch
@@ -142,6 +143,54 @@ def permutation(ev: Evidence) -> list[Result]:
     what = layout or "heads taken from the wrong place: " + ", ".join(f"{o}<-{m}" for o, m in zip(own, mapping) if o != m)
     return [Result("permutation", "permutation", {"mapping": mapping, "layout": layout}, residual(c, pred),
                    f"{ev.probe}: {what}")]
+
+
+def pair_order(d: int) -> list[int]:
+    """Channel order of llama.cpp's q/k row permutation within a head (its converter's
+    ``permute``, for the rope that rotates pairs 2i, 2i+1): channel 2i <- i, 2i+1 <- d/2 + i."""
+    return [i // 2 + (d // 2 if i % 2 else 0) for i in range(d)]
+
+
+def half_order(d: int) -> list[int]:
+    """The inverse: channel i <- 2i, d/2 + i <- 2i + 1 (pairs read back as halves)."""
+    return [2 * i for i in range(d // 2)] + [2 * i + 1 for i in range(d // 2)]
+
+
+@hypothesis("channel-permutation", HEAD_POINTS)
+def channel_permutation(ev: Evidence) -> list[Result]:
+    """Every head's channels in another order (the same for each head): which reference channel
+    each candidate channel is -- recognized when it is llama.cpp's q/k pair order or its inverse
+    (a checkpoint converted for the other rotary layout, or its permutation left out)."""
+    r, c = ev.out_ref, ev.out_cand
+    if r.dim() != 3 or c.shape != r.shape or r.shape[-1] < 4:
+        return []
+    d = r.shape[-1]
+    rf, cf = r.reshape(-1, d), c.reshape(-1, d)
+    # ||c_j - r_i||^2 over tokens and heads, from one [d, d] product (layouts of x @ W.T: warm GEMMs)
+    cross = cf.T.contiguous() @ rf.T.contiguous().T
+    err = sumsq(cf, 0)[:, None] + sumsq(rf, 0)[None, :] - 2 * cross
+    pick = err.cpu().argmin(dim=1).tolist()
+    if pick == list(range(d)) or sorted(pick) != list(range(d)):
+        return []  # no reordering, or not a permutation
+    onehot = torch.zeros(d, d, dtype=rf.dtype)
+    onehot[torch.arange(d), torch.tensor(pick)] = 1.0  # row j picks reference channel pick[j]
+    pred = (rf @ onehot.to(rf.device).T).reshape(r.shape)
+    kind = ev.point.replace("attn.", "").replace("_rot", "")
+    if pick == pair_order(d):
+        layout = "pairs"
+        what = (f"{kind} channels in llama.cpp's pair order within each head (channel 2i <- i, 2i+1 <- d/2+i): "
+                "the q/k rows permuted for a rope rotating pairs where the model rotates halves")
+    elif pick == half_order(d):
+        layout = "halves"
+        what = (f"{kind} channels in rotate-half order within each head where pairs are expected (channel i <- 2i, "
+                "d/2+i <- 2i+1): the converter's q/k permutation for a pair-rotating rope left out or undone")
+    else:
+        layout = None
+        moved = [f"{j}<-{i}" for j, i in enumerate(pick) if i != j]
+        what = f"{kind} channels reordered within each head: " + ", ".join(moved[:8]) + (" ..." if len(moved) > 8 else "")
+    return [Result("channel-permutation", "permutation", {"layout": layout, "head_dim": d,
+                                                          "mapping": None if layout else pick},
+                   residual(c, pred), f"{ev.probe}: {what}")]
 
 
 @hypothesis("transposed-weight", ["attn.q", "attn.k", "attn.v"])
