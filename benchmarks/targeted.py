@@ -7,7 +7,8 @@ Usage (on the GPU machine): python benchmarks/targeted.py [--model llama] [--sha
 Prints one line per fault and writes $OUT/targeted_results.json (or ./targeted_results.json).
 --profile adds each row's breakdown (seconds, CUDA-synchronized): the reference capture, the
 candidate capture, the evidence, each hypothesis, the naming. A fault listed twice shows the
-cold (first in the process) and the warm cost.
+cold (first in the process) and the warm cost; a process per fault gives each one's cold cost
+(how benchmarks/h200/ was measured, after `python -m compileall parity` as a pip install does).
 """
 from __future__ import annotations
 
