@@ -16,8 +16,14 @@ them best first. Users add their own with the same decorator::
         pred = ...  # the candidate's output if my bug were there, from ev.ref / ev.weights
         return [Result("my-bug", "custom", {}, residual(ev.out_cand, pred), "my bug")]
 
-The built-in families live in generic (scale, per-channel offset, head permutation,
-transposed weight), rotary, attention, norm and mlp; they are registered on first use.
+``ev.ref``, ``ev.cand`` and ``ev.weights`` come on the run's device in ``ev.work`` (float64;
+float32 for a float16/bfloat16 candidate): compute in that dtype. On a GPU, operations a
+forward does not run (sorting, argmin...) are better done on the host on a few numbers (see
+core: a kernel a process never ran costs up to ~40 ms on its first call).
+
+The built-in families live in generic (scale, per-channel offset, head and channel permutation,
+transposed weight), rotary, attention, norm and mlp; load_builtin() registers them (parity.run.targeted
+calls it at import, evaluate() on first use).
 """
 from __future__ import annotations
 
