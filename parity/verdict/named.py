@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from parity.verdict.hypotheses import summary as hyp_summary
-from parity.verdict.hypotheses.core import Evidence, Result
+from parity.verdict.hypotheses.core import Evidence, Result, sumsq
 
 #: the location category (``diagnosis.cause``) a winning hypothesis stands for
 CAUSE_OF = {"norm-eps": "norm-eps", "norm-eps-outside-root": "norm-eps", "activation-wrong-branch": "gating",
@@ -28,8 +28,7 @@ def token_errors(ref: Any, cand: Any) -> list[float]:
     dt = torch.promote_types(ref.dtype, torch.float32)
     r = ref.to(dt).reshape(ref.shape[0], -1)
     c = cand.to(dt).reshape(cand.shape[0], -1)
-    d = c - r
-    per = torch.cat(((d * d).sum(dim=1), (r * r).sum().reshape(1))).tolist()
+    per = torch.cat((sumsq(c - r, dim=1), sumsq(r).reshape(1))).tolist()
     scale = math.sqrt(max(per[-1], 0.0)) / math.sqrt(max(r.shape[0], 1)) or 1.0
     return [math.sqrt(max(e, 0.0)) / scale if math.isfinite(e) else math.inf for e in per[:-1]]
 

@@ -46,7 +46,7 @@ def load_builtin() -> None:
 
 def identity_residual(ev: Evidence) -> float:
     """What the untransformed reference leaves: the error to explain."""
-    return residual(ev.out_cand, ev.out_ref)
+    return ev.identity
 
 
 def evaluate(ev: Evidence, names: Sequence[str] | None = None) -> list[Result]:

@@ -15,9 +15,6 @@ from parity.verdict.hypotheses.core import EXPLAINS, Evidence, Result, log_fit, 
 from parity.verdict.hypotheses.rotary import Rotary
 
 LOW = {"float16": torch.float16, "bfloat16": torch.bfloat16}
-#: query rows the attention variants are recomputed for (core.sample_rows: each row needs all
-#: keys, so the cost of one recompute is rows x T, not T x T)
-query_rows = sample_rows
 #: the batched rotary variants (Attention.residuals) run in chunks of at most this many scores
 SCORES_MAX = 1 << 26
 
@@ -39,7 +36,7 @@ class Attention:
         qr, kr = ev.r("attn.q_rot"), ev.r("attn.k_rot")
         self.qr = qr if qr is not None else (self.rot.apply(self.q) if self.rot.freqs is not None else self.q)
         self.kr = kr if kr is not None else (self.rot.apply(self.k, is_q=False) if self.rot.freqs is not None else self.k)
-        self.rows = query_rows(self.t, self.q.device)
+        self.rows = sample_rows(self.t, self.q.device)  # each row needs all keys: a recompute costs rows x T
         self.all_rows = len(self.rows) == self.t
         self.cache: dict[tuple[str, object], torch.Tensor] = {}
 

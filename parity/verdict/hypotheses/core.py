@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -104,6 +105,12 @@ class Evidence:
     @property
     def out_cand(self) -> torch.Tensor:
         return self.cand[self.probe]
+
+    @cached_property
+    def identity(self) -> float:
+        """What the untransformed reference leaves at the focus probe: the error to explain
+        (computed once; evaluate, summary and hypotheses read it)."""
+        return residual(self.out_cand, self.out_ref)
 
     @property
     def tolerance(self) -> float:

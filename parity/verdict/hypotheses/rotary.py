@@ -180,7 +180,7 @@ def rotary_qk(ev: Evidence) -> list[Result]:
     if rot.freqs is None or residual(ev.out_ref, rot.apply(pre, is_q=is_q)) > 1e-4:
         return []  # our rotary does not reproduce the reference's
     out = [Result(name, "rotary", params, residual(c, fn(pre)), cause) for name, params, cause, fn in rot.variants(is_q)]
-    if not _found(out, ev, c):
+    if not _found(out, ev):
         out.append(_base_result(ev, rot, lambda f: residual(c, rot.apply(pre, freqs=f, is_q=is_q)), ev.tolerance))
     return out
 
@@ -204,12 +204,12 @@ def rotary_table(ev: Evidence) -> list[Result]:
                   f"positions shifted by {s:+d} (position ids start at {s} instead of 0)") for s in (1, -1, 2, -2, 3, 4, 8)]
     out.append(Result("rotary-interleaved", "rotary", {}, residual(c, tab(rot.freqs, layout="interleaved")),
                       "rotary table in the interleaved layout instead of rotate-half"))
-    if not _found(out, ev, c):
+    if not _found(out, ev):
         out.append(_base_result(ev, rot, lambda f: residual(c, tab(f)), ev.tolerance))
     return out
 
 
-def _found(out: list[Result], ev: Evidence, c: torch.Tensor) -> bool:
-    """Whether a discrete variant already explains ``c``: the base fit (~60 recomputes) is then
+def _found(out: list[Result], ev: Evidence) -> bool:
+    """Whether a discrete variant already explains the candidate: the base fit (~60 recomputes) is then
     not worth its cost."""
-    return any(r.residual <= min(ev.tolerance, EXPLAINS * residual(c, ev.out_ref)) for r in out)
+    return any(r.residual <= min(ev.tolerance, EXPLAINS * ev.identity) for r in out)
