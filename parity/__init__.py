@@ -4,7 +4,7 @@
 ``parity.probe(name, tensor)`` is the probe API for ports (see parity.capture.api).
 
 Layout: the package's concepts are subpackages (cli, loading, capture, compare, verdict,
-faults, backends, run, report, pytest_plugin); the model code and presets live in the
+faults, engines, run, report, pytest_plugin); the model code and presets live in the
 repository's top-level ``models/`` and the probe maps in ``probes/``, shipped in the wheel
 as ``parity/models`` and ``parity/probes``. In a source tree (a checkout on PYTHONPATH, or
 an editable install) ``parity.models`` is mounted from ``models/`` here, at import.

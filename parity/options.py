@@ -71,7 +71,7 @@ class RunOptions:
     faults: list[str] = field(default_factory=list)
     isolate: bool = True
     targeted: bool = True  # issue 18: the targeted pass naming the cause of a divergence
-    # quantized candidates (issue 19; parity.backends.schemes)
+    # quantized candidates (issue 19; parity.engines.schemes)
     quant: str | None = None
     quant_exclude: list[str] = field(default_factory=list)
     quant_budget: float | None = None

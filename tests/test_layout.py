@@ -18,7 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 # Lower layers first: a module may import its own package and the packages before it, never
 # one after it. "base" is parity's top-level modules (errors, options, resources, __init__).
-LAYERS = ["base", "compare", "capture", "report", "models", "loading", "verdict", "faults", "backends", "run",
+LAYERS = ["base", "compare", "capture", "report", "models", "loading", "verdict", "faults", "engines", "run",
           "cli", "pytest_plugin"]
 MAX_LINES = 500
 #: the package's own entry points, which reach up on purpose: ``parity.probe`` (re-exported

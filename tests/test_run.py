@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import read_report
-from parity.backends import pytorch
+from parity.engines import pytorch
 
 FAMILIES = ["qwen", "qwen2", "llama"]
 BLOCK_POINTS = ["attn_in", "attn_out", "mlp_in", "mlp_out", "resid_post"]

@@ -80,7 +80,7 @@ def check_options(opts: Any) -> None:
     """The checks a run's options need no model, torch or engine for -- before any of them is
     imported or built, so that a typo costs milliseconds, not a reference forward. (The
     backends check the same things again where they are used.)"""
-    from parity import backends
+    from parity import engines
     from parity.errors import UsageError
     from parity.loading import families
     from parity.verdict.calibrate import check_budget, resolve_mode
@@ -97,10 +97,7 @@ def check_options(opts: Any) -> None:
 
     if opts.tokens is not None and opts.tokens > MAX_TOKENS:
         raise UsageError(f"--tokens {opts.tokens}: parity compares at most {MAX_TOKENS} tokens in one run.")
-    bi = backends.info(opts.candidate) if opts.candidate != "reference" else None
-    if bi is not None and not bi.is_available():
-        raise UsageError(f"candidate '{opts.candidate}' needs {', '.join(bi.missing())}, which is not installed.",
-                         note="`parity doctor` lists what is available here")
+    bi = engines.info(opts.candidate) if opts.candidate != "reference" else None
     check_tolerances(opts.atol, opts.rtol)
     resolve_mode(opts.tolerance, opts.atol is not None or opts.rtol is not None)
     if opts.budget is not None:
@@ -114,9 +111,14 @@ def check_options(opts: Any) -> None:
         checkpoint_dir(opts.checkpoint)  # its own message
     for flag, path, kind in (("--dump", opts.dump, "folder"), ("--input-ids", opts.input_ids, "file"),
                              ("--port-map", opts.port_map, "file"), ("--dump-map", opts.dump_map, "file"),
-                             ("--tokenizer", opts.tokenizer, "path")):
+                             ("--tokenizer", opts.tokenizer, "path"), ("--gguf", getattr(opts, "gguf", None), "file")):
         if path and not Path(path).exists():
             raise UsageError(f"{flag} {path}: no such {kind}.")
+    # Whether the engine is installed comes after the checks of the user's own paths and
+    # values: a typo is answered the same on every machine, with or without the engine.
+    if bi is not None and not bi.is_available():
+        raise UsageError(f"candidate '{opts.candidate}' needs {', '.join(bi.missing())}, which is not installed.",
+                         note=bi.install_note())
     _check_port(opts)
     _check_maps(opts)
     _check_quant(opts)
@@ -137,7 +139,7 @@ def check_tolerances(atol: float | None, rtol: float | None) -> None:
 def _check_maps(opts: Any) -> None:
     """--port-map, --dump-map and a parity dump's manifest.json read and checked against their
     schemas now: a typo in a map costs no reference forward (none of this imports torch)."""
-    from parity.backends import dumps
+    from parity.engines import dumps
 
     if opts.port_map and opts.candidate == "port":
         from parity.capture.probemap import load_map
@@ -151,7 +153,7 @@ def _check_maps(opts: Any) -> None:
 
 def _check_port(opts: Any) -> None:
     """--port and --port-map need --candidate port; the port file must exist (the messages
-    of parity.run.reference.check_port_options and parity.backends.port, earlier)."""
+    of parity.run.reference.check_port_options and parity.engines.port, earlier)."""
     from parity.errors import UsageError
 
     if opts.candidate != "port":
@@ -166,9 +168,9 @@ def _check_port(opts: Any) -> None:
 
 
 def _check_quant(opts: Any) -> None:
-    """--quant, --quant-twin and --quant-budget (parity.backends.schemes), before any model
+    """--quant, --quant-twin and --quant-budget (parity.engines.schemes), before any model
     is built: an unknown scheme, or one that needs CUDA on a CPU device, is exit 2."""
-    from parity.backends import schemes
+    from parity.engines import schemes
     from parity.errors import UsageError
 
     quant, twin = getattr(opts, "quant", None), getattr(opts, "quant_twin", None)

@@ -43,12 +43,12 @@ def cmd_dump(ns: argparse.Namespace) -> int:
 
 
 def _dump(ns: argparse.Namespace, opts: Any, outputs: Any) -> int:
-    from parity import backends
+    from parity import engines
     from parity.capture import probes as canon
-    from parity.backends.pytorch import ModuleBackend, check_device
+    from parity.engines.pytorch import ModuleBackend, check_device
     from parity.cli.common import progress
     from parity.capture.sinks import Capture, Recorder
-    from parity.backends.dumps import write_dump
+    from parity.engines.dumps import write_dump
     from parity.capture.probemap import find_map
     from parity.loading.inputs import resolve_inputs
     from parity.run.common import CandidateContext
@@ -67,7 +67,7 @@ def _dump(ns: argparse.Namespace, opts: Any, outputs: Any) -> int:
         backend = ModuleBackend(ref_model, pmap, getattr(ref_model, "config", source.config), "reference", source.num_blocks)
     else:
         say(f"building candidate ({opts.candidate})")
-        backend = backends.load(opts.candidate).create(CandidateContext(opts, source, pmap, ref_model, device))
+        backend = engines.load(opts.candidate).create(CandidateContext(opts, source, pmap, ref_model, device))
     offered = set(backend.available_probes())
     wanted = [p for p in selected if p in offered]
     cap = Capture(backend.label, backend.describe())
@@ -109,7 +109,7 @@ def _compare(ns: argparse.Namespace, outputs: Any) -> int:
     from parity.capture import probes as canon
     from parity.capture.sinks import Capture, Comparator, Recorder
     from parity.verdict.diagnose import diagnose
-    from parity.backends.dumps import canonical_shape, load_name_map, read_dump
+    from parity.engines.dumps import canonical_shape, load_name_map, read_dump
     from parity.errors import UsageError
     from parity.report import console, files
     from parity.report.data import ReportData

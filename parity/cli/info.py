@@ -154,7 +154,7 @@ def _doctor() -> None:
     for pkg in DOCTOR_PACKAGES:
         print(f"  {pkg:14s} {package_version(pkg) or 'missing'}")
 
-    from parity.backends import CANDIDATES
+    from parity.engines import CANDIDATES
 
     print("candidates:")
     for bi in CANDIDATES.values():

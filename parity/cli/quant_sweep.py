@@ -30,7 +30,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def cmd_sweep(ns: argparse.Namespace) -> int:
-    from parity.backends import schemes
+    from parity.engines import schemes
     from parity.errors import UsageError
 
     opts = with_model(run_options(ns), ns)

@@ -23,7 +23,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from parity import backends
+from parity import engines
 from parity.capture import probes as canon
 from parity.capture.sinks import Capture, Comparator
 from parity.verdict.diagnose import diagnose
@@ -114,7 +114,7 @@ def builds_failed(builds: list[Build], unit: list[str]) -> list[str]:
 
 def execute_bisect(opts: RunOptions, progress: Progress | None = None, marks: int = 1) -> RunResult:
     """Reference once (and its precision twin, for calibrated verdicts), then the builds."""
-    cand_mod = backends.load(opts.candidate)
+    cand_mod = engines.load(opts.candidate)
     opts = replace(opts, isolate=False)  # builds mark few probes: no teacher-forced pass
     ref = prepare_reference(opts, progress)
     timings = dict(ref.timings)

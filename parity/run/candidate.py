@@ -10,7 +10,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
-from parity import __version__, backends
+from parity import __version__, engines
 from parity.capture import probes as canon
 from parity.capture.sinks import Capture, Comparator
 from parity.compare.diff import DiffStats, TensorStats, fp16_headroom
@@ -35,12 +35,12 @@ def compare_candidate(ref: Reference, opts: RunOptions, progress: Progress | Non
     the reference model once the candidate is built (a one-shot run needs it no more)."""
     timings = dict(ref.timings)
     if create is None:
-        mod = backends.load(opts.candidate)
+        mod = engines.load(opts.candidate)
         if hasattr(mod, "prepare"):  # idempotent; execute() ran it before the reference was built
             mod.prepare(opts, progress)
         create = mod.create
     # only parity's own torch factory can be the twin (a wrapped or replaced one is not)
-    registered = getattr(create, "__module__", None) == "parity.backends.pytorch"
+    registered = getattr(create, "__module__", None) == "parity.engines.pytorch"
     source, ids, ref_cap, selected = ref.source, ref.ids, ref.capture, ref.selected
     calib = calibration_for(opts, tolerances is not None)
     if calib.calibrated:
@@ -107,7 +107,7 @@ def add_isolated(rows: list[ProbeRow], iso: dict[str, DiffStats], calib: Calibra
 
 
 def execute(opts: RunOptions, progress: Progress | None = None) -> RunResult:
-    mod = backends.load(opts.candidate)  # fail on an unknown candidate before any work
+    mod = engines.load(opts.candidate)  # fail on an unknown candidate before any work
     if hasattr(mod, "prepare"):  # a candidate that decides the run's dtype (llamacpp: the GGUF file's)
         mod.prepare(opts, progress)
     calibration_for(opts, False)  # and on verdict options that do not fit together

@@ -243,8 +243,8 @@ def execute(opts: Any, dataset: str | None = None, limit: int | None = None,
     and the overall metrics)."""
     import time
 
-    from parity import backends
-    from parity.backends.pytorch import check_device, torch_dtype
+    from parity import engines
+    from parity.engines.pytorch import check_device, torch_dtype
     from parity.loading.inputs import load_vocab
     from parity.loading.source import ModelSource
     from parity.run.generate import build_candidate
@@ -256,7 +256,7 @@ def execute(opts: Any, dataset: str | None = None, limit: int | None = None,
     torch_dtype(opts.dtype)
     device = check_device(opts.device)
     if opts.candidate != "reference":
-        backends.info(opts.candidate)
+        engines.info(opts.candidate)
     scorer()  # before any model is built
     source = ModelSource.resolve(opts.model, opts.checkpoint, opts.seed, opts.trust_remote_code, opts.shape)
     check_port_options(opts, source.num_blocks, generation=True)

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from parity import backends
+from parity import engines
 
 from parity.loading import inputs
 from parity.loading import chat as chatfmt
@@ -338,7 +338,7 @@ def build_candidate(opts: GenerateOptions, source: ModelSource, ref_model: Any, 
     from parity.capture.probemap import find_map
     from parity.run.common import CandidateContext
 
-    mod = backends.load(opts.candidate)
+    mod = engines.load(opts.candidate)
     pmap = find_map(source.probe_map_name, opts.probe_dirs)
     cand = mod.create(CandidateContext(opts, source, pmap, ref_model, device))
     if not hasattr(cand, "model") and not hasattr(cand, "stepper"):
@@ -348,7 +348,7 @@ def build_candidate(opts: GenerateOptions, source: ModelSource, ref_model: Any, 
 
 
 def execute(opts: GenerateOptions, progress: Progress | None = None) -> GenerateResult:
-    from parity.backends.pytorch import ModuleBackend, check_device, torch_dtype
+    from parity.engines.pytorch import ModuleBackend, check_device, torch_dtype
     from parity.capture.probemap import find_map
     from parity.run.candidate import run_facts
     from parity.run.reference import check_port_options
@@ -359,7 +359,7 @@ def execute(opts: GenerateOptions, progress: Progress | None = None) -> Generate
     torch_dtype(opts.dtype)
     device = check_device(opts.device)
     ref_device = check_device(opts.ref_device or device)
-    mod = backends.load(opts.candidate)
+    mod = engines.load(opts.candidate)
     if hasattr(mod, "prepare"):  # a candidate that decides the run's dtype (llamacpp: the GGUF file's)
         mod.prepare(opts, progress)
         torch_dtype(opts.dtype)

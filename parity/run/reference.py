@@ -77,7 +77,7 @@ class Reference:
 def prepare_reference(opts: RunOptions, progress: Progress | None = None) -> Reference:
     """Build the reference model and capture every selected probe (kept on the CPU), plus
     the block inputs teacher forcing needs."""
-    from parity.backends.pytorch import ModuleBackend, check_device, torch_dtype
+    from parity.engines.pytorch import ModuleBackend, check_device, torch_dtype
 
     timings: dict[str, float] = {}
     torch_dtype(opts.dtype)  # validate before any work

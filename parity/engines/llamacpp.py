@@ -1,5 +1,5 @@
 """The ``llamacpp`` candidate: a GGUF file run by llama.cpp (through llama-cpp-python), its
-probes taken from the computation graph by the eval callback (parity.backends.llamacpp_graph).
+probes taken from the computation graph by the eval callback (parity.engines.llamacpp_graph).
 
 Which GGUF file runs (``resolve``, before the reference is built):
 
@@ -13,7 +13,7 @@ Which GGUF file runs (``resolve``, before the reference is built):
 
 (2 and 3 take ``--gguf-type`` as a request to convert instead.) The verdict's dtype follows
 the file: F32 -> float32, F16 -> float16, BF16 -> bfloat16; a quantized file's twin is the
-reference with llama.cpp's activation quantization emulated (parity.backends.actquant; the
+reference with llama.cpp's activation quantization emulated (parity.engines.actquant; the
 float16 floor), see README "llama.cpp". ``--fault
 gguf-...`` alters a copy of the file (parity.faults.gguf).
 
@@ -37,9 +37,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from parity.backends.base import Backend, Sink
-from parity.backends.dumps import canonical_shape
-from parity.backends.llamacpp_graph import Collector, Ggml, GraphMap, load_graph_map
+from parity.engines.base import Backend, Sink
+from parity.engines.dumps import canonical_shape
+from parity.engines.llamacpp_graph import Collector, Ggml, GraphMap, load_graph_map
 from parity.capture import probes as canon
 from parity.errors import BackendError, UsageError
 from parity.loading import convert_gguf as conv

@@ -19,6 +19,10 @@ class BackendInfo:
     module: str
     requires: tuple[str, ...]
     summary: str
+    install: str = ""  # how to get what is missing, for the "not installed" line's Note
+
+    def install_note(self) -> str:
+        return self.install or "`parity doctor` lists what is available here"
 
     def is_available(self) -> bool:
         """True when every required package can be imported (without importing it)."""
@@ -30,40 +34,45 @@ class BackendInfo:
 
 CANDIDATES: dict[str, BackendInfo] = {
     "torch": BackendInfo(
-        "torch", "parity.backends.pytorch", ("torch",),
+        "torch", "parity.engines.pytorch", ("torch",),
         "the reference weights in another dtype / device / attention implementation",
     ),
     "onnxruntime": BackendInfo(
-        "onnxruntime", "parity.backends.onnxrt", ("onnx", "onnxruntime", "onnxscript"),
+        "onnxruntime", "parity.engines.onnxrt", ("onnx", "onnxruntime", "onnxscript"),
         "the reference exported to ONNX (probes marked as outputs), run in ONNX Runtime",
+        "pip install 'parity-debugger[onnx]'",
     ),
     "tensorrt": BackendInfo(
-        "tensorrt", "parity.backends.tensorrt", ("onnx", "onnxscript", "tensorrt"),
+        "tensorrt", "parity.engines.tensorrt", ("onnx", "onnxscript", "tensorrt"),
         "the same probe-marked ONNX parsed and built by TensorRT (needs a CUDA GPU)",
+        "pip install 'parity-debugger[onnx]' tensorrt (NVIDIA's index; a CUDA GPU)",
     ),
     "trtllm": BackendInfo(
-        "trtllm", "parity.backends.trtllm", ("tensorrt_llm",),
+        "trtllm", "parity.engines.trtllm", ("tensorrt_llm",),
         "TensorRT-LLM's PyTorch backend, hooked through a trtllm_<family> probe map",
+        "install tensorrt_llm from NVIDIA's index on a CUDA machine; or dump its tensors and use --candidate dump",
     ),
     "llamacpp": BackendInfo(
-        "llamacpp", "parity.backends.llamacpp", ("llama_cpp", "gguf"),
+        "llamacpp", "parity.engines.llamacpp", ("llama_cpp", "gguf"),
         "a GGUF file run by llama.cpp (llama-cpp-python), probes from its graph's eval callback",
+        "`make llamacpp` (or pip install 'parity-debugger[llamacpp]'): pip compiles llama.cpp, ~4-15 min on 2 cores",
     ),
     "dump": BackendInfo(
-        "dump", "parity.backends.dump", ("safetensors",),
+        "dump", "parity.engines.dump", ("safetensors",),
         "tensors dumped by any runtime (--dump DIR): parity dumps, tllm_debug/ .npy, rank<N>/*.pt",
     ),
     "cleanroom": BackendInfo(
-        "cleanroom", "parity.backends.cleanroom", ("torch",),
+        "cleanroom", "parity.engines.cleanroom", ("torch",),
         "parity's own implementation of the family (clean-room Qwen v1; transformers' class for the others) loaded "
         "from the same checkpoint: the cross-check of a --trust-remote-code reference",
     ),
     "quant": BackendInfo(
-        "quant", "parity.backends.quant", ("torch", "modelopt"),
+        "quant", "parity.engines.quant", ("torch", "modelopt"),
         "the reference weights fake-quantized by NVIDIA ModelOpt (--quant int8-wo|int4-wo|int4-awq|w8a8-sq|fp8|int8-kv|fp8-kv|nvfp4)",
+        "pip install 'parity-debugger[quant]'",
     ),
     "port": BackendInfo(
-        "port", "parity.backends.port", ("torch",),
+        "port", "parity.engines.port", ("torch",),
         "a PyTorch port (--port FILE.py:factory, or the family's built-in engine-style port with --fault)",
     ),
 }
@@ -83,6 +92,6 @@ def load(name: str):  # noqa: ANN201 - returns a module
     if not bi.is_available():
         raise BackendError(
             f"candidate '{name}' needs {', '.join(bi.missing())}, which is not installed.",
-            note="`parity doctor` lists what is available here",
+            note=bi.install_note(),
         )
     return importlib.import_module(bi.module)

@@ -26,7 +26,7 @@ from torch import nn
 
 from parity import faults
 from parity.capture import probes as canon
-from parity.backends.pytorch import ModuleBackend, Sink, _defer_default, torch_dtype
+from parity.engines.pytorch import ModuleBackend, Sink, _defer_default, torch_dtype
 from parity.errors import BackendError, UsageError
 from parity.capture.probemap import ProbeMap, find_map, load_map
 from parity.resources import shipped_dir

@@ -12,10 +12,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from parity.backends.base import Backend, Sink
+from parity.engines.base import Backend, Sink
 from parity.errors import BackendError, UsageError
 from parity.loading.families import DTYPE_NAMES
-from parity.backends.onnx_export import INPUT, OUTPUT, ExportedGraph, OnnxProbe, export_graph, inject_fault, parse_fault, value_types, with_outputs
+from parity.engines.onnx_export import INPUT, OUTPUT, ExportedGraph, OnnxProbe, export_graph, inject_fault, parse_fault, value_types, with_outputs
 from parity.capture import hooks
 
 OPT_LEVELS = ("disable", "basic", "extended", "all")

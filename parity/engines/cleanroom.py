@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from parity.backends.pytorch import ModuleBackend, set_attn, torch_dtype
+from parity.engines.pytorch import ModuleBackend, set_attn, torch_dtype
 from parity.capture.probemap import find_map
 from parity.errors import UsageError
 

@@ -1,11 +1,11 @@
-"""The ``dump`` candidate: tensors some runtime already wrote (see parity.backends.dumps)."""
+"""The ``dump`` candidate: tensors some runtime already wrote (see parity.engines.dumps)."""
 from __future__ import annotations
 
 from typing import Any
 
 from parity.capture import probes as canon
-from parity.backends.base import Backend, Sink
-from parity.backends.dumps import Dump, NameMap, canonical_shape, check_ids, load_name_map, read_dump
+from parity.engines.base import Backend, Sink
+from parity.engines.dumps import Dump, NameMap, canonical_shape, check_ids, load_name_map, read_dump
 from parity.errors import UsageError
 
 

@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from parity.backends.base import Backend, Sink
-from parity.backends.onnxrt import canonical, export_for, summarize_missing
+from parity.engines.base import Backend, Sink
+from parity.engines.onnxrt import canonical, export_for, summarize_missing
 from parity.loading.families import DTYPE_NAMES
 from parity.errors import BackendError, UsageError
-from parity.backends.onnx_export import INPUT, OUTPUT, ExportedGraph, inject_fault, parse_fault
+from parity.engines.onnx_export import INPUT, OUTPUT, ExportedGraph, inject_fault, parse_fault
 
 
 def _trt() -> Any:

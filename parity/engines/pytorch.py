@@ -20,7 +20,7 @@ from parity.capture import api
 
 from parity.compare import fused
 from parity.capture import probes as canon
-from parity.backends.base import Backend, Sink
+from parity.engines.base import Backend, Sink
 from parity.errors import BackendError, ProbeError, UsageError
 from parity.loading import remote
 from parity.capture.hooks import Taps, outside_graph, skipped, teacher_forced

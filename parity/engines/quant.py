@@ -29,8 +29,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from parity.backends import schemes
-from parity.backends.pytorch import ModuleBackend, derive
+from parity.engines import schemes
+from parity.engines.pytorch import ModuleBackend, derive
 from parity.errors import BackendError, UsageError
 from parity.errors import InputError
 
