@@ -74,7 +74,7 @@ def overhead(model_name: str, shape: str, tokens: int, more_tokens: tuple[int, .
     gets), the eager torch statistics (PARITY_FUSED_STATS=0), GPU kernel time of the
     plain and hooked forwards, and the same at 16 tokens, where the forward is bound by
     the CPU launching kernels (so the difference is the CPU cost of the probes)."""
-    from parity.engines.pytorch import ModuleBackend, make_candidate
+    from parity.engines.torch.runner import ModuleBackend, make_candidate
     from parity.capture.sinks import Capture, Comparator, Recorder
     from parity.compare.diff import Batch
     from parity.capture.probemap import find_map

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from parity.engines import port
+from parity.engines.port import runner as port
 from parity.run import targeted
 from parity.verdict import hypotheses, named
 from parity.verdict.hypotheses.registry import HYPOTHESES, Hypothesis

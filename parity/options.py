@@ -36,6 +36,7 @@ class RunOptions:
     trust_remote_code: bool = False
     seed: int | None = None
     probe_dirs: list[str] = field(default_factory=list)
+    family_dirs: list[str] = field(default_factory=list)
     candidate: str = "torch"
     dtype: str = "fp16"
     device: str = "auto"
@@ -54,7 +55,7 @@ class RunOptions:
     tokenizer: str | None = None
     chat: bool = False
     system: str | None = None
-    # engine backends (issue 4)
+    # parity's own engines' flags (declared by each engine in parity.engines)
     ort_opt: str = "all"
     ort_provider: str = "CPUExecutionProvider"
     ort_fault: list[str] | None = None
@@ -70,8 +71,8 @@ class RunOptions:
     port_map: str | None = None
     faults: list[str] = field(default_factory=list)
     isolate: bool = True
-    targeted: bool = True  # issue 18: the targeted pass naming the cause of a divergence
-    # quantized candidates (issue 19; parity.engines.schemes)
+    targeted: bool = True  # the targeted pass naming the cause of a divergence
+    # quantized candidates (parity.engines.quant.schemes)
     quant: str | None = None
     quant_exclude: list[str] = field(default_factory=list)
     quant_budget: float | None = None
@@ -79,6 +80,9 @@ class RunOptions:
     #: plain precision twin), "emulate", "float" (the plain precision twin) or a SCHEME (ModelOpt)
     quant_twin: str | None = None
     quant_sensitivity: bool = False
+    #: values of flags declared by engines outside parity (dest -> value); parity's own engines'
+    #: flags are the fields above
+    engine_flags: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.dtype = dtype_arg(self.dtype)
@@ -108,6 +112,7 @@ GROUPS: dict[str, tuple[str, list[Opt]]] = {
         Opt(("--shape",), {"metavar": "NAME", "help": "a real-size shape of the preset with seeded weights, e.g. 7b"}),
         Opt(("--trust-remote-code",), {"action": "store_true", "help": "use the checkpoint's own modeling code (only when you ask)"}),
         Opt(("--seed",), {"type": int, "help": "seed for preset weights and --tokens (default: the preset's)"}),
+        Opt(("--family-dir",), {"dest": "family_dirs", "action": "append", "default": [], "metavar": "DIR", "help": "extra folder of model families, one <name>/preset.toml each (also $PARITY_MODEL_PATH)"}),
         Opt(("--probe-dir",), {"dest": "probe_dirs", "action": "append", "default": [], "metavar": "DIR", "help": "extra folder of probe maps (also $PARITY_PROBE_PATH)"}),
     ]),
     "input": ("input", [
@@ -125,28 +130,14 @@ GROUPS: dict[str, tuple[str, list[Opt]]] = {
         Opt(("--ref-device",), {"help": "reference device (default: the candidate's)"}),
         Opt(("--attn",), {"default": "eager", "help": "candidate attention: eager, sdpa (default: eager)"}),
         Opt(("--compile",), {"action": "store_true", "help": "torch.compile the candidate"}),
-        Opt(("--port",), {"metavar": "FILE.py:FACTORY", "help": "with --candidate port: your port, factory(config, state_dict) -> nn.Module (default: the family's built-in port)"}),
-        Opt(("--port-map",), {"metavar": "FILE.toml", "help": "probe map of your port (module paths -> canonical names); parity.probe() calls need none"}),
         Opt(("--fault",), {"dest": "faults", "action": "append", "default": [], "metavar": "NAME[@BLOCK]", "help": "inject a known porting bug (repeatable): port faults double-rope, silu-wrong-branch, qkv-split, rope-base, norm-eps (need --candidate port); model fault mlp-overflow; generation faults eos-token, kv-position (parity generate); GGUF faults gguf-qk-permute, gguf-norm-eps, gguf-eos-id (need --candidate llamacpp); `parity doctor` lists them"}),
         Opt(("--no-isolate",), {"dest": "isolate", "action": "store_false", "default": True, "help": "skip the isolated (teacher-forced) per-block pass"}),
         Opt(("--no-targeted",), {"dest": "targeted", "action": "store_false", "default": True, "help": "skip the targeted pass (full tensors of the first divergent probe, hypotheses naming the cause)"}),
     ]),
     "quant": ("quantization", [
-        Opt(("--quant",), {"metavar": "SCHEME", "help": "with --candidate quant: int8-wo, int4-wo, int4-awq, w8a8-sq, fp8, int8-kv, fp8-kv, nvfp4 (ModelOpt fake quantization)"}),
-        Opt(("--quant-exclude",), {"action": "append", "default": [], "metavar": "GLOB", "help": "units kept unquantized, repeatable: 'blocks.0.*', 'blocks.*.mlp', 'blocks.*.kv'"}),
-        Opt(("--quant-budget",), {"type": float, "metavar": "X", "help": "pass/fail budget of a quantized candidate: logits nrmse vs the float32 reference (default: the scheme's)"}),
-        Opt(("--sensitivity",), {"dest": "quant_sensitivity", "action": "store_true", "help": "with --candidate quant: also quantize one block / one component kind at a time and rank blocks by the logits error"}),
         Opt(("--quant-twin",), {"metavar": "auto|emulate|float|SCHEME", "help": "the twin of a quantized candidate. SCHEME: the reference fake-quantized with it (an engine running SCHEME judged against what the scheme itself costs); emulate: llama.cpp's activation quantization on the reference (the default for a quantized GGUF); float: the plain precision twin (shows how far the quantization moves each probe)"}),
     ]),
-    "engine": ("engine backends", [
-        Opt(("--ort-opt",), {"default": "all", "choices": ["disable", "basic", "extended", "all"], "help": "ONNX Runtime graph optimization level (default: all)"}),
-        Opt(("--ort-provider",), {"default": "CPUExecutionProvider", "metavar": "EP", "help": "ONNX Runtime execution provider (default: CPUExecutionProvider)"}),
-        Opt(("--ort-fault",), {"action": "append", "metavar": "TARGET*SCALE", "help": argparse.SUPPRESS}),
-        Opt(("--dump",), {"metavar": "DIR", "help": "--candidate dump: folder of dumped tensors (parity dump, tllm_debug/, rank<N>/*.pt)"}),
-        Opt(("--dump-map",), {"metavar": "TOML", "help": "--candidate dump: map from dumped tensor names to canonical probes"}),
-        Opt(("--gguf",), {"metavar": "FILE", "help": "--candidate llamacpp: the GGUF file llama.cpp runs (default: the --checkpoint GGUF, a fetched model's GGUF, else the reference converted by llama.cpp's convert_hf_to_gguf.py)"}),
-        Opt(("--gguf-type",), {"choices": ["f32", "f16", "bf16", "q8_0"], "help": "--candidate llamacpp: convert the reference's weights to this GGUF type (default: --dtype's; q8_0: the reference reads the same file dequantized)"}),
-        Opt(("--trtllm-map",), {"metavar": "NAME|TOML", "help": "--candidate trtllm: probe map for the TensorRT-LLM model (default: trtllm_<family>)"}),
+    "engine": ("engine builds", [
         Opt(("--mode",), {"default": "all", "choices": ["all", "bisect"], "help": "all: mark every probe in one build; bisect: few marked probes per build, binary search (default: all)"}),
     ]),
     "compare": ("comparison", [
@@ -175,9 +166,16 @@ def add_group(parser: argparse.ArgumentParser, key: str) -> None:
         group.add_argument(*o.flags, **o.kwargs)
 
 
+#: the namespace attribute listing the dests of engine flags (set by the CLI with the engines' groups)
+ENGINE_DESTS = "_engine_dests"
+
+
 def run_options(ns: argparse.Namespace) -> Any:
-    """RunOptions from parsed arguments (fields the namespace lacks keep defaults)."""
+    """RunOptions from parsed arguments (fields the namespace lacks keep defaults; an engine's
+    flag that is no field goes to ``engine_flags``)."""
     from dataclasses import fields as dc_fields
 
     names = {f.name for f in dc_fields(RunOptions)}
-    return RunOptions(**{k: v for k, v in vars(ns).items() if k in names and v is not None})
+    given = {k: v for k, v in vars(ns).items() if v is not None}
+    extra = {k: given[k] for k in getattr(ns, ENGINE_DESTS, ()) if k not in names and k in given}
+    return RunOptions(**{k: v for k, v in given.items() if k in names}, engine_flags=extra)

@@ -3,7 +3,7 @@ nesting depth bounded), then checked against a pydantic schema, every failure on
 :class:`~parity.errors.ParityError` naming the file, the key and what is valid.
 
 Each file kind has its schema next to its loader (``parity.loading.schema`` for config.json
-and generation_config.json, ``parity.capture.schema`` for probe maps, ``parity.engines.schema``
+and generation_config.json, ``parity.capture.schema`` for probe maps, ``parity.loading.dump_schema``
 for dump maps and manifests, ``parity.report.schema`` for report JSON); this module holds
 what they share. pydantic is imported only when a schema is checked.
 """

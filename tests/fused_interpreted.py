@@ -186,7 +186,7 @@ def test_repeated_forwards_queue_planned_runs(model_name: str, layers: str, monk
     second on, every probe is held as the module made it (no canonical view) and queued
     with the others as one run; each forward still gets the eager numbers."""
     from parity.capture import sinks as capture_module
-    from parity.engines.pytorch import ModuleBackend, make_candidate
+    from parity.engines.torch.runner import ModuleBackend, make_candidate
     from parity.capture.probemap import find_map
     from parity.loading.source import ModelSource
 

@@ -16,7 +16,7 @@ def corrupted(module: str = "transformer.h.2.mlp.w1", scale: float = 1.5) -> Any
     def create(ctx: Any) -> Any:
         import torch
 
-        from parity.engines import pytorch
+        from parity.engines.torch import runner as pytorch
 
         backend = pytorch.create(ctx)
         with torch.no_grad():

@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from conftest import read_report
-from parity.engines import port, pytorch
+from parity.engines.port import runner as port
+from parity.engines.torch import runner as pytorch
 from parity.verdict.calibrate import DEFAULT_BUDGET, FP32_FLOOR_UNITS, MAX_ABS_SLACK, UNIT_ROUNDOFF, Calibration, Twin
 from parity.errors import ParityError
 from parity.options import RunOptions

@@ -61,7 +61,7 @@ def test_dump_from_onnxruntime_and_compare(ref_dump: Path, tmp_path: Path, run_c
 
 
 def test_compare_finds_a_changed_tensor(ref_dump: Path, ref: dict[str, torch.Tensor], tmp_path: Path, run_cli) -> None:
-    from parity.engines.dumps import write_dump
+    from parity.loading.dumps import write_dump
 
     bad = dict(ref)
     bad["blocks.1.mlp_out"] = ref["blocks.1.mlp_out"] * 1.5
@@ -176,7 +176,7 @@ def _copy_parity(ref_dump: Path, dst: Path) -> Path:
 
 
 def test_bad_dumps_are_one_line_errors(ref_dump: Path, ref: dict[str, torch.Tensor], tmp_path: Path, run_cli) -> None:
-    from parity.engines.dumps import write_dump
+    from parity.loading.dumps import write_dump
 
     ids = _ids(ref_dump)
     # missing probe: manifest lists one the tensor file lacks
@@ -239,7 +239,7 @@ def _map(tmp_path: Path) -> Path:
 
 
 def test_reassemble_rules() -> None:
-    from parity.engines.dumps import DumpError, reassemble
+    from parity.loading.dumps import DumpError, reassemble
 
     x = torch.arange(24.0).reshape(2, 3, 4)
     assert torch.equal(reassemble("blocks.0.attn.q", [x[:, :1], x[:, 1:]], [2, 3, 4]), x)  # heads axis

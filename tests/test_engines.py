@@ -20,9 +20,9 @@ NO_TRT = "TensorRT is not installed (it cannot be on the dev machine); runs wher
 NO_TRTLLM = "tensorrt_llm is not installed (it cannot be on the dev machine); runs where `import tensorrt_llm` works with a GPU"
 
 
-@pytest.mark.parametrize("module", ["parity.engines.onnxrt", "parity.engines.tensorrt", "parity.engines.trtllm",
-                                    "parity.engines.dump", "parity.engines.trtllm_engine", "parity.engines.onnx_export",
-                                    "parity.engines.dumps", "parity.run.bisect", "parity.cli.dump"])
+@pytest.mark.parametrize("module", ["parity.engines.onnxruntime.runner", "parity.engines.tensorrt.runner", "parity.engines.trtllm.runner",
+                                    "parity.engines.dump.runner", "parity.engines.trtllm.tensorrt_engine", "parity.engines.onnxruntime.export",
+                                    "parity.loading.dumps", "parity.run.bisect", "parity.cli.dump"])
 def test_modules_import_without_heavy_packages(module: str) -> None:
     importlib.import_module(module)
 
@@ -93,7 +93,7 @@ class StandIn:
 
 
 def test_mark_probes_registers_canonical_outputs_and_restores() -> None:
-    from parity.engines.trtllm_engine import debug_tensors, mark_probes
+    from parity.engines.trtllm.tensorrt_engine import debug_tensors, mark_probes
 
     class Layer(StandIn):
         def forward(self, x: Any) -> Any:
@@ -127,7 +127,7 @@ def test_mark_probes_registers_canonical_outputs_and_restores() -> None:
 
 def test_write_debug_dump_reads_back(tmp_path: Path, run_cli) -> None:
     from parity.cli import main
-    from parity.engines.trtllm_engine import write_debug_dump
+    from parity.engines.trtllm.tensorrt_engine import write_debug_dump
 
     assert main(["dump", "--model", "qwen2", "--tokens", "6", "--out", str(tmp_path / "ref"), "-q", "-p", "blocks.*.mlp_out,logits"]) == 0
     from safetensors.torch import load_file
@@ -184,7 +184,7 @@ def test_trtllm_pytorch_backend(model: str, tmp_path: Path, run_cli) -> None:
 @pytest.mark.trtllm
 def test_trtllm_weight_fault_found(tmp_path: Path, run_cli, monkeypatch: pytest.MonkeyPatch) -> None:
     _needs("tensorrt_llm", NO_TRTLLM)
-    from parity.engines import trtllm
+    from parity.engines.trtllm import runner as trtllm
 
     original = trtllm.build_model
 

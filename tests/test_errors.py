@@ -137,7 +137,7 @@ def test_input_ids_file(tmp_path: Path, run_cli) -> None:
 
 
 def test_shape_mismatch_names_probe_and_shapes(tmp_path: Path, run_cli, monkeypatch: pytest.MonkeyPatch) -> None:
-    from parity.engines import pytorch
+    from parity.engines.torch import runner as pytorch
 
     original = pytorch.create
 

@@ -193,7 +193,7 @@ _NAMES = st.sampled_from(["layers.3.mlp", "layers.x.mlp", "emb", "host_x", "logi
 
 @fuzz("dump_name_map", st.tuples(documents(_NAME_MAP), _NAMES))
 def test_fuzz_dump_name_map(value: Any, tmp: Path) -> None:
-    from parity.engines.dumps import name_map_from_dict
+    from parity.loading.dumps import name_map_from_dict
 
     doc, name = value
     name_map_from_dict(doc, "fuzz.toml").canonical(name)
@@ -201,7 +201,7 @@ def test_fuzz_dump_name_map(value: Any, tmp: Path) -> None:
 
 @fuzz("dump_name_map_text", texts, weight=0.5)
 def test_fuzz_dump_name_map_text(value: Any, tmp: Path) -> None:
-    from parity.engines.dumps import load_name_map
+    from parity.loading.dumps import load_name_map
 
     load_name_map(_write(tmp, "names.toml", value))
 
@@ -212,7 +212,7 @@ _MANIFEST = {"format": "parity-dump", "version": 1, "model": "qwen", "dtype": "f
 
 @fuzz("dump_manifest", documents(_MANIFEST) | texts)
 def test_fuzz_dump_manifest(value: Any, tmp: Path) -> None:
-    from parity.engines.dumps import read_manifest
+    from parity.loading.dumps import read_manifest
 
     _write(tmp, "dump/manifest.json", value)
     read_manifest(tmp / "dump")

@@ -22,7 +22,7 @@ needs_llama = pytest.mark.skipif(not HAVE_LLAMA, reason="llama-cpp-python is not
 
 # -- unit tests: no engine ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("module", ["parity.engines.llamacpp", "parity.engines.llamacpp_graph", "parity.engines.actquant",
+@pytest.mark.parametrize("module", ["parity.engines.llamacpp.runner", "parity.engines.llamacpp.graph", "parity.engines.llamacpp.actquant",
                                     "parity.faults.gguf", "parity.loading.convert_gguf"])
 def test_modules_import_without_llama_cpp(module: str, monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib
@@ -35,7 +35,7 @@ def test_modules_import_without_llama_cpp(module: str, monkeypatch: pytest.Monke
 
 
 def test_probe_map_names_and_reasons() -> None:
-    from parity.engines.llamacpp_graph import load_graph_map
+    from parity.engines.llamacpp.graph import load_graph_map
     from parity.capture import probes as canon
 
     gmap = load_graph_map()
@@ -49,7 +49,7 @@ def test_probe_map_names_and_reasons() -> None:
 
 
 def test_rope_pairs_undoes_the_converters_permutation() -> None:
-    from parity.engines.llamacpp_graph import rope_pairs
+    from parity.engines.llamacpp.graph import rope_pairs
     from parity.faults.gguf import qk_permutation
 
     heads, hd, T = 3, 8, 5
@@ -116,8 +116,8 @@ def test_stand_in_tokenizer_is_a_sentencepiece_model(tmp_path: Path) -> None:
 def test_absent_engine_is_a_clear_usage_error(run_cli, monkeypatch: pytest.MonkeyPatch) -> None:
     from parity import engines
 
-    monkeypatch.setattr(engines.BackendInfo, "missing", lambda self: ["llama_cpp"])
-    monkeypatch.setattr(engines.BackendInfo, "is_available", lambda self: False)
+    monkeypatch.setattr(engines.Engine, "missing", lambda self: ["llama_cpp"])
+    monkeypatch.setattr(engines.Engine, "is_available", lambda self: False)
     code, out, err = run_cli("run", "--model", "llama", "--candidate", "llamacpp", "-q", "--no-files")
     assert code == 2 and "needs llama_cpp" in out + err
 
@@ -259,7 +259,7 @@ def test_qwen_v1_preset_cannot_be_converted_and_says_why(run_cli, tmp_path: Path
 def test_activation_quantization_is_8_bit_per_block() -> None:
     from torch import nn
 
-    from parity.engines.actquant import quantize_activations, quantize_block
+    from parity.engines.llamacpp.actquant import quantize_activations, quantize_block
 
     x = torch.randn(3, 64) * torch.linspace(0.1, 10, 64)
     q = quantize_block(x, 32)

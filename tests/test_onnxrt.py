@@ -116,7 +116,7 @@ def test_bisect_command_clean_model_stops_after_one_build(tmp_path: Path, run_cl
 def test_bisect_on_torch_candidate_with_marks(tmp_path: Path, run_cli, monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
-    from parity.engines import pytorch
+    from parity.engines.torch import runner as pytorch
 
     original = pytorch.create
 

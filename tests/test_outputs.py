@@ -156,7 +156,7 @@ def test_dump_keeps_manifest_last_and_cleans_up_on_error(tmp_path: Path, monkeyp
     import safetensors.torch as st
     import torch
 
-    from parity.engines import dumps
+    from parity.loading import dumps
 
     def fail(*a, **k):  # noqa: ANN002, ANN003, ANN202
         Path(a[1]).write_bytes(b"partial")

@@ -148,7 +148,7 @@ def test_model_fault_works_with_torch_candidate() -> None:
 
 @pytest.mark.parametrize("model", ["qwen", "llama"])
 def test_port_kv_cache_matches_full_forward(model: str) -> None:
-    from parity.engines import port
+    from parity.engines.port import runner as port
     from parity.loading.source import ModelSource
 
     src = ModelSource.resolve(model)
@@ -188,7 +188,7 @@ def test_isolation_finds_a_bug_hidden_under_tolerance(model: str, dtype: str) ->
 def test_qwen_port_has_dynamic_ntk_and_logn_past_seq_length() -> None:
     """Beyond seq_length the reference changes every position (NTK) and scales q (logN);
     the built-in port must too, prefill and decode."""
-    from parity.engines import port
+    from parity.engines.port import runner as port
     from parity.loading.source import ModelSource
 
     src = ModelSource.resolve("qwen", overrides={"seq_length": 16})

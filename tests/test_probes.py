@@ -99,7 +99,7 @@ def test_shipped_models_never_write_a_captured_tensor_in_place(model: str, attn:
     """Batched (deferred) statistics read each probe after the forward went on; that is
     only right if nothing writes a captured tensor in place afterwards. Version counters
     (kept under no_grad, not under inference_mode) show it for every shipped model."""
-    from parity.engines import pytorch as pt
+    from parity.engines.torch import runner as pt
 
     src = ModelSource.resolve(model)
     ref = src.build(attn=attn)
@@ -119,7 +119,7 @@ def test_shipped_models_never_write_a_captured_tensor_in_place(model: str, attn:
 def test_batched_statistics_only_where_vouched_for(monkeypatch: pytest.MonkeyPatch) -> None:
     from torch import nn
 
-    from parity.engines.pytorch import _defer_default
+    from parity.engines.torch.runner import _defer_default
 
     class Port(nn.Module):  # user code: it might update a captured residual in place
         def forward(self, x: torch.Tensor) -> torch.Tensor:

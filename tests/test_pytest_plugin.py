@@ -12,7 +12,7 @@ import pytest
 
 # In-process pytester runs restore sys.modules when each test ends, and torch cannot be
 # imported twice in one process: load the heavy modules before any pytester fixture exists.
-import parity.engines.pytorch  # noqa: F401, E402
+import parity.engines.torch.runner  # noqa: F401, E402
 import parity.run  # noqa: F401, E402
 import torch  # noqa: F401, E402
 import transformers  # noqa: F401, E402
@@ -51,7 +51,7 @@ import pytest
 
 def broken_port(ctx):
     import torch
-    from parity.engines import pytorch
+    from parity.engines.torch import runner as pytorch
     backend = pytorch.create(ctx)
     with torch.no_grad():
         backend.model.get_submodule("transformer.h.2.mlp.w1").weight.mul_(1.5)
@@ -91,7 +91,7 @@ import pytest
 
 def broken_port(ctx):
     import torch
-    from parity.engines import pytorch
+    from parity.engines.torch import runner as pytorch
     backend = pytorch.create(ctx)
     with torch.no_grad():
         backend.model.get_submodule("transformer.h.2.mlp.w1").weight.mul_(1.5)

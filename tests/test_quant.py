@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from parity.engines import schemes
+from parity.engines.quant import schemes
 from parity.errors import UsageError
 from parity.options import RunOptions
 
@@ -50,7 +50,7 @@ def test_sweep_refuses_an_unknown_scheme_before_any_model(run_cli) -> None:
 
 def test_units_use_the_canonical_vocabulary() -> None:
     pytest.importorskip("torch")
-    from parity.engines.quant import block_pattern, unit_of
+    from parity.engines.quant.runner import block_pattern, unit_of
 
     blocks = block_pattern("model.layers.{i}")
     assert unit_of("model.layers.3.self_attn.q_proj.weight_quantizer", blocks) == "blocks.3.attn.q_proj"
@@ -128,7 +128,7 @@ def test_toggling_one_block_equals_excluding_all_others(tiny_ref, scheme: str) -
     quantizing block 0 alone (exclusion at quantize time)."""
     import torch
 
-    from parity.engines import quant
+    from parity.engines.quant import runner as quant
 
     src, spec = tiny_ref.source, tiny_ref.probe_map.block_spec()
     calib, _ = quant.calibration_ids(src)
@@ -150,7 +150,7 @@ def test_toggling_one_block_equals_excluding_all_others(tiny_ref, scheme: str) -
 def test_kv_quantizers_see_the_whole_cache_at_decode_steps(tiny_ref) -> None:
     """int8-kv in generation (parity eval, generate): at a cached decode step the k quantizer
     receives every cached position, so the cache is read quantized (static per-tensor scale)."""
-    from parity.engines import quant
+    from parity.engines.quant import runner as quant
     from parity.run.decode import Stepper
 
     spec = tiny_ref.probe_map.block_spec()

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import read_report
-from parity.engines import pytorch
+from parity.engines.torch import runner as pytorch
 
 FAMILIES = ["qwen", "qwen2", "llama"]
 BLOCK_POINTS = ["attn_in", "attn_out", "mlp_in", "mlp_out", "resid_post"]

@@ -112,7 +112,7 @@ def test_returned_cache_reads_the_field_the_output_has() -> None:
 
 
 def test_engine_port_decodes_through_the_stepper() -> None:
-    from parity.engines.port import build, builtin_spec, load_factory
+    from parity.engines.port.runner import build, builtin_spec, load_factory
     from parity.run.decode import cache_keyword
 
     source = ModelSource.resolve("llama")
@@ -155,7 +155,7 @@ def test_export_drops_only_the_registration_warnings(monkeypatch: pytest.MonkeyP
     """A stand-in exporter logs the torchvision note and a warning of another logger: only the
     first is dropped, and the registration logger's level is restored after the export."""
     pytest.importorskip("onnx")
-    from parity.engines import onnx_export
+    from parity.engines.onnxruntime import export as onnx_export
 
     reg, other = logging.getLogger(onnx_export.REGISTRATION_LOGGER), logging.getLogger("torch.onnx.someone_else")
     seen_reg, seen_other = _Records(), _Records()
@@ -184,7 +184,7 @@ def test_export_drops_only_the_registration_warnings(monkeypatch: pytest.MonkeyP
 
 def test_real_export_prints_no_torchvision_notes() -> None:
     pytest.importorskip("onnxscript")
-    from parity.engines import onnx_export
+    from parity.engines.onnxruntime import export as onnx_export
 
     reg = logging.getLogger(onnx_export.REGISTRATION_LOGGER)
     seen = _Records()
@@ -345,7 +345,7 @@ def test_doctor_into_a_closed_pipe_is_quiet() -> None:
 
 
 def test_long_dtype_names_are_accepted() -> None:
-    from parity.engines.pytorch import torch_dtype
+    from parity.engines.torch.runner import torch_dtype
     from parity.errors import UsageError
 
     for long, short, dt in (("float16", "fp16", torch.float16), ("bfloat16", "bf16", torch.bfloat16),

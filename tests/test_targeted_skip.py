@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from parity.engines.pytorch import ModuleBackend
+from parity.engines.torch.runner import ModuleBackend
 from parity.capture.sinks import Capture, Recorder
 from parity.options import RunOptions
 from parity.run import prepare_reference

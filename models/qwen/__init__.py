@@ -5,6 +5,8 @@ the tokenizer imports tiktoken only when a tokenizer is built.
 """
 from __future__ import annotations
 
+from typing import Any
+
 from parity.models.qwen.modeling import (
     QWenCache,
     QWenConfig,
@@ -14,6 +16,7 @@ from parity.models.qwen.modeling import (
     ntk_alpha_for_length,
 )
 from parity.models.qwen.tokenizer import QWenTokenizer
+from parity.errors import ModelError
 
 __all__ = [
     "QWenCache",
@@ -22,5 +25,20 @@ __all__ = [
     "QWenLMHeadModel",
     "QWenOutput",
     "QWenTokenizer",
+    "build",
+    "make_config",
     "ntk_alpha_for_length",
 ]
+
+
+def make_config(cfg: dict[str, Any]) -> QWenConfig:
+    """The family's config from a config dict (its preset's ``[model] config``)."""
+    try:
+        return QWenConfig.from_dict(cfg)
+    except (ValueError, TypeError) as exc:
+        raise ModelError(f"Qwen v1 config: {exc}") from None
+
+
+def build(cfg: dict[str, Any], attn: str) -> QWenLMHeadModel:
+    """The family's model from a config dict (its preset's ``[model] build``)."""
+    return QWenLMHeadModel(make_config(cfg), attn_implementation=attn)

@@ -2,15 +2,17 @@
 from __future__ import annotations
 
 import argparse
-import math
-import re
 import sys
 import time
 from pathlib import Path
 from datetime import datetime
+from collections.abc import Sequence
 from typing import Any
 
+from parity.engines.checks import check_options, check_tolerances
+
 EXIT_OK, EXIT_DIVERGED, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
+__all__ = ["check_options", "check_tolerances"]  # where the commands and the pytest plugin share them
 
 
 class StageProgress:
@@ -72,134 +74,36 @@ def run_id(ns: argparse.Namespace) -> str:
     return f"{stamp}-{model}-{ns.candidate}-{ns.dtype}"
 
 
-DTYPES = ("fp32", "fp16", "bf16", "float32", "float16", "bfloat16")
-DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
-
-
-def check_options(opts: Any) -> None:
-    """The checks a run's options need no model, torch or engine for -- before any of them is
-    imported or built, so that a typo costs milliseconds, not a reference forward. (The
-    backends check the same things again where they are used.)"""
+def add_groups(parser: argparse.ArgumentParser, keys: tuple[str, ...]) -> None:
+    """Option groups on ``parser``; with "candidate", every engine's own group too."""
     from parity import engines
-    from parity.errors import UsageError
+    from parity.options import ENGINE_DESTS, add_group
+
+    dests: list[str] = []
+    for key in keys:
+        add_group(parser, key)
+        if key == "model":
+            _model_help(parser)
+        if key != "candidate":
+            continue
+        for eng in engines.all_engines():
+            if eng.flags:
+                group = parser.add_argument_group(f"engine: {eng.name}")
+                for o in eng.flags:
+                    group.add_argument(*o.flags, **o.kwargs)
+                    dests.append(o.dest)
+    if dests:
+        parser.set_defaults(**{ENGINE_DESTS: dests})
+
+
+def _model_help(parser: argparse.ArgumentParser) -> None:
+    """--model's help names the families found (parity's and $PARITY_MODEL_PATH's)."""
     from parity.loading import families
-    from parity.verdict.calibrate import check_budget, resolve_mode
 
-    families.get(opts.model)
-    if opts.dtype not in DTYPES:
-        raise UsageError(f"unknown dtype '{opts.dtype}'.", note="valid dtypes: " + ", ".join(DTYPES))
-    for flag, dev in (("--device", opts.device), ("--ref-device", opts.ref_device)):
-        if dev is not None and not DEVICE.match(dev):
-            raise UsageError(f"unknown device '{dev}' ({flag}).", note="valid devices: cpu, cuda, cuda:N, auto")
-    if opts.tokens is not None and opts.tokens < 1:
-        raise UsageError(f"--tokens {opts.tokens}: need at least 1 token.")
-    from parity.loading.limits import MAX_TOKENS
-
-    if opts.tokens is not None and opts.tokens > MAX_TOKENS:
-        raise UsageError(f"--tokens {opts.tokens}: parity compares at most {MAX_TOKENS} tokens in one run.")
-    bi = engines.info(opts.candidate) if opts.candidate != "reference" else None
-    check_tolerances(opts.atol, opts.rtol)
-    resolve_mode(opts.tolerance, opts.atol is not None or opts.rtol is not None)
-    if opts.budget is not None:
-        check_budget(opts.budget)
-    if opts.candidate == "dump" and not opts.dump:
-        raise UsageError("--candidate dump needs --dump DIR.",
-                         note="a folder written by `parity dump`, a tllm_debug/ folder, or rank<N>/*.pt dumps")
-    if opts.checkpoint and not Path(opts.checkpoint).exists():
-        from parity.loading.checkpoint import checkpoint_dir
-
-        checkpoint_dir(opts.checkpoint)  # its own message
-    for flag, path, kind in (("--dump", opts.dump, "folder"), ("--input-ids", opts.input_ids, "file"),
-                             ("--port-map", opts.port_map, "file"), ("--dump-map", opts.dump_map, "file"),
-                             ("--tokenizer", opts.tokenizer, "path"), ("--gguf", getattr(opts, "gguf", None), "file")):
-        if path and not Path(path).exists():
-            raise UsageError(f"{flag} {path}: no such {kind}.")
-    # Whether the engine is installed comes after the checks of the user's own paths and
-    # values: a typo is answered the same on every machine, with or without the engine.
-    if bi is not None and not bi.is_available():
-        raise UsageError(f"candidate '{opts.candidate}' needs {', '.join(bi.missing())}, which is not installed.",
-                         note=bi.install_note())
-    _check_port(opts)
-    _check_maps(opts)
-    _check_quant(opts)
-    for d in opts.probe_dirs:
-        if not Path(d).is_dir():
-            raise UsageError(f"--probe-dir {d}: no such folder.")
-
-
-def check_tolerances(atol: float | None, rtol: float | None) -> None:
-    """--atol/--rtol: finite and >= 0 (NaN would pass every probe, a negative one fail them all)."""
-    from parity.errors import UsageError
-
-    for flag, value in (("--atol", atol), ("--rtol", rtol)):
-        if value is not None and not (math.isfinite(value) and value >= 0):
-            raise UsageError(f"{flag} {value}: need a finite number >= 0.")
-
-
-def _check_maps(opts: Any) -> None:
-    """--port-map, --dump-map and a parity dump's manifest.json read and checked against their
-    schemas now: a typo in a map costs no reference forward (none of this imports torch)."""
-    from parity.engines import dumps
-
-    if opts.port_map and opts.candidate == "port":
-        from parity.capture.probemap import load_map
-
-        load_map(Path(opts.port_map))
-    if opts.dump_map:
-        dumps.load_name_map(opts.dump_map)
-    if opts.candidate == "dump" and opts.dump and (Path(opts.dump) / dumps.MANIFEST).is_file():
-        dumps.read_manifest(Path(opts.dump))
-
-
-def _check_port(opts: Any) -> None:
-    """--port and --port-map need --candidate port; the port file must exist (the messages
-    of parity.run.reference.check_port_options and parity.engines.port, earlier)."""
-    from parity.errors import UsageError
-
-    if opts.candidate != "port":
-        for flag, value in (("--port", opts.port), ("--port-map", opts.port_map)):
-            if value:
-                raise UsageError(f"{flag} needs --candidate port.", note="e.g. parity run --candidate port --port my_port.py:build")
-    if opts.port:
-        path, sep, name = opts.port.rpartition(":")
-        file = Path(path if sep and name.isidentifier() else opts.port)
-        if not file.is_file():
-            raise UsageError(f"port file '{file}' does not exist.", note="--port path/to/file.py:factory")
-
-
-def _check_quant(opts: Any) -> None:
-    """--quant, --quant-twin and --quant-budget (parity.engines.schemes), before any model
-    is built: an unknown scheme, or one that needs CUDA on a CPU device, is exit 2."""
-    from parity.engines import schemes
-    from parity.errors import UsageError
-
-    quant, twin = getattr(opts, "quant", None), getattr(opts, "quant_twin", None)
-    if opts.candidate == "quant" and not quant:
-        raise UsageError("--candidate quant needs --quant SCHEME.", note="schemes: " + ", ".join(schemes.SCHEMES))
-    if quant and opts.candidate != "quant":
-        raise UsageError("--quant needs --candidate quant.", note="an engine running a scheme: --quant-twin SCHEME")
-    if getattr(opts, "quant_exclude", None) and opts.candidate != "quant":
-        raise UsageError("--quant-exclude needs --candidate quant.")
-    budget = getattr(opts, "quant_budget", None)
-    if budget is not None and not (math.isfinite(budget) and budget > 0):
-        raise UsageError(f"--quant-budget {budget}: need a finite number > 0 (a logits nrmse).")
-    if twin and twin not in ("auto", "emulate", "float") and twin not in schemes.SCHEMES:
-        raise UsageError(f"--quant-twin {twin}: not a twin.",
-                         note="auto, emulate (llama.cpp's activation quantization), float, or a scheme: "
-                              + ", ".join(schemes.SCHEMES))
-    for name in (quant, None if twin in ("auto", "emulate", "float") else twin):
-        if name:
-            scheme = schemes.get(name)
-            if scheme.needs_cuda:
-                schemes.check_device(scheme, _resolved_device(opts.device))
-
-
-def _resolved_device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    for action in parser._actions:
+        if action.dest == "model":
+            action.help = ("model family: " + ", ".join(families.names()) + "; --family-dir adds your own "
+                           "(default: the checkpoint's model_type, else qwen)")
 
 
 def with_model(opts: Any, ns: argparse.Namespace) -> Any:
@@ -208,10 +112,10 @@ def with_model(opts: Any, ns: argparse.Namespace) -> Any:
 
     if getattr(ns, "model", None) is not None:
         return opts
-    return dataclasses.replace(opts, model=infer_model(getattr(ns, "checkpoint", None)))
+    return dataclasses.replace(opts, model=infer_model(getattr(ns, "checkpoint", None), getattr(ns, "family_dirs", ())))
 
 
-def infer_model(checkpoint: str | None) -> str:
+def infer_model(checkpoint: str | None, family_dirs: Sequence[str] = ()) -> str:
     """The family of ``checkpoint`` (config.json's or a GGUF file's model_type), else "qwen"."""
     if not checkpoint:
         return "qwen"
@@ -229,4 +133,4 @@ def infer_model(checkpoint: str | None) -> str:
             mt = gguf.read_info(path).model_type
     except Exception:  # noqa: BLE001 - unreadable: loading says why, with the default family
         mt = None
-    return families.family_for_model_type(mt) or "qwen"
+    return families.family_for_model_type(mt, family_dirs) or "qwen"

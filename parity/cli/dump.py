@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from parity.options import DTYPE_SHORT, add_group, dtype_arg, run_options
+from parity.cli.common import add_groups
+from parity.options import DTYPE_SHORT, dtype_arg, run_options
 
 
 
 def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("dump", parents=[common], help="write probe tensors of the reference or a candidate to a parity dump")
-    for g in ("model", "input", "candidate", "engine"):
-        add_group(p, g)
+    add_groups(p, ("model", "input", "candidate", "engine"))
     p.add_argument("--probes", "-p", action="append", metavar="GLOB", help="probes to dump (globs)")
     p.add_argument("--out", "-o", required=True, metavar="DIR", help="dump folder to write")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
@@ -33,7 +33,7 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
 
 def cmd_dump(ns: argparse.Namespace) -> int:
     from parity.cli.common import with_model
-    from parity.cli.common import check_options
+    from parity.engines.checks import check_options
     from parity.outputs import Outputs
 
     opts = with_model(run_options(ns), ns)
@@ -45,17 +45,18 @@ def cmd_dump(ns: argparse.Namespace) -> int:
 def _dump(ns: argparse.Namespace, opts: Any, outputs: Any) -> int:
     from parity import engines
     from parity.capture import probes as canon
-    from parity.engines.pytorch import ModuleBackend, check_device
+    from parity.engines.torch.runner import ModuleBackend, check_device
     from parity.cli.common import progress
     from parity.capture.sinks import Capture, Recorder
-    from parity.engines.dumps import write_dump
+    from parity.loading.dumps import write_dump
     from parity.capture.probemap import find_map
     from parity.loading.inputs import resolve_inputs
-    from parity.run.common import CandidateContext
+    from parity.engines.contract import EngineContext
     from parity.loading.source import ModelSource
 
     device = check_device(opts.device)
-    source = ModelSource.resolve(opts.model, opts.checkpoint, opts.seed, opts.trust_remote_code)
+    source = ModelSource.resolve(opts.model, opts.checkpoint, opts.seed, opts.trust_remote_code,
+                                 family_dirs=opts.family_dirs)
     pmap = find_map(source.probe_map_name, opts.probe_dirs)
     selected = canon.select(pmap.names(source.num_blocks), opts.probes)
     ids = resolve_inputs(opts, source)
@@ -67,7 +68,8 @@ def _dump(ns: argparse.Namespace, opts: Any, outputs: Any) -> int:
         backend = ModuleBackend(ref_model, pmap, getattr(ref_model, "config", source.config), "reference", source.num_blocks)
     else:
         say(f"building candidate ({opts.candidate})")
-        backend = engines.load(opts.candidate).create(CandidateContext(opts, source, pmap, ref_model, device))
+        engine = engines.load(opts.candidate)
+        backend = engine.create(EngineContext(engine.derive(opts, say), source, pmap, ref_model, device))
     offered = set(backend.available_probes())
     wanted = [p for p in selected if p in offered]
     cap = Capture(backend.label, backend.describe())
@@ -96,7 +98,7 @@ def _tolerances(model: str | None, dtype: str | None, atol: float | None, rtol: 
 
 
 def cmd_compare(ns: argparse.Namespace) -> int:
-    from parity.cli.common import check_tolerances
+    from parity.engines.checks import check_tolerances
     from parity.outputs import Outputs
 
     check_tolerances(ns.atol, ns.rtol)
@@ -109,7 +111,7 @@ def _compare(ns: argparse.Namespace, outputs: Any) -> int:
     from parity.capture import probes as canon
     from parity.capture.sinks import Capture, Comparator, Recorder
     from parity.verdict.diagnose import diagnose
-    from parity.engines.dumps import canonical_shape, load_name_map, read_dump
+    from parity.loading.dumps import canonical_shape, load_name_map, read_dump
     from parity.errors import UsageError
     from parity.report import console, files
     from parity.report.data import ReportData

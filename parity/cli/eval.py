@@ -6,15 +6,14 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from parity.cli.common import EXIT_DIVERGED, EXIT_OK, check_options, done, progress, run_id, with_model
+from parity.cli.common import EXIT_DIVERGED, EXIT_OK, add_groups, check_options, done, progress, run_id, with_model
 from parity.options import add_group
 
 
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("eval", parents=[common], help="greedy generations on reference and candidate over a prompt set: "
                        "token agreement, exact match, ROUGE-1/2/L/Lsum")
-    for g in ("model", "input", "candidate", "quant"):
-        add_group(p, g)
+    add_groups(p, ("model", "input", "candidate", "quant"))
     g = p.add_argument_group("evaluation")
     g.add_argument("--dataset", metavar="FILE.jsonl", help="one JSON object per line: prompt or article, optional "
                    "target/highlights (default: the built-in summarization set)")

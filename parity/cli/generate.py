@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from parity.cli.common import check_options, done, progress, run_id, with_model
+from parity.cli.common import add_groups, check_options, done, progress, run_id, with_model
 from parity.options import VERDICT_OPTS, Opt, add_group
 
 GENERATION_OPTS: list[Opt] = [
@@ -23,8 +23,7 @@ GENERATION_OPTS: list[Opt] = [
 
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("generate", parents=[common], help="greedy decode on both sides with KV cache; compare step by step")
-    for g in ("model", "input", "candidate"):
-        add_group(p, g)
+    add_groups(p, ("model", "input", "candidate"))
     group = p.add_argument_group("generation")
     for o in GENERATION_OPTS:
         group.add_argument(*o.flags, **o.kwargs)

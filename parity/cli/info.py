@@ -11,13 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from parity import __version__
-from parity.cli.common import EXIT_OK
-from parity.options import add_group
+from parity.cli.common import EXIT_OK, add_groups
 
 
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("probes", parents=[common], help="list the probes a model provides, with shapes and locations")
-    add_group(p, "model")
+    add_groups(p, ("model",))
     p.add_argument("--probes", "-p", action="append", metavar="GLOB", help="filter by glob")
     p.set_defaults(func=cmd_probes)
 
@@ -53,8 +52,8 @@ def cmd_probes(ns: argparse.Namespace) -> int:
     for d in ns.probe_dirs:
         if not Path(d).is_dir():
             raise UsageError(f"--probe-dir {d}: no such folder.")
-    source = ModelSource.resolve(ns.model or infer_model(ns.checkpoint), ns.checkpoint,
-                                 trust_remote_code=ns.trust_remote_code, shape=ns.shape)
+    source = ModelSource.resolve(ns.model or infer_model(ns.checkpoint, ns.family_dirs), ns.checkpoint,
+                                 trust_remote_code=ns.trust_remote_code, shape=ns.shape, family_dirs=ns.family_dirs)
     pmap = find_map(source.probe_map_name, ns.probe_dirs)
     names = canon.select(pmap.names(source.num_blocks), ns.probes)
     print(f"# {source.family.name}: probe map {pmap.path} ({len(names)} probes)")
@@ -67,8 +66,18 @@ def cmd_probes(ns: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-DOCTOR_PACKAGES = ("torch", "transformers", "safetensors", "numpy", "pandas", "rich", "tiktoken", "onnx", "onnxruntime",
-                   "onnxscript", "tensorrt", "tensorrt_llm", "jinja2", "gguf", "accelerate")
+#: what parity itself uses (the engines' packages come from their declarations)
+CORE_PACKAGES = ("torch", "transformers", "safetensors", "numpy", "pandas", "rich", "tiktoken", "jinja2", "accelerate")
+
+
+def doctor_packages() -> list[str]:
+    """parity's own packages, then each engine's requirements (its declaration's one list)."""
+    from parity import engines
+
+    found = list(CORE_PACKAGES)
+    for eng in engines.all_engines():
+        found += [p for p in eng.requires if p not in found]
+    return found
 
 
 def package_version(module: str) -> str | None:
@@ -151,16 +160,16 @@ def _doctor() -> None:
     print(f"  {'python':14s} {sys.executable}")
     print(f"  {'CUDA':14s} {cuda_line()}")
     print("packages:")
-    for pkg in DOCTOR_PACKAGES:
+    for pkg in doctor_packages():
         print(f"  {pkg:14s} {package_version(pkg) or 'missing'}")
 
-    from parity.engines import CANDIDATES
+    from parity import engines
 
     print("candidates:")
-    for bi in CANDIDATES.values():
-        state = "available" if bi.is_available() else "unavailable (needs " + ", ".join(bi.missing()) + ")"
-        print(f"  {bi.name:14s} {state} - {bi.summary}")
-    if CANDIDATES["port"].is_available():
+    for eng in engines.all_engines():
+        state = "available" if eng.is_available() else "unavailable (needs " + ", ".join(eng.missing()) + ")"
+        print(f"  {eng.name:14s} {state} - {eng.summary}")
+    if engines.info("port").is_available():
         from parity import faults
 
         print("faults (--candidate port --fault NAME[@BLOCK]):")

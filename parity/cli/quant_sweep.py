@@ -7,15 +7,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from parity.cli.common import EXIT_OK, check_options, done, progress, with_model
+from parity.cli.common import EXIT_OK, add_groups, check_options, done, progress, with_model
 from parity.options import add_group, run_options
 
 
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("quant-sweep", parents=[common], help="fp16 and int8-wo, int4-wo, int8-kv, w8a8-sq, fp8 (ModelOpt) "
                        "against the float32 reference: one table")
-    for g in ("model", "input"):
-        add_group(p, g)
+    add_groups(p, ("model", "input"))
     g = p.add_argument_group("sweep")
     g.add_argument("--schemes", metavar="A,B,...", help="schemes, comma-separated (default: int8-wo,int4-wo,int8-kv,w8a8-sq,fp8)")
     g.add_argument("--dtype", default="fp16", help="activation dtype of the twin and the schemes (default: fp16)")
@@ -30,7 +29,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def cmd_sweep(ns: argparse.Namespace) -> int:
-    from parity.engines import schemes
+    from parity.engines.quant import schemes
     from parity.errors import UsageError
 
     opts = with_model(run_options(ns), ns)

@@ -5,19 +5,17 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from parity.cli.common import EXIT_DIVERGED, EXIT_OK, check_options, done, progress, run_id, with_model
-from parity.options import add_group, run_options
+from parity.cli.common import EXIT_DIVERGED, EXIT_OK, add_groups, check_options, done, progress, run_id, with_model
+from parity.options import run_options
 
 
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("run", parents=[common], help="compare a candidate against the reference, probe by probe")
-    for g in ("model", "input", "candidate", "quant", "engine", "compare", "output"):
-        add_group(p, g)
+    add_groups(p, ("model", "input", "candidate", "quant", "engine", "compare", "output"))
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("bisect", parents=[common], help="find the first divergent probe marking few probes per build (binary search)")
-    for g in ("model", "input", "candidate", "engine", "compare", "output"):
-        add_group(p, g)
+    add_groups(p, ("model", "input", "candidate", "engine", "compare", "output"))
     p.add_argument("--bisect-marks", type=int, default=1, metavar="K", help="probes marked per build (default: 1)")
     p.set_defaults(func=cmd_run, mode="bisect")
 

@@ -163,7 +163,7 @@ def tol_bits(atol: float, rtol: float, eps: float) -> tuple[int, int, int]:
 # exits. A sink may hold probes itself and queue them at once (see ``hold``): the
 # Comparator does, as a Run. Queued tensors are read later than they were produced, so
 # this is only correct while nothing writes them in place in between: the backend that
-# opens the scope vouches for that (parity.engines.pytorch does for Hugging Face and
+# opens the scope vouches for that (parity.engines.torch.runner does for Hugging Face and
 # parity's own models).
 
 HOLD_BYTES = 256 << 20

@@ -1,97 +1,86 @@
-"""Backends: things that run a model and report probe tensors to a sink.
+"""Engines: things that run a model and report probe tensors to a sink.
 
-The registry maps a candidate name to the module that implements it; modules are
-imported only when that backend is used (``load``), so a missing optional engine never
-breaks ``import parity`` or the CLI.
+Each engine declares itself (``parity.engines.contract.Engine``: name, flags, early checks,
+required packages, factory) in its own folder here, or in another distribution. The
+registry is the built-in table below merged with the ``parity.engines`` entry-point group, so
+a plain checkout on ``PYTHONPATH`` (no installed metadata) finds the built-ins too, and an
+installed package adds an engine without editing parity. Declarations are light; an engine's
+heavy modules are imported only when it is used, so a missing optional engine never breaks
+``import parity`` or the CLI.
 """
 from __future__ import annotations
 
 import importlib
-import importlib.util
-from dataclasses import dataclass
+from importlib.metadata import entry_points
 
+from parity.engines.contract import Engine, EngineContext
 from parity.errors import BackendError
 
+__all__ = ["BUILTIN", "GROUP", "Engine", "EngineContext", "all_engines", "info", "load", "names"]
 
-@dataclass(frozen=True)
-class BackendInfo:
-    name: str
-    module: str
-    requires: tuple[str, ...]
-    summary: str
-    install: str = ""  # how to get what is missing, for the "not installed" line's Note
-
-    def install_note(self) -> str:
-        return self.install or "`parity doctor` lists what is available here"
-
-    def is_available(self) -> bool:
-        """True when every required package can be imported (without importing it)."""
-        return all(importlib.util.find_spec(p) is not None for p in self.requires)
-
-    def missing(self) -> list[str]:
-        return [p for p in self.requires if importlib.util.find_spec(p) is None]
-
-
-CANDIDATES: dict[str, BackendInfo] = {
-    "torch": BackendInfo(
-        "torch", "parity.engines.pytorch", ("torch",),
-        "the reference weights in another dtype / device / attention implementation",
-    ),
-    "onnxruntime": BackendInfo(
-        "onnxruntime", "parity.engines.onnxrt", ("onnx", "onnxruntime", "onnxscript"),
-        "the reference exported to ONNX (probes marked as outputs), run in ONNX Runtime",
-        "pip install 'parity-debugger[onnx]'",
-    ),
-    "tensorrt": BackendInfo(
-        "tensorrt", "parity.engines.tensorrt", ("onnx", "onnxscript", "tensorrt"),
-        "the same probe-marked ONNX parsed and built by TensorRT (needs a CUDA GPU)",
-        "pip install 'parity-debugger[onnx]' tensorrt (NVIDIA's index; a CUDA GPU)",
-    ),
-    "trtllm": BackendInfo(
-        "trtllm", "parity.engines.trtllm", ("tensorrt_llm",),
-        "TensorRT-LLM's PyTorch backend, hooked through a trtllm_<family> probe map",
-        "install tensorrt_llm from NVIDIA's index on a CUDA machine; or dump its tensors and use --candidate dump",
-    ),
-    "llamacpp": BackendInfo(
-        "llamacpp", "parity.engines.llamacpp", ("llama_cpp", "gguf"),
-        "a GGUF file run by llama.cpp (llama-cpp-python), probes from its graph's eval callback",
-        "`make llamacpp` (or pip install 'parity-debugger[llamacpp]'): pip compiles llama.cpp, ~4-15 min on 2 cores",
-    ),
-    "dump": BackendInfo(
-        "dump", "parity.engines.dump", ("safetensors",),
-        "tensors dumped by any runtime (--dump DIR): parity dumps, tllm_debug/ .npy, rank<N>/*.pt",
-    ),
-    "cleanroom": BackendInfo(
-        "cleanroom", "parity.engines.cleanroom", ("torch",),
-        "parity's own implementation of the family (clean-room Qwen v1; transformers' class for the others) loaded "
-        "from the same checkpoint: the cross-check of a --trust-remote-code reference",
-    ),
-    "quant": BackendInfo(
-        "quant", "parity.engines.quant", ("torch", "modelopt"),
-        "the reference weights fake-quantized by NVIDIA ModelOpt (--quant int8-wo|int4-wo|int4-awq|w8a8-sq|fp8|int8-kv|fp8-kv|nvfp4)",
-        "pip install 'parity-debugger[quant]'",
-    ),
-    "port": BackendInfo(
-        "port", "parity.engines.port", ("torch",),
-        "a PyTorch port (--port FILE.py:factory, or the family's built-in engine-style port with --fault)",
-    ),
+GROUP = "parity.engines"
+#: the engines shipped with parity (also declared in pyproject.toml's entry points), in the
+#: order `parity doctor` lists them
+BUILTIN: dict[str, str] = {
+    "torch": "parity.engines.torch:ENGINE",
+    "onnxruntime": "parity.engines.onnxruntime:ENGINE",
+    "tensorrt": "parity.engines.tensorrt:ENGINE",
+    "trtllm": "parity.engines.trtllm:ENGINE",
+    "llamacpp": "parity.engines.llamacpp:ENGINE",
+    "dump": "parity.engines.dump:ENGINE",
+    "cleanroom": "parity.engines.cleanroom:ENGINE",
+    "quant": "parity.engines.quant:ENGINE",
+    "port": "parity.engines.port:ENGINE",
 }
 
 
-def info(name: str) -> BackendInfo:
+def _targets() -> dict[str, str]:
+    """Engine name -> ``module:attribute`` of its declaration: the built-ins, then the group's."""
+    found = dict(BUILTIN)
+    for ep in entry_points(group=GROUP):
+        found.setdefault(ep.name, ep.value)
+    return found
+
+
+def _declaration(name: str, target: str) -> Engine:
+    module, _, attr = target.partition(":")
     try:
-        return CANDIDATES[name]
-    except KeyError:
-        raise BackendError(
-            f"unknown candidate '{name}'.", note="valid candidates: " + ", ".join(CANDIDATES)
-        ) from None
+        obj = getattr(importlib.import_module(module), attr or "ENGINE")
+    except Exception as exc:  # noqa: BLE001 - a broken third-party declaration never breaks the others
+        raise BackendError(f"engine '{name}' ({target}) cannot be loaded: {type(exc).__name__}: {exc}",
+                           note="fix or uninstall the distribution that registers it") from None
+    if not isinstance(obj, Engine) or obj.name != name:
+        raise BackendError(f"engine '{name}' ({target}) is not a parity.engines.contract.Engine named '{name}'.")
+    return obj
 
 
-def load(name: str):  # noqa: ANN201 - returns a module
-    bi = info(name)
-    if not bi.is_available():
-        raise BackendError(
-            f"candidate '{name}' needs {', '.join(bi.missing())}, which is not installed.",
-            note=bi.install_note(),
-        )
-    return importlib.import_module(bi.module)
+def names() -> list[str]:
+    return list(_targets())
+
+
+def info(name: str) -> Engine:
+    """The declaration of engine ``name`` (imports nothing heavy)."""
+    targets = _targets()
+    if name not in targets:
+        raise BackendError(f"unknown candidate '{name}'.", note="valid candidates: " + ", ".join(targets))
+    return _declaration(name, targets[name])
+
+
+def all_engines() -> list[Engine]:
+    """Every engine that declares itself without error (a broken one is left out)."""
+    out = []
+    for name, target in _targets().items():
+        try:
+            out.append(_declaration(name, target))
+        except BackendError:
+            continue
+    return out
+
+
+def load(name: str) -> Engine:
+    """Engine ``name``, checked to be installed."""
+    eng = info(name)
+    if not eng.is_available():
+        raise BackendError(f"candidate '{name}' needs {', '.join(eng.missing())}, which is not installed.",
+                           note=eng.install_note())
+    return eng

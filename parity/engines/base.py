@@ -6,11 +6,10 @@ Public methods check state and arguments, then delegate to ``*_impl``:
         backend.capture(ids, probes, sink)
 
 ``available_probes()`` says what this backend can expose; asking for anything else is a
-ProbeError. ``is_available()`` never imports a heavy package.
+ProbeError. What an engine needs installed is its declaration's (parity.engines.contract).
 """
 from __future__ import annotations
 
-import importlib.util
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -21,17 +20,10 @@ Sink = Callable[[str, Any], None]
 
 
 class Backend(ABC):
-    #: packages needed to run this backend (checked without importing them)
-    requires: tuple[str, ...] = ()
-
     def __init__(self, label: str) -> None:
         self.label = label
         self.is_active = False
         self._offered: frozenset[str] | None = None
-
-    @classmethod
-    def is_available(cls) -> bool:
-        return all(importlib.util.find_spec(p) is not None for p in cls.requires)
 
     # -- lifecycle ---------------------------------------------------------------------
     def activate(self) -> None:

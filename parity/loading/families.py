@@ -1,6 +1,9 @@
 """Model families: how to build each one, its probe map, and its preset.
 
-A preset (``models/<family>/preset.toml``) holds the tiny embedded config used
+A family is its folder: ``<name>/preset.toml`` in a model folder (parity's own ``models/``,
+``--family-dir DIR``, ``$PARITY_MODEL_PATH``) is found, not listed; beside it may sit its probe
+map (``<probe_map>.toml``) and an engine-style port (``port.py``). The preset's ``[model]`` table
+says how to build it. A preset holds the tiny embedded config used
 when no checkpoint is given (or, with ``fetched = NAME``, names the folder ``parity fetch
 NAME`` makes as the default checkpoint: ``smollm2``, a model of the llama family), the per-dtype tolerance tables, the chat format and stop
 tokens. Real checkpoints go through the very same ``build`` with their config.json.
@@ -14,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from parity.errors import ModelError
-from parity.resources import find_file
+from parity.resources import find_file, search_dirs
 from parity.compare.tolerances import ToleranceTable, table_from
 
 DTYPE_NAMES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16",
@@ -51,35 +54,25 @@ class Preset:
 
 @dataclass(frozen=True)
 class Family:
-    name: str
+    name: str  # the architecture (the preset's ``family``): what builds the model
     build: Callable[[dict[str, Any], str], Any]  # (config dict, attn impl) -> nn.Module
     make_config: Callable[[dict[str, Any]], Any]
-    preset_name: str | None = None  # a model of this family with its own preset (smollm2: llama)
+    preset_name: str | None = None  # a model of this family with its own preset folder (smollm2: llama)
+    folder: Path | None = None  # the folder holding its preset.toml (and maybe a probe map, a port)
 
     def preset(self, extra_dirs: Sequence[str | Path] = ()) -> Preset:
+        if self.folder is not None and not extra_dirs:
+            return preset_from(self.folder / "preset.toml")
         return load_preset(self.preset_name or self.name, extra_dirs)
-
-
-def _qwen_config(cfg: dict[str, Any]) -> Any:
-    from parity.models.qwen import QWenConfig
-
-    try:
-        return QWenConfig.from_dict(cfg)
-    except (ValueError, TypeError) as exc:
-        raise ModelError(f"Qwen v1 config: {exc}") from None
-
-
-def _build_qwen(cfg: dict[str, Any], attn: str) -> Any:
-    from parity.models.qwen import QWenLMHeadModel
-
-    return QWenLMHeadModel(_qwen_config(cfg), attn_implementation=attn)
 
 
 def _hf_config(cls_name: str) -> Callable[[dict[str, Any]], Any]:
     def make(cfg: dict[str, Any]) -> Any:
         import transformers
 
-        cls = getattr(transformers, cls_name)
+        cls = getattr(transformers, cls_name, None)
+        if cls is None:
+            raise ModelError(f"transformers has no config class '{cls_name}' (installed: {transformers.__version__}).")
         clean = {k: v for k, v in cfg.items() if k not in ("architectures", "auto_map", "transformers_version")}
         try:
             return cls(**clean)
@@ -102,44 +95,110 @@ def _hf_build(cfg_name: str, model_name: str) -> Callable[[dict[str, Any], str],
     return build
 
 
-FAMILIES: dict[str, Family] = {
-    "qwen": Family("qwen", _build_qwen, _qwen_config),
-    "qwen2": Family("qwen2", _hf_build("Qwen2Config", "Qwen2ForCausalLM"), _hf_config("Qwen2Config")),
-    "llama": Family("llama", _hf_build("LlamaConfig", "LlamaForCausalLM"), _hf_config("LlamaConfig")),
-    # A real trained model of the llama family; its default checkpoint is `parity fetch smollm2`.
-    "smollm2": Family("llama", _hf_build("LlamaConfig", "LlamaForCausalLM"), _hf_config("LlamaConfig"), "smollm2"),
-}
+def _symbol(ref: str, folder: Path) -> Callable[..., Any]:
+    """``module:function``, or ``file.py:function`` relative to the family's folder, imported
+    when first called (a family's model code may need torch)."""
+    def call(*args: Any) -> Any:
+        where, _, name = ref.rpartition(":")
+        if where.endswith(".py"):
+            from importlib.util import module_from_spec, spec_from_file_location
+
+            spec = spec_from_file_location(f"parity_family_{folder.name}_{Path(where).stem}", folder / where)
+            if spec is None or spec.loader is None:
+                raise ModelError(f"{folder / 'preset.toml'}: cannot load {where}.")
+            module = module_from_spec(spec)
+            spec.loader.exec_module(module)
+        else:
+            import importlib
+
+            module = importlib.import_module(where)
+        return getattr(module, name)(*args)
+
+    return call
 
 
-def get(name: str) -> Family:
+def _family(folder: Path, raw: dict[str, Any], known: dict[str, Path]) -> Family:
+    """The family a preset folder declares: its ``[model]`` table (transformers classes by
+    name, or ``config``/``build`` functions), else that of the family it names (smollm2: llama)."""
+    spec, arch = raw.get("model", {}), raw.get("family", folder.name)
+    preset_name = None if arch == folder.name else folder.name
+    if not spec and arch != folder.name and arch in known:
+        parent = _family(known[arch], _read(known[arch] / "preset.toml"), known)
+        return Family(arch, parent.build, parent.make_config, preset_name, folder)
+    where = folder / "preset.toml"
+    if "model_class" in spec and "config_class" in spec:
+        return Family(arch, _hf_build(spec["config_class"], spec["model_class"]), _hf_config(spec["config_class"]),
+                      preset_name, folder)
+    if "build" in spec and "config" in spec:
+        return Family(arch, _symbol(spec["build"], folder), _symbol(spec["config"], folder), preset_name, folder)
+    raise ModelError(f"preset {where} does not say how to build the model.",
+                     note="give [model] config_class and model_class (transformers), or config and build "
+                          "(module:function or file.py:function)")
+
+
+def discover(extra_dirs: Sequence[str | Path] = ()) -> dict[str, Path]:
+    """Family name -> its folder: every ``<name>/preset.toml`` in the model folders (--family-dir
+    and $PARITY_MODEL_PATH first, then parity's own), in the order of the presets' ``order``."""
+    found: dict[str, Path] = {}
+    for d in search_dirs("models", extra_dirs):
+        for preset in sorted(Path(d).glob("*/preset.toml")):
+            found.setdefault(preset.parent.name, preset.parent)
+    rank = {name: _order(folder / "preset.toml") for name, folder in found.items()}
+    return {name: found[name] for name in sorted(found, key=lambda n: (rank[n], n))}
+
+
+def _order(path: Path) -> int:
     try:
-        return FAMILIES[name]
-    except KeyError:
-        raise ModelError(f"unknown model '{name}'.", note="valid models: " + ", ".join(FAMILIES)) from None
+        return int(_read(path).get("order", 100))
+    except (ModelError, TypeError, ValueError):
+        return 100
 
 
-def family_for_model_type(model_type: str | None) -> str | None:
-    for key, fam in FAMILIES.items():
+def names(extra_dirs: Sequence[str | Path] = ()) -> list[str]:
+    return list(discover(extra_dirs))
+
+
+def get(name: str | None, extra_dirs: Sequence[str | Path] = ()) -> Family:
+    known = discover(extra_dirs)
+    if name not in known:
+        raise ModelError(f"unknown model '{name}'.", note="valid models: " + ", ".join(known))
+    return _family(known[name], _read(known[name] / "preset.toml"), known)
+
+
+def family_for_model_type(model_type: str | None, extra_dirs: Sequence[str | Path] = ()) -> str | None:
+    for key in discover(extra_dirs):
+        fam = get(key, extra_dirs)
         if fam.preset_name is None and model_type in fam.preset().model_types:
             return key
     return None
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ModelError(f"preset {path}: {exc}") from None
 
 
 def load_preset(family: str, extra_dirs: Sequence[str | Path] = ()) -> Preset:
     path = find_file("models", f"{family}/preset.toml", extra_dirs)
     if path is None:
         raise ModelError(f"no preset for model '{family}'.")
-    try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise ModelError(f"preset {path}: {exc}") from None
+    return preset_from(path)
+
+
+def preset_from(path: Path) -> Preset:
+    raw = _read(path)
     try:
         tols = {dt: table_from(t, f"{path.name}: tolerances.{dt}") for dt, t in raw.get("tolerances", {}).items()}
+        probe_map = raw.get("probe_map", raw["family"])
+        if (path.parent / f"{probe_map}.toml").is_file():  # the family's own map, in its folder
+            probe_map = str(path.parent / f"{probe_map}.toml")
         return Preset(
             family=raw["family"],
             description=raw.get("description", ""),
             model_types=tuple(raw.get("model_types", [raw["family"]])),
-            probe_map=raw.get("probe_map", raw["family"]),
+            probe_map=probe_map,
             seed=int(raw.get("seed", 0)),
             config=dict(raw["config"]),
             tolerances=tols,

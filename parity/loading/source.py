@@ -9,7 +9,7 @@ reference module; every candidate derives from it.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,8 +37,8 @@ class ModelSource:
     @classmethod
     def resolve(cls, model: str, checkpoint: str | Path | None = None, seed: int | None = None,
                 trust_remote_code: bool = False, shape: str | None = None,
-                overrides: dict[str, Any] | None = None) -> ModelSource:
-        fam = families.get(model)
+                overrides: dict[str, Any] | None = None, family_dirs: Sequence[str | Path] = ()) -> ModelSource:
+        fam = families.get(model, family_dirs)
         preset = fam.preset()
         if shape is not None and shape not in preset.shapes:
             raise ModelError(f"model '{model}' has no shape '{shape}'.",
@@ -148,7 +148,7 @@ def _check_model_type(model: str, preset: Preset, mt: str | None, where: Path) -
         other = families.family_for_model_type(mt)
         raise CheckpointError(
             f"checkpoint '{where}' is a '{mt}' model, not '{model}'.",
-            note=f"use --model {other}" if other else "valid models: " + ", ".join(families.FAMILIES),
+            note=f"use --model {other}" if other else "valid models: " + ", ".join(families.names()),
         )
 
 

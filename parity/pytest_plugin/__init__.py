@@ -18,7 +18,7 @@ import pytest
 
 from parity.pytest_plugin import config as pytest_config
 from parity.errors import ParityError, UsageError
-from parity.options import GROUPS, RunOptions
+from parity.options import GROUPS, Opt, RunOptions
 
 PLUGIN_GROUPS = ("model", "input", "candidate", "compare")
 _STATE = pytest.StashKey["ParityState"]()
@@ -44,14 +44,20 @@ def plugin_flag(flag: str) -> str:
     return "--parity-" + flag.lstrip("-")
 
 
+def plugin_options() -> list[Opt]:
+    """The run options the plugin offers: the CLI's groups, and every engine's flags."""
+    from parity import engines
+
+    return [o for key in PLUGIN_GROUPS for o in GROUPS[key][1]] + [o for e in engines.all_engines() for o in e.flags]
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("parity", "parity: layer-by-layer numerical parity")
-    for key in PLUGIN_GROUPS:
-        for opt in GROUPS[key][1]:
-            kwargs = {k: v for k, v in opt.kwargs.items() if k != "default"}
-            kwargs["dest"] = "parity_" + opt.dest
-            kwargs["default"] = False if kwargs.get("action") == "store_true" else None
-            group.addoption(*[plugin_flag(f) for f in opt.flags if f.startswith("--")], **kwargs)
+    for opt in plugin_options():
+        kwargs = {k: v for k, v in opt.kwargs.items() if k != "default"}
+        kwargs["dest"] = "parity_" + opt.dest
+        kwargs["default"] = False if kwargs.get("action") == "store_true" else None
+        group.addoption(*[plugin_flag(f) for f in opt.flags if f.startswith("--")], **kwargs)
     group.addoption("--parity-html", metavar="DIR", default=None, help="write an HTML report per failing parity test into DIR")
 
 
@@ -64,11 +70,10 @@ def pytest_configure(config: pytest.Config) -> None:
     except ParityError as exc:
         raise pytest.UsageError(f"parity: {exc} ({path})") from None
     cli = {}
-    for key in PLUGIN_GROUPS:
-        for opt in GROUPS[key][1]:
-            val = config.getoption("parity_" + opt.dest, default=None)
-            if val not in (None, False):
-                cli[opt.dest] = val
+    for opt in plugin_options():
+        val = config.getoption("parity_" + opt.dest, default=None)
+        if val not in (None, False):
+            cli[opt.dest] = val
     html = config.getoption("parity_html", default=None)
     config.stash[_STATE] = ParityState(cfg, cli, Path(html) if html else None)
 
@@ -82,7 +87,9 @@ def resolve(state: ParityState, marker: dict[str, Any], call: dict[str, Any]) ->
             if k in ("tolerances", "candidate"):
                 continue
             values[k] = pytest_config.check_option(k, v, where) if where != "command line" else v
-    opts = RunOptions(**{k: v for k, v in values.items() if v is not None})
+    given = {k: v for k, v in values.items() if v is not None}
+    extra = {k: given.pop(k) for k in list(given) if k not in pytest_config.OPTION_KEYS}  # an outside engine's flags
+    opts = RunOptions(**given, engine_flags=extra)
     dtype = pytest_config.DTYPE_KEYS.get(opts.dtype, opts.dtype)
     layers = [("[tool.parity.tolerances]", state.config.tolerances),
               (f"[tool.parity.tolerances.{dtype}]", state.config.per_dtype.get(dtype, {}))]
@@ -138,6 +145,10 @@ class Parity:
         if not isinstance(cand, str):
             raise UsageError(f"candidate must be a registered name or a callable, not {type(cand).__name__}.")
         opts = replace(opts, candidate=cand)
+        if create is None:  # a registered engine: the same early checks as the CLI's
+            from parity.engines.checks import check_options
+
+            check_options(opts)
         ref = self.cache.get(opts)
         tols = None
         if any(layer for _, layer in layers):  # explicit tables: an absolute verdict (see parity.verdict.calibrate)

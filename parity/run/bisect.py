@@ -31,7 +31,8 @@ from parity.errors import UsageError
 from parity.options import RunOptions
 from parity.report.data import ReportData
 from parity.run.candidate import build_rows, run_facts
-from parity.run.common import CandidateContext, Progress, RunResult, stage
+from parity.engines.contract import EngineContext
+from parity.run.common import Progress, RunResult, stage
 from parity.run.reference import prepare_reference
 from parity.run.twin import NO_ELEMENT_TOLERANCE, calibration_for, measure_twin
 
@@ -114,8 +115,8 @@ def builds_failed(builds: list[Build], unit: list[str]) -> list[str]:
 
 def execute_bisect(opts: RunOptions, progress: Progress | None = None, marks: int = 1) -> RunResult:
     """Reference once (and its precision twin, for calibrated verdicts), then the builds."""
-    cand_mod = engines.load(opts.candidate)
-    opts = replace(opts, isolate=False)  # builds mark few probes: no teacher-forced pass
+    engine = engines.load(opts.candidate)
+    opts = replace(engine.derive(opts, progress), isolate=False)  # builds mark few probes: no teacher-forced pass
     ref = prepare_reference(opts, progress)
     timings = dict(ref.timings)
     calib = calibration_for(opts, False)
@@ -124,7 +125,7 @@ def execute_bisect(opts: RunOptions, progress: Progress | None = None, marks: in
     source, selected, ids, ref_cap = ref.source, ref.selected, ref.ids, ref.capture
 
     with stage(progress, f"preparing candidate ({opts.candidate})", timings):
-        cand = cand_mod.create(CandidateContext(opts, source, ref.probe_map, ref.model, ref.device))
+        cand = engine.create(EngineContext(opts, source, ref.probe_map, ref.model, ref.device))
     ref.model = None
     offered = set(cand.available_probes())
     order = [p for p in selected if p in offered]

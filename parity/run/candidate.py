@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import platform
 from contextlib import nullcontext
-from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -19,7 +18,9 @@ from parity.errors import ParityError
 from parity.loading.source import ModelSource
 from parity.options import RunOptions
 from parity.report.data import ProbeRow, ReportData
-from parity.run.common import CandidateContext, CandidateFailed, Progress, RunResult, isolated, stage
+from parity.engines.base import Backend
+from parity.engines.contract import EngineContext, Factory
+from parity.run.common import CandidateFailed, Progress, RunResult, isolated, stage
 from parity.run.reference import Reference, prepare_reference
 from parity.run.targeted import refine
 from parity.run.twin import NO_ELEMENT_TOLERANCE, calibration_for, measure_twin, twin_from_candidate
@@ -28,19 +29,18 @@ from parity.verdict.diagnose import diagnose
 
 
 def compare_candidate(ref: Reference, opts: RunOptions, progress: Progress | None = None, *,
-                      tolerances: ToleranceTable | None = None, create: Callable[[CandidateContext], Any] | None = None,
+                      tolerances: ToleranceTable | None = None, create: Factory | None = None,
                       release_reference: bool = False) -> RunResult:
     """Run one candidate against a prepared reference. ``create`` replaces the registered
     candidate's factory (``opts.candidate`` then only names it); ``release_reference`` drops
     the reference model once the candidate is built (a one-shot run needs it no more)."""
     timings = dict(ref.timings)
     if create is None:
-        mod = engines.load(opts.candidate)
-        if hasattr(mod, "prepare"):  # idempotent; execute() ran it before the reference was built
-            mod.prepare(opts, progress)
-        create = mod.create
+        engine = engines.load(opts.candidate)
+        opts = engine.derive(opts, progress)  # idempotent; execute() ran it before the reference was built
+        create = engine.create
     # only parity's own torch factory can be the twin (a wrapped or replaced one is not)
-    registered = getattr(create, "__module__", None) == "parity.engines.pytorch"
+    registered = getattr(create, "__module__", None) in ("parity.engines.torch", "parity.engines.torch.runner")
     source, ids, ref_cap, selected = ref.source, ref.ids, ref.capture, ref.selected
     calib = calibration_for(opts, tolerances is not None)
     if calib.calibrated:
@@ -49,7 +49,7 @@ def compare_candidate(ref: Reference, opts: RunOptions, progress: Progress | Non
         tols = tolerances or source.preset.tolerance_table(opts.dtype).override(opts.atol, opts.rtol)
     calib.twin = measure_twin(ref, opts, calib, progress, timings, skip_if_candidate=registered)
     with stage(progress, f"building candidate ({opts.candidate})", timings):
-        cand = create(CandidateContext(opts, source, ref.probe_map, ref.model, ref.device, progress))
+        cand: Backend = create(EngineContext(opts, source, ref.probe_map, ref.model, ref.device, progress))
     if release_reference and not opts.targeted:  # else kept: the targeted pass reads its weights
         ref.model = None
     offered = set(cand.available_probes())
@@ -107,9 +107,8 @@ def add_isolated(rows: list[ProbeRow], iso: dict[str, DiffStats], calib: Calibra
 
 
 def execute(opts: RunOptions, progress: Progress | None = None) -> RunResult:
-    mod = engines.load(opts.candidate)  # fail on an unknown candidate before any work
-    if hasattr(mod, "prepare"):  # a candidate that decides the run's dtype (llamacpp: the GGUF file's)
-        mod.prepare(opts, progress)
+    engine = engines.load(opts.candidate)  # fail on an unknown candidate before any work
+    opts = engine.derive(opts, progress)  # what the engine decides (llamacpp: the GGUF file, so the dtype)
     calibration_for(opts, False)  # and on verdict options that do not fit together
     ref = prepare_reference(opts, progress)
     return compare_candidate(ref, opts, progress, release_reference=True)

@@ -1,4 +1,4 @@
-"""What every kind of run shares: the candidate's build context, a run's result, progress
+"""What every kind of run shares: a run's result, progress
 stages, the error of a candidate that raised, and the teacher-forced (isolated) pass."""
 from __future__ import annotations
 
@@ -9,29 +9,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from parity.capture import probes as canon
-from parity.capture.probemap import ProbeMap
 from parity.capture.sinks import Capture, Comparator
 from parity.compare.diff import DiffStats
 from parity.compare.tolerances import ToleranceTable
+from parity.engines.contract import EngineContext
 from parity.errors import ParityError
-from parity.loading.source import ModelSource
-from parity.options import RunOptions
 from parity.report.data import ReportData
 
 Progress = Callable[[str], Any]
-
-
-@dataclass
-class CandidateContext:
-    """What a candidate backend's ``create`` receives."""
-
-    options: RunOptions
-    source: ModelSource
-    probe_map: ProbeMap
-    reference_model: Any
-    device: str
-    #: the run's progress (a backend with long steps of its own, an ONNX export, says so)
-    progress: Progress | None = None
+#: the engine contract's context (parity.engines.contract), under the name the runners knew it by
+CandidateContext = EngineContext
 
 
 @dataclass

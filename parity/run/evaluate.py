@@ -244,7 +244,7 @@ def execute(opts: Any, dataset: str | None = None, limit: int | None = None,
     import time
 
     from parity import engines
-    from parity.engines.pytorch import check_device, torch_dtype
+    from parity.engines.torch.runner import check_device, torch_dtype
     from parity.loading.inputs import load_vocab
     from parity.loading.source import ModelSource
     from parity.run.generate import build_candidate
@@ -258,7 +258,8 @@ def execute(opts: Any, dataset: str | None = None, limit: int | None = None,
     if opts.candidate != "reference":
         engines.info(opts.candidate)
     scorer()  # before any model is built
-    source = ModelSource.resolve(opts.model, opts.checkpoint, opts.seed, opts.trust_remote_code, opts.shape)
+    source = ModelSource.resolve(opts.model, opts.checkpoint, opts.seed, opts.trust_remote_code, opts.shape,
+                                  family_dirs=opts.family_dirs)
     check_port_options(opts, source.num_blocks, generation=True)
     vocab = load_vocab(opts, source)
     prompts = prompt_ids(items, opts, source, vocab)

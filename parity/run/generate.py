@@ -336,11 +336,11 @@ class GenerateResult:
 
 def build_candidate(opts: GenerateOptions, source: ModelSource, ref_model: Any, device: str) -> Any:
     from parity.capture.probemap import find_map
-    from parity.run.common import CandidateContext
+    from parity.engines.contract import EngineContext
 
-    mod = engines.load(opts.candidate)
+    engine = engines.load(opts.candidate)
     pmap = find_map(source.probe_map_name, opts.probe_dirs)
-    cand = mod.create(CandidateContext(opts, source, pmap, ref_model, device))
+    cand = engine.create(EngineContext(opts, source, pmap, ref_model, device))
     if not hasattr(cand, "model") and not hasattr(cand, "stepper"):
         raise BackendError(f"candidate '{opts.candidate}' exposes no torch module to decode with.",
                            note="generation parity needs a candidate with a KV-cache forward (torch)")
@@ -348,7 +348,7 @@ def build_candidate(opts: GenerateOptions, source: ModelSource, ref_model: Any, 
 
 
 def execute(opts: GenerateOptions, progress: Progress | None = None) -> GenerateResult:
-    from parity.engines.pytorch import ModuleBackend, check_device, torch_dtype
+    from parity.engines.torch.runner import ModuleBackend, check_device, torch_dtype
     from parity.capture.probemap import find_map
     from parity.run.candidate import run_facts
     from parity.run.reference import check_port_options
@@ -359,11 +359,12 @@ def execute(opts: GenerateOptions, progress: Progress | None = None) -> Generate
     torch_dtype(opts.dtype)
     device = check_device(opts.device)
     ref_device = check_device(opts.ref_device or device)
-    mod = engines.load(opts.candidate)
-    if hasattr(mod, "prepare"):  # a candidate that decides the run's dtype (llamacpp: the GGUF file's)
-        mod.prepare(opts, progress)
+    engine = engines.load(opts.candidate)
+    if engine.prepare is not None:  # a candidate that decides the run's dtype (llamacpp: the GGUF file's)
+        opts = engine.derive(opts, progress)
         torch_dtype(opts.dtype)
-    source = ModelSource.resolve(opts.model, opts.checkpoint, opts.seed, opts.trust_remote_code, opts.shape)
+    source = ModelSource.resolve(opts.model, opts.checkpoint, opts.seed, opts.trust_remote_code, opts.shape,
+                                  family_dirs=opts.family_dirs)
     fault_specs = check_port_options(opts, source.num_blocks, generation=True)
     p = plan(opts, source)
     calib = calibration_for(opts, False)

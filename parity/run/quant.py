@@ -3,7 +3,7 @@
 * **Verdict.** Against the fp16/bf16 precision twin a quantized candidate's excess is large
   by design (int4 weights are not fp16 rounding), so the per-probe excess is reported as
   attribution and pass/fail is decided by the scheme's budget on the logits' nrmse against
-  the float32 reference (:mod:`parity.engines.schemes`; ``--quant-budget``). With
+  the float32 reference (:mod:`parity.engines.quant.schemes`; ``--quant-budget``). With
   ``--quant-twin S`` the twin itself is the reference fake-quantized with S, and the usual
   calibrated verdict (excess over that twin) applies: an engine running S is judged against
   what S itself costs.
@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from parity.engines import schemes
+from parity.engines.quant import schemes
 from parity.compare.diff import compare
 from parity.compare.tolerances import Tolerance
 from parity.options import RunOptions
@@ -132,12 +132,12 @@ def _x(d: Any) -> str:
 def sensitivity(model: Any, blocks_re: Any, ids: list[int], ref_logits: Any, num_blocks: int,
                 twin_nrmse: float | None, on_step: Callable[[str], Any] | None = None) -> dict[str, Any]:
     """Quantize one block, then one component kind, at a time on an already quantized
-    model (its quantizers toggled, parity.engines.quant.set_enabled) and measure the logits
+    model (its quantizers toggled, parity.engines.quant.runner.set_enabled) and measure the logits
     error of each against the float32 reference logits. The model's quantizers are all
     enabled again afterwards."""
     import torch
 
-    from parity.engines import quant
+    from parity.engines.quant import runner as quant
 
     active = quant.quantizers(model, blocks_re)
     x = torch.as_tensor(ids, dtype=torch.long, device=next(model.parameters()).device).reshape(1, -1)
@@ -171,7 +171,7 @@ def attach_sensitivity(report: ReportData, cand: Any, ref_cap: Any, ids: list[in
                        on_step: Callable[[str], Any] | None = None) -> None:
     """Run the sensitivity sweep on the quant candidate's model and add it (with its
     agreement with the isolated ranking) to ``summary["quant"]``."""
-    from parity.engines import quant
+    from parity.engines.quant import runner as quant
 
     twin = calib.twin.diffs.get("logits") if calib is not None and calib.twin is not None else None
     spec = cand.probe_map.block_spec()

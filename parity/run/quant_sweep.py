@@ -11,7 +11,7 @@ import dataclasses
 import time
 from typing import Any
 
-from parity.engines import schemes
+from parity.engines.quant import schemes
 from parity.options import RunOptions
 from parity.run.common import Progress
 
@@ -34,7 +34,7 @@ def _row(name: str, report: Any, wall: float) -> dict[str, Any]:
 def execute(opts: RunOptions, names: list[str], progress: Progress | None = None, *, rouge: bool = True,
             dataset: str | None = None, limit: int | None = None, max_new_tokens: int = 32) -> dict[str, Any]:
     """The sweep's document: ``table`` (one row per scheme), the eval settings, run facts."""
-    from parity.engines import quant
+    from parity.engines.quant import runner as quant
     from parity.run.candidate import compare_candidate
     from parity.run.reference import prepare_reference
 
@@ -82,7 +82,7 @@ def _rouge(ref: Any, opts: RunOptions, rows: list[dict[str, Any]], models: dict[
            dataset: str | None, limit: int | None, max_new: int) -> dict[str, Any] | None:
     """ROUGE-L and token agreement of each side's greedy outputs against the reference's
     (the fp16 twin's and each scheme's), on the eval set. None without a tokenizer."""
-    from parity.engines.pytorch import derive
+    from parity.engines.torch.runner import derive
     from parity.loading.inputs import load_vocab
     from parity.run import evaluate as ev
     from parity.run.twin import REFERENCE_ATTN
@@ -104,7 +104,7 @@ def _rouge(ref: Any, opts: RunOptions, rows: list[dict[str, Any]], models: dict[
         if model is None:
             continue
         if row["scheme"] in models:  # quantized weights folded once: decode steps need not re-quantize them
-            from parity.engines.quant import modelopt
+            from parity.engines.quant.runner import modelopt
 
             modelopt().fold_weight(model)
         if progress is not None:

@@ -77,13 +77,14 @@ class Reference:
 def prepare_reference(opts: RunOptions, progress: Progress | None = None) -> Reference:
     """Build the reference model and capture every selected probe (kept on the CPU), plus
     the block inputs teacher forcing needs."""
-    from parity.engines.pytorch import ModuleBackend, check_device, torch_dtype
+    from parity.engines.torch.runner import ModuleBackend, check_device, torch_dtype
 
     timings: dict[str, float] = {}
     torch_dtype(opts.dtype)  # validate before any work
     device = check_device(opts.device)
     ref_device = check_device(opts.ref_device or device)
-    source = ModelSource.resolve(opts.model, opts.checkpoint, opts.seed, opts.trust_remote_code, opts.shape)
+    source = ModelSource.resolve(opts.model, opts.checkpoint, opts.seed, opts.trust_remote_code, opts.shape,
+                                  family_dirs=opts.family_dirs)
     fault_specs = check_port_options(opts, source.num_blocks)
     pmap = find_map(source.probe_map_name, opts.probe_dirs)
     all_names = pmap.names(source.num_blocks)

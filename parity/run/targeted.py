@@ -17,7 +17,7 @@ from torch import nn
 
 from parity.capture import probes as canon
 from parity.capture.sinks import Capture, Recorder
-from parity.engines.pytorch import DTYPE_ALIASES
+from parity.engines.torch.runner import DTYPE_ALIASES
 from parity.run.common import isolation_inputs, stage
 from parity.verdict import named
 from parity.verdict.hypotheses import evaluate, load_builtin
@@ -229,7 +229,7 @@ def _reference(ref: Any, names: list[str]) -> Capture:
     missing = [n for n in names if n not in ref.capture and n in set(ref.probe_map.names(ref.source.num_blocks))]
     if not missing or ref.model is None:
         return ref.capture
-    from parity.engines.pytorch import ModuleBackend
+    from parity.engines.torch.runner import ModuleBackend
 
     cap = Capture("reference (targeted)", dict(ref.capture.meta))
     cap.records.update(ref.capture.records)

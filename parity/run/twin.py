@@ -61,7 +61,7 @@ def measure_twin(ref: Reference, opts: RunOptions, calib: Calibration, progress:
     if ref.model is None:
         raise ParityError("the reference model was released before its precision twin was measured.")
     check_weights(ref)
-    from parity.engines.pytorch import ModuleBackend
+    from parity.engines.torch.runner import ModuleBackend
 
     t0 = time.perf_counter()
     with stage(progress, f"running precision twin ({calib.dtype})", timings):
@@ -98,15 +98,15 @@ def twin_model(ref_model: Any, opts: Any, device: str) -> tuple[Any, str | None]
     """The twin's module and, when it is not the plain reference in ``opts.dtype``, what it
     is: with ``opts.twin_gguf`` (a quantized GGUF file, set by the llamacpp candidate) the
     reference in float32 with that file's activation quantization before every matmul
-    (parity.engines.actquant), as llama.cpp's kernels do. (``--quant-twin SCHEME``: see
+    (parity.engines.llamacpp.actquant), as llama.cpp's kernels do. (``--quant-twin SCHEME``: see
     quant_twin.)"""
-    from parity.engines.pytorch import derive
+    from parity.engines.torch.runner import derive
 
     if not opts.twin_gguf:
         return derive(ref_model, opts.dtype, device, REFERENCE_ATTN), None
     from pathlib import Path
 
-    from parity.engines.actquant import quantize_activations, weight_types
+    from parity.engines.llamacpp.actquant import quantize_activations, weight_types
 
     model = derive(ref_model, "fp32", device, REFERENCE_ATTN)
     applied = quantize_activations(model, weight_types(Path(opts.twin_gguf)))
@@ -120,8 +120,8 @@ def twin_model(ref_model: Any, opts: Any, device: str) -> tuple[Any, str | None]
 
 def quant_twin(ref: Reference, opts: RunOptions) -> object:
     """The twin of an engine running a quantization scheme (``--quant-twin S``): the reference
-    with S applied by ModelOpt (parity.engines.quant.quantized_reference)."""
-    from parity.engines import quant
+    with S applied by ModelOpt (parity.engines.quant.runner.quantized_reference)."""
+    from parity.engines.quant import runner as quant
 
     spec = ref.probe_map.block_spec()
     if spec is None:

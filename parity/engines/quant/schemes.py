@@ -1,7 +1,7 @@
 """Quantization schemes of the ``quant`` candidate: names, what each quantizes, where it
 runs, and its default pass/fail budget. Light on purpose (no torch, no ModelOpt): the CLI
 checks ``--quant`` against this table before anything heavy is imported; the ModelOpt
-configs themselves are built in :mod:`parity.engines.quant`.
+configs themselves are built in :mod:`parity.engines.quant.runner`.
 
 Which ModelOpt 0.47 configs run on a CPU (measured on SmolLM2-135M, torch 2.13 CPU):
 integer fake quantization (int8/int4, per channel or per 128-group, AWQ, SmoothQuant, the

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from parity.engines.contract import EngineContext
 from parity.capture import api
 
 from parity.compare import fused
@@ -100,7 +101,6 @@ def _defer_default(model: nn.Module, known: bool) -> bool:
 
 
 class ModuleBackend(Backend):
-    requires = ("torch",)
 
     def __init__(self, model: nn.Module, probe_map: ProbeMap, config: Any, label: str,
                  num_blocks: int, forward_kwargs: dict[str, Any] | None = None) -> None:
@@ -245,7 +245,7 @@ def make_candidate(reference: nn.Module, probe_map: ProbeMap, config: Any, num_b
     return backend
 
 
-def create(ctx: Any) -> ModuleBackend:
+def create(ctx: EngineContext) -> ModuleBackend:
     """Entry point used by the runner for ``--candidate torch``."""
     o = ctx.options
     return make_candidate(ctx.reference_model, ctx.probe_map, ctx.source.config, ctx.source.num_blocks,

@@ -12,10 +12,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from parity.engines.contract import EngineContext
 from parity.engines.base import Backend, Sink
 from parity.errors import BackendError, UsageError
 from parity.loading.families import DTYPE_NAMES
-from parity.engines.onnx_export import INPUT, OUTPUT, ExportedGraph, OnnxProbe, export_graph, inject_fault, parse_fault, value_types, with_outputs
+from parity.engines.onnxruntime.export import INPUT, OUTPUT, ExportedGraph, OnnxProbe, export_graph, inject_fault, parse_fault, value_types, with_outputs
 from parity.capture import hooks
 
 OPT_LEVELS = ("disable", "basic", "extended", "all")
@@ -28,7 +29,6 @@ def canonical(arr: np.ndarray, where: OnnxProbe) -> torch.Tensor:
 
 
 class OnnxRuntimeBackend(Backend):
-    requires = ("onnx", "onnxruntime")
 
     def __init__(self, graph: ExportedGraph, proto: Any, opt_level: str = "all", provider: str = "CPUExecutionProvider",
                  faults: list[str] | None = None, threads: int = 0) -> None:
@@ -123,7 +123,7 @@ def summarize_missing(missing: dict[str, str]) -> dict[str, str]:
 
 
 
-def export_for(ctx: Any, dtype: str) -> tuple[ExportedGraph, Any]:
+def export_for(ctx: EngineContext, dtype: str) -> tuple[ExportedGraph, Any]:
     from parity.loading.inputs import resolve_inputs
 
     if dtype not in ("fp32", "fp16"):
@@ -134,7 +134,7 @@ def export_for(ctx: Any, dtype: str) -> tuple[ExportedGraph, Any]:
     return export_graph(ctx.reference_model, ctx.source, ctx.probe_map, seq_len, dtype)
 
 
-def create(ctx: Any) -> OnnxRuntimeBackend:
+def create(ctx: EngineContext) -> OnnxRuntimeBackend:
     """Entry point for ``--candidate onnxruntime``."""
     o = ctx.options
     graph, proto = export_for(ctx, o.dtype)

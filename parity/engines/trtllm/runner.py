@@ -10,7 +10,7 @@ attn_metadata, return_context_logits=True)``. Probe maps: parity/probes/trtllm_<
 (the decoder layers fuse residual adds into the norms; see those files).
 
 Engines from releases that still build TensorRT engines (≤1.2) are covered by
-parity.engines.trtllm_engine (mark probes before the build) and the ``dump`` candidate (read
+parity.engines.trtllm.tensorrt_engine (mark probes before the build) and the ``dump`` candidate (read
 ``tllm_debug/`` back).
 
 NOT VERIFIED HERE: tensorrt_llm cannot be installed on the development machine; the tests
@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from parity.engines.contract import EngineContext
 from parity.engines.base import Backend, Sink
 from parity.errors import BackendError, UsageError
 from parity.capture.hooks import attached
@@ -48,7 +49,6 @@ def _import(module: str, name: str | None = None) -> Any:
 
 
 class TrtllmBackend(Backend):
-    requires = ("tensorrt_llm",)
 
     def __init__(self, model: Any, probe_map: ProbeMap, config: Any, num_blocks: int, dtype: torch.dtype,
                  attn_backend: str) -> None:
@@ -123,7 +123,7 @@ def build_model(reference: torch.nn.Module, family: str, dtype: torch.dtype, att
     """TensorRT-LLM's model for ``family`` holding the reference weights in ``dtype`` on CUDA."""
     if family not in MODEL_CLASSES:
         raise BackendError(f"TensorRT-LLM's PyTorch backend has no model for '{family}' that parity maps.",
-                           note="trtllm supports: " + ", ".join(MODEL_CLASSES) + " (Qwen v1 is engine-only: use parity.engines.trtllm_engine + --candidate dump)")
+                           note="trtllm supports: " + ", ".join(MODEL_CLASSES) + " (Qwen v1 is engine-only: use parity.engines.trtllm.tensorrt_engine + --candidate dump)")
     ModelConfig = _import("tensorrt_llm._torch.model_config", "ModelConfig")
     cls = _import(*MODEL_CLASSES[family])
     cfg = copy.deepcopy(reference.config)
@@ -137,7 +137,7 @@ def build_model(reference: torch.nn.Module, family: str, dtype: torch.dtype, att
     return model.eval(), cfg
 
 
-def create(ctx: Any) -> TrtllmBackend:
+def create(ctx: EngineContext) -> TrtllmBackend:
     """Entry point for ``--candidate trtllm``."""
     o = ctx.options
     if not torch.cuda.is_available():

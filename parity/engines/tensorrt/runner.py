@@ -19,11 +19,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from parity.engines.contract import EngineContext
 from parity.engines.base import Backend, Sink
-from parity.engines.onnxrt import canonical, export_for, summarize_missing
+from parity.engines.onnxruntime.runner import canonical, export_for, summarize_missing
 from parity.loading.families import DTYPE_NAMES
 from parity.errors import BackendError, UsageError
-from parity.engines.onnx_export import INPUT, OUTPUT, ExportedGraph, inject_fault, parse_fault
+from parity.engines.onnxruntime.export import INPUT, OUTPUT, ExportedGraph, inject_fault, parse_fault
 
 
 def _trt() -> Any:
@@ -39,7 +40,6 @@ def _torch_dtype(trt: Any, dt: Any) -> torch.dtype:
 
 
 class TensorRTBackend(Backend):
-    requires = ("tensorrt",)
 
     def __init__(self, graph: ExportedGraph, proto: Any, dtype: str, faults: list[str] | None = None,
                  workspace_gib: float = 4.0) -> None:
@@ -152,7 +152,7 @@ class TensorRTBackend(Backend):
                 "builds": len(self.builds), "faults": self.faults or None, "input": INPUT}
 
 
-def create(ctx: Any) -> TensorRTBackend:
+def create(ctx: EngineContext) -> TensorRTBackend:
     """Entry point for ``--candidate tensorrt``: the float32 export, built fp16 or fp32."""
     o = ctx.options
     if o.dtype not in ("fp32", "fp16"):

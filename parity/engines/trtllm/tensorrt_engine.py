@@ -4,7 +4,7 @@ outputs before the build, and read them back at run time.
 Build side (TensorRT-LLM's documented debug flow: ``register_network_output`` on a module,
 outputs marked when the engine is built with ``enable_debug_output``)::
 
-    from parity.engines.trtllm_engine import mark_probes
+    from parity.engines.trtllm.tensorrt_engine import mark_probes
     model = tensorrt_llm.models.LLaMAForCausalLM.from_hugging_face(...)
     handle = mark_probes(model, num_blocks=config.num_hidden_layers,
                          probes=["blocks.*.mlp_out", "logits"])   # globs; default: all
@@ -127,7 +127,7 @@ def write_debug_dump(source: Any, out: str | Path, meta: dict[str, Any] | None =
     """Write the canonical tensors of a debug buffer as a parity dump (``--candidate dump``)."""
     import torch
 
-    from parity.engines.dumps import write_dump
+    from parity.loading.dumps import write_dump
 
     tensors = {}
     for k, v in debug_tensors(source).items():

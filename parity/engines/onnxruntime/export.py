@@ -160,7 +160,7 @@ def _quiet_registration() -> Iterator[None]:
 def _export(reference: Any, seq_len: int, dtype: str) -> tuple[Any, str]:
     import torch
 
-    from parity.engines.pytorch import derive
+    from parity.engines.torch.runner import derive
 
     # Parameters in ``dtype``, buffers (rotary inv_freq) as they are: as an fp16 deployment
     # loads the model, and as the torch candidate is made.

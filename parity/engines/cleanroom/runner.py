@@ -9,12 +9,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from parity.engines.pytorch import ModuleBackend, set_attn, torch_dtype
+from parity.engines.contract import EngineContext
+from parity.engines.torch.runner import ModuleBackend, set_attn, torch_dtype
 from parity.capture.probemap import find_map
 from parity.errors import UsageError
 
 
-def create(ctx: Any) -> ModuleBackend:
+def create(ctx: EngineContext) -> ModuleBackend:
     """Entry point used by the runner for ``--candidate cleanroom``."""
     o, source = ctx.options, ctx.source
     if source.checkpoint is None:

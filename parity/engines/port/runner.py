@@ -25,8 +25,9 @@ import torch
 from torch import nn
 
 from parity import faults
+from parity.engines.contract import EngineContext
 from parity.capture import probes as canon
-from parity.engines.pytorch import ModuleBackend, Sink, _defer_default, torch_dtype
+from parity.engines.torch.runner import ModuleBackend, Sink, _defer_default, torch_dtype
 from parity.errors import BackendError, UsageError
 from parity.capture.probemap import ProbeMap, find_map, load_map
 from parity.resources import shipped_dir
@@ -152,7 +153,7 @@ def builtin_spec(family: str) -> str:
     return f"{path}:{DEFAULT_FACTORY}"
 
 
-def create(ctx: Any) -> PortBackend:
+def create(ctx: EngineContext) -> PortBackend:
     """Entry point used by the runner for ``--candidate port``."""
     o = ctx.options
     n = ctx.source.num_blocks

@@ -1,16 +1,16 @@
-"""The ``dump`` candidate: tensors some runtime already wrote (see parity.engines.dumps)."""
+"""The ``dump`` candidate: tensors some runtime already wrote (see parity.loading.dumps)."""
 from __future__ import annotations
 
 from typing import Any
 
+from parity.engines.contract import EngineContext
 from parity.capture import probes as canon
 from parity.engines.base import Backend, Sink
-from parity.engines.dumps import Dump, NameMap, canonical_shape, check_ids, load_name_map, read_dump
+from parity.loading.dumps import Dump, NameMap, canonical_shape, check_ids, load_name_map, read_dump
 from parity.errors import UsageError
 
 
 class DumpBackend(Backend):
-    requires = ("safetensors",)
 
     def __init__(self, dump: Dump, config: Any, num_blocks: int) -> None:
         super().__init__("dump")
@@ -44,7 +44,7 @@ class DumpBackend(Backend):
                 "written_by": m.get("backend")}
 
 
-def create(ctx: Any) -> DumpBackend:
+def create(ctx: EngineContext) -> DumpBackend:
     o = ctx.options
     if not getattr(o, "dump", None):
         raise UsageError("--candidate dump needs --dump DIR.", note="a folder written by `parity dump`, a tllm_debug/ folder, or rank<N>/*.pt dumps")

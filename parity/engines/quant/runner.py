@@ -29,8 +29,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from parity.engines import schemes
-from parity.engines.pytorch import ModuleBackend, derive
+from parity.engines.contract import EngineContext
+from parity.engines.quant import schemes
+from parity.engines.torch.runner import ModuleBackend, derive
 from parity.errors import BackendError, UsageError
 from parity.errors import InputError
 
@@ -228,7 +229,7 @@ class QuantBackend(ModuleBackend):
         return {**super().describe(), "quant": self.facts}
 
 
-def create(ctx: Any) -> QuantBackend:
+def create(ctx: EngineContext) -> QuantBackend:
     """Entry point for ``--candidate quant``."""
     o = ctx.options
     if not getattr(o, "quant", None):

@@ -111,8 +111,8 @@ def load_name_map(path: str | Path | None) -> NameMap:
 
 
 def name_map_from_dict(raw: Any, where: str) -> NameMap:
-    """A name map from its parsed TOML (checked by parity.engines.schema)."""
-    from parity.engines.schema import check_name_map
+    """A name map from its parsed TOML (checked by parity.loading.dump_schema)."""
+    from parity.loading.dump_schema import check_name_map
 
     checked = check_name_map(raw, f"name map {where}")
     rules = [NameRule(re.compile(t.pattern), t.probe, t.offset, t.tp) for t in checked.tensor]
@@ -219,7 +219,7 @@ def read_dump(folder: str | Path, name_map: NameMap | None = None) -> Dump:
 
 def read_manifest(folder: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """(manifest.json of a parity dump, its probes: name -> {shape, dtype}), checked."""
-    from parity.engines.schema import check_manifest
+    from parity.loading.dump_schema import check_manifest
     from parity.validate import read_json
 
     meta = read_json(folder / MANIFEST, DumpError, "dump manifest")

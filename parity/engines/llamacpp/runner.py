@@ -1,5 +1,5 @@
 """The ``llamacpp`` candidate: a GGUF file run by llama.cpp (through llama-cpp-python), its
-probes taken from the computation graph by the eval callback (parity.engines.llamacpp_graph).
+probes taken from the computation graph by the eval callback (parity.engines.llamacpp.graph).
 
 Which GGUF file runs (``resolve``, before the reference is built):
 
@@ -13,7 +13,7 @@ Which GGUF file runs (``resolve``, before the reference is built):
 
 (2 and 3 take ``--gguf-type`` as a request to convert instead.) The verdict's dtype follows
 the file: F32 -> float32, F16 -> float16, BF16 -> bfloat16; a quantized file's twin is the
-reference with llama.cpp's activation quantization emulated (parity.engines.actquant; the
+reference with llama.cpp's activation quantization emulated (parity.engines.llamacpp.actquant; the
 float16 floor), see README "llama.cpp". ``--fault
 gguf-...`` alters a copy of the file (parity.faults.gguf).
 
@@ -25,6 +25,7 @@ every token) and logits are asked for every position.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -37,11 +38,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from parity.engines.contract import EngineContext
 from parity.engines.base import Backend, Sink
-from parity.engines.dumps import canonical_shape
-from parity.engines.llamacpp_graph import Collector, Ggml, GraphMap, load_graph_map
+from parity.loading.dumps import canonical_shape
+from parity.engines.llamacpp.graph import Collector, Ggml, GraphMap, load_graph_map
 from parity.capture import probes as canon
 from parity.errors import BackendError, UsageError
+from parity.options import RunOptions
 from parity.loading import convert_gguf as conv
 from parity.loading.families import DTYPE_NAMES
 
@@ -78,29 +81,39 @@ class Resolved:
     file_type: str
     dtype: str  # the twin's dtype
     quantized: bool
+    #: the reference's checkpoint when it must read this very file (a converted quantized file,
+    #: dequantized), else None
+    reference: str | None = None
 
 
 _RESOLVED: dict[str, Resolved] = {}
 
 
-def resolve(opts: Any, say: Any = None) -> Resolved:
-    """The clean GGUF file this run's llama.cpp runs; adjusts ``opts`` (the file, the
-    verdict's dtype, the twin of a quantized file, and the reference's checkpoint for a
-    converted quantized file). Idempotent."""
+def resolve(opts: RunOptions, say: Any = None) -> Resolved:
+    """The clean GGUF file this run's llama.cpp runs (found once per file)."""
     res = _RESOLVED.get(opts.gguf) if opts.gguf else None
     if res is None:
         res = _locate(opts, say)
         _RESOLVED[str(res.path)] = res
-    opts.gguf = str(res.path)
-    opts.dtype = res.dtype
-    if res.quantized and opts.quant_twin in (None, "auto", "emulate"):  # the twin: the reference with llama.cpp's activation quantization
-        opts.twin_gguf = str(res.path)
     return res
 
 
-def _locate(opts: Any, say: Any) -> Resolved:
+def derived_options(opts: RunOptions, res: Resolved) -> RunOptions:
+    """The run options with what the file decides: the file itself, the verdict's dtype, the
+    twin of a quantized file (the reference with llama.cpp's activation quantization), and the
+    reference's checkpoint for a converted quantized file."""
+    changes: dict[str, Any] = {"gguf": str(res.path), "dtype": res.dtype}
+    if res.quantized and opts.quant_twin in (None, "auto", "emulate"):
+        changes["twin_gguf"] = str(res.path)
+    if res.reference is not None:
+        changes["checkpoint"] = res.reference
+    return dataclasses.replace(opts, **changes)
+
+
+def _locate(opts: RunOptions, say: Any) -> Resolved:
     from parity.loading.gguf import is_gguf
 
+    reference = None
     outtype = getattr(opts, "gguf_type", None)
     if opts.gguf:
         path, origin = Path(opts.gguf), "--gguf"
@@ -123,10 +136,10 @@ def _locate(opts: Any, say: Any) -> Resolved:
                              note="convert the faulty weights yourself and pass --gguf FILE")
         path = convert_reference(opts, outtype, say)
         origin = f"the reference's weights converted to {outtype.upper()} by llama.cpp's convert_hf_to_gguf.py"
-        if outtype == "q8_0":
-            opts.checkpoint = str(path)  # the reference: the same quantized weights, dequantized
+        if outtype == "q8_0":  # the reference: the same quantized weights, dequantized
+            reference = str(path)
     ftype, dtype = conv.file_type(path)
-    return Resolved(path.resolve(), origin, ftype, dtype or "fp16", dtype is None)
+    return Resolved(path.resolve(), origin, ftype, dtype or "fp16", dtype is None, reference)
 
 
 def _fetched_name(opts: Any) -> str | None:
@@ -134,7 +147,7 @@ def _fetched_name(opts: Any) -> str | None:
         return None
     from parity.loading import families
 
-    return families.get(opts.model).preset().fetched
+    return families.get(opts.model, opts.family_dirs).preset().fetched
 
 
 def convert_reference(opts: Any, outtype: str, say: Any) -> Path:
@@ -145,7 +158,8 @@ def convert_reference(opts: Any, outtype: str, say: Any) -> Path:
 
     from parity.loading.source import ModelSource
 
-    src = ModelSource.resolve(opts.model or "qwen", opts.checkpoint, opts.seed, False, opts.shape)
+    src = ModelSource.resolve(opts.model or "qwen", opts.checkpoint, opts.seed, False, opts.shape,
+                              family_dirs=opts.family_dirs)
     if src.checkpoint is not None:
         return conv.convert(src.checkpoint, outtype, src.checkpoint.name, say)
     model = src.build("cpu")
@@ -173,7 +187,6 @@ def with_faults(path: Path, faults: list[str], num_blocks: int, work: Path) -> t
 # -- the engine ------------------------------------------------------------------------------------
 
 class LlamaCppBackend(Backend):
-    requires = ("llama_cpp",)
 
     def __init__(self, path: Path, resolved: Resolved, config: Any, num_blocks: int, gmap: GraphMap,
                  faults: list[str], threads: int = 0) -> None:
@@ -415,10 +428,10 @@ def reference_chat_template(source: Any) -> str | None:
     return t if isinstance(t, str) else None
 
 
-def create(ctx: Any) -> LlamaCppBackend:
+def create(ctx: EngineContext) -> LlamaCppBackend:
     """Entry point for ``--candidate llamacpp``."""
     o = ctx.options
-    res = resolve(o, ctx.progress)
+    res = resolve(o, ctx.progress)  # the file prepare() chose (the runners build with the options it returned)
     work = Path(tempfile.mkdtemp(prefix="parity-llamacpp-"))
     path, notes = with_faults(res.path, list(o.faults or []), ctx.source.num_blocks, work)
     gmap = load_graph_map("llamacpp", o.probe_dirs)
@@ -428,6 +441,7 @@ def create(ctx: Any) -> LlamaCppBackend:
     return backend
 
 
-def prepare(opts: Any, progress: Any = None) -> None:
-    """Called before the reference is built: which GGUF file runs, and so the verdict's dtype."""
-    resolve(opts, progress)
+def prepare(opts: RunOptions, progress: Any = None) -> RunOptions:
+    """Before the reference is built: which GGUF file runs, and so the verdict's dtype (see
+    derived_options)."""
+    return derived_options(opts, resolve(opts, progress))

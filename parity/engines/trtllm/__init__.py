@@ -1,0 +1,29 @@
+"""The ``trtllm`` engine: TensorRT-LLM's PyTorch backend, hooked through a ``trtllm_<family>``
+probe map (``tensorrt_engine``: probes of an engine built by TensorRT-LLM's TensorRT path)."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from parity.engines.contract import Engine, EngineContext
+from parity.options import Opt
+
+if TYPE_CHECKING:
+    from parity.engines.base import Backend
+
+
+def create(ctx: EngineContext) -> Backend:
+    from parity.engines.trtllm import runner
+
+    return runner.create(ctx)
+
+
+ENGINE = Engine(
+    name="trtllm",
+    summary="TensorRT-LLM's PyTorch backend, hooked through a trtllm_<family> probe map",
+    requires=("tensorrt_llm",),
+    install="install tensorrt_llm from NVIDIA's index on a CUDA machine; or dump its tensors and use --candidate dump",
+    create=create,
+    flags=(
+        Opt(("--trtllm-map",), {"metavar": "NAME|TOML", "help": "--candidate trtllm: probe map for the TensorRT-LLM model (default: trtllm_<family>)"}),
+    ),
+)
