@@ -9,6 +9,8 @@ import argparse
 from dataclasses import dataclass, field
 from typing import Any
 
+from parity import dtypes
+
 
 @dataclass(frozen=True)
 class Opt:
@@ -20,12 +22,10 @@ class Opt:
         return self.kwargs.get("dest") or self.flags[0].lstrip("-").replace("-", "_")
 
 
-DTYPE_SHORT = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
-
-
-def dtype_arg(text: str) -> str:
-    """--dtype float16 is --dtype fp16 (the long names of [tool.parity.tolerances.float16])."""
-    return DTYPE_SHORT.get(text, text)
+def dtype_arg(text: str) -> Any:
+    """--dtype float16 is --dtype fp16 (parity.dtypes; an unknown name is checked with the
+    other options)."""
+    return dtypes.carry(text)
 
 
 @dataclass
@@ -85,7 +85,7 @@ class RunOptions:
     engine_flags: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.dtype = dtype_arg(self.dtype)
+        self.dtype = dtypes.carry(self.dtype)
 
 
 @dataclass

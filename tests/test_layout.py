@@ -200,3 +200,96 @@ def test_editable_install_finds_the_top_level_folders(tmp_path: Path) -> None:
     code = "import parity, parity.models.qwen; from parity.resources import shipped_dir; print(shipped_dir('models'))"
     r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and r.stdout.strip() == str(ROOT / "models"), r.stderr
+
+
+# -- the engine contract --------------------------------------------------------------------------
+
+def _engine_modules() -> dict[str, Path]:
+    return {n: p for n, p in modules().items() if n.startswith("parity.engines.")}
+
+
+def _annotation(arg: ast.arg) -> str:
+    return ast.unparse(arg.annotation) if arg.annotation is not None else ""
+
+
+def loose_factories(text: str) -> list[str]:
+    """Functions ``create`` not taking an EngineContext, ``prepare`` not taking RunOptions,
+    and parameters ``ctx`` that are not an EngineContext (Any or no annotation included)."""
+    loose = []
+    for node in ast.walk(ast.parse(text)):
+        if not isinstance(node, ast.FunctionDef) or not node.args.args:
+            continue
+        first = node.args.args[0]
+        want = {"create": "EngineContext", "prepare": "RunOptions"}.get(node.name)
+        if want and _annotation(first) != want:
+            loose.append(f"{node.name}({first.arg}: {_annotation(first) or '-'})")
+        loose += [f"{node.name}(ctx: {_annotation(a) or '-'})" for a in node.args.args
+                  if a.arg == "ctx" and _annotation(a) != "EngineContext"]
+    return loose
+
+
+def _options_expr(node: ast.expr) -> bool:
+    """``opts``, ``options``, ``o`` (the engines' names for the run options) or ``<x>.options``."""
+    return (isinstance(node, ast.Name) and node.id in ("opts", "options", "o")) or \
+        (isinstance(node, ast.Attribute) and node.attr == "options")
+
+
+def option_writes(text: str) -> list[str]:
+    """Writes into the run options: a field assigned, augmented or deleted, setattr on them,
+    or their vars() written."""
+    writes = []
+    for node in ast.walk(ast.parse(text)):
+        targets: list[ast.expr] = []
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+            targets = [node.target]
+        elif isinstance(node, ast.Delete):
+            targets = node.targets
+        elif isinstance(node, ast.Call) and ast.unparse(node.func) in ("setattr", "object.__setattr__") and node.args:
+            targets = [ast.Attribute(value=node.args[0], attr="?")]
+        for t in targets:
+            if isinstance(t, ast.Attribute) and _options_expr(t.value):
+                writes.append(f"{node.lineno}: {ast.unparse(t)}")
+            elif isinstance(t, ast.Subscript) and isinstance(t.value, ast.Call) and ast.unparse(t.value.func) == "vars" \
+                    and t.value.args and _options_expr(t.value.args[0]):
+                writes.append(f"{node.lineno}: {ast.unparse(t)}")
+    return writes
+
+
+def test_engine_factories_are_typed() -> None:
+    """Every engine's ``create`` takes an EngineContext and ``prepare`` RunOptions (never Any or
+    nothing), and every parameter called ``ctx`` in an engine is an EngineContext."""
+    loose = [f"{n}.{f}" for n, p in _engine_modules().items() for f in loose_factories(p.read_text())]
+    assert not loose, loose
+
+
+def test_engines_never_assign_to_the_run_options() -> None:
+    """What an engine derives it returns (``prepare`` -> new RunOptions); it never writes into
+    the options it is given."""
+    writes = [f"{n}:{w}" for n, p in _engine_modules().items() for w in option_writes(p.read_text())]
+    assert not writes, writes
+
+
+def test_engine_context_and_declarations_are_frozen() -> None:
+    import dataclasses
+
+    from parity.engines.contract import Engine, EngineContext
+
+    for cls in (Engine, EngineContext):
+        assert cls.__dataclass_params__.frozen, cls  # type: ignore[attr-defined]
+    ctx = EngineContext(None, None, None, None, "cpu")  # type: ignore[arg-type]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ctx.options = None  # type: ignore[misc]
+
+
+def test_layout_checks_catch_what_they_forbid() -> None:
+    """The two checks above find an Any-typed factory and every kind of write to the options."""
+    bad = ("from typing import Any\n"
+           "def create(ctx: Any):\n    ctx.options.dtype = 'fp32'\n"
+           "def prepare(opts, progress=None):\n    opts.gguf = 'x'\n    setattr(opts, 'dtype', 'fp16')\n"
+           "    o.tokens += 1\n    vars(options)['seed'] = 1\n")
+    assert sorted(loose_factories(bad)) == ["create(ctx: Any)", "create(ctx: Any)", "prepare(opts: -)"]
+    assert len(option_writes(bad)) == 5
+    good = "def prepare(opts: RunOptions, progress=None):\n    return dataclasses.replace(opts, gguf='x')\n"
+    assert loose_factories(good) == [] and option_writes(good) == []

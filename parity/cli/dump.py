@@ -6,7 +6,8 @@ import argparse
 from typing import Any
 
 from parity.cli.common import add_groups
-from parity.options import DTYPE_SHORT, dtype_arg, run_options
+from parity import dtypes
+from parity.options import dtype_arg, run_options
 
 
 
@@ -129,7 +130,8 @@ def _compare(ns: argparse.Namespace, outputs: Any) -> int:
     if ids_a is not None and ids_b is not None and list(ids_a) != list(ids_b):
         raise UsageError(f"dumps {a.folder} and {b.folder} were made from different input ids.")
     tokens = len(ids_a or ids_b or [])
-    dtype = ns.dtype or DTYPE_SHORT.get(str(b.meta.get("dtype")), None)
+    found = dtypes.find(b.meta.get("dtype"))  # B's tensors' dtype (spelled long, as tensors' are)
+    dtype = ns.dtype or (found if found is not None and found.long == b.meta.get("dtype") else None)
     tols = _tolerances(model, dtype, ns.atol, ns.rtol)
 
     def shape(p: str) -> list[int] | None:
@@ -150,7 +152,7 @@ def _compare(ns: argparse.Namespace, outputs: Any) -> int:
            "model": model, "dtype": dtype, "tolerances": tols.to_dict(),
            "reference": {"backend": "A", **{k: v for k, v in a.meta.items() if k in ("backend", "dtype")}},
            "candidate": {"backend": "B", **{k: v for k, v in b.meta.items() if k in ("backend", "dtype")}}}
-    report = ReportData(run=run, probes=rows, summary=diagnose(rows, {"fp16": "float16", "bf16": "bfloat16"}.get(dtype or "", "float32")))
+    report = ReportData(run=run, probes=rows, summary=diagnose(rows, dtypes.parse(dtype or "fp32").long))
     console.render(report, show_all=not getattr(ns, "failures_only", False), wide=getattr(ns, "wide", False),
                    every_row=getattr(ns, "every_row", False))
     if ns.out:

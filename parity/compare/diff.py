@@ -15,9 +15,9 @@ from typing import Any
 import torch
 
 from parity.compare import fused
+from parity.dtypes import FP16_MAX
 from parity.compare.tolerances import Tolerance
 
-FP16_MAX = 65504.0
 CHUNK = 1 << 22
 REL_EPS = 1e-6
 

@@ -9,11 +9,10 @@ import math
 import re
 from pathlib import Path
 
-from parity import engines
+from parity import dtypes, engines
 from parity.errors import UsageError
 from parity.options import RunOptions
 
-DTYPES = ("fp32", "fp16", "bf16", "float32", "float16", "bfloat16")
 DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
@@ -22,9 +21,11 @@ def check_options(opts: RunOptions) -> None:
     from parity.loading.limits import MAX_TOKENS
     from parity.verdict.calibrate import check_budget, resolve_mode
 
+    for d in opts.family_dirs:
+        if not Path(d).is_dir():
+            raise UsageError(f"--family-dir {d}: no such folder.")
     families.get(opts.model, opts.family_dirs)
-    if opts.dtype not in DTYPES:
-        raise UsageError(f"unknown dtype '{opts.dtype}'.", note="valid dtypes: " + ", ".join(DTYPES))
+    dtypes.parse(opts.dtype)
     for flag, dev in (("--device", opts.device), ("--ref-device", opts.ref_device)):
         if dev is not None and not DEVICE.match(dev):
             raise UsageError(f"unknown device '{dev}' ({flag}).", note="valid devices: cpu, cuda, cuda:N, auto")

@@ -217,7 +217,6 @@ def write_standin_tokenizer(path: Path) -> None:
 FILE_TYPES = {0: ("F32", "fp32"), 1: ("F16", "fp16"), 32: ("BF16", "bf16"), 2: ("Q4_0", None), 3: ("Q4_1", None),
               7: ("Q8_0", None), 8: ("Q5_0", None), 9: ("Q5_1", None), 10: ("Q2_K", None), 15: ("Q4_K_M", None),
               17: ("Q5_K_M", None), 18: ("Q6_K", None)}
-DTYPE_OUTTYPE = {"fp32": "f32", "fp16": "f16", "bf16": "bf16"}
 
 
 def file_type(path: Path) -> tuple[str, str | None]:

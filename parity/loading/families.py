@@ -16,13 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from parity import dtypes
 from parity.errors import ModelError
 from parity.resources import find_file, search_dirs
 from parity.compare.tolerances import ToleranceTable, table_from
-
-DTYPE_NAMES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16",
-               "float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
-
 
 @dataclass
 class Preset:
@@ -43,7 +40,7 @@ class Preset:
     path: Path | None = None
 
     def tolerance_table(self, dtype: str) -> ToleranceTable:
-        name = DTYPE_NAMES.get(dtype, dtype)
+        name = dtypes.long_name(dtype)
         if name not in self.tolerances:
             raise ModelError(
                 f"preset '{self.family}' has no tolerances for {name}.",

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from parity import dtypes
 from parity.pytest_plugin import config as pytest_config
 from parity.errors import ParityError, UsageError
 from parity.options import GROUPS, Opt, RunOptions
@@ -90,7 +91,8 @@ def resolve(state: ParityState, marker: dict[str, Any], call: dict[str, Any]) ->
     given = {k: v for k, v in values.items() if v is not None}
     extra = {k: given.pop(k) for k in list(given) if k not in pytest_config.OPTION_KEYS}  # an outside engine's flags
     opts = RunOptions(**given, engine_flags=extra)
-    dtype = pytest_config.DTYPE_KEYS.get(opts.dtype, opts.dtype)
+    found = dtypes.find(opts.dtype)
+    dtype = found.short if found is not None else opts.dtype
     layers = [("[tool.parity.tolerances]", state.config.tolerances),
               (f"[tool.parity.tolerances.{dtype}]", state.config.per_dtype.get(dtype, {}))]
     for where, src in (("@pytest.mark.parity(tolerances=)", marker), ("assert_parity(tolerances=)", call)):

@@ -26,12 +26,12 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from parity import dtypes
 from parity.capture import probes as canon
 from parity.errors import UsageError
 from parity.options import RunOptions
 from parity.compare.tolerances import ToleranceTable, table_from
 
-DTYPE_KEYS = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16", "float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 OPTION_KEYS = {f.name: f for f in fields(RunOptions)}
 WHERE = "[tool.parity]"
 #: block indices tried when checking that a pattern can match some probe at all
@@ -78,10 +78,11 @@ def parse(raw: Mapping[str, Any], path: Path | None = None) -> ParityConfig:
     if not isinstance(tol, Mapping):
         raise UsageError(f"{WHERE}.tolerances must be a table of pattern = {{atol, rtol}}.")
     for key, val in tol.items():
-        if key in DTYPE_KEYS:
+        dtype = dtypes.find(key)
+        if dtype is not None:
             if not isinstance(val, Mapping):
                 raise UsageError(f"[tool.parity.tolerances.{key}] must be a table of pattern = {{atol, rtol}}.")
-            cfg.per_dtype.setdefault(DTYPE_KEYS[key], {}).update(check_patterns(val, f"[tool.parity.tolerances.{key}]"))
+            cfg.per_dtype.setdefault(dtype.short, {}).update(check_patterns(val, f"[tool.parity.tolerances.{key}]"))
         else:
             cfg.tolerances.update(check_patterns({key: val}, "[tool.parity.tolerances]"))
     return cfg

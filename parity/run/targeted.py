@@ -17,7 +17,7 @@ from torch import nn
 
 from parity.capture import probes as canon
 from parity.capture.sinks import Capture, Recorder
-from parity.engines.torch.runner import DTYPE_ALIASES
+from parity import dtypes
 from parity.run.common import isolation_inputs, stage
 from parity.verdict import named
 from parity.verdict.hypotheses import evaluate, load_builtin
@@ -196,7 +196,7 @@ def work_dtype(dtype: str) -> torch.dtype:
     """What the hypotheses compute in: float32 for a float16/bfloat16 candidate (its rounding,
     2^-11 or 2^-8, is what a fit is judged against; float32 adds 2^-24, and its kernels are
     those the float32 reference already ran), float64 otherwise (a float32 candidate)."""
-    return torch.float32 if DTYPE_ALIASES.get(dtype, dtype) in ("fp16", "bf16") else torch.float64
+    return torch.float32 if dtypes.find(dtype) in (dtypes.FP16, dtypes.BF16) else torch.float64
 
 
 def evidence(focus: str, ref_cap: Capture, cand_tensors: dict[str, torch.Tensor], model: nn.Module | None, pmap: Any,

@@ -10,7 +10,7 @@ from parity.capture.sinks import Capture, Comparator
 from parity.compare.diff import DiffStats
 from parity.compare.tolerances import Tolerance, ToleranceTable
 from parity.errors import ParityError, UsageError
-from parity.loading.families import DTYPE_NAMES
+from parity import dtypes
 from parity.options import RunOptions
 from parity.run.common import Progress, isolated, stage
 from parity.run.reference import Reference, check_weights
@@ -27,7 +27,7 @@ def calibration_for(opts: RunOptions, explicit_tolerances: bool) -> Calibration:
     budget = check_budget(opts.budget) if opts.budget is not None else None
     if budget is not None and mode != "calibrated":
         raise UsageError("--budget applies to calibrated verdicts.", note="drop --budget, or use --tolerance calibrated")
-    calib = Calibration(mode, DTYPE_NAMES.get(opts.dtype, opts.dtype))
+    calib = Calibration(mode, dtypes.long_name(opts.dtype))
     if budget is not None:
         calib.budget = budget
     return calib
@@ -67,7 +67,7 @@ def measure_twin(ref: Reference, opts: RunOptions, calib: Calibration, progress:
     with stage(progress, f"running precision twin ({calib.dtype})", timings):
         if scheme_twin(opts):
             model = quant_twin(ref, opts)
-            what = (f"the reference in {DTYPE_NAMES.get(opts.dtype, opts.dtype)} fake-quantized with {opts.quant_twin} "
+            what = (f"the reference in {dtypes.long_name(opts.dtype)} fake-quantized with {opts.quant_twin} "
                     f"(ModelOpt) on {ref.device}, {REFERENCE_ATTN} attention")
         else:
             model, what = twin_model(ref.model, opts, ref.device)

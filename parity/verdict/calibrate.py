@@ -33,6 +33,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from parity.dtypes import UNIT_ROUNDOFF
+
 MODES = ("calibrated", "absolute")
 #: excess over the twin above which a probe fails
 DEFAULT_BUDGET = 4.0
@@ -41,7 +43,6 @@ MAX_ABS_SLACK = 4.0
 #: excess growth at one probe over the largest excess upstream that makes it a step (a bug
 #: at that point) rather than accumulation (a candidate losing precision all along)
 STEP_GROWTH = 4.0
-UNIT_ROUNDOFF = {"float32": 2.0**-24, "float16": 2.0**-11, "bfloat16": 2.0**-8}
 #: floor of a float32 candidate, in float32 rounding units (its twin is the reference itself)
 FP32_FLOOR_UNITS = 64.0
 

@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from parity.capture import probes as canon
+from parity.dtypes import FP16_MAX
 from parity.verdict.calibrate import STEP_GROWTH, UNIT_ROUNDOFF, Calibration
 from parity.report.data import ProbeRow
 
@@ -176,7 +177,6 @@ def message(summary: dict[str, Any]) -> str:
 
 # --------------------------------------------------------------------------- explanation
 # The probe whose match shows a component's input was right, per point.
-FP16_MAX = 65504.0
 
 
 def _input_of(name: str, num_blocks_seen: set[int]) -> str | None:

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from parity import dtypes
 from parity.engines.contract import EngineContext
 from parity.engines.base import Backend, Sink
 from parity.loading.dumps import canonical_shape
@@ -46,7 +47,6 @@ from parity.capture import probes as canon
 from parity.errors import BackendError, UsageError
 from parity.options import RunOptions
 from parity.loading import convert_gguf as conv
-from parity.loading.families import DTYPE_NAMES
 
 GGML_TYPE_F32 = 0
 _LOG: deque[str] = deque(maxlen=40)
@@ -125,7 +125,8 @@ def _locate(opts: RunOptions, say: Any) -> Resolved:
         name = _fetched_name(opts)
         path, origin = conv.pinned_gguf(name, say), f"the pinned GGUF of `parity fetch {name}`"
     else:
-        outtype = outtype or conv.DTYPE_OUTTYPE.get(opts.dtype)
+        found = dtypes.find(opts.dtype)
+        outtype = outtype or (found.gguf if found is not None else None)
         if outtype not in conv.OUTTYPES:
             raise UsageError(f"--gguf-type {outtype}: not a type llama.cpp's converter writes.", note="valid: " + ", ".join(conv.OUTTYPES))
         from parity import faults
@@ -343,7 +344,7 @@ class LlamaCppBackend(Backend):
         from importlib.metadata import version
 
         r = self.resolved
-        return {"backend": self.label, "dtype": DTYPE_NAMES[r.dtype],
+        return {"backend": self.label, "dtype": dtypes.parse(r.dtype).long,
                 "device": "cpu", "gguf": str(self.path), "gguf_origin": r.origin, "gguf_type": r.file_type,
                 "quantized": r.quantized, "architecture": self.arch or None,
                 "kv_cache": "F32" if r.file_type == "F32" else "llama.cpp default (F16)", "flash_attn": False,

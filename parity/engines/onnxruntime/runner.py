@@ -15,7 +15,7 @@ import torch
 from parity.engines.contract import EngineContext
 from parity.engines.base import Backend, Sink
 from parity.errors import BackendError, UsageError
-from parity.loading.families import DTYPE_NAMES
+from parity import dtypes
 from parity.engines.onnxruntime.export import INPUT, OUTPUT, ExportedGraph, OnnxProbe, export_graph, inject_fault, parse_fault, value_types, with_outputs
 from parity.capture import hooks
 
@@ -96,7 +96,7 @@ class OnnxRuntimeBackend(Backend):
 
         return {
             "backend": self.label,
-            "dtype": DTYPE_NAMES.get(self.graph.dtype, self.graph.dtype),
+            "dtype": dtypes.long_name(self.graph.dtype),
             "device": "cpu" if self.provider == "CPUExecutionProvider" else self.provider,
             "exporter": self.graph.exporter,
             "onnx": str(self.graph.path),

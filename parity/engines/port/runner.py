@@ -145,12 +145,14 @@ class PortBackend(ModuleBackend):
         return {**super().describe(), "port": self.source, "faults": self.faults_applied}
 
 
-def builtin_spec(family: str) -> str:
-    path = shipped_dir("models") / family / "port.py"
-    if not path.is_file():
-        raise UsageError(f"there is no built-in port for '{family}'.",
-                         note="built-in ports: qwen, llama; or give your own with --port FILE.py:factory")
-    return f"{path}:{DEFAULT_FACTORY}"
+def builtin_spec(family: str, folder: Path | None = None) -> str:
+    """The engine-style port of a family: ``port.py`` in its folder (``folder``, e.g. a
+    --family-dir family's), else in parity's folder of the family's architecture."""
+    for path in ([folder / "port.py"] if folder is not None else []) + [shipped_dir("models") / family / "port.py"]:
+        if path.is_file():
+            return f"{path}:{DEFAULT_FACTORY}"
+    raise UsageError(f"there is no built-in port for '{family}'.",
+                     note="built-in ports: qwen, llama; or give your own with --port FILE.py:factory")
 
 
 def create(ctx: EngineContext) -> PortBackend:
@@ -162,7 +164,7 @@ def create(ctx: EngineContext) -> PortBackend:
     if o.port is not None and port_faults:
         raise UsageError(f"fault '{port_faults[0].fault.name}' alters the built-in ports, not --port.",
                          note="drop --port to use the built-in port of the family")
-    spec = o.port or builtin_spec(ctx.source.family.name)
+    spec = o.port or builtin_spec(ctx.source.family.name, ctx.source.family.folder)
     factory, label = load_factory(spec)
     if o.port_map:
         pmap = load_map(Path(o.port_map))

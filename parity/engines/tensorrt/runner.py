@@ -22,7 +22,7 @@ import torch
 from parity.engines.contract import EngineContext
 from parity.engines.base import Backend, Sink
 from parity.engines.onnxruntime.runner import canonical, export_for, summarize_missing
-from parity.loading.families import DTYPE_NAMES
+from parity import dtypes
 from parity.errors import BackendError, UsageError
 from parity.engines.onnxruntime.export import INPUT, OUTPUT, ExportedGraph, inject_fault, parse_fault
 
@@ -146,7 +146,7 @@ class TensorRTBackend(Backend):
         return buffers.get(OUTPUT)
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": self.label, "dtype": DTYPE_NAMES.get(self.dtype, self.dtype), "device": "cuda",
+        return {"backend": self.label, "dtype": dtypes.long_name(self.dtype), "device": "cuda",
                 "exporter": self.graph.exporter, "onnx": str(self.graph.path), "tensorrt": getattr(self.trt, "__version__", None),
                 "precision_flags": ["FP16"] if self.dtype == "fp16" else [], "not_exposed": summarize_missing(self.graph.missing),
                 "builds": len(self.builds), "faults": self.faults or None, "input": INPUT}

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from parity.engines.contract import EngineContext
+from parity import dtypes
 from parity.capture import api
 
 from parity.compare import fused
@@ -27,18 +28,12 @@ from parity.loading import remote
 from parity.capture.hooks import Taps, outside_graph, skipped, teacher_forced
 from parity.capture.probemap import BlockSpec, ProbeMap
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-#: the long names (as in ``[tool.parity.tolerances.float16]``) are accepted everywhere too
-DTYPE_ALIASES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 ATTN = ("eager", "sdpa")
 
 
 def torch_dtype(name: str) -> torch.dtype:
-    try:
-        return DTYPES[DTYPE_ALIASES.get(name, name)]
-    except KeyError:
-        raise UsageError(f"unknown dtype '{name}'.", note="valid dtypes: " + ", ".join(DTYPES)
-                         + " (or " + ", ".join(DTYPE_ALIASES) + ")") from None
+    """The torch dtype of a candidate dtype (either spelling; parity.dtypes)."""
+    return dtypes.parse(name).torch()
 
 
 def check_device(device: str) -> str:

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from parity.engines.contract import EngineContext
+from parity import dtypes
 from parity.engines.base import Backend, Sink
 from parity.errors import BackendError, UsageError
 from parity.capture.hooks import attached
@@ -35,7 +36,6 @@ MODEL_CLASSES = {
     "qwen2": ("tensorrt_llm._torch.models.modeling_qwen", "Qwen2ForCausalLM"),
     "llama": ("tensorrt_llm._torch.models.modeling_llama", "LlamaForCausalLM"),
 }
-DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 TOKENS_PER_BLOCK = 64
 
 
@@ -142,9 +142,9 @@ def create(ctx: EngineContext) -> TrtllmBackend:
     o = ctx.options
     if not torch.cuda.is_available():
         raise BackendError("the trtllm candidate needs a CUDA GPU; none is visible here.")
-    if o.dtype not in DTYPES:
+    if dtypes.find(o.dtype) is None:
         raise UsageError(f"unknown dtype '{o.dtype}'.", note="trtllm runs fp16, bf16 (TRTLLM attention) or fp32 (VANILLA attention)")
-    dtype = DTYPES[o.dtype]
+    dtype = dtypes.parse(o.dtype).torch()
     attn_backend = "VANILLA" if dtype == torch.float32 else "TRTLLM"
     family = ctx.source.family.name
     pmap = find_map(getattr(o, "trtllm_map", None) or f"trtllm_{family}", o.probe_dirs)

@@ -10,11 +10,11 @@ from collections.abc import Callable
 
 import torch
 
+from parity import dtypes
 from parity.verdict.hypotheses.registry import hypothesis
 from parity.verdict.hypotheses.core import EXPLAINS, Evidence, Result, log_fit, recognise, residual, sample_rows
 from parity.verdict.hypotheses.rotary import Rotary
 
-LOW = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 #: the batched rotary variants (Attention.residuals) run in chunks of at most this many scores
 SCORES_MAX = 1 << 26
 
@@ -139,7 +139,7 @@ def attention(ev: Evidence) -> list[Result]:
         out.append(Result("mask-shift", "attention", {"shift": shift}, residual(c, att.out(shift=shift)),
                           f"causal mask shifted by {shift:+d} ({'one future token visible' if shift > 0 else 'the diagonal masked'})"))
     out.append(Result("no-mask", "attention", {}, residual(c, att.out(mask=False)), "no causal mask (every token sees the future)"))
-    low = LOW.get(ev.dtype)
+    low = dtypes.half_precision(ev.dtype)
     if low is not None:
         out.append(Result("low-precision-softmax", "attention", {"dtype": ev.dtype}, residual(c, att.out(low=low)),
                           f"softmax computed in {ev.dtype}"))

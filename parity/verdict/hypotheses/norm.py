@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import torch
 
+from parity import dtypes
 from parity.verdict.hypotheses.registry import hypothesis
 from parity.verdict.hypotheses.core import Evidence, Result, residual
 
 NORM_POINTS = ["attn_in", "mlp_in", "final_norm"]
-LOW = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def norm_input(ev: Evidence) -> torch.Tensor | None:
@@ -51,7 +51,7 @@ def norm(ev: Evidence) -> list[Result]:
         Result("norm-weight-offset", "norm", {}, residual(c, rms(x, w + 1.0, eps)), "norm weight applied as (1 + weight)"),
         Result("layernorm", "norm", {}, residual(c, rms(x, w, eps, center=True)), "LayerNorm (mean subtracted) instead of RMSNorm"),
     ]
-    low = LOW.get(ev.dtype)
+    low = dtypes.half_precision(ev.dtype)
     if low is not None:
         out.append(Result("norm-no-upcast", "norm", {"dtype": ev.dtype}, residual(c, rms(x, w, eps, low=low)),
                           f"norm computed in {ev.dtype} (no float32 upcast)"))
