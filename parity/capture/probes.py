@@ -1,9 +1,10 @@
 """Canonical probe names: one vocabulary for every backend, report and tolerance table.
 
-A probe name says exactly which point of the computation it is (see DESIGN.md):
+A probe name says exactly which point of the computation it is:
 ``embed``, ``rope.cos``, ``rope.sin``, ``blocks.{i}.<point>``, ``final_norm``, ``logits``.
-This module knows their execution order, which block and component each belongs to,
-and how glob filters select them. It imports nothing heavy.
+This module knows their execution order, which block and component each belongs to, which
+probe feeds which (``input_of``, ``stream_into``), and how glob filters select them. It
+imports nothing heavy.
 """
 from __future__ import annotations
 
@@ -50,6 +51,37 @@ _COMPONENT = {
     "final_norm": "norm",
     "logits": "logits",
 }
+
+# Which probe feeds which, inside a block: the probe whose match shows a point's input was right.
+_FED_BY = {
+    "attn.q": "attn_in", "attn.k": "attn_in", "attn.v": "attn_in",
+    "attn.q_rot": "attn.q", "attn.k_rot": "attn.k",
+    "attn_out": "attn_in",
+    "resid_mid": "attn_out",
+    "mlp_in": "resid_mid",
+    "mlp_out": "mlp_in",
+    "resid_post": "mlp_out",
+}
+
+
+def stream_into(block: int) -> str:
+    """The residual stream entering block ``block``: ``embed`` for block 0, else the previous
+    block's ``resid_post`` (``stream_into(num_blocks)`` is what the final norm reads)."""
+    return "embed" if block == 0 else f"blocks.{block - 1}.resid_post"
+
+
+def input_of(name: str, num_blocks: int) -> str | None:
+    """The probe that feeds ``name`` (a norm: the stream entering it; a projection: the normed
+    input; a residual add: the output added): ``blocks.2.mlp_in`` -> ``blocks.2.resid_mid``,
+    ``logits`` -> ``final_norm``. None for ``embed`` and the rotary tables."""
+    p = parse(name)
+    if p.block is None:
+        return {"final_norm": stream_into(num_blocks), "logits": "final_norm"}.get(p.point)
+    if p.point == "attn_in":
+        return stream_into(p.block)
+    fed = _FED_BY.get(p.point)
+    return None if fed is None else f"blocks.{p.block}.{fed}"
+
 
 _BLOCK_RE = re.compile(r"^blocks\.(\d+)\.(.+)$")
 

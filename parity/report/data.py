@@ -5,6 +5,8 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from parity.summary import Summary, as_summary
+
 #: 1.1: calibrated verdicts -- per probe twin_max_abs_err, twin_nrmse, excess, isolated_excess;
 #: run.verdict = {mode, budget, floor, dtype, twin}; atol/rtol null in calibrated runs
 #: 1.2: summary.diagnosis gains hypotheses [{name, family, params, residual, fits, cause}], named_cause,
@@ -66,9 +68,12 @@ class ProbeRow:
 class ReportData:
     run: dict[str, Any]
     probes: list[ProbeRow]
-    summary: dict[str, Any]
+    summary: Summary  # a mapping given here is read into one
     schema_version: str = SCHEMA_VERSION
     generation: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        self.summary = as_summary(self.summary)
 
     def row(self, name: str) -> ProbeRow:
         for r in self.probes:
@@ -90,7 +95,7 @@ class ReportData:
         return _jsonable({
             "schema_version": self.schema_version,
             "run": self.run,
-            "summary": self.summary,
+            "summary": self.summary.to_dict(),
             "probes": [asdict(r) for r in self.probes],
             "generation": self.generation,
         })

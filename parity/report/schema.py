@@ -77,12 +77,15 @@ Obj = dict[str, Any] | None
 
 
 class Summary(BaseModel):
+    """``summary``: the fields of parity.summary.Summary (a test keeps the two in step)."""
+
     model_config = ConfigDict(extra="allow")
 
     verdict: Literal["pass", "diverged", "fail", "error"]
     message: Annotated[str, Field(strict=True)]
     probes_compared: Int = None
     probes_failed: Int = None
+    probes_not_exposed: Int = None
     first_divergence: Obj = None
     largest_error: Obj = None
     largest_excess: Obj = None
@@ -91,6 +94,7 @@ class Summary(BaseModel):
     budget: Real = None
     floor: Real = None
     classification: Str = None
+    isolation: Str = None
 
 
 class Verdict(BaseModel):

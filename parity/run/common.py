@@ -10,7 +10,7 @@ from typing import Any
 
 from parity.capture import probes as canon
 from parity.capture.sinks import Capture, Comparator
-from parity.compare.diff import DiffStats
+from parity.compare.stats import DiffStats
 from parity.compare.tolerances import ToleranceTable
 from parity.engines.contract import EngineContext
 from parity.errors import ParityError
@@ -48,7 +48,7 @@ class CandidateFailed(ParityError):
 
 def isolation_inputs(num_blocks: int) -> list[str]:
     """Reference probes that teacher forcing feeds to each block."""
-    return ["embed"] + [f"blocks.{i}.resid_post" for i in range(num_blocks - 1)]
+    return [canon.stream_into(i) for i in range(num_blocks)]
 
 
 def isolated(cand: Any, ids: list[int], ref_cap: Capture, tols: ToleranceTable, probes: list[str],

@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from parity.capture.sinks import Capture, Comparator
-from parity.compare.diff import DiffStats
+from parity.compare.stats import DiffStats
 from parity.compare.tolerances import Tolerance, ToleranceTable
 from parity.errors import ParityError, UsageError
 from parity import dtypes

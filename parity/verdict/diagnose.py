@@ -25,6 +25,7 @@ from parity.capture import probes as canon
 from parity.dtypes import FP16_MAX
 from parity.verdict.calibrate import STEP_GROWTH, UNIT_ROUNDOFF, Calibration
 from parity.report.data import ProbeRow
+from parity.summary import Diagnosis, FirstDivergence, LargestError, LargestExcess, Summary
 
 STEP_FACTOR = 10.0
 
@@ -74,59 +75,43 @@ def birth(rows: Sequence[ProbeRow], index: int, dtype: str | None, calibration: 
 
 def diagnose(rows: Sequence[ProbeRow], dtype: str | None, isolated: Mapping[str, Any] | None = None,
              profiles: Mapping[str, Any] | None = None, isolated_profiles: Mapping[str, Any] | None = None,
-             calibration: Calibration | None = None) -> dict[str, Any]:
+             calibration: Calibration | None = None) -> Summary:
     calib = calibration or Calibration("absolute")
     compared = [r for r in rows if r.compared]
     failed = [i for i, r in enumerate(rows) if r.passed is False]
-    summary: dict[str, Any] = {
-        "verdict": "diverged" if failed else "pass",
-        "probes_compared": len(compared),
-        "probes_failed": len(failed),
-        "probes_not_exposed": sum(1 for r in rows if r.status == "not exposed"),
-        "first_divergence": None,
-    }
     worst = max(compared, key=lambda r: r.nrmse if r.nrmse is not None else -1.0, default=None)
-    summary["largest_error"] = None if worst is None else {"probe": worst.name, "nrmse": worst.nrmse, "max_abs_err": worst.max_abs_err}
+    summary = Summary(
+        verdict="diverged" if failed else "pass", probes_compared=len(compared), probes_failed=len(failed),
+        probes_not_exposed=sum(1 for r in rows if r.status == "not exposed"),
+        largest_error=None if worst is None else LargestError(worst.name, worst.nrmse, worst.max_abs_err),
+        tolerance="calibrated" if calib.calibrated else "absolute")
     if calib.calibrated:
-        summary["tolerance"] = "calibrated"
-        summary["budget"] = calib.budget
-        summary["floor"] = calib.floor
+        summary.budget, summary.floor = calib.budget, calib.floor
         top = max((r for r in compared if r.excess is not None), key=lambda r: r.excess, default=None)
-        summary["largest_excess"] = None if top is None else {"probe": top.name, "excess": top.excess}
-    else:
-        summary["tolerance"] = "absolute"
+        summary.largest_excess = None if top is None else LargestExcess(top.name, top.excess)
     if failed:
-        i = failed[0]
-        row = rows[i]
-        kind, ratio = classify(rows, i, dtype, calib)
-        born = birth(rows, i, dtype, calib) if kind == "accumulation" else None
-        if born is not None and born < i:
-            kind = "step"
-        last_ok = next((r.name for r in reversed(rows[:i]) if r.passed), None)
-        summary["first_divergence"] = {
-            "probe": row.name,
-            "block": row.block,
-            "component": row.component,
-            "classification": kind,
-            "growth": ratio,
-            "last_matched": last_ok,
-            "max_abs_err": row.max_abs_err,
-            "nrmse": row.nrmse,
-            "atol": row.atol,
-            "rtol": row.rtol,
-            "excess": row.excess,
-            "twin_nrmse": row.twin_nrmse,
-            "twin_max_abs_err": row.twin_max_abs_err,
-        }
-        if born is not None and born < i:
-            summary["first_divergence"]["born_at"] = rows[born].name
+        summary.first_divergence = _first_divergence(rows, failed[0], dtype, calib)
     else:
-        summary["classification"] = "accumulation" if worst is not None and (worst.nrmse or 0) > 0 else "exact"
-    summary["message"] = message(summary)
+        summary.classification = "accumulation" if worst is not None and (worst.nrmse or 0) > 0 else "exact"
+    summary.message = message(summary)
     diag = explain(rows, summary, dtype, isolated or {}, profiles or {}, isolated_profiles or {}, calib)
     if diag is not None:
-        summary["diagnosis"] = diag
+        summary.diagnosis = diag if isinstance(diag, Diagnosis) else Diagnosis.from_dict(diag)
     return summary
+
+
+def _first_divergence(rows: Sequence[ProbeRow], i: int, dtype: str | None, calib: Calibration) -> FirstDivergence:
+    row = rows[i]
+    kind, ratio = classify(rows, i, dtype, calib)
+    born = birth(rows, i, dtype, calib) if kind == "accumulation" else None
+    if born is not None and born < i:
+        kind = "step"
+    last_ok = next((r.name for r in reversed(rows[:i]) if r.passed), None)
+    return FirstDivergence(
+        probe=row.name, block=row.block, component=row.component, classification=kind, growth=ratio,
+        last_matched=last_ok, max_abs_err=row.max_abs_err, nrmse=row.nrmse, atol=row.atol, rtol=row.rtol,
+        excess=row.excess, twin_nrmse=row.twin_nrmse, twin_max_abs_err=row.twin_max_abs_err,
+        born_at=rows[born].name if born is not None and born < i else None)
 
 
 def _g(x: Any) -> str:
@@ -142,7 +127,7 @@ def _x(x: Any) -> str:
     return f"x{x:.2g}" if x < 10 else f"x{x:.0f}" if x < 1e4 else f"x{x:.2g}"
 
 
-def message(summary: dict[str, Any]) -> str:
+def message(summary: Summary) -> str:
     fd = summary.get("first_divergence")
     calibrated = summary.get("tolerance") == "calibrated"
     if fd is None:
@@ -176,29 +161,10 @@ def message(summary: dict[str, Any]) -> str:
 
 
 # --------------------------------------------------------------------------- explanation
-# The probe whose match shows a component's input was right, per point.
 
 
 def _input_of(name: str, num_blocks_seen: set[int]) -> str | None:
-    p = canon.parse(name)
-    b = p.block
-    if b is None:
-        return {"final_norm": _prev_stream(max(num_blocks_seen) + 1 if num_blocks_seen else 0), "logits": "final_norm"}.get(p.point)
-    prefix = f"blocks.{b}."
-    return {
-        "attn_in": _prev_stream(b),
-        "attn.q": prefix + "attn_in", "attn.k": prefix + "attn_in", "attn.v": prefix + "attn_in",
-        "attn.q_rot": prefix + "attn.q", "attn.k_rot": prefix + "attn.k",
-        "attn_out": prefix + "attn_in",
-        "resid_mid": prefix + "attn_out",
-        "mlp_in": prefix + "resid_mid",
-        "mlp_out": prefix + "mlp_in",
-        "resid_post": prefix + "mlp_out",
-    }.get(p.point)
-
-
-def _prev_stream(block: int) -> str:
-    return "embed" if block == 0 else f"blocks.{block - 1}.resid_post"
+    return canon.input_of(name, max(num_blocks_seen) + 1 if num_blocks_seen else 0)
 
 
 def _fmt(x: float | None) -> str:
@@ -409,7 +375,7 @@ def _accumulation_hint(first: ProbeRow, rows: Sequence[ProbeRow], dtype: str | N
             "or raise --budget if this loss is accepted")
 
 
-def explain(rows: Sequence[ProbeRow], summary: dict[str, Any], dtype: str | None,
+def explain(rows: Sequence[ProbeRow], summary: Summary, dtype: str | None,
             isolated: Mapping[str, Any], profiles: Mapping[str, Any],
             isolated_profiles: Mapping[str, Any] | None = None,
             calibration: Calibration | None = None) -> dict[str, Any] | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from parity import dtypes
+from parity.capture import probes as canon
 from parity.verdict.hypotheses.registry import hypothesis
 from parity.verdict.hypotheses.core import Evidence, Result, residual
 
@@ -17,10 +18,10 @@ def norm_input(ev: Evidence) -> torch.Tensor | None:
     if ev.point == "mlp_in":
         return ev.r("resid_mid")
     if ev.point == "attn_in":
-        return ev.ref.get("embed" if ev.block == 0 else f"blocks.{ev.block - 1}.resid_post")
+        return ev.ref.get(canon.stream_into(ev.block))
     if ev.point == "final_norm":
         n = ev.facts.get("num_blocks")
-        return None if not n else ev.ref.get(f"blocks.{n - 1}.resid_post")
+        return None if not n else ev.ref.get(canon.stream_into(n))
     return None
 
 
