@@ -159,11 +159,13 @@ GROUPS: dict[str, tuple[str, list[Opt]]] = {
 }
 
 
-def add_group(parser: argparse.ArgumentParser, key: str) -> None:
+def add_group(parser: argparse.ArgumentParser, key: str, helps: dict[str, str] | None = None) -> None:
+    """Group ``key`` on ``parser``; ``helps`` replaces the help of the options of those dests."""
     title, opts = GROUPS[key]
     group = parser.add_argument_group(title)
     for o in opts:
-        group.add_argument(*o.flags, **o.kwargs)
+        kwargs = {**o.kwargs, "help": helps[o.dest]} if helps and o.dest in helps else o.kwargs
+        group.add_argument(*o.flags, **kwargs)
 
 
 #: the namespace attribute listing the dests of engine flags (set by the CLI with the engines' groups)

@@ -81,9 +81,7 @@ def add_groups(parser: argparse.ArgumentParser, keys: tuple[str, ...]) -> None:
 
     dests: list[str] = []
     for key in keys:
-        add_group(parser, key)
-        if key == "model":
-            _model_help(parser)
+        add_group(parser, key, _model_help() if key == "model" else None)
         if key != "candidate":
             continue
         for eng in engines.all_engines():
@@ -96,14 +94,12 @@ def add_groups(parser: argparse.ArgumentParser, keys: tuple[str, ...]) -> None:
         parser.set_defaults(**{ENGINE_DESTS: dests})
 
 
-def _model_help(parser: argparse.ArgumentParser) -> None:
+def _model_help() -> dict[str, str]:
     """--model's help names the families found (parity's and $PARITY_MODEL_PATH's)."""
     from parity.loading import families
 
-    for action in parser._actions:
-        if action.dest == "model":
-            action.help = ("model family: " + ", ".join(families.names()) + "; --family-dir adds your own "
-                           "(default: the checkpoint's model_type, else qwen)")
+    return {"model": "model family: " + ", ".join(families.names()) + "; --family-dir adds your own "
+                     "(default: the checkpoint's model_type, else qwen)"}
 
 
 def with_model(opts: Any, ns: argparse.Namespace) -> Any:

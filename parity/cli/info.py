@@ -169,6 +169,16 @@ def _doctor() -> None:
     for eng in engines.all_engines():
         state = "available" if eng.is_available() else "unavailable (needs " + ", ".join(eng.missing()) + ")"
         print(f"  {eng.name:14s} {state} - {eng.summary}")
+    from parity.errors import ParityError
+    from parity.loading import families
+
+    print("models (--model; a folder with a preset.toml each, --family-dir adds yours):")
+    for name, folder in families.discover().items():
+        try:
+            about = families.preset_from(folder / "preset.toml").description
+        except ParityError as exc:  # a broken user preset is reported, not fatal here
+            about = f"unreadable: {exc}"
+        print(f"  {name:14s} {about} ({folder})")
     if engines.info("port").is_available():
         from parity import faults
 

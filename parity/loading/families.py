@@ -18,7 +18,7 @@ from typing import Any
 
 from parity import dtypes
 from parity.errors import ModelError
-from parity.resources import find_file, search_dirs
+from parity.resources import find_file, search_dirs, shipped_dir
 from parity.compare.tolerances import ToleranceTable, table_from
 
 @dataclass
@@ -119,9 +119,13 @@ def _family(folder: Path, raw: dict[str, Any], known: dict[str, Path]) -> Family
     name, or ``config``/``build`` functions), else that of the family it names (smollm2: llama)."""
     spec, arch = raw.get("model", {}), raw.get("family", folder.name)
     preset_name = None if arch == folder.name else folder.name
-    if not spec and arch != folder.name and arch in known:
-        parent = _family(known[arch], _read(known[arch] / "preset.toml"), known)
-        return Family(arch, parent.build, parent.make_config, preset_name, folder)
+    if not spec:  # built like its architecture's folder: another one found, else parity's own
+        parent = known.get(arch) if arch != folder.name else None
+        if parent is None or parent == folder:
+            parent = shipped_dir("models") / arch
+        if parent != folder and (parent / "preset.toml").is_file():
+            base = _family(parent, _read(parent / "preset.toml"), known)
+            return Family(arch, base.build, base.make_config, preset_name, folder)
     where = folder / "preset.toml"
     if "model_class" in spec and "config_class" in spec:
         return Family(arch, _hf_build(spec["config_class"], spec["model_class"]), _hf_config(spec["config_class"]),

@@ -40,7 +40,7 @@ def compare_candidate(ref: Reference, opts: RunOptions, progress: Progress | Non
         opts = engine.derive(opts, progress)  # idempotent; execute() ran it before the reference was built
         create = engine.create
     # only parity's own torch factory can be the twin (a wrapped or replaced one is not)
-    registered = getattr(create, "__module__", None) in ("parity.engines.torch", "parity.engines.torch.runner")
+    registered = _parity_torch(create)
     source, ids, ref_cap, selected = ref.source, ref.ids, ref.capture, ref.selected
     calib = calibration_for(opts, tolerances is not None)
     if calib.calibrated:
@@ -93,6 +93,16 @@ def compare_candidate(ref: Reference, opts: RunOptions, progress: Progress | Non
             with stage(progress, "sensitivity sweep (one block, one kind quantized at a time)", timings):
                 quant.attach_sensitivity(report, cand, ref_cap, ids, calib, getattr(progress, "update", None))
     return RunResult(report, ref_cap, cand_cap, ids)
+
+
+def _parity_torch(create: Factory) -> bool:
+    """``create`` is parity's own torch factory (the torch engine's, which delegates to its
+    runner's ``create`` -- itself, not a replacement of it)."""
+    from parity.engines.torch import runner
+
+    if create is engines.info("torch").create:
+        create = runner.create
+    return getattr(create, "__module__", None) == "parity.engines.torch.runner"
 
 
 def add_isolated(rows: list[ProbeRow], iso: dict[str, DiffStats], calib: Calibration) -> None:

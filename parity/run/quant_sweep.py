@@ -11,6 +11,8 @@ import dataclasses
 import time
 from typing import Any
 
+from parity.engines.base import Backend
+from parity.engines.contract import EngineContext
 from parity.engines.quant import schemes
 from parity.options import RunOptions
 from parity.run.common import Progress
@@ -53,7 +55,7 @@ def execute(opts: RunOptions, names: list[str], progress: Progress | None = None
             continue
         kept: dict[str, Any] = {}
 
-        def create(ctx: Any, kept: dict[str, Any] = kept) -> Any:
+        def create(ctx: EngineContext, kept: dict[str, Any] = kept) -> Backend:
             kept["backend"] = quant.create(ctx)
             return kept["backend"]
 

@@ -7,7 +7,6 @@ implementations on the same weights (probes the remote code's map lacks are not 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 from parity.engines.contract import EngineContext
 from parity.engines.torch.runner import ModuleBackend, set_attn, torch_dtype
