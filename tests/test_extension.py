@@ -96,3 +96,20 @@ def test_unknown_family_names_the_found_ones(run_cli) -> None:
 def test_missing_family_dir_is_a_usage_error(run_cli, tmp_path: Path) -> None:
     code, _, err = run_cli("run", "--family-dir", str(tmp_path / "absent"), "-q", "--no-files")
     assert code == 2 and "--family-dir" in err
+
+
+TOY_TEST = '''
+def test_toy(parity):
+    parity.assert_parity(candidate="toy", model="llama", tokens=4)
+'''
+
+
+def test_pytest_plugin_offers_and_checks_an_outside_engine(toy_installed: None, pytester: pytest.Pytester) -> None:
+    """The plugin takes the engine's flag as --parity-toy-scale, and runs its early check."""
+    from test_pytest_plugin import run
+
+    pytester.makepyfile(test_toy=TOY_TEST)
+    bad = run(pytester, "--parity-toy-scale=-1")
+    bad.assert_outcomes(failed=1)
+    bad.stdout.fnmatch_lines(["*parity: --toy-scale -1.0: need a number > 0*"])
+    run(pytester, "--parity-toy-scale=1").assert_outcomes(passed=1)

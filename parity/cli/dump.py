@@ -160,4 +160,4 @@ def _compare(ns: argparse.Namespace, outputs: Any) -> int:
         line = f"Reports: {outputs.final(paths['json'])}  {outputs.final(paths['csv'])}"
         outputs.commit()
         print(line)
-    return 0 if report.summary["verdict"] == "pass" else 1
+    return 0 if report.summary.passed else 1

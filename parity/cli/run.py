@@ -78,7 +78,7 @@ def _run(ns: argparse.Namespace, opts: Any, outputs: Any, marks: int) -> int:
     outputs.commit()  # every file in place, or none
     for line in lines:
         print(line)
-    return EXIT_OK if report.summary["verdict"] == "pass" else EXIT_DIVERGED
+    return EXIT_OK if report.summary.passed else EXIT_DIVERGED
 
 
 def _table(ns: argparse.Namespace) -> dict[str, bool]:

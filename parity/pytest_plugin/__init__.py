@@ -174,7 +174,7 @@ class Parity:
         if error is not None:
             pytest.fail(error, pytrace=False)
         self.calls += 1
-        passed = report.summary.get("verdict") == "pass"
+        passed = report.summary.passed
         outcome = Outcome(self.request.node.nodeid, passed, report.summary.get("message", ""))
         self.state.outcomes.append(outcome)
         if passed:
