@@ -22,8 +22,9 @@ from typing import Any, ClassVar, Literal
 Verdict = Literal["pass", "diverged", "fail", "error"]
 
 
-class Record:
-    """Mapping access and exact JSON for the dataclasses below (see the module docstring)."""
+class Record(Mapping[str, Any]):
+    """Mapping access and exact JSON for the dataclasses below (see the module docstring): a
+    record is a ``Mapping`` (equal to the dict of what it holds), and writable like a dict."""
 
     ALWAYS: ClassVar[frozenset[str]] = frozenset()
     #: nested records by field name, for from_dict
@@ -47,14 +48,14 @@ class Record:
         return getattr(self, key) is not None or key in self.__dict__.get("_assigned", ())
 
     # -- the mapping view ----------------------------------------------------------------
-    def keys(self) -> list[str]:
+    def _keys(self) -> list[str]:
         return [k for k in self.names() if self._present(k)] + list(self.extra)
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self.keys())
+        return iter(self._keys())
 
     def __len__(self) -> int:
-        return len(self.keys())
+        return len(self._keys())
 
     def __contains__(self, key: object) -> bool:
         return isinstance(key, str) and (key in self.extra or (key in self.names() and self._present(key)))
@@ -65,12 +66,6 @@ class Record:
         if key in self.names() and self._present(key):
             return getattr(self, key)
         raise KeyError(key)
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self[key] if key in self else default
-
-    def items(self) -> list[tuple[str, Any]]:
-        return [(k, self[k]) for k in self.keys()]
 
     def __setitem__(self, key: str, value: Any) -> None:
         if key in self.names():
@@ -99,7 +94,7 @@ class Record:
 
     # -- JSON ----------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {k: _plain(self[k]) for k in self.keys()}
+        return {k: _plain(self[k]) for k in self._keys()}
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> Any:

@@ -109,3 +109,12 @@ def test_dtype_torch_side() -> None:
     ("final_norm", "blocks.3.resid_post"), ("logits", "final_norm"), ("embed", None), ("rope.cos", None)])
 def test_which_probe_feeds_which(name: str, fed_by: str | None) -> None:
     assert canon.input_of(name, 4) == fed_by
+
+
+def test_records_are_mappings() -> None:
+    from collections.abc import Mapping
+
+    s = Summary.from_dict({"verdict": "pass", "message": "m", "largest_excess": {"probe": "logits", "excess": 1.5}})
+    assert isinstance(s, Mapping) and isinstance(s.largest_excess, Mapping)
+    assert s == {"verdict": "pass", "message": "m", "largest_excess": {"probe": "logits", "excess": 1.5}}
+    assert dict(s.largest_excess) == {"probe": "logits", "excess": 1.5} and s.get("diagnosis", "none") == "none"

@@ -15,7 +15,7 @@
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from parity.engines.quant import schemes
@@ -123,7 +123,7 @@ def _f(x: float | None) -> str:
 
 
 def _x(d: Any) -> str:
-    return f"x{d['excess']:.3g} at {d['probe']}" if isinstance(d, dict) and d.get("excess") is not None else "-"
+    return f"x{d['excess']:.3g} at {d['probe']}" if isinstance(d, Mapping) and d.get("excess") is not None else "-"
 
 
 # --------------------------------------------------------------------------- sensitivity
