@@ -1,8 +1,9 @@
 """GPU benchmark (run on the H200 through the device tool): 7B-shaped seeded models.
 
 Writes one JSON object per figure to $OUT/gpu_results.json (or ./gpu_results.json).
-Figures: end-to-end `parity run` seconds, probe-capture overhead vs a hook-free forward,
-peak GPU memory over weights. Usage: python benchmarks/gpu.py [--tokens 512 4096] [--quick]
+Figures: end-to-end `parity run` seconds (in this process, and in a fresh process: every
+stage from the interpreter's start), probe-capture overhead vs a hook-free forward, peak GPU
+memory over weights. Usage: python benchmarks/gpu.py [--tokens 512 4096] [--only-fresh]
 """
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from datetime import date
 from pathlib import Path
@@ -223,6 +227,29 @@ def end_to_end(model_name: str, shape: str, tokens: int, dtype: str = "fp16", at
             "twin": (res.report.run.get("verdict") or {}).get("twin")}
 
 
+def fresh_run(model_name: str, shape: str | None, tokens: int, dtype: str = "fp16", attn: str = "sdpa",
+              extra: tuple[str, ...] = ()) -> dict:
+    """One `parity run` in a new process, every stage included (interpreter start, imports, CUDA
+    initialization, weights, reference, twin, candidate, isolated and targeted passes, report
+    files), and the run's own stage times; the floor is a process that only imports parity and
+    torch and initializes CUDA."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "parity", "run", "--model", model_name, "--tokens", str(tokens), "--attn", attn,
+               "--dtype", dtype, "-q", "-o", f"{tmp}/r", *extra] + (["--shape", shape] if shape else [])
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+        report = json.loads(Path(f"{tmp}/r/report.json").read_text()) if Path(f"{tmp}/r/report.json").is_file() else {}
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import torch, parity.cli.run; torch.zeros(1, device='cuda'); torch.cuda.synchronize()"],
+                   check=True)
+    floor = time.perf_counter() - t0
+    timings = (report.get("run") or {}).get("timings_s", {})
+    return {"seconds": wall, "exit_code": proc.returncode, "import_and_cuda_init_s": floor,
+            "stages_s": timings, "outside_stages_s": wall - sum(timings.values()), "command": " ".join(cmd[1:]),
+            "message": (report.get("summary") or {}).get("message"), "stderr_tail": proc.stderr[-400:]}
+
+
 def _triton_version() -> str:
     try:
         import triton
@@ -237,6 +264,8 @@ def main() -> None:
     ap.add_argument("--skip-overhead", action="store_true")
     ap.add_argument("--skip-4096", action="store_true")
     ap.add_argument("--skip-e2e", action="store_true")
+    ap.add_argument("--skip-fresh", action="store_true")
+    ap.add_argument("--only-fresh", action="store_true", help="only the fresh-process figures")
     ap.add_argument("--shape", default="7b", help="preset shape; 'tiny' = the embedded preset (smoke test)")
     ap.add_argument("--tokens", type=int, nargs=2, default=[512, 4096], metavar=("SHORT", "LONG"))
     ap.add_argument("--overhead-tokens", type=int, nargs="*", default=[2048],
@@ -256,6 +285,11 @@ def main() -> None:
     short, long = args.tokens
     for model in args.models:
         sfx = "" if model == "qwen" else f"_{model}"
+        if not args.skip_fresh:
+            r = fresh_run(model, shape, short)
+            add(f"gpu_fresh_run_{short}_seconds{sfx}", r["seconds"], "s", r)
+        if args.only_fresh:
+            continue
         for dtype in () if args.skip_e2e else ("fp16", "bf16"):
             r = end_to_end(model, shape, short, dtype)
             add(f"gpu_run_{short}_seconds{sfx}" + ("" if dtype == "fp16" else "_bf16"), r["seconds"], "s", r)
