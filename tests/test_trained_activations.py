@@ -13,12 +13,13 @@ import pytest
 import torch
 
 from parity.errors import ModelError
-from parity.loading import activations
+from parity.loading import activations, fetch
 from parity.loading.source import ModelSource
 from parity.options import RunOptions
 from parity.run import compare_candidate, prepare_reference
 
 FAMILIES = ["qwen", pytest.param("llama", marks=pytest.mark.slow), pytest.param("qwen2", marks=pytest.mark.slow)]
+REAL_DIR = fetch.model_dir("smollm2")  # read at import, before the tests' own $PARITY_CACHE
 PORTED = FAMILIES[:2]  # the families with a built-in port (the faults alter it)
 _REFS: dict[str, Any] = {}
 
@@ -127,3 +128,31 @@ def test_a_float16_norm_without_upcast_overflows_and_is_named(model: str) -> Non
     assert (diag["block"], diag["component"], diag["cause"], diag["named_cause"]) == (2, "norm", "overflow", "norm-overflow"), diag
     assert "overflow" in diag["hint"]
     assert summary(model, "port", "bf16", faults=["norm-no-upcast@2"])["verdict"] == "pass"  # bfloat16's range holds it
+
+
+@pytest.mark.real
+@pytest.mark.slow  # ~100 s on two shared cores
+def test_a_real_model_has_massive_activations_and_the_overflow_is_named() -> None:
+    """SmolLM2-135M (trained) has what --activations trained plants: a massive activation at
+    the start token (~2.4e4 in one channel from block 12 on, the stream's median ~2); there the
+    float16 norm without upcast overflows, is found at its block and named, and in bfloat16 the
+    same port passes."""
+    import tomllib
+    from pathlib import Path
+
+    if not (REAL_DIR / "config.json").is_file():
+        pytest.skip("SmolLM2 is not fetched: run `make model` (parity fetch smollm2)")
+    here = fetch.model_dir("smollm2")  # this session's $PARITY_CACHE: link the fetched folder
+    if here != REAL_DIR and not here.exists():
+        here.parent.mkdir(parents=True, exist_ok=True)
+        here.symlink_to(REAL_DIR, target_is_directory=True)
+    prompts = tomllib.loads((Path(__file__).parent / "data" / "prompts.toml").read_text())
+    ref = prepare_reference(RunOptions(model="smollm2", prompt=prompts["medium"].strip(), device="cpu"))
+    x = row(ref.capture, "blocks.14.resid_post")
+    assert x[0].abs().max() > 1e4 > 1e3 * x.abs().median()
+    s = compare_candidate(ref, replace(ref.options, candidate="port", dtype="fp16", faults=["norm-no-upcast@15"])).report.summary
+    diag = s["diagnosis"]
+    assert s["verdict"] == "diverged", s["message"]
+    assert (diag["block"], diag["cause"], diag["named_cause"]) == (15, "overflow", "norm-overflow"), diag
+    s = compare_candidate(ref, replace(ref.options, candidate="port", dtype="bf16", faults=["norm-no-upcast@15"])).report.summary
+    assert s["verdict"] == "pass", s["message"]
