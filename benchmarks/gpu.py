@@ -234,7 +234,7 @@ def fresh_run(model_name: str, shape: str | None, tokens: int, dtype: str = "fp1
     files), and the run's own stage times. Run twice: the first process may have to compile the
     installed packages' bytecode (a bare machine whose site-packages holds no .pyc files: several
     seconds), the second is what every later run costs; the figure is the second. The floor is a
-    process that only imports parity, torch and transformers and initializes CUDA."""
+    process that only imports parity, torch (and transformers, for its families) and initializes CUDA."""
     env = dict(os.environ)
     env.setdefault("PYTHONPYCACHEPREFIX", str(Path(tempfile.gettempdir()) / "parity-pycache"))
     runs = []
@@ -251,9 +251,10 @@ def fresh_run(model_name: str, shape: str | None, tokens: int, dtype: str = "fp1
         runs.append({"seconds": wall, "exit_code": proc.returncode, "stages_s": timings,
                      "outside_stages_s": wall - sum(timings.values()), "message": (report.get("summary") or {}).get("message"),
                      "stderr_tail": proc.stderr[-400:]})
+    hf = "" if model_name == "qwen" else "from transformers import LlamaForCausalLM; "  # Qwen v1 needs no transformers
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import torch, transformers, parity.cli.run; from transformers import "
-                    "LlamaForCausalLM; torch.zeros(1, device='cuda'); torch.cuda.synchronize()"], check=True, env=env)
+    subprocess.run([sys.executable, "-c", f"import torch, parity.cli.run; {hf}torch.zeros(1, device='cuda'); "
+                    "torch.cuda.synchronize()"], check=True, env=env)
     floor = time.perf_counter() - t0
     return {**runs[1], "first_process": runs[0], "import_and_cuda_init_s": floor, "command": " ".join(cmd[1:])}
 
