@@ -156,3 +156,14 @@ def test_a_real_model_has_massive_activations_and_the_overflow_is_named() -> Non
     assert (diag["block"], diag["cause"], diag["named_cause"]) == (15, "overflow", "norm-overflow"), diag
     s = compare_candidate(ref, replace(ref.options, candidate="port", dtype="bf16", faults=["norm-no-upcast@15"])).report.summary
     assert s["verdict"] == "pass", s["message"]
+
+
+def test_the_cli_takes_activations_and_refuses_a_checkpoint(run_cli: Any, tmp_path: Any) -> None:
+    code, _, err = run_cli("run", "--model", "smollm2", "--activations", "trained", "-q", "--no-files")
+    assert code == 2 and "checkpoint has its own activations" in err and "Note:" in err
+    with pytest.raises(SystemExit) as exc:  # argparse's choices
+        run_cli("run", "--model", "qwen", "--activations", "gaussian", "-q", "--no-files")
+    assert exc.value.code == 2
+    code, out, _ = run_cli("run", "--model", "llama", "--activations", "trained", "--tokens", "24", "--device", "cpu",
+                           "--no-files")
+    assert code == 0 and "trained-activations" in out
