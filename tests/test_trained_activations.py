@@ -103,6 +103,7 @@ def test_honest_candidates_pass(model: str) -> None:
         assert s["verdict"] == "pass", f"{model} {candidate} {dtype}: {s['message']}"
 
 
+@pytest.mark.slow  # ~3 s each on two cores; the 7B acceptance (benchmarks/trained_7b.py) runs them too
 @pytest.mark.parametrize("model", PORTED)
 @pytest.mark.parametrize(("fault", "block", "components", "named"), [
     ("silu-wrong-branch@2", 2, {"mlp"}, "activation-wrong-branch"),

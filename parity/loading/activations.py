@@ -37,8 +37,6 @@ from torch.nn import functional as F
 
 from parity.errors import ModelError
 
-KINDS = ("plain", "trained")
-
 #: module names per layout: (embedding, blocks, ln1, ln2, attention, mlp, gate, up, down)
 HF = {"embed": "model.embed_tokens", "blocks": "model.layers", "ln1": "input_layernorm",
       "ln2": "post_attention_layernorm", "q": "self_attn.q_proj", "k": "self_attn.k_proj",

@@ -134,11 +134,13 @@ class ModelSource:
         return model
 
 
-def _check_activations(model: str, preset: Preset, activations: str, checkpoint: Any) -> None:
-    from parity.loading.activations import KINDS
+#: --activations: seeded weights as they are (plain), or with trained-model structure planted
+ACTIVATION_KINDS = ("plain", "trained")
 
-    if activations not in KINDS:
-        raise ModelError(f"unknown --activations '{activations}'.", note="valid: " + ", ".join(KINDS))
+
+def _check_activations(model: str, preset: Preset, activations: str, checkpoint: Any) -> None:
+    if activations not in ACTIVATION_KINDS:
+        raise ModelError(f"unknown --activations '{activations}'.", note="valid: " + ", ".join(ACTIVATION_KINDS))
     if activations == "plain":
         return
     if checkpoint is not None or preset.fetched:

@@ -66,7 +66,7 @@ def _no_upcast(x: torch.Tensor, w: torch.Tensor, eps: float, c: torch.Tensor, lo
     past |x| = 256) the cause is the overflow: those tokens' rows collapse to 0."""
     pred = rms(x, w, eps, low=low)
     sq = x.to(low).pow(2)
-    over = (~torch.isfinite(sq.mean(-1))).nonzero().flatten()
+    over = (~torch.isfinite(sq.mean(-1))).cpu().nonzero().flatten()  # on the host: a few numbers
     if over.numel():
         first, peak = int(over[0]), float(x.abs().max())
         return Result("norm-overflow", "norm", {"dtype": dtype, "tokens": int(over.numel()), "first_token": first,
