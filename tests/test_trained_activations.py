@@ -74,7 +74,7 @@ def test_the_attention_sink() -> None:
 
 
 def test_plain_seeded_weights_are_unchanged() -> None:
-    """The default (plain) build skips the transformers init and seeds every parameter as before."""
+    """The default (plain) build seeds every parameter as before: nothing planted."""
     from parity.loading.weights import seeded_init
 
     src = ModelSource.resolve("llama")

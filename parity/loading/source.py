@@ -9,7 +9,6 @@ reference module; every candidate derives from it.
 from __future__ import annotations
 
 import contextlib
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,11 +104,9 @@ class ModelSource:
 
         if self.trust_remote_code and self.checkpoint is not None:
             return self._build_remote(device)
-        # seeded_init or the checkpoint sets every parameter: no random init of a model transformers
-        # builds (a family that needs no transformers, Qwen v1, does not import it for this)
-        with torch.device(device), _skip_init(self.checkpoint is not None or "transformers" in sys.modules):
+        with torch.device(device), _skip_init(self.checkpoint is not None):
             model = self.family.build(self.config_dict, attn)
-        if hasattr(model, "tie_weights"):
+        if self.checkpoint is not None and hasattr(model, "tie_weights"):
             model.tie_weights()  # no_init_weights skips init_weights, which ties too
         model = model.to(torch.float32).eval()
         if self.checkpoint is None:
