@@ -149,7 +149,7 @@ class Dump:
         try:
             return reassemble(probe, shards, shape, self.tp_rules.get(probe))
         except DumpError as exc:
-            if self.hint and exc.note is None:
+            if self.hint:
                 raise DumpError(exc.message, note=self.hint) from None
             raise
 
@@ -361,6 +361,11 @@ def write_dump(out: str | Path, tensors: dict[str, Any], meta: dict[str, Any]) -
 
 def check_ids(dump: Dump, ids: list[int]) -> None:
     if dump.input_ids is not None and list(dump.input_ids) != list(ids):
+        if dump.meta.get("unstepped") and dump.hint:
+            note = dump.hint
+        elif dump.layout == "parity":
+            note = f"run with --input-ids {dump.folder / IDS}"
+        else:
+            note = "give the same --input-ids the engine ran"
         raise ParityError(f"the dump in {dump.folder} was made from other input ids ({len(dump.input_ids)} tokens) "
-                          f"than this run's ({len(ids)} tokens).",
-                          note=f"run with --input-ids {dump.folder / IDS}" if dump.layout == "parity" else "give the same --input-ids the engine ran")
+                          f"than this run's ({len(ids)} tokens).", note=note)
