@@ -158,8 +158,16 @@ class Dump:
         build: the last prompt token only) for a prompt of ``tokens`` > 1 tokens."""
         if "logits" not in self.shards or tokens <= 1 or self.layout == "parity":
             return False
-        t = _squeeze_to(self.raw("logits")[0], 2)
-        return t.dim() == 1 or (t.dim() == 2 and t.shape[0] == 1)
+        first = Path(self.shards["logits"][0])
+        if first.suffix == ".npy":  # the header only: a [T, vocab] file of a 7B model is large
+            import numpy as np
+
+            shape = [d for d in np.load(first, mmap_mode="r", allow_pickle=False).shape]
+        else:
+            shape = list(self.raw("logits")[0].shape)
+        while len(shape) > 2 and shape[0] == 1:
+            shape = shape[1:]
+        return len(shape) == 1 or (len(shape) == 2 and shape[0] == 1)
 
     @property
     def input_ids(self) -> list[int] | None:
