@@ -1,6 +1,7 @@
 """TensorRT-LLM dumps laid out exactly as the real writers lay them out, one fixture per
 layout, each giving the verdict a user expects: pass on an honest dump (made here from the
-reference's own tensors), or one clear exit-2 line naming what to change.
+reference's own tensors), or one clear exit-2 line naming what to change. Each runs parity end
+to end (5-12 s on 2 cores): all but the default build are marked ``slow``.
 
 Writers followed (NVIDIA/TensorRT-LLM):
 * Python session: tensorrt_llm/runtime/generation.py @ 2340c776 (``dump_debug_buffers(step)``:
@@ -175,6 +176,7 @@ def test_session_tp1_default_build_passes_logits_last_token_only(ref, tmp_path: 
     assert {p["name"]: p["status"] for p in rep["probes"]}["logits"] == "not exposed"
 
 
+@pytest.mark.slow
 def test_session_gather_context_logits_compares_every_token(ref, tmp_path: Path, run_cli) -> None:
     session_dump(tmp_path / "eng", ref, gather=True)
     code, out, err = run(run_cli, tmp_path / "eng", tmp_path / "r", "fp16")
@@ -182,6 +184,7 @@ def test_session_gather_context_logits_compares_every_token(ref, tmp_path: Path,
     assert set(passed(tmp_path / "r")) == set(PROBES) | {"logits"}
 
 
+@pytest.mark.slow
 def test_session_tp2_with_all_reduce_workspace(ref, tmp_path: Path, run_cli) -> None:
     session_dump(tmp_path / "eng", ref, tp=2, gather=True)
     assert (tmp_path / "eng/tllm_debug/PP_0/TP_1/all_reduce_workspace-step0.npy").is_file()
@@ -191,6 +194,7 @@ def test_session_tp2_with_all_reduce_workspace(ref, tmp_path: Path, run_cli) -> 
     assert read_report(tmp_path / "r")["run"]["candidate"]["tp_ranks"] == 2
 
 
+@pytest.mark.slow
 def test_session_bf16_v2_files(ref, tmp_path: Path, run_cli) -> None:
     session_dump(tmp_path / "eng", ref, dtype=torch.bfloat16, gather=True)
     assert np.load(tmp_path / "eng/tllm_debug/PP_0/TP_0/blocks.0.mlp_out-step0.npy").dtype.str == "|V2"
@@ -199,12 +203,14 @@ def test_session_bf16_v2_files(ref, tmp_path: Path, run_cli) -> None:
     assert set(passed(tmp_path / "r")) == set(PROBES) | {"logits"}
 
 
+@pytest.mark.slow
 def test_unstepped_files_of_a_longer_generation_are_refused(ref, tmp_path: Path, run_cli) -> None:
     session_dump(tmp_path / "eng", ref, stepped=False, new_tokens=3)
     code, out, err = run(run_cli, tmp_path / "eng", tmp_path / "r", "fp16")
     one_line_exit_2(code, out, err, "max_new_tokens=1")
 
 
+@pytest.mark.slow
 def test_unstepped_files_of_one_step_pass(ref, tmp_path: Path, run_cli) -> None:
     session_dump(tmp_path / "eng", ref, stepped=False, new_tokens=1, gather=True)
     code, out, err = run(run_cli, tmp_path / "eng", tmp_path / "r", "fp16")
@@ -214,6 +220,7 @@ def test_unstepped_files_of_one_step_pass(ref, tmp_path: Path, run_cli) -> None:
 NATIVE_MAP = "[[tensor]]\npattern = 'transformer\\.layers\\.(?P<i>\\d+)\\.mlp_output'\nprobe = \"blocks.{i}.mlp_out\"\n"
 
 
+@pytest.mark.slow
 def test_pp2_native_names_need_the_engine_config(ref, tmp_path: Path, run_cli) -> None:
     session_dump(tmp_path / "eng", ref, pp=2, native=True, gather=True)
     (tmp_path / "map.toml").write_text(NATIVE_MAP)
@@ -228,6 +235,7 @@ def test_pp2_native_names_need_the_engine_config(ref, tmp_path: Path, run_cli) -
     assert set(passed(tmp_path / "r2")) == set(PROBES) | {"logits"}
 
 
+@pytest.mark.slow
 def test_pp2_global_names_need_nothing(ref, tmp_path: Path, run_cli) -> None:
     session_dump(tmp_path / "eng", ref, pp=2, gather=True)
     code, out, err = run(run_cli, tmp_path / "eng", tmp_path / "r", "fp16")
@@ -235,6 +243,7 @@ def test_pp2_global_names_need_nothing(ref, tmp_path: Path, run_cli) -> None:
     assert set(passed(tmp_path / "r")) == set(PROBES) | {"logits"}
 
 
+@pytest.mark.slow
 def test_an_ignore_glob_can_skip_a_canonical_name(ref, tmp_path: Path, run_cli) -> None:
     session_dump(tmp_path / "eng", ref)
     (tmp_path / "map.toml").write_text('ignore = ["logits", "blocks.3.*"]\n')
@@ -260,6 +269,7 @@ def executor_dump(root: Path, ref: dict, sharded: bool = False) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_executor_tp2_replicated_probes_pass_with_a_note(ref, tmp_path: Path, run_cli) -> None:
     executor_dump(tmp_path / "x", ref)
     code, out, err = run(run_cli, tmp_path / "x", tmp_path / "r", "bf16")
@@ -270,6 +280,7 @@ def test_executor_tp2_replicated_probes_pass_with_a_note(ref, tmp_path: Path, ru
     assert set(passed(tmp_path / "r")) == set(PROBES) | {"logits"}
 
 
+@pytest.mark.slow
 def test_executor_tp2_sharded_probe_is_refused_naming_the_python_session(ref, tmp_path: Path, run_cli) -> None:
     executor_dump(tmp_path / "x", ref, sharded=True)
     code, out, err = run(run_cli, tmp_path / "x", tmp_path / "r", "bf16")
@@ -312,6 +323,7 @@ offset = -2
 """
 
 
+@pytest.mark.slow
 def test_torch_backend_data_dump(ref, tmp_path: Path, run_cli) -> None:
     torch_backend_dump(tmp_path / "t", ref)
     (tmp_path / "map.toml").write_text(TORCH_MAP)
