@@ -192,7 +192,8 @@ def read_executor(folder: Path, nm: Any) -> Found:
     files, _ = _session_files(base)
     found = Found(meta={"executor": {"pp_size": pp_size, "tp_size": tp_size, "iteration": base.name}})
     # every rank wrote this one folder: native layer names of several stages overwrote each other
-    collect(found, nm, [files], [base.name], base, 0 if pp_size == 1 else None, stage=f"PP size {pp_size}")
+    collect(found, nm, [files], [base.name], base, 0 if pp_size == 1 else None, stage=f"PP size {pp_size}",
+            note=EXECUTOR_NOTE)
     if tp_size > 1:
         found.notes.append(f"C++ executor dump with tensor parallelism {tp_size}: every rank wrote the same folder "
                            f"({tp.relative_to(root)}), so only probes that are the same on every rank can be compared")
@@ -226,8 +227,14 @@ def _stage_offsets(folder: Path, stages: int) -> list[int] | None:
     return [sum(sizes[:k]) for k in range(pp)]
 
 
+LOCAL_NOTE = ("put the engine's config.json (its mapping gives each stage's layers) in the dump folder, or mark "
+              "probes with parity.engines.trtllm_engine.mark_probes (global names)")
+EXECUTOR_NOTE = ("the C++ executor writes every pipeline stage into this one folder, so layer-local names overwrite "
+                 "each other: mark probes with parity.engines.trtllm_engine.mark_probes (global names)")
+
+
 def collect(found: Found, nm: Any, per_rank: list[dict[str, Path]], rank_names: list[str], where: Path,
-            offset: int | None, stage: str = "", skip_unmapped: bool = False) -> None:
+            offset: int | None, stage: str = "", skip_unmapped: bool = False, note: str = LOCAL_NOTE) -> None:
     """Add each tensor name present on every rank as its canonical probe's shards. ``offset``
     is the stage's first global layer for layer-local (mapped) names; None refuses them."""
     for n in sorted(set().union(*per_rank)):
@@ -246,9 +253,7 @@ def collect(found: Found, nm: Any, per_rank: list[dict[str, Path]], rank_names: 
         if block is not None and not canon.is_canonical(n) and offset != 0:
             if offset is None:
                 raise DumpError(f"dump {where}: '{n}' is a layer-local name and the dump has several pipeline stages "
-                                f"({stage}): the same name stands for a different layer on each stage.",
-                                note="put the engine's config.json (its mapping gives each stage's layers) in the dump "
-                                     "folder, or mark probes with parity.engines.trtllm_engine.mark_probes (global names)")
+                                f"({stage}): the same name stands for a different layer on each stage.", note=note)
             probe = probe.replace(f"blocks.{block}.", f"blocks.{block + offset}.", 1)
         if probe in found.shards:
             raise DumpError(f"dump {where}: '{probe}' is dumped twice (as '{n}' and another tensor / stage).")
