@@ -20,8 +20,12 @@ NVIDIA/TensorRT), every optional call guarded by ``hasattr`` on the installed mo
   fuses and which kernels it picks compared with an unmarked engine; the report says so
   (``capture``). TensorRT >= 10.12 also offers debug tensors
   (``INetworkDefinition.mark_unfused_tensors_as_debug_tensors`` with an ``IDebugListener``),
-  which do not prevent fusion but only see tensors that survive it; parity does not use
-  them yet (``parity doctor --engine tensorrt`` says whether the installed TensorRT has them).
+  which do not prevent fusion (``markDebug`` of a named tensor does, like an output) but see
+  only tensors that survive it, under the engine's *internal* names (include/NvInfer.h @
+  v11.1: "DebugListener can only get internal tensor names ... names obtained by
+  IEngineInspector"). Mapping those back to probes needs the engine inspector; parity does
+  not use them yet (``parity doctor --engine tensorrt`` says whether the installed TensorRT
+  has them).
 
 One *build* is one engine for one set of marked probes, cached, as for onnxruntime, so
 ``--mode bisect`` marks a few probes per engine.
