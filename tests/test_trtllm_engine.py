@@ -5,9 +5,9 @@
 with the semantics of tensorrt_llm/module.py @ 2a9abd95 that matter: child modules live in
 ``_modules`` (``__setattr__`` puts a Module there, ``__getattr__`` finds it), ``__call__``
 calls ``self.forward``, ``register_network_output`` / ``named_network_outputs`` (prefixed by
-the module path). ``build`` mirrors tensorrt_llm/builder.py @ 14e801da ``build()``: first
+the module path). ``build`` mirrors tensorrt_llm/builder.py ``build()`` (1.x): first
 ``optimize_model_with_config`` (here: replace every ``GatedMLP`` with a *new* ``FusedGatedMLP``
-by ``setattr(parent, name, fused)``, as modeling_utils.py @ 27712aa7 does), then trace the
+by ``setattr(parent, name, fused)``, as models/modeling_utils.py (1.x) does), then trace the
 model, then mark every ``named_network_outputs()`` entry as an engine output.
 """
 from __future__ import annotations

@@ -6,8 +6,8 @@ Each entry is (dotted path from the package, what parity uses it for, whether a 
 only disables an option). Attributes are looked up with ``getattr`` (pybind classes expose
 methods and properties on the class); functions named with ``(params)`` must accept those
 parameter names. Sources: NVIDIA/TensorRT python/src/infer/pyCore.cpp, pyGraph.cpp,
-parsers/pyOnnx.cpp @ v10.12.0 / v11.1; NVIDIA/TensorRT-LLM tensorrt_llm/builder.py @ 14e801da,
-module.py @ 2a9abd95, models/modeling_utils.py @ 27712aa7, runtime/generation.py @ 2340c776,
+parsers/pyOnnx.cpp @ v10.12.0 / v11.1; NVIDIA/TensorRT-LLM tensorrt_llm/builder.py (1.x ``build``),
+module.py @ 2a9abd95, models/modeling_utils.py (1.x ``fuse_gate_mlp``), runtime/generation.py @ 2340c776,
 _utils.py @ ed53795b, _torch/debug/debug_hook.py @ 135eb8be.
 """
 from __future__ import annotations

@@ -4,7 +4,7 @@ read them back at run time.
 
 Build side (TensorRT-LLM's debug flow: ``Module.register_network_output`` during the trace,
 outputs marked by ``tensorrt_llm.build`` when ``BuildConfig.enable_debug_output`` is set --
-tensorrt_llm/builder.py @ 14e801da, ``build()``)::
+tensorrt_llm/builder.py, ``build()`` of the 1.x releases)::
 
     from parity.engines.trtllm_engine import mark_probes
     model = tensorrt_llm.models.QWenForCausalLM.from_hugging_face(...)
@@ -18,7 +18,7 @@ tensorrt_llm/builder.py @ 14e801da, ``build()``)::
 submodules with new instances (``fuse_gate_mlp``: every ``GatedMLP`` becomes a new
 ``FusedGatedMLP`` by ``setattr(parent, name, fused)`` when ``use_fused_mlp`` is on -- the
 default; also ``set_prompt_tuning``, ``parallelize_embedding``, ``to_ootb_moe``:
-tensorrt_llm/models/modeling_utils.py @ 27712aa7). A wrapper on the original instances would
+tensorrt_llm/models/modeling_utils.py of the 1.x releases). A wrapper on the original instances would
 never run. So ``mark_probes`` wraps only the top-level model's ``forward``; when the trace
 calls it, each probe's module is looked up **by path in the tree as it is then** and
 wrapped for the duration of that trace. ``handle.check()`` fails loudly, naming every probe
