@@ -33,6 +33,8 @@ class RunOptions:
     model: str | None = "qwen"  # the CLI leaves it None when --model is not given (inferred)
     checkpoint: str | None = None
     shape: str | None = None
+    #: seeded weights: "plain" (Gaussian) or "trained" (massive activations, attention sink, outlier features)
+    activations: str = "plain"
     trust_remote_code: bool = False
     seed: int | None = None
     probe_dirs: list[str] = field(default_factory=list)
@@ -110,6 +112,7 @@ GROUPS: dict[str, tuple[str, list[Opt]]] = {
         Opt(("--model", "-m"), {"help": "model family: qwen (Qwen v1), qwen2, llama, smollm2 (default: the checkpoint's model_type, else qwen)"}),
         Opt(("--checkpoint",), {"metavar": "DIR", "help": "Hugging Face model folder (config.json + safetensors/.bin); default: the embedded tiny preset with seeded weights"}),
         Opt(("--shape",), {"metavar": "NAME", "help": "a real-size shape of the preset with seeded weights, e.g. 7b"}),
+        Opt(("--activations",), {"choices": ["plain", "trained"], "default": "plain", "help": "seeded weights: plain (Gaussian, default) or trained: the structure trained LLMs have planted into the weights (massive activations at the start and delimiter tokens, the attention sink, outlier feature channels; magnitudes from the literature, cited in the preset)"}),
         Opt(("--trust-remote-code",), {"action": "store_true", "help": "use the checkpoint's own modeling code (only when you ask)"}),
         Opt(("--seed",), {"type": int, "help": "seed for preset weights and --tokens (default: the preset's)"}),
         Opt(("--family-dir",), {"dest": "family_dirs", "action": "append", "default": [], "metavar": "DIR", "help": "extra folder of model families, one <name>/preset.toml each (also $PARITY_MODEL_PATH)"}),
@@ -130,7 +133,7 @@ GROUPS: dict[str, tuple[str, list[Opt]]] = {
         Opt(("--ref-device",), {"help": "reference device (default: the candidate's)"}),
         Opt(("--attn",), {"default": "eager", "help": "candidate attention: eager, sdpa (default: eager)"}),
         Opt(("--compile",), {"action": "store_true", "help": "torch.compile the candidate"}),
-        Opt(("--fault",), {"dest": "faults", "action": "append", "default": [], "metavar": "NAME[@BLOCK]", "help": "inject a known porting bug (repeatable): port faults double-rope, silu-wrong-branch, qkv-split, rope-base, norm-eps (need --candidate port); model fault mlp-overflow; generation faults eos-token, kv-position (parity generate); GGUF faults gguf-qk-permute, gguf-norm-eps, gguf-eos-id (need --candidate llamacpp); `parity doctor` lists them"}),
+        Opt(("--fault",), {"dest": "faults", "action": "append", "default": [], "metavar": "NAME[@BLOCK]", "help": "inject a known porting bug (repeatable): port faults double-rope, silu-wrong-branch, qkv-split, rope-base, norm-eps, norm-no-upcast (need --candidate port); model fault mlp-overflow; generation faults eos-token, kv-position (parity generate); GGUF faults gguf-qk-permute, gguf-norm-eps, gguf-eos-id (need --candidate llamacpp); `parity doctor` lists them"}),
         Opt(("--no-isolate",), {"dest": "isolate", "action": "store_false", "default": True, "help": "skip the isolated (teacher-forced) per-block pass"}),
         Opt(("--no-targeted",), {"dest": "targeted", "action": "store_false", "default": True, "help": "skip the targeted pass (full tensors of the first divergent probe, hypotheses naming the cause)"}),
     ]),

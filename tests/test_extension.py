@@ -74,6 +74,14 @@ def test_builtin_table_matches_the_declared_entry_points() -> None:
     assert declared == engines.BUILTIN
 
 
+def test_every_engine_folder_is_registered() -> None:
+    from parity import engines
+
+    root = Path(__file__).resolve().parents[1] / "parity" / "engines"
+    folders = sorted(p.parent.name for p in root.glob("*/__init__.py"))
+    assert folders == sorted(engines.BUILTIN)
+
+
 def test_toy_family_from_its_folder(run_cli, tmp_path: Path) -> None:
     code, out, err = run_cli("run", "--family-dir", str(FAMILIES), "--model", "toymistral", "--tokens", "6", "-q",
                              "--out", str(tmp_path))

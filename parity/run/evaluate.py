@@ -259,7 +259,7 @@ def execute(opts: Any, dataset: str | None = None, limit: int | None = None,
         engines.info(opts.candidate)
     scorer()  # before any model is built
     source = ModelSource.resolve(opts.model, opts.checkpoint, opts.seed, opts.trust_remote_code, opts.shape,
-                                  family_dirs=opts.family_dirs)
+                                  activations=getattr(opts, "activations", "plain"), family_dirs=opts.family_dirs)
     check_port_options(opts, source.num_blocks, generation=True)
     vocab = load_vocab(opts, source)
     prompts = prompt_ids(items, opts, source, vocab)

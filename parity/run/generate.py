@@ -364,7 +364,7 @@ def execute(opts: GenerateOptions, progress: Progress | None = None) -> Generate
         opts = engine.derive(opts, progress)
         torch_dtype(opts.dtype)
     source = ModelSource.resolve(opts.model, opts.checkpoint, opts.seed, opts.trust_remote_code, opts.shape,
-                                  family_dirs=opts.family_dirs)
+                                  activations=getattr(opts, "activations", "plain"), family_dirs=opts.family_dirs)
     fault_specs = check_port_options(opts, source.num_blocks, generation=True)
     p = plan(opts, source)
     calib = calibration_for(opts, False)
