@@ -70,7 +70,7 @@ def _dump(ns: argparse.Namespace, opts: Any, outputs: Any) -> int:
     else:
         say(f"building candidate ({opts.candidate})")
         engine = engines.load(opts.candidate)
-        backend = engine.create(EngineContext(engine.derive(opts, say), source, pmap, ref_model, device))
+        backend = engine.create(EngineContext(engine.prepare(opts, say), source, pmap, ref_model, device))
     offered = set(backend.available_probes())
     wanted = [p for p in selected if p in offered]
     cap = Capture(backend.label, backend.describe())

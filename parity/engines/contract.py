@@ -45,6 +45,11 @@ class EngineContext:
     progress: Progress | None = None
 
 
+def unchanged(opts: RunOptions, progress: Progress | None = None) -> RunOptions:
+    """The ``prepare`` of an engine that derives nothing."""
+    return opts
+
+
 Factory = Callable[[EngineContext], "Backend"]
 Check = Callable[[RunOptions], None]
 Prepare = Callable[[RunOptions, "Progress | None"], RunOptions]
@@ -68,8 +73,9 @@ class Engine:
     #: checks of its flags that need no model, torch or engine package; run by the CLI and the
     #: pytest plugin for every engine (each checks its own flags, whichever candidate runs)
     check: Check | None = None
-    #: before the reference is built: the run options with what the engine derives
-    prepare: Prepare | None = None
+    #: before the reference is built: the run options with what the engine derives (the
+    #: default returns them as they are)
+    prepare: Prepare = unchanged
 
     def install_note(self) -> str:
         doctor = "`parity doctor` lists what is available here"
@@ -81,7 +87,3 @@ class Engine:
     def is_available(self) -> bool:
         """True when every required package can be imported (without importing it)."""
         return not self.missing()
-
-    def derive(self, opts: RunOptions, progress: Progress | None = None) -> RunOptions:
-        """The run options with what this engine derives (the same object when nothing)."""
-        return opts if self.prepare is None else self.prepare(opts, progress)

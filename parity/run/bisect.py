@@ -116,7 +116,7 @@ def builds_failed(builds: list[Build], unit: list[str]) -> list[str]:
 def execute_bisect(opts: RunOptions, progress: Progress | None = None, marks: int = 1) -> RunResult:
     """Reference once (and its precision twin, for calibrated verdicts), then the builds."""
     engine = engines.load(opts.candidate)
-    opts = replace(engine.derive(opts, progress), isolate=False)  # builds mark few probes: no teacher-forced pass
+    opts = replace(engine.prepare(opts, progress), isolate=False)  # builds mark few probes: no teacher-forced pass
     ref = prepare_reference(opts, progress)
     timings = dict(ref.timings)
     calib = calibration_for(opts, False)

@@ -37,7 +37,7 @@ def compare_candidate(ref: Reference, opts: RunOptions, progress: Progress | Non
     timings = dict(ref.timings)
     if create is None:
         engine = engines.load(opts.candidate)
-        opts = engine.derive(opts, progress)  # idempotent; execute() ran it before the reference was built
+        opts = engine.prepare(opts, progress)  # idempotent; execute() ran it before the reference was built
         create = engine.create
     # only parity's own torch factory can be the twin (a wrapped or replaced one is not)
     registered = _parity_torch(create)
@@ -118,7 +118,7 @@ def add_isolated(rows: list[ProbeRow], iso: dict[str, DiffStats], calib: Calibra
 
 def execute(opts: RunOptions, progress: Progress | None = None) -> RunResult:
     engine = engines.load(opts.candidate)  # fail on an unknown candidate before any work
-    opts = engine.derive(opts, progress)  # what the engine decides (llamacpp: the GGUF file, so the dtype)
+    opts = engine.prepare(opts, progress)  # what the engine decides (llamacpp: the GGUF file, so the dtype)
     calibration_for(opts, False)  # and on verdict options that do not fit together
     ref = prepare_reference(opts, progress)
     return compare_candidate(ref, opts, progress, release_reference=True)

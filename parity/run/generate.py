@@ -360,9 +360,8 @@ def execute(opts: GenerateOptions, progress: Progress | None = None) -> Generate
     device = check_device(opts.device)
     ref_device = check_device(opts.ref_device or device)
     engine = engines.load(opts.candidate)
-    if engine.prepare is not None:  # a candidate that decides the run's dtype (llamacpp: the GGUF file's)
-        opts = engine.derive(opts, progress)
-        torch_dtype(opts.dtype)
+    opts = engine.prepare(opts, progress)  # a candidate may decide the run's dtype (llamacpp: the GGUF file's)
+    torch_dtype(opts.dtype)
     source = ModelSource.resolve(opts.model, opts.checkpoint, opts.seed, opts.trust_remote_code, opts.shape,
                                   activations=getattr(opts, "activations", "plain"), family_dirs=opts.family_dirs)
     fault_specs = check_port_options(opts, source.num_blocks, generation=True)
