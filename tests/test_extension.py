@@ -36,6 +36,7 @@ def test_toy_engine_runs(toy_installed: None, run_cli, tmp_path: Path) -> None:
     assert rep["run"]["candidate"]["name"] == "toy" and rep["run"]["candidate"]["backend"] == "toy"
 
 
+@pytest.mark.slow
 def test_toy_engine_flag_reaches_it(toy_installed: None, run_cli, tmp_path: Path) -> None:
     """Its own flag (declared by the engine, no RunOptions field) changes what it runs: the
     final norm scaled is the first divergent probe."""
@@ -112,6 +113,7 @@ def test_toy(parity):
 '''
 
 
+@pytest.mark.slow
 def test_pytest_plugin_offers_and_checks_an_outside_engine(toy_installed: None, pytester: pytest.Pytester) -> None:
     """The plugin takes the engine's flag as --parity-toy-scale, and runs its early check."""
     from test_pytest_plugin import run
