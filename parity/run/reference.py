@@ -15,6 +15,7 @@ from parity.loading.inputs import resolve_inputs
 from parity.loading.source import ModelSource
 from parity.options import RunOptions
 from parity.run.common import Progress, isolation_inputs, stage
+from parity.run.stream import build_reference, peak_gib, peak_start
 from parity.verdict.calibrate import Twin
 
 
@@ -93,20 +94,23 @@ def prepare_reference(opts: RunOptions, progress: Progress | None = None) -> Ref
     ids = resolve_inputs(opts, source)
 
     with stage(progress, "building reference", timings):
-        ref_model = source.build(ref_device)
+        ref_model, streamed = build_reference(opts, source, pmap, ref_device, fault_specs)
         for spec in (s for s in fault_specs if s.fault.target == "model"):  # weights both sides load
             spec.fault.apply(ref_model, spec, SimpleNamespace(num_blocks=source.num_blocks, probe_map=pmap, config=source.config))
     reference = ModuleBackend(ref_model, pmap, getattr(ref_model, "config", source.config), "reference", source.num_blocks)
     ref_cap = Capture("reference", reference.describe())
+    peak_start(ref_device)
     with stage(progress, "running reference", timings), reference:
         reference.capture(ids, ref_probes, Recorder(ref_cap, keep=True, store_device="cpu",
                                                     gpu_budget_bytes=gpu_keep_bytes()))
     check_finite(ref_cap)
     facts = {**reference.describe(), "trust_remote_code": source.trust_remote_code}
+    if streamed is not None:
+        facts["streamed"] = {**streamed, "peak_gpu_gib": peak_gib(ref_device)}
     if source.remote_shims is not None:
         facts["remote_shims"] = source.remote_shims
     return Reference(opts, source, pmap, selected, ids, ref_model, facts, ref_cap, device, timings,
-                     digest=weights_digest(ref_model))
+                     digest=None if streamed is not None else weights_digest(ref_model))
 
 
 def check_finite(cap: Capture) -> None:
