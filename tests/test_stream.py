@@ -93,7 +93,7 @@ def test_streamed_checkpoint_checks_names_and_shapes(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("kw", [
     {"model": "llama", "attn": "sdpa"},  # the twin is measured: streamed in float16
-    pytest.param({"model": "qwen", "candidate": "port", "faults": ["silu-wrong-branch@1"]},  # the port: a whole state dict
+    pytest.param({"model": "qwen", "candidate": "port", "faults": ["double-rope@2"]},  # the port: a whole state dict
                  marks=pytest.mark.slow),
 ])
 def test_streamed_run_reports_what_the_whole_run_reports(kw: dict) -> None:
@@ -103,6 +103,8 @@ def test_streamed_run_reports_what_the_whole_run_reports(kw: dict) -> None:
     assert whole.summary["message"] == streamed.summary["message"]
     for a, b in zip(whole.probes, streamed.probes, strict=True):
         assert (a.name, a.max_abs_err, a.excess, a.isolated_max_abs_err) == (b.name, b.max_abs_err, b.excess, b.isolated_max_abs_err)
+    da, db = whole.summary.get("diagnosis") or {}, streamed.summary.get("diagnosis") or {}
+    assert (da.get("cause"), da.get("hint")) == (db.get("cause"), db.get("hint"))  # the targeted pass read the same weights
     assert "streamed block by block" in streamed.run["verdict"]["twin"]["label"]
     assert streamed.run["reference"]["streamed"]["why"] == "asked (--stream-reference)"
 

@@ -159,6 +159,24 @@ class Streamed:
         for s in unit.slots:
             s.owner._parameters[s.leaf] = s.placeholder
 
+    @contextlib.contextmanager
+    def holding(self, module_path: str) -> Iterator[None]:
+        """The units holding ``module_path`` (the module itself or one around it) loaded for
+        the duration of the block (the targeted pass reads a block's weights)."""
+        units = [u for u in self.units if module_path == u.path or module_path.startswith(u.path + ".")
+                 or u.path.startswith(module_path + ".")]
+        for u in units:
+            u.depth += 1
+            if u.depth == 1:
+                self.load(u)
+        try:
+            yield
+        finally:
+            for u in units:
+                u.depth -= 1
+                if u.depth == 0:
+                    self.release(u)
+
     def remove(self) -> None:
         for h in self._handles:
             h.remove()
