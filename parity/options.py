@@ -87,6 +87,8 @@ class RunOptions:
 
     def __post_init__(self) -> None:
         self.dtype = dtype_arg(self.dtype)
+        if self.tp and self.candidate == "torch":  # --tp N: the torch candidate, sharded (parity.engines.tp)
+            self.candidate = "tp"
 
 
 @dataclass

@@ -32,6 +32,12 @@ def check_port_options(opts: RunOptions, num_blocks: int, generation: bool = Fal
     if gen and not generation:
         raise UsageError(f"fault '{gen[0].fault.name}' acts at decode steps: a single forward pass cannot show it.",
                          note=f"use parity generate --fault {gen[0].fault.name}")
+    tp = [s for s in specs if s.fault.target == "tp"]
+    if tp and not opts.tp:
+        raise UsageError(f"fault '{tp[0].fault.name}' alters one rank's shard: it needs --tp N (N >= 2).")
+    if opts.tp and any(s.fault.target == "model" for s in specs):
+        raise UsageError("model faults change the reference's weights; the --tp ranks load theirs from the source.",
+                         note="drop --tp, or the model fault")
     gguf = [s for s in specs if s.fault.target == "gguf"]
     if gguf and opts.candidate != "llamacpp":
         raise UsageError(f"fault '{gguf[0].fault.name}' alters the GGUF file llama.cpp runs: it needs --candidate llamacpp.")
