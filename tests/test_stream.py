@@ -138,3 +138,13 @@ def test_large_shapes(model: str, shape: str, blocks: int, hidden: int, vocab: i
     s = stream_of(m)
     assert s.describe()["units"] == blocks + 3
     assert all(p.device.type == "meta" for p in m.parameters())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_streamed_reference_on_the_gpu_is_the_whole_reference_bit_for_bit() -> None:
+    """Seeded weights drawn per parameter by the CUDA generator, kernels on the GPU: the same bits."""
+    whole = prepare_reference(RunOptions(model="qwen2", device="cuda", tokens=64))
+    streamed = prepare_reference(RunOptions(model="qwen2", device="cuda", tokens=64, stream_reference=True))
+    _same_capture(whole.capture, streamed.capture)
+    assert streamed.facts["streamed"]["peak_gpu_gib"] is not None

@@ -70,6 +70,53 @@ def rank_diffs(name: str, ref: torch.Tensor, parts: Sequence[torch.Tensor], tol:
     return out
 
 
+def rank_parts(name: str, raw: Sequence[Any], shape: Sequence[int] | None, rule: str | None = None) -> list[torch.Tensor] | None:
+    """The per-rank tensors of a dumped probe in canonical form (batch dims of 1 dropped, a flat
+    ``[T, heads/tp * head_dim]`` shard as ``[T, heads/tp, head_dim]``), or None when they cannot
+    be compared rank by rank: one rank only, partial sums (``rule = "sum"``: a value before its
+    all-reduce), or shards of a probe this layout keeps whole."""
+    if len(raw) < 2 or shape is None or rule == "sum":
+        return None
+    rank = len(shape)
+    parts = []
+    for t in raw:
+        while t.dim() > rank and t.shape[0] == 1:
+            t = t[0]
+        parts.append(t)
+    if all(list(p.shape) == list(shape) for p in parts):
+        return parts  # replicated: every rank's own copy
+    dim = shard_dim(name)
+    if dim is None:
+        return None
+    if rank == 3:
+        parts = [p.reshape(p.shape[0], -1, shape[2]) if p.dim() == 2 and p.shape[-1] % shape[2] == 0 else p for p in parts]
+    if any(p.dim() != rank for p in parts) or sum(p.shape[dim] for p in parts) != shape[dim]:
+        return None
+    return parts
+
+
+class RankCheck:
+    """Each rank's part of every probe against the reference, kept until the verdict is known
+    (a sink that is a Comparator lends its reference capture and tolerances)."""
+
+    def __init__(self, tp: int) -> None:
+        self.tp = tp
+        self.diffs: dict[str, list[RankDiff]] = {}
+
+    def record(self, name: str, sink: Any, parts: Sequence[torch.Tensor] | None) -> None:
+        ref, tols = getattr(sink, "reference", None), getattr(sink, "tolerances", None)
+        if parts is None or ref is None or tols is None or name not in ref:
+            return
+        try:
+            self.diffs[name] = rank_diffs(name, ref.tensor(name), parts, tols.lookup(name))
+        except ValueError:  # parts that do not slice the reference: compared whole only
+            return
+
+    def annotate(self, summary: dict[str, Any], calib: Any) -> None:
+        if self.tp > 1:
+            localize(summary, self.diffs, calib, self.tp)
+
+
 def failing_ranks(name: str, diffs: Sequence[RankDiff], calib: Any) -> list[int]:
     """The ranks whose part of ``name`` the run's verdict (``calib``, parity.verdict.calibrate)
     fails: a shard is judged against the whole probe's twin, as the probe itself is."""

@@ -229,7 +229,7 @@ class TPBackend(Backend):
         self.tp = int(opts.tp)
         self.device = "cuda" if device.startswith("cuda") else "cpu"
         self.weights_device = weights_device
-        self.rank_diffs: dict[str, list[shards.RankDiff]] = {}
+        self.ranks = shards.RankCheck(self.tp)
 
     def available_probes_impl(self) -> list[str]:
         return self.probe_map.names(self.source.num_blocks)
@@ -269,14 +269,11 @@ class TPBackend(Backend):
 
         dev = "cuda:0" if self.device == "cuda" else "cpu"
         ranks = [load_file(str(Path(folder) / f"rank{r}.safetensors"), device=dev) for r in range(self.tp)]
-        ref = getattr(sink, "reference", None)  # the Comparator's reference capture: each rank's part is compared too
-        tols = getattr(sink, "tolerances", None)
         logits = None
         for name in canon.in_order([p for p in probes if all(p in r for r in ranks)]):
             parts = [r[name] for r in ranks]
             full = shards.assemble(name, parts)
-            if ref is not None and tols is not None and name in ref:
-                self.rank_diffs[name] = shards.rank_diffs(name, ref.tensor(name), parts, tols.lookup(name))
+            self.ranks.record(name, sink, parts)  # each rank's part against its slice of the reference
             sink(name, full)
             if name == "logits":
                 logits = full
@@ -284,7 +281,7 @@ class TPBackend(Backend):
 
     def annotate(self, summary: dict[str, Any], calib: Any) -> None:
         """Name the rank a divergence lives on (parity.engines.shards.localize)."""
-        shards.localize(summary, self.rank_diffs, calib, self.tp)
+        self.ranks.annotate(summary, calib)
 
     def describe(self) -> dict[str, Any]:
         return {"backend": "tp", "dtype": str(_dtype(self.opts.dtype)).removeprefix("torch."),

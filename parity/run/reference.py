@@ -99,13 +99,13 @@ def prepare_reference(opts: RunOptions, progress: Progress | None = None) -> Ref
     ref_probes = canon.in_order(set(selected) | forcing)  # teacher forcing needs the block inputs
     ids = resolve_inputs(opts, source)
 
+    peak_start(ref_device)  # the reference's peak device memory covers its build and its pass
     with stage(progress, "building reference", timings):
         ref_model, streamed = build_reference(opts, source, pmap, ref_device, fault_specs)
         for spec in (s for s in fault_specs if s.fault.target == "model"):  # weights both sides load
             spec.fault.apply(ref_model, spec, SimpleNamespace(num_blocks=source.num_blocks, probe_map=pmap, config=source.config))
     reference = ModuleBackend(ref_model, pmap, getattr(ref_model, "config", source.config), "reference", source.num_blocks)
     ref_cap = Capture("reference", reference.describe())
-    peak_start(ref_device)
     with stage(progress, "running reference", timings), reference:
         reference.capture(ids, ref_probes, Recorder(ref_cap, keep=True, store_device="cpu",
                                                     gpu_budget_bytes=gpu_keep_bytes()))
