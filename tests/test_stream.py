@@ -148,3 +148,9 @@ def test_streamed_reference_on_the_gpu_is_the_whole_reference_bit_for_bit() -> N
     streamed = prepare_reference(RunOptions(model="qwen2", device="cuda", tokens=64, stream_reference=True))
     _same_capture(whole.capture, streamed.capture)
     assert streamed.facts["streamed"]["peak_gpu_gib"] is not None
+
+
+def test_candidates_that_need_the_whole_reference_refuse_streaming() -> None:
+    with pytest.raises(UsageError, match="--candidate onnxruntime builds from the whole reference module"):
+        stream_reason(RunOptions(model="llama", candidate="onnxruntime", stream_reference=True),
+                      ModelSource.resolve("llama"), "cpu")

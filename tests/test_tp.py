@@ -92,3 +92,8 @@ def test_tp_candidate_without_tp_is_a_usage_error() -> None:
     ctx = SimpleNamespace(options=RunOptions(candidate="tp"), source=None, reference_model=None, device="cpu")
     with pytest.raises(UsageError, match="needs --tp N"):
         tp.create(ctx)
+
+
+def test_tp_refuses_what_it_cannot_shard() -> None:
+    with pytest.raises(UsageError, match="does not combine with --candidate port"):
+        execute(RunOptions(model="llama", device="cpu", tokens=8, tp=2, candidate="port"))

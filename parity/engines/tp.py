@@ -247,6 +247,8 @@ class TPBackend(Backend):
     def _launch(self, job: Job) -> None:
         import torch.multiprocessing as mp
 
+        if self.device == "cuda":
+            torch.cuda.empty_cache()  # the parent's cached blocks on GPU 0 go back before rank 0 needs them
         try:
             mp.start_processes(_worker, args=(job,), nprocs=self.tp, join=True, start_method=self._start_method())
         except mp.ProcessRaisedException as exc:
@@ -265,13 +267,14 @@ class TPBackend(Backend):
         return "fork"
 
     def _read(self, folder: str, probes: list[str], sink: Sink) -> Any:
-        from safetensors.torch import load_file
+        from safetensors import safe_open
 
         dev = "cuda:0" if self.device == "cuda" else "cpu"
-        ranks = [load_file(str(Path(folder) / f"rank{r}.safetensors"), device=dev) for r in range(self.tp)]
+        ranks = [safe_open(str(Path(folder) / f"rank{r}.safetensors"), framework="pt", device=dev) for r in range(self.tp)]
+        names = [set(r.keys()) for r in ranks]
         logits = None
-        for name in canon.in_order([p for p in probes if all(p in r for r in ranks)]):
-            parts = [r[name] for r in ranks]
+        for name in canon.in_order([p for p in probes if all(p in n for n in names)]):
+            parts = [r.get_tensor(name) for r in ranks]  # one probe at a time: a 70B run's dumps stay on disk
             full = shards.assemble(name, parts)
             self.ranks.record(name, sink, parts)  # each rank's part against its slice of the reference
             sink(name, full)

@@ -32,6 +32,13 @@ def check_port_options(opts: RunOptions, num_blocks: int, generation: bool = Fal
     if gen and not generation:
         raise UsageError(f"fault '{gen[0].fault.name}' acts at decode steps: a single forward pass cannot show it.",
                          note=f"use parity generate --fault {gen[0].fault.name}")
+    if opts.tp and opts.candidate != "tp":
+        raise UsageError(f"--tp N shards the torch candidate; it does not combine with --candidate {opts.candidate}.",
+                         note="drop --candidate (or --tp)")
+    if generation and getattr(opts, "stream_reference", False):
+        raise UsageError("--stream-reference streams one forward pass (parity run); parity generate runs the whole reference.")
+    if opts.tp and generation:
+        raise UsageError("--tp compares one forward pass (parity run); parity generate does not shard its candidate.")
     tp = [s for s in specs if s.fault.target == "tp"]
     if tp and not opts.tp:
         raise UsageError(f"fault '{tp[0].fault.name}' alters one rank's shard: it needs --tp N (N >= 2).")

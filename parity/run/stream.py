@@ -16,6 +16,10 @@ from parity.options import RunOptions
 _GIB = 1 << 30
 #: candidates that copy the reference's weights onto the run's device in the run's dtype
 COPYING = ("torch", "port", "quant", "cleanroom")
+#: candidates that take a streamed reference: a whole copy made parameter by parameter (torch,
+#: port), their own weights (tp, cleanroom) or none (dump). The others export, quantize or
+#: convert the whole reference module.
+STREAM_READY = ("torch", "port", "tp", "dump", "cleanroom")
 _ITEMSIZE = {"fp32": 4, "fp16": 2, "bf16": 2, "float32": 4, "float16": 2, "bfloat16": 2}
 
 
@@ -28,6 +32,12 @@ def stream_reason(opts: RunOptions, source: Any, device: str) -> str | None:
         if asked:
             raise UsageError("--stream-reference cannot stream a checkpoint's own modeling code (--trust-remote-code).",
                              note="drop one of the two")
+        return None
+    if opts.candidate not in STREAM_READY:
+        if asked:
+            raise UsageError(f"--candidate {opts.candidate} builds from the whole reference module, which a streamed "
+                             "reference does not hold.", note="drop --stream-reference; candidates that take one: "
+                             + ", ".join(STREAM_READY))
         return None
     if asked:
         return "asked (--stream-reference)"
