@@ -6,6 +6,9 @@
    reference's peak GPU memory against its largest unit.
 2. The LLaMA-2-70B-shaped reference alone (``--shape 70b``, 280 GB of float32 weights), streamed
    on one GPU over 512 tokens: seconds and peak GPU memory.
+3. ``--which tp70`` (two GPUs): ``parity run --model llama --shape 70b --tp 2 --dtype fp16
+   --tokens 512`` against the streamed float32 reference, clean and with ``--fault
+   tp-kv-offset@1``: wall seconds, verdict, per-GPU peak memory, the rank named.
 
 Writes $OUT/streamed_<which>.json (or ./streamed_<which>.json). Usage:
 ``PYTHONPATH=. python3 benchmarks/streamed.py [--which 14b|70b|both] [--timeout S]``
@@ -69,13 +72,39 @@ def run_70b(timeout: float) -> dict:
     return fig
 
 
+def run_tp70(timeout: float) -> dict:
+    figs = {}
+    for label, extra in (("clean", []), ("fault", ["--fault", "tp-kv-offset@1", "--no-targeted"])):
+        out = OUT / f"tp70_{label}"
+        cmd = [sys.executable, "-m", "parity", "run", "--model", "llama", "--shape", "70b", "--tp", "2", "--dtype", "fp16",
+               "--tokens", "512", "--device", "cuda", "-q", "--out", str(out), *extra]
+        rc, wall, text = _run(["bash", "-c", 'nvidia-smi --query-gpu=index,memory.used --format=csv,noheader -lms 500 '
+                               f'> {out}.mem & m=$!; "$@"; r=$?; kill $m; exit $r', "_", *cmd], timeout)
+        fig = {"rc": rc, "wall_s": wall, "tail": text[-800:]}
+        mem = Path(f"{out}.mem")
+        if mem.is_file():  # per-GPU peak as nvidia-smi saw it (every process on the card)
+            peaks: dict[str, float] = {}
+            for line in mem.read_text().splitlines():
+                idx, used = (x.strip() for x in line.split(","))
+                peaks[idx] = max(peaks.get(idx, 0.0), float(used.split()[0]) / 1024)
+            fig["peak_gib_by_gpu"] = {k: round(v, 2) for k, v in peaks.items()}
+        report = out / "report.json"
+        if report.is_file():
+            rep = json.loads(report.read_text())
+            fig.update(verdict=rep["summary"]["verdict"], message=rep["summary"]["message"],
+                       ranks=rep["summary"].get("ranks"), streamed=rep["run"]["reference"].get("streamed"),
+                       timings_s=rep["run"]["timings_s"])
+        figs[label] = fig
+    return {"figure": "llama --shape 70b, --tp 2 fp16 vs the streamed float32 reference, 512 tokens, two GPUs", **figs}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--which", choices=["14b", "70b", "both"], default="both")
+    ap.add_argument("--which", choices=["14b", "70b", "both", "tp70"], default="both")
     ap.add_argument("--timeout", type=float, default=170)
     args = ap.parse_args()
-    for which, fn in (("14b", run_14b), ("70b", run_70b)):
-        if args.which in (which, "both"):
+    for which, fn in (("14b", run_14b), ("70b", run_70b), ("tp70", run_tp70)):
+        if args.which == which or (args.which == "both" and which != "tp70"):
             fig = fn(args.timeout)
             (OUT / f"streamed_{which}.json").write_text(json.dumps(fig, indent=1))
             print(json.dumps(fig, indent=1))
