@@ -192,9 +192,16 @@ class Streamed:
                 "largest_unit_gib": round(self.largest_unit_bytes / _GIB, 3), "dtype": str(self.dtype).removeprefix("torch.")}
 
     def derive(self, dtype: torch.dtype, device: str | None = None) -> nn.Module:
-        """Another streamed model of the same weights, loaded in ``dtype`` (the precision twin)."""
+        """Another streamed model of the same weights, loaded in ``dtype`` on ``device`` (the
+        precision twin). Its buffers are computed where this model's were, then moved, as a
+        copy of a whole model would have them."""
         model = self.rebuild()
-        Streamed(model, self.weights, device or str(self.device), dtype, self.block_pattern, self.rebuild)
+        target = torch.device(device) if device is not None else self.device
+        for m in model.modules():
+            for k, b in m._buffers.items():
+                if b is not None and b.device != target:
+                    m._buffers[k] = b.to(target)
+        Streamed(model, self.weights, str(target), dtype, self.block_pattern, self.rebuild)
         return model
 
     @torch.no_grad()
