@@ -10,12 +10,17 @@ import pytest
 import torch
 
 from parity.errors import UsageError
+from parity.loading import fetch
 from parity.loading.source import ModelSource
 from parity.loading.streamed import stream_of, streamed_model
 from parity.options import RunOptions
 from parity.run.candidate import execute
 from parity.run.reference import prepare_reference
 from parity.run.stream import stream_reason
+
+
+# where `make model` put SmolLM2 (read before conftest points $PARITY_CACHE at a session folder)
+REAL_SMOLLM2 = fetch.model_dir("smollm2")
 
 
 def _same_capture(a, b) -> None:
@@ -154,3 +159,15 @@ def test_candidates_that_need_the_whole_reference_refuse_streaming() -> None:
     with pytest.raises(UsageError, match="--candidate onnxruntime builds from the whole reference module"):
         stream_reason(RunOptions(model="llama", candidate="onnxruntime", stream_reference=True),
                       ModelSource.resolve("llama"), "cpu")
+
+
+@pytest.mark.real
+@pytest.mark.slow
+def test_streamed_real_checkpoint_with_tied_embeddings_is_bit_for_bit() -> None:
+    """SmolLM2 (fetched; tied embeddings: its LM head loads the embedding's tensor)."""
+    if not (REAL_SMOLLM2 / "config.json").is_file():
+        pytest.skip(f"SmolLM2 is not fetched ({REAL_SMOLLM2} is missing): run `make model` (parity fetch smollm2)")
+    ck = str(REAL_SMOLLM2)
+    whole = prepare_reference(RunOptions(model="smollm2", checkpoint=ck, device="cpu", tokens=12))
+    streamed = prepare_reference(RunOptions(model="smollm2", checkpoint=ck, device="cpu", tokens=12, stream_reference=True))
+    _same_capture(whole.capture, streamed.capture)
