@@ -15,7 +15,7 @@ from parity.options import RunOptions
 
 _GIB = 1 << 30
 #: candidates that copy the reference's weights onto the run's device in the run's dtype
-COPYING = ("torch", "port", "quant", "cleanroom")
+COPYING = ("torch", "port", "cleanroom")
 #: candidates that take a streamed reference: a whole copy made parameter by parameter (torch,
 #: port), their own weights (tp, cleanroom) or none (dump). The others export, quantize or
 #: convert the whole reference module.
