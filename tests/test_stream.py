@@ -171,3 +171,10 @@ def test_streamed_real_checkpoint_with_tied_embeddings_is_bit_for_bit() -> None:
     whole = prepare_reference(RunOptions(model="smollm2", checkpoint=ck, device="cpu", tokens=12))
     streamed = prepare_reference(RunOptions(model="smollm2", checkpoint=ck, device="cpu", tokens=12, stream_reference=True))
     _same_capture(whole.capture, streamed.capture)
+
+
+def test_trained_activations_are_not_streamed() -> None:
+    """Planting trained-model structure calibrates with a whole-model forward: never streamed."""
+    source = ModelSource.resolve("llama", activations="trained")
+    with pytest.raises(UsageError, match="a streamed reference cannot plant it"):
+        stream_reason(RunOptions(model="llama", stream_reference=True), source, "cpu")

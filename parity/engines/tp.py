@@ -309,6 +309,9 @@ def create(ctx: Any) -> TPBackend:
     if o.compile:
         raise UsageError("--tp does not combine with --compile.")
     _dtype(o.dtype)
+    if getattr(ctx.source, "activations", "plain") != "plain":
+        raise UsageError(f"--tp ranks draw plain seeded weights; --activations {ctx.source.activations} plants its "
+                         "structure with a forward over the whole model.", note="drop --activations (or --tp)")
     check(ctx.source, int(o.tp), ctx.device)
     ref_dev = "cpu"
     if ctx.reference_model is not None:

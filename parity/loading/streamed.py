@@ -52,10 +52,9 @@ def params_on_meta() -> Iterator[None]:
 
 def skeleton(source: Any, device: str, attn: str = "eager") -> nn.Module:
     """``source``'s model (parity.loading.source.ModelSource) with parameters on ``meta`` and
-    buffers on ``device``, float32, eval mode: what ``ModelSource.build`` makes, minus weights."""
-    from parity.loading.source import _skip_init
-
-    with torch.device(device), _skip_init(True), params_on_meta():
+    buffers on ``device``, float32, eval mode: what ``ModelSource.build`` makes, minus weights.
+    (Initializing a parameter on ``meta`` costs nothing: no init needs skipping.)"""
+    with torch.device(device), params_on_meta():
         model = source.family.build(source.config_dict, attn)
     if hasattr(model, "tie_weights"):
         model.tie_weights()

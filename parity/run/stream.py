@@ -33,6 +33,11 @@ def stream_reason(opts: RunOptions, source: Any, device: str) -> str | None:
             raise UsageError("--stream-reference cannot stream a checkpoint's own modeling code (--trust-remote-code).",
                              note="drop one of the two")
         return None
+    if getattr(source, "activations", "plain") != "plain":
+        if asked:
+            raise UsageError(f"--activations {source.activations} calibrates what it plants with a forward over the whole "
+                             "model; a streamed reference cannot plant it.", note="drop --stream-reference")
+        return None
     if opts.candidate not in STREAM_READY:
         if asked:
             raise UsageError(f"--candidate {opts.candidate} builds from the whole reference module, which a streamed "
