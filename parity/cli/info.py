@@ -147,22 +147,25 @@ def cmd_doctor(ns: argparse.Namespace) -> int:
 
 
 def _doctor() -> None:
-    print(f"parity {__version__}, Python {sys.version.split()[0]}", flush=True)
-    print(f"  {'python':14s} {sys.executable}")
-    print(f"  {'CUDA':14s} {cuda_line()}")
-    print("packages:")
+    from parity.cli.common import say
+
+    say(f"parity {__version__}, Python {sys.version.split()[0]}")
+    sys.stdout.flush()
+    say(sys.executable, lead=f"  {'python':14s} ")
+    say(cuda_line(), lead=f"  {'CUDA':14s} ")
+    say("packages:")
     for pkg in DOCTOR_PACKAGES:
-        print(f"  {pkg:14s} {package_version(pkg) or 'missing'}")
+        say(package_version(pkg) or "missing", lead=f"  {pkg:14s} ")
 
     from parity.engines import CANDIDATES
 
-    print("candidates:")
+    say("candidates:")
     for bi in CANDIDATES.values():
         state = "available" if bi.is_available() else "unavailable (needs " + ", ".join(bi.missing()) + ")"
-        print(f"  {bi.name:14s} {state} - {bi.summary}")
+        say(f"{state} - {bi.summary}", lead=f"  {bi.name:14s} ")
     if CANDIDATES["port"].is_available():
         from parity import faults
 
-        print("faults (--candidate port --fault NAME[@BLOCK]):")
+        say("faults (--candidate port --fault NAME[@BLOCK]):")
         for name, summary in faults.describe().items():
-            print(f"  {name:18s} {summary}")
+            say(summary, lead=f"  {name:18s} ")

@@ -10,6 +10,7 @@ from typing import Any
 
 from parity.errors import UsageError
 from parity.report.data import ReportData
+from parity.cli.common import say
 
 
 def load(path: str | Path) -> ReportData:
@@ -57,7 +58,7 @@ def cmd_report(ns: argparse.Namespace) -> int:
         report = load(ns.run)
         with rendering(ns.run):
             html.write(report, outputs.file(out))
-    print(f"HTML report: {out}")
+    say(f"HTML report: {out}")
     return 0
 
 
@@ -76,7 +77,7 @@ def cmd_diff(ns: argparse.Namespace) -> int:
 
                 html.write_diff(diff, outputs.file(ns.html))
     if ns.html:
-        print(f"HTML diff: {ns.html}")
+        say(f"HTML diff: {ns.html}")
     return 1 if diff.regressed else 0
 
 

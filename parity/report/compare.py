@@ -121,25 +121,18 @@ def diff_reports(a: ReportData, b: ReportData) -> RunDiff:
 
 def render_console(diff: RunDiff, console: Any = None, show_all: bool = False) -> None:
     """Rich table of the probes that changed (all probes with ``show_all``)."""
-    import sys
+    from parity.report import term
 
-    from rich.console import Console
-    from rich.table import Table
-
-    console = console or Console(width=None if sys.stdout.isatty() else 140)
-    table = Table(title=f"parity diff | A: {diff.label_a} | B: {diff.label_b}", title_justify="left", header_style="bold")
+    console = console or term.make_console()
     excess = diff.has_excess
-    for c in _columns(excess):
-        table.add_column(c, justify="left" if c in ("probe", "status A", "status B", "change") else "right", no_wrap=True)
-    for r in diff.rows:
-        if not show_all and r.change in ("same", "not compared"):
-            continue
-        table.add_row(*_cells(r, excess))
-    console.print(table)
+    rows = [_cells(r, excess) for r in diff.rows if show_all or r.change not in ("same", "not compared")]
+    term.prose(console, f"parity diff | A: {diff.label_a} | B: {diff.label_b}")
+    console.print(term.fit_table(console, _columns(excess), rows, drop=("B/A", "max abs err A", "max abs err B"),
+                                 left=("probe", "status A", "status B", "change"), header_style="bold"))
     counts = ", ".join(f"{v} {k}" for k, v in diff.counts.items())
-    console.print(f"A: {diff.message_a}", markup=False, highlight=False, soft_wrap=True)
-    console.print(f"B: {diff.message_b}", markup=False, highlight=False, soft_wrap=True)
-    console.print(f"{len(diff.rows)} probes: {counts}", markup=False, highlight=False)
+    term.prose(console, f"A: {diff.message_a}")
+    term.prose(console, f"B: {diff.message_b}")
+    term.prose(console, f"{len(diff.rows)} probes: {counts}")
 
 
 def _columns(excess: bool) -> list[str]:
@@ -155,5 +148,7 @@ def _cells(r: ProbeChange, excess: bool) -> list[str]:
     from parity.report.console import fmt, xfmt
 
     ch = f"[{_STYLE[r.change]}]{r.change}[/]" if r.change in _STYLE else r.change
-    cells = [r.name, r.status_a or "-", r.status_b or "-", fmt(r.err_a, 3), fmt(r.err_b, 3), fmt(r.ratio, 3)]
+    from rich.markup import escape
+
+    cells = [escape(r.name), r.status_a or "-", r.status_b or "-", fmt(r.err_a, 3), fmt(r.err_b, 3), fmt(r.ratio, 3)]
     return cells + ([xfmt(r.excess_a), xfmt(r.excess_b)] if excess else []) + [ch]
