@@ -462,6 +462,11 @@ def excess_shade(excess: float | None, budget: float, failed: bool) -> str:
 
 
 def _legend(mode: str, budget: float | None) -> list[tuple[str, str]]:
+    if mode == "nrmse":  # a quantized run judged by the scheme's budget on nrmse
+        b = budget or 1.0
+        scale = [(1e-4, f"{1e-4 * b:.2g}"), (0.5, f"{0.5 * b:.2g}"), (0.75, f"{0.75 * b:.2g}"), (1.0, f"{b:g} budget")]
+        return [(error_shade(v, 1.0, False), label) for v, label in scale] + [(error_shade(2.0, 1.0, True), "over"),
+                                                                               (GREY, "not compared")]
     if mode == "excess":
         b = budget or FALLBACK_BUDGET
         steps = [(1.0, "≤ x1"), (b / 2, xfmt(b / 2)), (b * 0.75, xfmt(b * 0.75)), (b, xfmt(b) + " budget")]
@@ -478,9 +483,11 @@ def _cell(r: ProbeRow, mode: str, budget: float | None) -> dict[str, Any]:
         color = "#f5f5f5"
     elif mode == "excess":
         color = excess_shade(r.excess, budget or FALLBACK_BUDGET, r.passed is False)
+    elif mode == "nrmse":
+        color = error_shade(r.nrmse, budget, r.passed is False)
     else:
         color = error_shade(r.max_abs_err, r.atol, r.passed is False)
-    return {"name": r.name, "status": r.status, "err": r.max_abs_err, "atol": r.atol, "excess": r.excess,
+    return {"name": r.name, "status": r.status, "err": r.max_abs_err, "atol": r.atol, "excess": r.excess, "nrmse": r.nrmse,
             "twin": r.twin_max_abs_err, "isolated_excess": r.isolated_excess, "color": color}
 
 
@@ -490,6 +497,9 @@ def heatmap(report: ReportData) -> Heatmap:
     points = [p for p in canon.BLOCK_POINTS if any(point_of(r) == p for r in rows)]
     mode = "excess" if calibrated(report) else "error"
     budget = budget_of(report) if mode == "excess" else None
+    quant = report.summary.get("quant") or {}
+    if quant.get("mode") == "budget" and _finite(quant.get("budget")):  # the rows are judged on nrmse
+        mode, budget = "nrmse", float(quant["budget"])
     cells: dict[str, dict[int, dict[str, Any]]] = {p: {} for p in points}
     for r in rows:
         cells[point_of(r)][r.block] = _cell(r, mode, budget)
