@@ -99,6 +99,8 @@ class DepthChart:
     xlabel: str = "block"
     twin: bool = False
     empty: bool = False
+    #: empty because every compared value is exactly 0 (identical to the reference), not missing
+    zero: bool = False
     marks: list[Mark] = field(default_factory=list)
     vgrid: bool = False  # faint vertical lines at the x ticks
 
@@ -141,10 +143,11 @@ def _axes(values: Sequence[float], slots: int, width: int, height: int) -> _Axes
     return _Axes(left, top, width - left - right, height - top - bottom, max(slots, 1), lo, hi)
 
 
-def _empty(metric: str, width: int, height: int, ylabel: str, xlabel: str = "block") -> DepthChart:
+def _empty(metric: str, width: int, height: int, ylabel: str, xlabel: str = "block",
+           values: Sequence[float] = ()) -> DepthChart:
     left, top, right, bottom = _MARGIN
     return DepthChart(width, height, left, top, width - left - right, height - top - bottom, [], [], [], [], [],
-                      metric, ylabel, xlabel, empty=True)
+                      metric, ylabel, xlabel, empty=True, zero=bool(values) and all(v == 0 for v in values))
 
 
 def _get(row: Any, attr: str | None) -> float | None:
@@ -300,7 +303,7 @@ def depth_chart(report: ReportData, metric: str = "max_abs_err", width: int = 82
     vals = [v for r in rows for v in (_get(r, metric), _get(r, twin)) if v is not None]
     ax = _axes(vals + [v for v, _, _ in limits], nb + 2, width, height) if vals else None  # embed | blocks | tail
     if ax is None:
-        return _empty(metric, width, height, _ylabel(metric))
+        return _empty(metric, width, height, _ylabel(metric), values=vals)
     xticks = _ticks(ax, [(b + 1, str(b)) for b in range(nb)], [(0, "head"), (nb + 1, "tail")])
     lines = _lines(ax, limits)
     extras = _extras(rows, metric, twin, ax, nb)
@@ -332,7 +335,7 @@ def step_chart(gen: dict[str, Any] | None, metric: str = "excess", width: int = 
     vals = [v for s in steps for v in (_get(s, metric), _get(s, twin)) if v is not None]
     ax = _axes(vals + [v for v, _, _ in limits], n, width, height)
     if ax is None:
-        return _empty(metric, width, height, _ylabel(metric), "step")
+        return _empty(metric, width, height, _ylabel(metric), "step", values=vals)
     show = (xfmt if metric == "excess" else fmt)
     at = {s["step"]: s for s in steps}
     coords = [(ax.x(i), ax.y(at[i][metric])) if i in at else None for i in range(n)]

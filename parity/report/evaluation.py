@@ -77,9 +77,28 @@ def html(doc: dict[str, Any]) -> str:
     from parity.report.html import _env
 
     ev = doc["eval"]
-    chart = bars([(r["line"], r["rouge_vs_reference"]["rougeL"]) for r in ev["prompts"]], height=180)
+    chart = bars([(r["line"], r["rouge_vs_reference"]["rougeL"]) for r in ev["prompts"]], height=180, top_value=100.0)
     return _env().get_template("eval.html.j2").render(doc=doc, ev=ev, run=doc["run"], s=doc["summary"], chart=chart,
-                                                      rouge=ROUGE, rows=[flat(r) for r in ev["prompts"]])
+                                                      rouge=ROUGE, rows=[flat(r) for r in ev["prompts"]],
+                                                      label=label, candidate=candidate_label(doc["run"]))
+
+
+#: readable names of the eval document's keys (the page shows these, the JSON and CSV the keys)
+LABELS = {"prompts": "prompts", "agreement": "token agreement", "exact_match": "exact match (share of prompts)",
+          "overruns": "overruns / early stops", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L",
+          "rougeLsum": "ROUGE-Lsum"}
+
+
+def label(key: str) -> str:
+    """A key of the eval document as the page names it: ``target_rougeL_delta`` ->
+    "ROUGE-L vs targets: candidate - reference"."""
+    if key in LABELS:
+        return LABELS[key]
+    parts = key.split("_")
+    if len(parts) == 3 and parts[0] == "target" and parts[1] in LABELS:
+        side = {"reference": "reference", "candidate": "candidate", "delta": "candidate - reference"}.get(parts[2], parts[2])
+        return f"{LABELS[parts[1]]} vs targets: {side}"
+    return key.replace("_", " ")
 
 
 def write_html(doc: dict[str, Any], path: str | Path) -> Path:

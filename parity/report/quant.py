@@ -104,7 +104,9 @@ def sweep_html(doc: dict[str, Any]) -> str:
     chart = bars([(r["scheme"], r["logits_nrmse"]) for r in ran], height=200, log=True)
     views = {r["scheme"]: view(r.get("quant")) for r in ran if r.get("quant")}
     return _env().get_template("quant_sweep.html.j2").render(doc=doc, run=doc["run"], rows=doc["table"], chart=chart,
-                                                             views=views, columns=SWEEP_COLUMNS, cell=_cell)
+                                                             views=views, columns=SWEEP_COLUMNS, cell=_cell,
+                                                             heads={**SWEEP_HEADS, "logits_max_abs_err": "logits max abs err",
+                                                                    "top_block_agrees": "top block agrees"})
 
 
 def write_sweep(doc: dict[str, Any], out_dir: Path) -> dict[str, Path]:
