@@ -57,13 +57,15 @@ def cmd_probes(ns: argparse.Namespace) -> int:
                                  trust_remote_code=ns.trust_remote_code, shape=ns.shape)
     pmap = find_map(source.probe_map_name, ns.probe_dirs)
     names = canon.select(pmap.names(source.num_blocks), ns.probes)
-    print(f"# {source.family.name}: probe map {pmap.path} ({len(names)} probes)")
+    from parity.cli.common import say
+
+    say(f"# {source.family.name}: probe map {pmap.path} ({len(names)} probes)")
     for name in names:
         b = pmap.bind(name, source.config)
         spec = b.spec
         where = f"{spec.io}" + (f"[{spec.index}]" if spec.index is not None else "") + (f"[{spec.kwarg}]" if spec.kwarg else "")
         extra = f" transform={spec.transform}" if spec.transform else ""
-        print(f"{name:28s} {probe_shape(canon.parse(name).point, source.config):22s} {b.module} {where}{extra}")
+        say(f"{probe_shape(canon.parse(name).point, source.config):22s} {b.module} {where}{extra}", lead=f"{name:28s} ")
     return EXIT_OK
 
 
