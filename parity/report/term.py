@@ -17,18 +17,19 @@ from typing import Any
 _UNBOUNDED = 100_000
 
 
-def width(piped: int = 100) -> int:
+def width(piped: int = 100, stderr: bool = False) -> int:
     """The console's width: $COLUMNS when set, the terminal's, else ``piped`` (piped output)."""
     env = os.environ.get("COLUMNS", "")
     if env.isdigit() and int(env) > 0:
         return int(env)
-    return shutil.get_terminal_size((piped, 24)).columns if sys.stdout.isatty() else piped
+    stream = sys.stderr if stderr else sys.stdout
+    return shutil.get_terminal_size((piped, 24)).columns if stream is not None and stream.isatty() else piped
 
 
 def make_console(stderr: bool = False) -> Any:
     from rich.console import Console
 
-    return Console(width=width(), stderr=stderr)
+    return Console(width=width(stderr=stderr), stderr=stderr)
 
 
 def prose(console: Any, text: str, style: str | None = None, lead: str = "") -> None:
