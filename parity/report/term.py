@@ -8,7 +8,6 @@ rather than cut.
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -23,7 +22,10 @@ def width(piped: int = 100, stderr: bool = False) -> int:
     if env.isdigit() and int(env) > 0:
         return int(env)
     stream = sys.stderr if stderr else sys.stdout
-    return shutil.get_terminal_size((piped, 24)).columns if stream is not None and stream.isatty() else piped
+    try:
+        return os.get_terminal_size(stream.fileno()).columns if stream is not None and stream.isatty() else piped
+    except (OSError, ValueError, AttributeError):  # no terminal behind the stream after all
+        return piped
 
 
 def make_console(stderr: bool = False) -> Any:
