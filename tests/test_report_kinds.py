@@ -87,3 +87,22 @@ def test_diff_of_different_kinds_is_exit_2_with_a_note(kinds: dict[str, Path], r
 def test_diff_of_two_runs_still_compares_probes(kinds: dict[str, Path], run_cli) -> None:
     code, out, _ = run_cli("diff", str(kinds["run"]), str(kinds["run-fixed"]))
     assert code == 0 and "fixed" in out and re.search(r"^probe\s+status A", out, re.M)
+
+
+@pytest.mark.parametrize("diverged", [False, True])
+def test_quant_sweep_exits_1_when_a_scheme_is_over_its_budget(monkeypatch: pytest.MonkeyPatch, run_cli,
+                                                              tmp_path: Path, diverged: bool) -> None:
+    """The sweep's exit code (the schemes themselves are the real sweep's rows, replayed): 1 when
+    a scheme that ran is over its budget, 0 otherwise; a scheme that could not run is listed."""
+    import parity.run.quant_sweep as sweep
+
+    doc = json.loads((DATA / "sweep_report.json").read_text())
+    doc["table"].append({"scheme": "nvfp4", "status": "needs CUDA (device cpu)"})
+    if diverged:
+        doc["table"][2]["verdict"] = "diverged"
+    monkeypatch.setattr(sweep, "execute", lambda *a, **k: doc)
+    code, out, err = run_cli("quant-sweep", "--model", "qwen", "--schemes", "int8-wo", "--no-rouge", "-q",
+                             "--out", str(tmp_path / "sweep"))
+    assert code == (1 if diverged else 0), err
+    assert "nvfp4: needs CUDA (device cpu)" in out
+    assert ("DIVERGED: " + doc["table"][2]["scheme"] in out) == diverged
