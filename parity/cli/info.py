@@ -145,9 +145,12 @@ def cmd_doctor(ns: argparse.Namespace) -> int:
         if getattr(ns, "engine", None):
             from parity.engines.api_surface import check
 
-            print(f"API surface ({ns.engine}):")
+            from parity.cli.common import say
+
+            say(f"API surface ({ns.engine}):")
             for line in check(ns.engine):
-                print(f"  {line}" if not line.startswith("  ") else line)
+                text = line.lstrip()
+                say(text, lead=" " * max(2, len(line) - len(text)))
         sys.stdout.flush()
     except OSError as exc:  # BrokenPipeError, or EPIPE as a plain OSError on some platforms
         if not isinstance(exc, BrokenPipeError) and exc.errno != errno.EPIPE:
