@@ -58,13 +58,15 @@ def cmd_probes(ns: argparse.Namespace) -> int:
                                  trust_remote_code=ns.trust_remote_code, shape=ns.shape, family_dirs=ns.family_dirs)
     pmap = find_map(source.probe_map_name, ns.probe_dirs)
     names = canon.select(pmap.names(source.num_blocks), ns.probes)
-    print(f"# {source.family.name}: probe map {pmap.path} ({len(names)} probes)")
+    from parity.cli.common import say
+
+    say(f"# {source.family.name}: probe map {pmap.path} ({len(names)} probes)")
     for name in names:
         b = pmap.bind(name, source.config)
         spec = b.spec
         where = f"{spec.io}" + (f"[{spec.index}]" if spec.index is not None else "") + (f"[{spec.kwarg}]" if spec.kwarg else "")
         extra = f" transform={spec.transform}" if spec.transform else ""
-        print(f"{name:28s} {probe_shape(canon.parse(name).point, source.config):22s} {b.module} {where}{extra}")
+        say(f"{probe_shape(canon.parse(name).point, source.config):22s} {b.module} {where}{extra}", lead=f"{name:28s} ")
     return EXIT_OK
 
 
@@ -152,9 +154,12 @@ def cmd_doctor(ns: argparse.Namespace) -> int:
         if getattr(ns, "engine", None):
             from parity.engines.api_surface import check
 
-            print(f"API surface ({ns.engine}):")
+            from parity.cli.common import say
+
+            say(f"API surface ({ns.engine}):")
             for line in check(ns.engine):
-                print(f"  {line}" if not line.startswith("  ") else line)
+                text = line.lstrip()
+                say(text, lead=" " * max(2, len(line) - len(text)))
         sys.stdout.flush()
     except OSError as exc:  # BrokenPipeError, or EPIPE as a plain OSError on some platforms
         if not isinstance(exc, BrokenPipeError) and exc.errno != errno.EPIPE:
@@ -164,32 +169,35 @@ def cmd_doctor(ns: argparse.Namespace) -> int:
 
 
 def _doctor() -> None:
-    print(f"parity {__version__}, Python {sys.version.split()[0]}", flush=True)
-    print(f"  {'python':14s} {sys.executable}")
-    print(f"  {'CUDA':14s} {cuda_line()}")
-    print("packages:")
+    from parity.cli.common import say
+
+    say(f"parity {__version__}, Python {sys.version.split()[0]}")
+    sys.stdout.flush()
+    say(sys.executable, lead=f"  {'python':14s} ")
+    say(cuda_line(), lead=f"  {'CUDA':14s} ")
+    say("packages:")
     for pkg in doctor_packages():
-        print(f"  {pkg:14s} {package_version(pkg) or 'missing'}")
+        say(package_version(pkg) or "missing", lead=f"  {pkg:14s} ")
 
     from parity import engines
 
-    print("candidates:")
+    say("candidates:")
     for eng in engines.all_engines():
         state = "available" if eng.is_available() else "unavailable (needs " + ", ".join(eng.missing()) + ")"
-        print(f"  {eng.name:14s} {state} - {eng.summary}")
+        say(f"{state} - {eng.summary}", lead=f"  {eng.name:14s} ")
     from parity.errors import ParityError
     from parity.loading import families
 
-    print("models (--model; a folder with a preset.toml each, --family-dir adds yours):")
+    say("models (--model; a folder with a preset.toml each, --family-dir adds yours):")
     for name, folder in families.discover().items():
         try:
             about = families.preset_from(folder / "preset.toml").description
         except ParityError as exc:  # a broken user preset is reported, not fatal here
             about = f"unreadable: {exc}"
-        print(f"  {name:14s} {about} ({folder})")
+        say(f"{about} ({folder})", lead=f"  {name:14s} ")
     if engines.info("port").is_available():
         from parity import faults
 
-        print("faults (--candidate port --fault NAME[@BLOCK]):")
+        say("faults (--candidate port --fault NAME[@BLOCK]):")
         for name, summary in faults.describe().items():
-            print(f"  {name:18s} {summary}")
+            say(summary, lead=f"  {name:18s} ")

@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from parity.cli.common import EXIT_DIVERGED, EXIT_OK, add_groups, check_options, done, progress, run_id, with_model
+from parity.cli.common import EXIT_DIVERGED, EXIT_OK, add_groups, check_options, done, progress, run_id, say, with_model
 from parity.options import run_options
 
 
@@ -63,7 +63,8 @@ def _run(ns: argparse.Namespace, opts: Any, outputs: Any, marks: int) -> int:
     report = result.report
     console_report.render(report, **_table(ns))
     if bisect:
-        print(render_builds(report.summary))
+        for line in render_builds(report.summary).splitlines():
+            say(line)
     lines = []
     if not ns.no_files:
         paths = files.write(report, outputs.dir)
@@ -77,7 +78,7 @@ def _run(ns: argparse.Namespace, opts: Any, outputs: Any, marks: int) -> int:
         lines.append(f"HTML report: {ns.html}")
     outputs.commit()  # every file in place, or none
     for line in lines:
-        print(line)
+        say(line)
     return EXIT_OK if report.summary.passed else EXIT_DIVERGED
 
 

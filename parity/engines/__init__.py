@@ -30,6 +30,7 @@ BUILTIN: dict[str, str] = {
     "dump": "parity.engines.dump:ENGINE",
     "cleanroom": "parity.engines.cleanroom:ENGINE",
     "quant": "parity.engines.quant:ENGINE",
+    "tp": "parity.engines.tp:ENGINE",
     "port": "parity.engines.port:ENGINE",
 }
 
