@@ -1,5 +1,5 @@
 """Port candidates: built-in engine-style ports, named faults, isolated per-block error,
-diagnosis of the known porting bugs, and the README example as a new user would run it."""
+diagnosis of the known porting bugs."""
 from __future__ import annotations
 
 import math
