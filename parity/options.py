@@ -54,7 +54,7 @@ class RunOptions:
     tokenizer: str | None = None
     chat: bool = False
     system: str | None = None
-    # engine backends (issue 4)
+    # engine options (each read by its engine in parity.engines)
     ort_opt: str = "all"
     ort_provider: str = "CPUExecutionProvider"
     ort_fault: list[str] | None = None
@@ -70,8 +70,8 @@ class RunOptions:
     port_map: str | None = None
     faults: list[str] = field(default_factory=list)
     isolate: bool = True
-    targeted: bool = True  # issue 18: the targeted pass naming the cause of a divergence
-    # quantized candidates (issue 19; parity.engines.schemes)
+    targeted: bool = True  # the targeted pass naming the cause of a divergence
+    # quantized candidates (parity.engines.schemes)
     quant: str | None = None
     quant_exclude: list[str] = field(default_factory=list)
     quant_budget: float | None = None

@@ -344,7 +344,7 @@ CASES: dict[str, tuple[Callable[[Kit], list[str]], tuple[str, ...]]] = {
     "probes-checkpoint-config-deep": (lambda k: ["probes", "--checkpoint", str(k.checkpoint(raw=DEEP))], ("nests",)),
     "doctor-unknown-option": (lambda k: ["doctor", "--verbose"], ("unrecognized arguments",)),
     "command-unknown": (lambda k: ["frobnicate"], ("invalid choice",)),
-    # llama.cpp, quantized candidates, eval, quant-sweep (issues 19, 20)
+    # llama.cpp, quantized candidates, eval, quant-sweep
     "llamacpp-gguf-missing": (run("--model", "llama", "--candidate", "llamacpp", "--gguf", "/nonexistent/m.gguf"),
                               ("--gguf",)),
     "llamacpp-gguf-not-gguf": (lambda k: ["run", "-q", "--out", str(k.out), "--model", "llama", "--candidate", "llamacpp",

@@ -174,7 +174,7 @@ def test_conversion_faults_are_localized_and_named(model: str, fault: str, probe
     assert first["component"] == ("norm" if fault == "gguf-norm-eps" else "attn")
     assert rep["run"]["candidate"]["faults"]
     diag = rep["summary"]["diagnosis"]
-    assert diag["named_cause"] == named, diag["hint"]  # issue 18: every built-in fault's exact cause
+    assert diag["named_cause"] == named, diag["hint"]  # every built-in fault's exact cause
     win = diag["hypotheses"][0]
     for k, v in params.items():
         assert win["params"][k] == (pytest.approx(v, rel=1e-2) if isinstance(v, float) else v), win

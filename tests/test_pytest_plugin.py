@@ -96,7 +96,7 @@ def test_failure_names_probe_tolerance_and_writes_html(pytester: pytest.Pytester
     assert "blocks.2.mlp_in" in out and "blocks.2.resid_post" in out
     assert "pattern 'blocks.9.mlp_out' matches no probe of this model" in out
     assert "During handling" not in out
-    assert "Traceback" not in out and "parity/run.py" not in out
+    assert "Traceback" not in out and "parity/run/" not in out
     pages = list(html_dir.glob("*.html"))
     assert len(pages) == 1 and "test_broken" in pages[0].name
     assert "FAIL test_failing.py::test_broken" in out

@@ -1,6 +1,6 @@
 """Canonical probe names: one vocabulary for every backend, report and tolerance table.
 
-A probe name says exactly which point of the computation it is (see DESIGN.md):
+A probe name says exactly which point of the computation it is (docs/reference/probes.md):
 ``embed``, ``rope.cos``, ``rope.sin``, ``blocks.{i}.<point>``, ``final_norm``, ``logits``.
 This module knows their execution order, which block and component each belongs to,
 and how glob filters select them. It imports nothing heavy.

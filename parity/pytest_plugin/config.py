@@ -1,6 +1,6 @@
 """``[tool.parity]`` in the user's pyproject.toml: run-option defaults and tolerance tables.
 
-Layout (documented in README.md)::
+Layout (documented in docs/guide/pytest-plugin.md)::
 
     [tool.parity]                      # defaults for any run option (model, dtype, tokens, ...)
     model = "qwen"

@@ -1,4 +1,4 @@
-"""The targeted pass (issue 18): once the first divergent probe is known, run the candidate
+"""The targeted pass: once the first divergent probe is known, run the candidate
 again keeping the full tensors of that probe and its upstream inputs only, take the
 reference's from its capture and the reference model's own weights of the component at fault,
 and test the hypotheses of parity.verdict.hypotheses on them (on the run's device, in float64,

@@ -52,8 +52,8 @@ def classify(rows: Sequence[ProbeRow], index: int, dtype: str | None,
 
 def birth(rows: Sequence[ProbeRow], index: int, dtype: str | None, calibration: Calibration | None = None) -> int | None:
     """The earliest probe up to ``index`` whose own input matched and whose error is a step
-    over it (issue 18: an error born in a norm is not accumulation even when it stays under
-    the budget until probes downstream): its measure at least the honest rounding level (excess
+    over it (an error born in a norm is not accumulation even when it stays under the
+    budget until probes downstream): its measure at least the honest rounding level (excess
     1; absolute: STEP_FACTOR rounding units) and STEP_GROWTH (STEP_FACTOR) times its input's."""
     calibrated = calibration is not None and calibration.calibrated
     by_name = {r.name: r for r in rows}

@@ -1,4 +1,4 @@
-"""The named cause (issue 18): what the hypotheses of the targeted pass say, folded into
+"""The named cause: what the hypotheses of the targeted pass say, folded into
 ``summary.diagnosis`` -- the winner as the cause in one phrase with its residual and
 parameters, the runners-up, and per-token evidence as ranges of matching and non-matching
 tokens. When no hypothesis fits, the location-based hint stays, and says so."""

@@ -1,4 +1,4 @@
-"""Hypotheses about *why* a probe diverges, tested on the captured tensors (issue 18).
+"""Hypotheses about *why* a probe diverges, tested on the captured tensors.
 
 A hypothesis is a small function registered with :func:`hypothesis` for the canonical points
 it can explain (``"attn_out"``, ``"attn.q"``, ``"*"`` for any). It gets the
