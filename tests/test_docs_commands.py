@@ -205,14 +205,11 @@ def _skip_unless_ready(block: Block) -> None:
     for pkg in filter(None, block.test.get("needs", "").split(",")):
         if importlib.util.find_spec(pkg) is None:
             pytest.skip(f"{block.id} needs {pkg}, which is not installed")
-    if "real" in block.test:
+    if "real" in block.test:  # the caller has pointed PARITY_CACHE back at the user's cache
         from parity.loading import fetch
 
-        cache = USER_CACHE
-        folder = (Path(cache) if cache else Path.home() / ".cache" / "parity") / "models" / "smollm2"
-        if not (folder / "config.json").is_file():
+        if not (fetch.model_dir("smollm2") / "config.json").is_file():
             pytest.skip(f"{block.id} needs SmolLM2, which is not fetched: run `make model` (parity fetch smollm2)")
-        assert fetch  # the module that defines where it is fetched to
 
 
 @pytest.mark.parametrize("block", _run_params())
@@ -220,14 +217,14 @@ def test_commands_run(block: Block, tmp_path_factory: pytest.TempPathFactory, mo
                       capsys: pytest.CaptureFixture[str]) -> None:
     from parity.cli import main
 
-    _skip_unless_ready(block)
-    monkeypatch.chdir(_page_folder(block.page, tmp_path_factory))
-    monkeypatch.setenv("COLUMNS", "100")
     if "real" in block.test:
         if USER_CACHE:
             monkeypatch.setenv("PARITY_CACHE", USER_CACHE)
         else:
             monkeypatch.delenv("PARITY_CACHE", raising=False)
+    _skip_unless_ready(block)
+    monkeypatch.chdir(_page_folder(block.page, tmp_path_factory))
+    monkeypatch.setenv("COLUMNS", "100")
     for cmd in block.commands():
         code = main(cmd.argv)
         out, err = capsys.readouterr()
@@ -243,3 +240,72 @@ def test_readme_pytest_example_is_the_guides() -> None:
     assert readme, "the README shows a pytest example"
     for b in readme:
         assert b.body.strip() in guide, f"{b.id} is not in docs/guide/pytest-plugin.md's example"
+
+
+# -- code the pages point at ---------------------------------------------------------------
+DOTTED = re.compile(r"(?<![\w./-])(parity(?:\.\w+)+)")
+PATH = re.compile(r"(?<![\w/.-])((?:parity|models|probes|tests|benchmarks|docs)/[\w/.-]*\w)")
+#: names the pages use that are not importable definitions: the fixture's method, data packages
+NOT_DEFINITIONS = {"parity.assert_parity", "parity.probes", "parity.models"}
+
+
+def _top_level_names(source: str) -> dict[str, set[str]]:
+    """Module-level names, each with the names defined in its body (for classes)."""
+    import ast
+
+    names: dict[str, set[str]] = {}
+    for node in ast.parse(source).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            inner = {n.name for n in getattr(node, "body", []) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
+            names[node.name] = inner
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            for t in node.targets if isinstance(node, ast.Assign) else [node.target]:
+                if isinstance(t, ast.Name):
+                    names[t.id] = set()
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            for a in node.names:
+                names[(a.asname or a.name).split(".")[0]] = set()
+    return names
+
+
+def _resolves(dotted: str) -> bool:
+    parts = dotted.split(".")
+    for k in range(len(parts), 0, -1):
+        try:
+            spec = importlib.util.find_spec(".".join(parts[:k]))
+        except (ImportError, ValueError):
+            spec = None
+        if spec is None:
+            continue
+        rest = parts[k:]
+        if not rest:
+            return True
+        if not spec.origin or not spec.origin.endswith(".py"):
+            return False
+        source = Path(spec.origin).read_text(encoding="utf-8")
+        names = _top_level_names(source)
+        if rest[0] not in names:  # a lazy attribute the module's __getattr__ serves by name
+            return "__getattr__" in names and any(f"{q}{rest[0]}{q}" in source for q in "\"'")
+        return len(rest) == 1 or rest[1] in names[rest[0]] or not names[rest[0]]
+    return False
+
+
+def test_code_the_pages_name_exists() -> None:
+    """Every ``parity.x.y`` and every repository path a page names exists: a renamed module or a
+    moved file shows up here, with the page to update."""
+    stale = []
+    for page in PAGES:
+        if page.name == "cli.md":
+            continue  # generated from the parser
+        for n, line in enumerate(page.read_text(encoding="utf-8").splitlines(), 1):
+            for m in DOTTED.finditer(line):
+                name = m.group(1)
+                if name not in NOT_DEFINITIONS and not _resolves(name):
+                    stale.append(f"{page.relative_to(ROOT)}:{n}: {name}")
+            for m in PATH.finditer(line):
+                path = m.group(1)
+                if any(c in path for c in "<{*") or path.endswith("_"):
+                    continue  # a pattern, not a file
+                if not (ROOT / path).exists():
+                    stale.append(f"{page.relative_to(ROOT)}:{n}: {path}")
+    assert not stale, "pages name code that is not there:\n" + "\n".join(stale)
