@@ -157,7 +157,7 @@ def test_fp32_uses_preset_table(parity):
 
 
 def test_tolerance_globs_most_specific_first(pytester: pytest.Pytester) -> None:
-    pytester.makepyprojecttoml(readme_example("pyproject.toml"))
+    pytester.makepyprojecttoml(readme_example("pyproject-absolute.toml"))
     pytester.makepyfile(test_globs=GLOBS)
     result = run(pytester, "--parity-tokens", "4")
     result.assert_outcomes(passed=2)
