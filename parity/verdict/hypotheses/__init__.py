@@ -42,6 +42,7 @@ def load_builtin() -> None:
     """Register the built-in hypotheses (imports their modules; idempotent)."""
     if "scale" not in HYPOTHESES:
         from parity.verdict.hypotheses import attention, generic, mlp, norm, rotary  # noqa: F401  (register)
+        from parity.verdict.hypotheses import identity, knobs  # noqa: F401  (generic explanations)
 
 
 def identity_residual(ev: Evidence) -> float:

@@ -55,6 +55,18 @@ def norm(ev: Evidence) -> list[Result]:
     if low is not None:
         out.append(Result("norm-no-upcast", "norm", {"dtype": ev.dtype}, residual(c, rms(x, w, eps, low=low)),
                           f"norm computed in {ev.dtype} (no float32 upcast)"))
+    ms = x.pow(2).mean(-1, keepdim=True)
+    forms = [
+        ("norm-formula:no-rms", "the norm's division by the RMS left out (only the weight applied)", x * w),
+        ("norm-formula:x*rms", "the norm multiplies by the RMS instead of dividing (sqrt where rsqrt belongs)",
+         x * torch.sqrt(ms + eps) * w),
+        ("norm-formula:x/w", "the norm divides by its weight instead of multiplying", rms(x, None, eps) / w),
+        ("norm-axis:tokens", "the norm's mean of squares taken over the tokens instead of the channels",
+         x * torch.rsqrt(x.pow(2).mean(0, keepdim=True) + eps) * w),
+        ("norm-axis:elementwise", "the norm's mean of squares not reduced (each element divided by its own magnitude)",
+         x * torch.rsqrt(x.pow(2) + eps) * w),
+    ]
+    out += [Result("norm-variant", "norm", {"label": label}, residual(c, pred), cause) for label, cause, pred in forms]
     fitted = _fit_eps(x, w, c)
     if fitted is not None:
         out.append(Result("norm-eps", "norm", {"eps": fitted, "expected": eps}, residual(c, rms(x, w, fitted)),
@@ -73,4 +85,4 @@ def _fit_eps(x: torch.Tensor, w: torch.Tensor, c: torch.Tensor) -> float | None:
     r = (num[ok] / den[ok])  # = sqrt(ms + eps) per token
     ms = x.pow(2).mean(-1)[ok]
     eps = (r * r - ms).cpu().median().item()
-    return eps if eps > 0 else None
+    return eps if eps > -0.5 * ms.min().item() and eps != 0 else None
