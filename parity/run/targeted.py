@@ -9,6 +9,7 @@ starts from the reference's stream, so its inputs are the reference's up to roun
 forward otherwise. Evidence, never fatal: any failure leaves the location-based diagnosis."""
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -21,7 +22,7 @@ from parity.engines.pytorch import DTYPE_ALIASES
 from parity.run.common import isolation_inputs, stage
 from parity.verdict import named
 from parity.verdict.hypotheses import evaluate, load_builtin
-from parity.verdict.hypotheses.core import Evidence
+from parity.verdict.hypotheses.core import Evidence, residual
 
 load_builtin()  # at start-up, with the rest of parity: not inside the targeted pass a run times
 
@@ -271,6 +272,20 @@ def _reference(ref: Any, names: list[str]) -> Capture:
     return cap
 
 
+def _forcing_changed(ev: Evidence, summary: dict[str, Any], focus: str) -> bool:
+    """Whether the teacher-forced capture does not show the error of the full run at the focus:
+    none left, or (a step whose upstream matched, where forcing changes nothing honest) an error
+    of another size than the full run's."""
+    if ev.identity <= ev.tolerance:
+        return True
+    fd = summary.get("first_divergence") or {}
+    full = fd.get("nrmse")
+    if fd.get("probe") != focus or fd.get("classification") != "step" or not full or not math.isfinite(full):
+        return False
+    forced = residual(ev.out_ref, ev.out_cand)
+    return not (full / 1.5 <= forced <= full * 1.5)
+
+
 def refine(summary: dict[str, Any], cand: Any, ref: Any, calib: Any, dtype: str | None, progress: Any,
            timings: dict[str, float], teacher_forced: bool) -> None:
     """Name the cause of ``summary.diagnosis`` (a bug) by testing hypotheses on the full
@@ -294,8 +309,8 @@ def refine(summary: dict[str, Any], cand: Any, ref: Any, calib: Any, dtype: str 
             device = next(iter(tensors.values())).device if tensors else "cpu"
             ev = evidence(focus, ref_cap, tensors, ref.model, ref.probe_map, ref.source.config, n,
                           dtype or "float32", None if d is None else d.nrmse, device)
-            if ev is not None and how.startswith("teacher-forced") and ev.identity <= ev.tolerance:
-                # forcing the block's input hid the error (an engine that fuses the previous
+            if ev is not None and how.startswith("teacher-forced") and _forcing_changed(ev, summary, focus):
+                # forcing the block's input hid or changed the error (an engine that fuses the previous
                 # block's residual add into this block's norm: the add is not run when forced)
                 with cand:
                     (tensors, how), more_s = timed(capture, cand, ref.ids, ref_cap, names, n, False)

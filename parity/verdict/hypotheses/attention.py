@@ -118,7 +118,8 @@ class Attention:
 def _fit_scale(score: Callable[[float], float], d: int, good: float) -> float:
     """The softmax scale minimizing ``score``: the usual mistakes first (one that scores
     ``good`` or better ends the search), then a fit."""
-    usual = [1 / d, 1 / math.sqrt(d), 1.0, 1 / math.sqrt(2 * d), math.sqrt(2 / d)]
+    usual = [1 / d, 1 / math.sqrt(d), 1.0, 1 / math.sqrt(2 * d), math.sqrt(2 / d), math.sqrt(d), 0.5, 2.0,
+             2 / math.sqrt(d), 1 / (2 * math.sqrt(d))]
     best = min(usual, key=score)
     if score(best) <= good:
         return best
