@@ -36,6 +36,7 @@ DTYPES = ("fp32", "fp16")
 TOKENS = 16
 PORT = f"{HERE / 'factory.py'}:build"
 PORT_MAP = str(ROOT / "probes" / "engine_port.toml")
+REFERENCES: dict[tuple[str, str], Any] = {}
 
 
 def _num(expr: str, facts: dict[str, Any]) -> float | None:
@@ -163,7 +164,8 @@ def changes_logits(case: dict[str, Any], clean: Clean) -> str:
 def run_case(case: dict[str, Any], num_blocks: int) -> dict[str, Any]:
     from parity.capture import probes as canon
     from parity.options import RunOptions
-    from parity.run import execute
+    from parity.run.candidate import compare_candidate
+    from parity.run.reference import prepare_reference
 
     m = case["mutant"]
     exp = truth_mod.truth(m.id, case["norm"], case["layer"], num_blocks)
@@ -171,8 +173,12 @@ def run_case(case: dict[str, Any], num_blocks: int) -> dict[str, Any]:
     factory.CURRENT.update(source=m.source(), function=m.function, layer=case["layer"], norm=case["norm"])
     t0 = time.perf_counter()
     try:
-        s = execute(RunOptions(model=case["family"], candidate="port", port=PORT, port_map=PORT_MAP, dtype=case["dtype"],
-                               device="cpu", tokens=TOKENS)).report.summary
+        opts = RunOptions(model=case["family"], candidate="port", port=PORT, port_map=PORT_MAP, dtype=case["dtype"],
+                          device="cpu", tokens=TOKENS)
+        key = (case["family"], case["dtype"])
+        if key not in REFERENCES:  # the reference and its precision twin, once per family and dtype
+            REFERENCES[key] = prepare_reference(opts)
+        s = compare_candidate(REFERENCES[key], opts).report.summary
         err = None
     except Exception as exc:  # noqa: BLE001 - parity's own failure is a result
         s, err = {}, f"{type(exc).__name__}: {exc}"[:300]
