@@ -272,6 +272,11 @@ def _reference(ref: Any, names: list[str]) -> Capture:
     return cap
 
 
+#: a step's error (upstream matched) is the same forced or not, up to this factor; beyond it,
+#: forcing the block's input changed what the candidate computes
+FORCED_AGREE = 1.1
+
+
 def _forcing_changed(ev: Evidence, summary: dict[str, Any], focus: str) -> bool:
     """Whether the teacher-forced capture does not show the error of the full run at the focus:
     none left, or (a step whose upstream matched, where forcing changes nothing honest) an error
@@ -283,7 +288,7 @@ def _forcing_changed(ev: Evidence, summary: dict[str, Any], focus: str) -> bool:
     if fd.get("probe") != focus or fd.get("classification") != "step" or not full or not math.isfinite(full):
         return False
     forced = residual(ev.out_ref, ev.out_cand)
-    return not (full / 1.5 <= forced <= full * 1.5)
+    return not (full / FORCED_AGREE <= forced <= full * FORCED_AGREE)
 
 
 def refine(summary: dict[str, Any], cand: Any, ref: Any, calib: Any, dtype: str | None, progress: Any,

@@ -65,9 +65,9 @@ NORM_POST = {  # resid_mid of block L, unless noted
     "m330": {"expr:2*blocks.{L}.attn_out"}, "m331": {"expr:blocks.{L}.attn_out+blocks.{P}.mlp_out"},
 }
 NORM_FORMULA = {  # the norm's own output (attn_in / mlp_in / final_norm)
-    "m296": {"norm-formula:no-rms"}, "m297": set(), "m298": {"norm-formula:x*rms"}, "m302": {"norm-formula:x*rms"},
-    "m301": set(), "m303": {"norm-eps"}, "m305": {"norm-eps"}, "m306": {"norm-axis:elementwise"},
-    "m307": {"norm-axis:tokens"}, "m310": set(), "m312": set(), "m314": {"norm-no-weight"},
+    "m296": {"norm-formula:no-rms"}, "m297": {"norm-formula:rsqrt-only"}, "m298": {"norm-formula:x*rms"}, "m302": {"norm-formula:x*rms"},
+    "m301": {"norm-formula:x*ms"}, "m303": {"norm-eps"}, "m305": {"norm-eps"}, "m306": {"norm-axis:elementwise"},
+    "m307": {"norm-axis:tokens"}, "m310": {"norm-formula:pow4"}, "m312": set(), "m314": {"norm-no-weight"},
     "m315": set(), "m316": {"norm-formula:x/w"},
 }
 RESID_POST = {"m333": {"expr:blocks.{L}.mlp_out+blocks.{L}.mlp_in"}, "m334": {"expr:blocks.{L}.mlp_out+blocks.{P}.mlp_out"}}

@@ -65,7 +65,12 @@ def norm(ev: Evidence) -> list[Result]:
          x * torch.rsqrt(x.pow(2).mean(0, keepdim=True) + eps) * w),
         ("norm-axis:elementwise", "the norm's mean of squares not reduced (each element divided by its own magnitude)",
          x * torch.rsqrt(x.pow(2) + eps) * w),
+        ("norm-formula:x*ms", "the norm multiplies by mean(x^2) + eps (its rsqrt left out)", x * (ms + eps) * w),
+        ("norm-formula:rsqrt-only", "the norm's output is rsqrt(mean(x^2) + eps) * weight: x itself left out of the product",
+         torch.rsqrt(ms + eps).expand_as(x) * w),
     ]
+    forms += [(f"norm-formula:pow{p}", f"the norm's mean taken over x^{p} instead of x^2",
+               x * torch.rsqrt(x.pow(p).mean(-1, keepdim=True) + eps) * w) for p in (4,)]
     out += [Result("norm-variant", "norm", {"label": label}, residual(c, pred), cause) for label, cause, pred in forms]
     fitted = _fit_eps(x, w, c)
     if fitted is not None:
