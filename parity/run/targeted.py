@@ -306,8 +306,14 @@ def refine(summary: dict[str, Any], cand: Any, ref: Any, calib: Any, dtype: str 
         with stage(progress, f"targeted pass (full tensors around {focus})", timings):
             names = probes_for(focus, n)
             ref_cap = _reference(ref, names)
-            with cand:
-                (tensors, how), cap_s = timed(capture, cand, ref.ids, ref_cap, names, n, teacher_forced)
+            try:
+                with cand:
+                    (tensors, how), cap_s = timed(capture, cand, ref.ids, ref_cap, names, n, teacher_forced)
+            except Exception:  # noqa: BLE001 - a candidate that cannot run forced (its block needs its own residual)
+                if not teacher_forced:
+                    raise
+                with cand:
+                    (tensors, how), cap_s = timed(capture, cand, ref.ids, ref_cap, names, n, False)
             twin = calib.twin if calib is not None else None
             table = (twin.isolated if how.startswith("teacher-forced") else twin.diffs) if twin is not None else {}
             d = table.get(focus)

@@ -15,7 +15,8 @@ ROPE_QK = ("attn.q_rot", "attn.k_rot", "attn_out")
 
 # (points by default, labels)
 ROTARY = {
-    "m012": {"rot:cos,sin,-rh"}, "m013": {"rot:cos,sin,swap"}, "m014": set(), "m015": set(),
+    "m012": {"rot:cos,sin,a,-b"}, "m013": {"rot:cos,sin,swap"}, "m014": {"rot:cos,sin,-b,b"},
+    "m015": {"rot:cos,sin,-a,a"},
     "m027": {"rot:sin,cos,rh"}, "m028": {"rot:sin,sin,rh"}, "m032": {"rot:cos,cos,rh"}, "m043": {"rot:cos,0,rh"},
     "m044": {"rot:0,sin,rh"}, "m045": {"rot:cos,sin,-rh"}, "m046": set(), "m047": {"rot:1,sin,rh"}, "m048": set(),
     "m049": set(), "m050": {"rot:cos,1,rh"}, "m051": set(), "m055": {"rot:sin,sin,rh"}, "m056": {"rot:cos,sin,id"},

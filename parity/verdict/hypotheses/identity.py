@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from parity.verdict.hypotheses.core import Evidence, Result, residual, sumsq
+from parity.verdict.hypotheses.core import EXPLAINS, Evidence, Result, residual, sumsq
 from parity.verdict.hypotheses.registry import hypothesis
 
 NORM_POINTS = ("attn_in", "mlp_in", "final_norm")
@@ -79,7 +79,7 @@ def identity(ev: Evidence) -> list[Result]:
         return []
     # expressions equal up to rounding (-norm(r - (a + r)) is norm(a)): the simplest one, scale 1 first
     best = scored[0][0]
-    same = [x for x in scored if x[0] <= 1.25 * best + 1e-12]
+    same = [x for x in scored if x[0] <= max(1.25 * best, min(ev.tolerance, EXPLAINS * ev.identity)) + 1e-12]
     scored = sorted(same, key=lambda x: (_complexity(x[1]), abs(x[2] - 1.0) > 2e-3)) + [x for x in scored if x not in same]
     out = []
     for res, expr, s in scored[:3]:

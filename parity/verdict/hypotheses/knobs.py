@@ -24,7 +24,7 @@ from parity.verdict.hypotheses.registry import hypothesis
 from parity.verdict.hypotheses.rotary import Rotary
 
 FACTORS = ("cos", "sin", "1", "0")
-TURNS = ("rh", "-rh", "id", "swap")
+TURNS = ("rh", "-rh", "id", "swap", "a,-b", "-b,b", "-a,a")
 REFERENCE = ("cos", "sin", "rh")
 
 
@@ -36,6 +36,12 @@ def _turn(x: torch.Tensor, how: str) -> torch.Tensor:
         return torch.cat((b, -a), dim=-1)
     if how == "swap":
         return torch.cat((b, a), dim=-1)
+    if how == "a,-b":
+        return torch.cat((a, -b), dim=-1)
+    if how == "-b,b":
+        return torch.cat((-b, b), dim=-1)
+    if how == "-a,a":
+        return torch.cat((-a, a), dim=-1)
     return x
 
 
@@ -62,7 +68,8 @@ def variants() -> Iterator[tuple[str, str, str]]:
 
 
 WORDS = {"rh": "rotate_half(x)", "-rh": "-rotate_half(x) (the rotation reversed)", "id": "x (rotate_half left out)",
-         "swap": "the halves exchanged without the sign"}
+         "swap": "the halves exchanged without the sign", "a,-b": "(x1, -x2) (halves not exchanged, second negated)",
+         "-b,b": "(-x2, x2) (x1 lost)", "-a,a": "(-x1, x1) (x2 lost)"}
 
 
 def _cause(a: str, b: str, r: str, where: str) -> str:
@@ -130,19 +137,19 @@ def attend(att: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
 
 
 def _operands(att: Attention) -> dict[str, torch.Tensor]:
-    return {"q": att.qr, "k": att.kr, "v": att.v}
+    """q, and k / v spread to the query heads (as the reference repeats them)."""
+    return {"q": att.qr, "k": _spread(att, att.kr), "v": _spread(att, att.v)}
 
 
 def attention_variants(att: Attention) -> Iterator[tuple[str, dict, str, Callable[[], torch.Tensor]]]:
     """(label, params, cause, prediction) of each attention variant."""
     ops = _operands(att)
-    mha = att.hq == att.hkv
     for qn, kn, vn in itertools.product("qkv", repeat=3):
-        if (qn, kn, vn) == ("q", "k", "v") or (not mha and (qn != "q" or "q" in (kn, vn))):
+        if (qn, kn, vn) == ("q", "k", "v"):
             continue
         yield (f"attn:{qn},{kn},{vn}", {"query": qn, "key": kn, "value": vn},
                f"attention computed with query {qn}, key {kn}, value {vn} instead of q, k, v (operands crossed)",
-               lambda qn=qn, kn=kn, vn=vn: attend(att, ops[qn], _spread(att, ops[kn]), _spread(att, ops[vn])))
+               lambda qn=qn, kn=kn, vn=vn: attend(att, ops[qn], ops[kn], ops[vn]))
     k, v = _spread(att, att.kr), _spread(att, att.v)
     if att.all_rows:
         yield ("softmax-axis", {"axis": "queries"}, "softmax taken over the query axis instead of the keys",

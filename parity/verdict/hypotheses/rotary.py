@@ -234,9 +234,31 @@ def rotary_table(ev: Evidence) -> list[Result]:
                   f"positions shifted by {s:+d} (position ids start at {s} instead of 0)") for s in (1, -1, 2, -2, 3, 4, 8)]
     out.append(Result("rotary-interleaved", "rotary", {}, residual(c, tab(rot.freqs, layout="interleaved")),
                       "rotary table in the interleaved layout instead of rotate-half"))
+    out.append(Result("rotary-none", "rotary", {"label": "rotary-none"}, residual(c, tab(rot.freqs * 0)),
+                      "rotary table of position 0 everywhere (cos 1, sin 0): no rotation"))
+    other = table(rot.pos, rot.freqs)[1 - k]
+    out.append(Result("rotary-table-swapped", "rotary", {"label": "rot-table:sin,cos"}, residual(c, other),
+                      f"rope.{'cos' if k == 0 else 'sin'} holds the {'sin' if k == 0 else 'cos'} table: cos and sin exchanged"))
+    if not _found(out, ev):
+        out.append(_freq_scale(ev, rot, lambda f: residual(c, tab(f))))
     if not _found(out, ev):
         out += _base_result(ev, rot, lambda f: residual(c, tab(f)), ev.tolerance)
     return out
+
+
+def _freq_scale(ev: Evidence, rot: Rotary, score: Callable[[torch.Tensor], float]) -> Result:
+    """Every frequency scaled by one factor c (positions x c): the usual ones first, then a fit."""
+    d, b0 = rot.rd, rot.base_guess()
+    named = {"2": 2.0, "1/2": 0.5, "base^(-1/d) (frequency index from 1: exponent (2i+1)/d)": b0 ** (-1.0 / d),
+             "base^(1/d)": b0 ** (1.0 / d)}
+    label, c = min(named.items(), key=lambda kv: score(rot.freqs * kv[1]))
+    if score(rot.freqs * c) > ev.tolerance:
+        fit = log_fit(lambda x: score(rot.freqs * x), 1e-2, 1e2, points=25, iters=20)
+        if score(rot.freqs * fit) < score(rot.freqs * c):
+            label, c = None, fit
+    what = f"x{c:.4g}" + (f" = {label}" if label else "")
+    return Result("rotary-frequency-scale", "rotary", {"factor": c, "recognized": label, "label": f"rope-scale={c:.6g}"},
+                  score(rot.freqs * c), f"rotary frequencies scaled by {what} (positions scaled alike)")
 
 
 def _found(out: list[Result], ev: Evidence) -> bool:
