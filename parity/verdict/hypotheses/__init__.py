@@ -56,14 +56,17 @@ def evaluate(ev: Evidence, names: Sequence[str] | None = None) -> list[Result]:
     load_builtin()
     ident = identity_residual(ev)
     out: list[Result] = []
-    for h in HYPOTHESES.values():
-        if (names is not None and h.name not in names) or not h.applies(ev.point):
-            continue
-        try:
-            found = list(h.fn(ev) or ())
-        except Exception:  # noqa: BLE001 - a broken hypothesis must not break the diagnosis
-            continue
-        out.extend(judge(r, ev, ident) for r in found)
+    for generic in (False, True):  # the searches only when no specific hypothesis fits
+        if generic and any(r.fits for r in out):
+            break
+        for h in HYPOTHESES.values():
+            if h.generic != generic or (names is not None and h.name not in names) or not h.applies(ev.point):
+                continue
+            try:
+                found = list(h.fn(ev) or ())
+            except Exception:  # noqa: BLE001 - a broken hypothesis must not break the diagnosis
+                continue
+            out.extend(judge(r, ev, ident) for r in found)
     order = {id(r): i for i, r in enumerate(out)}
     out.sort(key=lambda r: (not r.fits, r.residual if math.isfinite(r.residual) else math.inf, order[id(r)]))
     return out

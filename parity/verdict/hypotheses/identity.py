@@ -64,7 +64,7 @@ def _fit(c: torch.Tensor, t: torch.Tensor) -> tuple[float, float]:
     return s, residual(c, s * t)
 
 
-@hypothesis("tensor-identity", ["*"])
+@hypothesis("tensor-identity", ["*"], generic=True)
 def identity(ev: Evidence) -> list[Result]:
     """The best few expressions of the pool, each with its fitted scale (named when 1, 2, -1, 1/2)."""
     if ev.point in ("logits", "embed"):

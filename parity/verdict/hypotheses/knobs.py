@@ -85,7 +85,7 @@ def _tables(rot: Rotary) -> tuple[torch.Tensor, torch.Tensor]:
     return rot._table(0.0, rot.freqs, "half")
 
 
-@hypothesis("rotary-formula", ["attn.q_rot", "attn.k_rot"])
+@hypothesis("rotary-formula", ["attn.q_rot", "attn.k_rot"], generic=True)
 def rotary_formula(ev: Evidence) -> list[Result]:
     """The rotary's formula varied at q_rot/k_rot (from the reference's q/k), and the rotary of v."""
     pre = ev.r(ev.point.replace("_rot", ""))
@@ -168,7 +168,7 @@ def attention_variants(att: Attention) -> Iterator[tuple[str, dict, str, Callabl
                lambda: attend(att, att.qr, k, v, project=False))
 
 
-@hypothesis("attention-variants", ["attn_out"])
+@hypothesis("attention-variants", ["attn_out"], generic=True)
 def attention_knobs(ev: Evidence) -> list[Result]:
     att = Attention(ev)
     if not att.ok or residual(ev.out_ref[att.rows], att.out()) > 1e-3:

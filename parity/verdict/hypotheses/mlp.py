@@ -76,13 +76,36 @@ def activation(ev: Evidence) -> list[Result]:
                               residual(c, _out(a, b, down, act, gate0)),
                               "no activation in the MLP (the gated branch used as is)" if act == "none"
                               else f"{act} instead of {act0} in the MLP"))
+    return out
+
+
+def _reference_mlp(ev: Evidence, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, str, int] | None:
+    got = branches(ev, rows)
+    if got is None:
+        return None
+    a, b, down = got
+    ref = ev.out_ref[rows]
+    fits = next(((act, gate) for act in ACTS for gate in (0, 1) if residual(ref, _out(a, b, down, act, gate)) <= 1e-4), None)
+    return None if fits is None else (a, b, down, *fits)
+
+
+@hypothesis("mlp-variants", ["mlp_out"], generic=True)
+def mlp_variants(ev: Evidence) -> list[Result]:
+    """The gated product's operands varied, and the MLP run on another tensor than mlp_in."""
+    rows = sample_rows(ev.out_ref.shape[0], ev.out_ref.device)
+    got = _reference_mlp(ev, rows)
+    if got is None:
+        return []
+    a, b, down, act0, gate0 = got
+    names = ev.weights.get("mlp.names") or ["branch 0", "branch 1"]
+    if len(names) == 1:
+        names = [f"{names[0]}[first half]", f"{names[0]}[second half]"]
+    c = ev.out_cand[rows]
     g, o = (a, b) if gate0 == 0 else (b, a)
     gname, oname = names[gate0], names[1 - gate0]
-    for label, cause, form in FORMS:
-        out.append(Result("mlp-form", "activation", {"label": label}, residual(c, form(ACTS[act0], g, o) @ down.T),
-                          cause.format(act=act0, g=gname, o=oname)))
-    out += _inputs(ev, rows, act0, gate0, c)
-    return out
+    out = [Result("mlp-form", "activation", {"label": label}, residual(c, form(ACTS[act0], g, o) @ down.T),
+                  cause.format(act=act0, g=gname, o=oname)) for label, cause, form in FORMS]
+    return out + _inputs(ev, rows, act0, gate0, c)
 
 
 def _inputs(ev: Evidence, rows: torch.Tensor, act: str, gate: int, c: torch.Tensor) -> list[Result]:

@@ -55,6 +55,20 @@ def norm(ev: Evidence) -> list[Result]:
     if low is not None:
         out.append(Result("norm-no-upcast", "norm", {"dtype": ev.dtype}, residual(c, rms(x, w, eps, low=low)),
                           f"norm computed in {ev.dtype} (no float32 upcast)"))
+    fitted = _fit_eps(x, w, c)
+    if fitted is not None:
+        out.append(Result("norm-eps", "norm", {"eps": fitted, "expected": eps}, residual(c, rms(x, w, fitted)),
+                          f"norm epsilon {fitted:.3g} instead of {eps:g}"))
+    return out
+
+
+@hypothesis("norm-variants", NORM_POINTS, generic=True)
+def norm_variants(ev: Evidence) -> list[Result]:
+    """The norm's formula and reduction axis varied (after the specific norm hypotheses)."""
+    x, w, eps = norm_input(ev), ev.weights.get("norm.weight"), ev.weights.get("norm.eps")
+    if x is None or w is None or eps is None or residual(ev.out_ref, rms(x, w, eps)) > 1e-4:
+        return []
+    c = ev.out_cand
     ms = x.pow(2).mean(-1, keepdim=True)
     forms = [
         ("norm-formula:no-rms", "the norm's division by the RMS left out (only the weight applied)", x * w),
@@ -71,12 +85,7 @@ def norm(ev: Evidence) -> list[Result]:
     ]
     forms += [(f"norm-formula:pow{p}", f"the norm's mean taken over x^{p} instead of x^2",
                x * torch.rsqrt(x.pow(p).mean(-1, keepdim=True) + eps) * w) for p in (4,)]
-    out += [Result("norm-variant", "norm", {"label": label}, residual(c, pred), cause) for label, cause, pred in forms]
-    fitted = _fit_eps(x, w, c)
-    if fitted is not None:
-        out.append(Result("norm-eps", "norm", {"eps": fitted, "expected": eps}, residual(c, rms(x, w, fitted)),
-                          f"norm epsilon {fitted:.3g} instead of {eps:g}"))
-    return out
+    return [Result("norm-variant", "norm", {"label": label}, residual(c, pred), cause) for label, cause, pred in forms]
 
 
 def _fit_eps(x: torch.Tensor, w: torch.Tensor, c: torch.Tensor) -> float | None:

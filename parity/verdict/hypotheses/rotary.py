@@ -240,9 +240,9 @@ def rotary_table(ev: Evidence) -> list[Result]:
     out.append(Result("rotary-table-swapped", "rotary", {"label": "rot-table:sin,cos"}, residual(c, other),
                       f"rope.{'cos' if k == 0 else 'sin'} holds the {'sin' if k == 0 else 'cos'} table: cos and sin exchanged"))
     if not _found(out, ev):
-        out.append(_freq_scale(ev, rot, lambda f: residual(c, tab(f))))
-    if not _found(out, ev):
         out += _base_result(ev, rot, lambda f: residual(c, tab(f)), ev.tolerance)
+    if not _found(out, ev):
+        out.append(_freq_scale(ev, rot, lambda f: residual(c, tab(f))))
     return out
 
 
