@@ -200,7 +200,7 @@ def run_case(case: dict[str, Any], num_blocks: int) -> dict[str, Any]:
         factory.CURRENT.clear()
     diag = s.get("diagnosis") or {}
     probe = diag.get("probe") or (s.get("first_divergence") or {}).get("probe")
-    shape = re.search(r"probe '(\S+)' has shape", err or "")
+    shape = re.search(r"^ProbeError: probe '([^']+)'", err or "")
     if shape:  # parity refused to compare a probe whose shape changed: it said where
         probe = shape.group(1)
         diag = {"block": canon.parse(probe).block, "probe": probe}

@@ -23,7 +23,11 @@ core: a kernel a process never ran costs up to ~40 ms on its first call).
 
 The built-in families live in generic (scale, per-channel offset, head and channel permutation,
 transposed weight), rotary, attention, norm and mlp; load_builtin() registers them (parity.run.targeted
-calls it at import, evaluate() on first use).
+calls it at import, evaluate() on first use). Hypotheses registered with ``generic=True`` are
+searches over a space of variants -- identity (is the candidate another tensor the reference
+computed?), knobs (the rotary formula, the attention's operands, axis and projection), and the
+MLP's and norm's variants -- tried only when no specific hypothesis fits; structure describes
+the error when nothing does.
 """
 from __future__ import annotations
 
