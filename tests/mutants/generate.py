@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import json
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -224,8 +225,22 @@ def generate(source: str | None = None) -> list[Mutant]:
                 if before == after or key in seen:
                     continue
                 seen.add(key)
-                out.append(Mutant(f"m{len(out):03d}", op, fname, stmt.lineno, before, after, (src, _path(fn, node), new)))
-    return out
+                out.append(Mutant(f"x{len(out):03d}", op, fname, stmt.lineno, before, after, (src, _path(fn, node), new)))
+    return _stable_ids(out)
+
+
+#: the mutants' ids, by (function, mutated statement): stable when the engine's code moves
+#: (truth.py is keyed by them); a site listed with several statements is the same mutation
+#: of a line the engine has since rewritten
+SITES = Path(__file__).with_name("sites.json")
+
+
+def _stable_ids(muts: list[Mutant]) -> list[Mutant]:
+    """Each mutant's id from sites.json; a mutant of code written since keeps an ``x`` id (no truth)."""
+    known = {(v[0], after): k for k, v in json.loads(SITES.read_text()).items() for after in v[1:]}
+    for m in muts:
+        m.id = known.get((m.function, m.after), m.id)
+    return muts
 
 
 def _path(root: ast.AST, node: ast.AST) -> list[tuple[str, int | None]]:
