@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from parity.cli.common import EXIT_DIVERGED, EXIT_OK, check_options, done, progress, run_id, with_model
+from parity.cli.common import EXIT_DIVERGED, EXIT_OK, check_options, done, progress, run_id, with_model, say
 from parity.options import add_group
 
 
@@ -67,8 +67,8 @@ def cmd_eval(ns: argparse.Namespace) -> int:
     if not ns.no_files:
         out = Path(ns.out) if ns.out else Path("reports") / ("eval-" + run_id(ns))
         paths = evaluation.write(doc, out)
-        print(f"Reports: {paths['json']}  {paths['csv']}")
+        say(f"Reports: {paths['json']}  {paths['csv']}")
     if getattr(ns, "html", None):
-        print(f"HTML report: {evaluation.write_html(doc, ns.html)}")
+        say(f"HTML report: {evaluation.write_html(doc, ns.html)}")
     rl = doc["eval"]["overall"]["rougeL"]
     return EXIT_DIVERGED if ns.min_rougel is not None and (rl is None or rl < ns.min_rougel) else EXIT_OK
