@@ -114,6 +114,7 @@ def check_options(opts: Any) -> None:
                              ("--tokenizer", opts.tokenizer, "path"), ("--gguf", getattr(opts, "gguf", None), "file")):
         if path and not Path(path).exists():
             raise UsageError(f"{flag} {path}: no such {kind}.")
+    _check_needs(opts)
     # Whether the engine is installed comes after the checks of the user's own paths and
     # values: a typo is answered the same on every machine, with or without the engine.
     if bi is not None and not bi.is_available():
@@ -125,6 +126,22 @@ def check_options(opts: Any) -> None:
     for d in opts.probe_dirs:
         if not Path(d).is_dir():
             raise UsageError(f"--probe-dir {d}: no such folder.")
+
+
+#: options that do something only with one candidate: (flag, attribute, the candidate)
+NEEDS_CANDIDATE = (("--gguf", "gguf", "llamacpp"), ("--gguf-type", "gguf_type", "llamacpp"),
+                   ("--dump", "dump", "dump"), ("--dump-map", "dump_map", "dump"),
+                   ("--trtllm-map", "trtllm_map", "trtllm"), ("--sensitivity", "quant_sensitivity", "quant"))
+
+
+def _check_needs(opts: Any) -> None:
+    """An option that does nothing without its candidate is refused, not ignored."""
+    from parity.errors import UsageError
+
+    for flag, attr, candidate in NEEDS_CANDIDATE:
+        if getattr(opts, attr, None) and opts.candidate != candidate:
+            raise UsageError(f"{flag} needs --candidate {candidate} (it does nothing with --candidate {opts.candidate}).",
+                             note=f"add --candidate {candidate}, or drop {flag}")
 
 
 def check_tolerances(atol: float | None, rtol: float | None) -> None:

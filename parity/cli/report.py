@@ -68,6 +68,9 @@ def cmd_diff(ns: argparse.Namespace) -> int:
 
     with Outputs(files=[("--html", ns.html)]) as outputs:
         a, b = load(ns.run_a), load(ns.run_b)
+        from parity.report.schema import check_same_kind
+
+        check_same_kind(a, b, ns.run_a, ns.run_b)
         with rendering(f"{ns.run_a}' or '{ns.run_b}"):
             diff = compare.diff_reports(a, b)
             compare.render_console(diff, show_all=ns.all)

@@ -4,6 +4,7 @@ that name the tensor at fault.
 """
 from __future__ import annotations
 
+import pickle
 import re
 from pathlib import Path
 from typing import Any
@@ -104,15 +105,23 @@ def _load_file(path: Path) -> dict[str, Any]:
         try:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError) as exc:
-            raise CheckpointError(f"cannot read weights {path.name}: {exc} (truncated or not safetensors?)") from None
+            text = " ".join(str(exc).split())[:200]
+            raise CheckpointError(f"cannot read weights {path.name}: {text} (truncated or not safetensors?)",
+                                  note="download or save the file again") from None
     import pickle
 
     import torch
 
+    import warnings
+
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise CheckpointError(f"cannot read weights {path.name}: {_load_error(exc)}") from None
+        with warnings.catch_warnings():  # torch warns about pickle protocols on stderr: the error says it all
+            warnings.simplefilter("ignore")
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, TypeError, AttributeError,
+            KeyError, IndexError, UnicodeDecodeError, MemoryError) as exc:
+        raise CheckpointError(f"cannot read weights {path.name}: {_load_error(exc)}",
+                              note="parity loads .bin/.pt weights only as plain tensors; convert them to safetensors") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path.name} does not hold a state dict.")
     for key, value in obj.items():
@@ -132,8 +141,12 @@ def _load_error(exc: BaseException) -> str:
     if m:
         return (f"it holds a pickled '{m.group(1)}' object, not only tensors (parity never unpickles arbitrary "
                 "objects; save the state dict's tensors, e.g. with safetensors)")
+    if "Weights only load failed" in text or isinstance(exc, pickle.UnpicklingError):
+        m = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+        why = f" ({m.group(1).strip()[:120]})" if m else ""
+        return f"it is a pickle torch's safe loader refuses{why}: not only tensors, so parity does not load it"
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    return lines[0] if lines else type(exc).__name__
+    return (lines[0] if lines else type(exc).__name__)[:300]
 
 
 def load_state_dict(folder: Path) -> dict[str, Any]:

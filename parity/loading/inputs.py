@@ -64,7 +64,10 @@ def _load_npy(p: Path) -> Any:
     try:
         with p.open("rb") as fh:
             version = npy.read_magic(fh)
-            shape, _fortran, dtype = npy._read_array_header(fh, version)  # noqa: SLF001 - np.load's own reader
+            read = {(1, 0): npy.read_array_header_1_0, (2, 0): npy.read_array_header_2_0}.get(version)
+            if read is None:
+                raise ValueError(f".npy format version {version[0]}.{version[1]}")
+            shape, _fortran, dtype = read(fh)
             left = p.stat().st_size - fh.tell()
     except Exception as exc:  # noqa: BLE001 - numpy raises ValueError, TokenError, SyntaxError... on a bad header
         raise InputError(f"cannot read token ids from '{p}': not a readable .npy file ({_one_line(exc)}).",
