@@ -120,7 +120,7 @@ def check_file(path: str | Path, flag: str) -> Path:
                          note="give a new file path or a file to replace")
     anc = _existing_ancestor(p.parent)
     if not anc.is_dir():
-        raise UsageError(f"{flag} {p}: '{anc}' is not a folder.")
+        raise UsageError(f"{flag} {p}: '{anc}' is not a folder.", note="give a path in a folder")
     _probe_writable(anc, flag, p)
     return p
 
@@ -151,7 +151,8 @@ class _Lock:
                 self.fd = fd
                 return
             os.close(fd)
-        raise UsageError(f"{self.flag} {self.target}: cannot take its lock {self.path}.")
+        raise UsageError(f"{self.flag} {self.target}: cannot take its lock {self.path}.",
+                         note=f"another parity run keeps replacing it: wait, or give another {self.flag}")
 
     def release(self) -> None:
         if self.fd >= 0:
@@ -170,7 +171,7 @@ class Outputs:
         self.files = {Path(p): check_file(p, f) for f, p in files if p is not None}
         self._flags = {Path(p): f for f, p in files if p is not None}
         if self.target is not None and self.target.resolve() in {f.resolve() for f in self.files}:
-            raise UsageError(f"{flag} {self.target} and an output file are the same path.")
+            raise UsageError(f"{flag} {self.target} and an output file are the same path.", note="give the HTML page its own path")
         self.flag = flag
         self._tmpdir: Path | None = None
         self._was: Path | None = None  # the temp folder, once committed (for final())
@@ -325,7 +326,8 @@ class Outputs:
             except FileExistsError:
                 continue
             except OSError as exc:
-                raise UsageError(f"{self.flag}: cannot create folder '{d}' ({exc.strerror or exc}).") from None
+                raise UsageError(f"{self.flag}: cannot create folder '{d}' ({exc.strerror or exc}).",
+                                 note="give a path you can write to") from None
             self._made.append(d)
 
 

@@ -163,7 +163,10 @@ def wrap_prompt(template: str, vocab: Vocab, *, prompt: str | None, ids: list[in
         apply = getattr(tok, "apply_chat_template", None)
         if apply is not None and getattr(tok, "chat_template", None):
             msgs = ([] if system is None else [{"role": "system", "content": system}]) + [{"role": "user", "content": prompt}]
-            return _template_ids(_apply_template(apply, msgs)), "tokenizer chat_template"
+            ids = _template_ids(_apply_template(apply, msgs))
+            if not ids:
+                raise InputError("the tokenizer's chat template renders the prompt as no tokens.", note=TEMPLATE_NOTE)
+            return ids, "tokenizer chat_template"
         text = TEMPLATES[template].format(system=DEFAULT_SYSTEM if system is None else system, prompt=prompt)
         return _encode(tok, text), f"{template} text template"
     body = list(ids if ids is not None else _encode(tok, prompt or ""))

@@ -136,9 +136,20 @@ def hf_folder(path: Path, check: Callable[[GGUFInfo], None] | None = None,
         check(info)
     require_packages()
     _check_memory(info)
+    _check_cache(folder)
     (say or _say)(f"converting {path.name} ({info.architecture}) to a Hugging Face folder in {folder} (once)")
     write_folder(path, folder)
     return folder
+
+
+def _check_cache(dest: Path) -> None:
+    """The cache folder can be made and written ($PARITY_CACHE a file or read-only: a clear error
+    before a conversion starts)."""
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.rmdir(tempfile.mkdtemp(prefix=f".{dest.name}.probe-", dir=dest.parent))
+    except OSError as exc:
+        raise cache_error(exc, dest) from None
 
 
 def _check_memory(info: GGUFInfo) -> None:
@@ -153,7 +164,7 @@ def _check_memory(info: GGUFInfo) -> None:
 
 
 def _say(what: str) -> None:
-    print(f"parity: {what} ...", file=sys.stderr, flush=True)
+    print(f"[parity] {what} ...", file=sys.stderr, flush=True)  # a progress line, as the commands' stages
 
 
 # -- conversion ------------------------------------------------------------------------------
@@ -162,10 +173,20 @@ def _say(what: str) -> None:
 def staging(dest: Path, replace: bool = False) -> Iterator[Path]:
     """A temporary folder beside ``dest``, renamed to ``dest`` when the block succeeds and
     removed when it fails: ``dest`` is complete or absent, never half-written."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
     try:
-        yield tmp
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    except OSError as exc:
+        raise cache_error(exc, dest) from None
+    try:
+        try:
+            yield tmp
+        except Exception as exc:
+            from parity.outputs import errno_of
+
+            if errno_of(exc) is not None and not isinstance(exc, CheckpointError):
+                raise cache_error(exc, dest) from None
+            raise
         _follow_umask(tmp)
         old = None
         if dest.exists() and (replace or not (dest / "config.json").is_file()):  # a stale or unfinished one
@@ -180,6 +201,16 @@ def staging(dest: Path, replace: bool = False) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def cache_error(exc: BaseException, dest: Path) -> CheckpointError:
+    """A cache folder parity cannot make or fill ($PARITY_CACHE a file, read-only, full)."""
+    from parity.outputs import FULL, errno_of, write_error
+
+    err = write_error(exc, dest, "cache folder")
+    note = ("free space there, or set PARITY_CACHE to a folder on another disk" if errno_of(exc) in FULL else
+            f"set PARITY_CACHE to a folder you can write to (now: {cache_root()})")
+    return CheckpointError(err.message, note=note)
 
 
 def _follow_umask(folder: Path) -> None:

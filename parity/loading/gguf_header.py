@@ -131,6 +131,16 @@ def _value(cur: _Cursor, wide: bool, vtype: int, key: str, depth: int = 0) -> An
     return n
 
 
+def _known_to_gguf_py(gtype: int) -> tuple[int, int] | None:
+    """(block, bytes) of a ggml type newer than GGML_TYPES, from the gguf package when installed."""
+    try:
+        from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+        return tuple(GGML_QUANT_SIZES[GGMLQuantizationType(gtype)])  # type: ignore[return-value]
+    except Exception:  # noqa: BLE001 - not installed, or a type it does not know either
+        return None
+
+
 def read_header(path: Path) -> Header:
     """The header of GGUF file ``path``, checked for internal consistency (counts, sizes, names,
     every tensor inside the file)."""
@@ -177,6 +187,8 @@ def _parse(path: Path, blob: Any, size: int) -> Header:
         gtype = cur.scalar("I", f"the type of '{name}'")
         offset = int(cur.scalar("Q", f"the offset of '{name}'"))
         t = Tensor(name, dims, gtype, offset)
+        if gtype not in GGML_TYPES and _known_to_gguf_py(gtype):
+            GGML_TYPES[gtype] = _known_to_gguf_py(gtype)  # type: ignore[assignment]
         if gtype not in GGML_TYPES:
             raise cur.fail(f"tensor '{name}' has ggml type {gtype}, which parity does not know")
         if any(d < 1 for d in dims) or t.elements > size * 256:
@@ -184,8 +196,9 @@ def _parse(path: Path, blob: Any, size: int) -> Header:
         if dims[0] % GGML_TYPES[gtype][0]:
             raise cur.fail(f"tensor '{name}': its first dimension {dims[0]} is not a multiple of its type's block size")
         head.tensors[name] = t
-    align = head.int_field("general.alignment") or 32
-    if not 1 <= align <= 1 << 16 or align & (align - 1):
+    align = head.int_field("general.alignment")
+    align = 32 if align is None and "general.alignment" not in head.fields else align
+    if not isinstance(align, int) or not 1 <= align <= 1 << 16 or align & (align - 1):
         raise cur.fail(f"general.alignment {align} is not a power of two up to 65536")
     head.data_start = -(-cur.pos // align) * align
     for t in head.tensors.values():

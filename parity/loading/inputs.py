@@ -20,7 +20,7 @@ def seeded_ids(n: int, vocab: int, seed: int, high: int | None = None) -> list[i
     import torch
 
     if n < 1:
-        raise InputError(f"--tokens {n}: need at least 1 token.")
+        raise InputError(f"--tokens {n}: need at least 1 token.", note="e.g. --tokens 32")
     gen = torch.Generator().manual_seed(seed)
     return torch.randint(0, min(vocab, high or vocab), (n,), generator=gen).tolist()
 

@@ -46,7 +46,8 @@ def builtin_path() -> Path:
 
     path = resources.find_file("models", BUILTIN)
     if path is None:
-        raise InputError(f"the built-in evaluation set {BUILTIN} is missing from parity's models folder.")
+        raise InputError(f"the built-in evaluation set {BUILTIN} is missing from parity's models folder.",
+                         note="reinstall parity, or give --dataset FILE.jsonl")
     return path
 
 
