@@ -250,8 +250,9 @@ class Outputs:
             homes.append((self._tmpdir or self._was).absolute())  # type: ignore[union-attr]
         if self.target is not None:
             homes.append(self.target.absolute())
-        return any(p == h.absolute() or p.is_relative_to(h.absolute()) or p.parent == h.absolute().parent
-                   for h in homes)
+        # a path inside the staging or the target, or a hidden temp file a writer made beside one
+        return any(p == h.absolute() or p.is_relative_to(h.absolute())
+                   or (p.parent == h.absolute().parent and p.name.startswith(".")) for h in homes)
 
     # -- where writers write -------------------------------------------------------------------
     @property
