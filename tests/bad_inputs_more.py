@@ -551,6 +551,7 @@ FILE_CASES: dict[str, Case] = {
 
 #: cases that run a whole command before the disk fills (seconds each): in ``make test-all`` only
 SLOW = {"full-quant-sweep-out", "full-bisect-out", "full-run-keep-tensors", "full-generate-out", "full-run-html",
+        "full-run-out", "full-dump-out",
         "eval-max-new-beyond-context"}
 
 MORE: dict[str, Case] = {**GGUF_CASES, **OUTPUT_CASES, **EVAL_CASES, **TEMPLATE_CASES, **REPORT_CASES, **OPTION_CASES,
