@@ -187,8 +187,9 @@ class _TemplateTimeout(Exception):
 
 
 def _apply_template(apply: Any, msgs: list[dict[str, str]]) -> Any:
-    """The tokenizer's chat template rendered (transformers renders it in jinja2's immutable
-    sandbox): whatever the template does -- raise, fail to parse, reach for what the sandbox
+    """The tokenizer's chat template rendered (transformers renders it in jinja2's
+    ImmutableSandboxedEnvironment: transformers/utils/chat_template_utils.py, _compile_jinja_template
+    @ v5.25.0): whatever the template does -- raise, fail to parse, reach for what the sandbox
     forbids, loop, exhaust memory -- is an input error about the template."""
     import signal
     import threading
