@@ -19,7 +19,8 @@ import numpy as np
 
 from bad_inputs import DEEP, Kit, _report, _set
 
-HAS = {m: importlib.util.find_spec(m) is not None for m in ("rouge_score", "modelopt", "gguf", "accelerate", "llama_cpp")}
+HAS = {m: importlib.util.find_spec(m) is not None for m in ("rouge_score", "modelopt", "gguf", "accelerate", "llama_cpp", "onnx",
+                                                        "onnxruntime")}
 CHATML = ("{% for message in messages %}{{'<s>' + message['role'] + ' ' + message['content'] + '</s>'}}{% endfor %}"
           "{% if add_generation_prompt %}{{ '<s>assistant ' }}{% endif %}")
 WORDS = ["<unk>", "<s>", "</s>", "system", "user", "assistant", "hello", "world", "the", "a", "summarize", "article"]
@@ -287,7 +288,17 @@ def _gguf_cache_at(where: Callable[[Kit], str]) -> Callable[[Kit], list[str]]:
 
 
 _CACHE_NEEDS = ("cache folder", "PARITY_CACHE") if HAS["gguf"] and HAS["accelerate"] else ("gguf",)
+def _onnx_cache_at(where: Callable[[Kit], str]) -> Callable[[Kit], list[str]]:
+    def build(k: Kit) -> list[str]:
+        k.env("PARITY_CACHE", where(k))
+        return ["run", "-q", "--no-files", "--tokens", "4", "--no-isolate", "--candidate", "onnxruntime"]
+    return build
+
+
+_ONNX_NEEDS = ("cache folder", "PARITY_CACHE") if HAS["onnx"] and HAS["onnxruntime"] else ("not installed",)
 OUTPUT_CASES: dict[str, Case] = {
+    "cache-is-a-file-onnx": (_onnx_cache_at(lambda k: str(k.file("cachefile", "x"))), _ONNX_NEEDS),
+    "cache-read-only-onnx": (_onnx_cache_at(lambda k: str(k.shared["readonly"] / "cache")), _ONNX_NEEDS),
     "full-run-out": (_full(_cmd("run", "-q", "--tokens", "4", "--no-isolate", "--out", "OUT")), ("--out", *ENOSPC)),
     "full-run-keep-tensors": (_full(_cmd("run", "-q", "--tokens", "4", "--no-isolate", "--keep-tensors", "--out", "OUT")),
                               ("--out", *ENOSPC)),
@@ -551,7 +562,7 @@ FILE_CASES: dict[str, Case] = {
 
 #: cases that run a whole command before the disk fills (seconds each): in ``make test-all`` only
 SLOW = {"full-quant-sweep-out", "full-bisect-out", "full-run-keep-tensors", "full-generate-out", "full-run-html",
-        "full-run-out", "full-dump-out",
+        "full-run-out", "full-dump-out", "cache-is-a-file-onnx", "cache-read-only-onnx",
         "eval-max-new-beyond-context"}
 
 MORE: dict[str, Case] = {**GGUF_CASES, **OUTPUT_CASES, **EVAL_CASES, **TEMPLATE_CASES, **REPORT_CASES, **OPTION_CASES,
