@@ -35,7 +35,7 @@ from parity.errors import CheckpointError
 MAGIC = b"GGUF"
 PACKAGES = ("gguf", "accelerate")
 META = "parity-gguf.json"
-FORMAT = 1
+FORMAT = 2  # 2: conversions checked complete (a folder of format 1 may hold invented weights)
 # Families parity has whose GGUF architecture transformers' loader reads.
 SUPPORTED = ("llama", "qwen2")
 SUPPORTED_NOTE = ("parity reads GGUF files of llama and qwen2 models (through transformers' GGUF loader); "
