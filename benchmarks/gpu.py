@@ -1,8 +1,9 @@
 """GPU benchmark (run on the H200 through the device tool): 7B-shaped seeded models.
 
 Writes one JSON object per figure to $OUT/gpu_results.json (or ./gpu_results.json).
-Figures: end-to-end `parity run` seconds, probe-capture overhead vs a hook-free forward,
-peak GPU memory over weights. Usage: python benchmarks/gpu.py [--tokens 512 4096] [--quick]
+Figures: end-to-end `parity run` seconds (in this process, and in a fresh process: every
+stage from the interpreter's start), probe-capture overhead vs a hook-free forward, peak GPU
+memory over weights. Usage: python benchmarks/gpu.py [--tokens 512 4096] [--only-fresh]
 """
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from datetime import date
 from pathlib import Path
@@ -223,6 +227,38 @@ def end_to_end(model_name: str, shape: str, tokens: int, dtype: str = "fp16", at
             "twin": (res.report.run.get("verdict") or {}).get("twin")}
 
 
+def fresh_run(model_name: str, shape: str | None, tokens: int, dtype: str = "fp16", attn: str = "sdpa",
+              extra: tuple[str, ...] = ()) -> dict:
+    """One `parity run` in a new process, every stage included (interpreter start, imports, CUDA
+    initialization, weights, reference, twin, candidate, isolated and targeted passes, report
+    files), and the run's own stage times. Run twice: the first process may have to compile the
+    installed packages' bytecode (a bare machine whose site-packages holds no .pyc files: several
+    seconds), the second is what every later run costs; the figure is the second. The floor is a
+    process that only imports parity, torch (and transformers, for its families) and initializes CUDA."""
+    env = dict(os.environ)
+    env.setdefault("PYTHONPYCACHEPREFIX", str(Path(tempfile.gettempdir()) / "parity-pycache"))
+    runs = []
+    for _ in range(2):
+        with tempfile.TemporaryDirectory() as tmp:
+            cmd = [sys.executable, "-m", "parity", "run", "--model", model_name, "--tokens", str(tokens), "--attn", attn,
+                   "--dtype", dtype, "-q", "-o", f"{tmp}/r", *extra] + (["--shape", shape] if shape else [])
+            t0 = time.perf_counter()
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            wall = time.perf_counter() - t0
+            rep = Path(f"{tmp}/r/report.json")
+            report = json.loads(rep.read_text()) if rep.is_file() else {}
+        timings = (report.get("run") or {}).get("timings_s", {})
+        runs.append({"seconds": wall, "exit_code": proc.returncode, "stages_s": timings,
+                     "outside_stages_s": wall - sum(timings.values()), "message": (report.get("summary") or {}).get("message"),
+                     "stderr_tail": proc.stderr[-400:]})
+    hf = "" if model_name == "qwen" else "from transformers import LlamaForCausalLM; "  # Qwen v1 needs no transformers
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", f"import torch, parity.cli.run; {hf}torch.zeros(1, device='cuda'); "
+                    "torch.cuda.synchronize()"], check=True, env=env)
+    floor = time.perf_counter() - t0
+    return {**runs[1], "first_process": runs[0], "import_and_cuda_init_s": floor, "command": " ".join(cmd[1:])}
+
+
 def _triton_version() -> str:
     try:
         import triton
@@ -237,6 +273,8 @@ def main() -> None:
     ap.add_argument("--skip-overhead", action="store_true")
     ap.add_argument("--skip-4096", action="store_true")
     ap.add_argument("--skip-e2e", action="store_true")
+    ap.add_argument("--skip-fresh", action="store_true")
+    ap.add_argument("--only-fresh", action="store_true", help="only the fresh-process figures")
     ap.add_argument("--shape", default="7b", help="preset shape; 'tiny' = the embedded preset (smoke test)")
     ap.add_argument("--tokens", type=int, nargs=2, default=[512, 4096], metavar=("SHORT", "LONG"))
     ap.add_argument("--overhead-tokens", type=int, nargs="*", default=[2048],
@@ -254,7 +292,10 @@ def main() -> None:
 
     shape = None if args.shape == "tiny" else args.shape
     short, long = args.tokens
-    for model in args.models:
+    for model in () if args.skip_fresh else args.models:  # first: this process holds no GPU memory yet
+        r = fresh_run(model, shape, short)
+        add(f"gpu_fresh_run_{short}_seconds" + ("" if model == "qwen" else f"_{model}"), r["seconds"], "s", r)
+    for model in () if args.only_fresh else args.models:
         sfx = "" if model == "qwen" else f"_{model}"
         for dtype in () if args.skip_e2e else ("fp16", "bf16"):
             r = end_to_end(model, shape, short, dtype)

@@ -210,17 +210,19 @@ class GatedMLP(nn.Module):
 
 class FusedAddRMSNorm(nn.Module):
     """``norm(x + residual)``, returning ``(normed, x + residual)``; with no residual,
-    ``(norm(x), x)``."""
+    ``(norm(x), x)``. Knob: ``upcast`` (the mean of squares in float32; off, it is computed in
+    the activation dtype, where float16 overflows once |x| passes 256)."""
 
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
+        self.upcast = True
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         if residual is not None:
             x = x + residual
-        xf = x.float()
+        xf = x.float() if self.upcast else x
         normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return normed.type_as(x) * self.weight, x
 

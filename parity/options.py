@@ -33,6 +33,8 @@ class RunOptions:
     model: str | None = "qwen"  # the CLI leaves it None when --model is not given (inferred)
     checkpoint: str | None = None
     shape: str | None = None
+    #: seeded weights: "plain" (Gaussian) or "trained" (massive activations, attention sink, outlier features)
+    activations: str = "plain"
     trust_remote_code: bool = False
     seed: int | None = None
     probe_dirs: list[str] = field(default_factory=list)
@@ -106,6 +108,7 @@ GROUPS: dict[str, tuple[str, list[Opt]]] = {
         Opt(("--model", "-m"), {"help": "model family: qwen (Qwen v1), qwen2, llama, smollm2 (default: the checkpoint's model_type, else qwen)"}),
         Opt(("--checkpoint",), {"metavar": "DIR", "help": "Hugging Face model folder (config.json + safetensors/.bin); default: the embedded tiny preset with seeded weights"}),
         Opt(("--shape",), {"metavar": "NAME", "help": "a real-size shape of the preset with seeded weights, e.g. 7b"}),
+        Opt(("--activations",), {"choices": ["plain", "trained"], "default": "plain", "help": "seeded weights: plain (Gaussian, default) or trained: the structure trained LLMs have planted into the weights (massive activations at the start and delimiter tokens, the attention sink, outlier feature channels; magnitudes from the literature, cited in the preset)"}),
         Opt(("--trust-remote-code",), {"action": "store_true", "help": "use the checkpoint's own modeling code (only when you ask)"}),
         Opt(("--seed",), {"type": int, "help": "seed for preset weights and --tokens (default: the preset's)"}),
         Opt(("--probe-dir",), {"dest": "probe_dirs", "action": "append", "default": [], "metavar": "DIR", "help": "extra folder of probe maps (also $PARITY_PROBE_PATH)"}),
@@ -127,7 +130,7 @@ GROUPS: dict[str, tuple[str, list[Opt]]] = {
         Opt(("--compile",), {"action": "store_true", "help": "torch.compile the candidate"}),
         Opt(("--port",), {"metavar": "FILE.py:FACTORY", "help": "with --candidate port: your port, factory(config, state_dict) -> nn.Module (default: the family's built-in port)"}),
         Opt(("--port-map",), {"metavar": "FILE.toml", "help": "probe map of your port (module paths -> canonical names); parity.probe() calls need none"}),
-        Opt(("--fault",), {"dest": "faults", "action": "append", "default": [], "metavar": "NAME[@BLOCK]", "help": "inject a known porting bug (repeatable): port faults double-rope, silu-wrong-branch, qkv-split, rope-base, norm-eps (need --candidate port); model fault mlp-overflow; generation faults eos-token, kv-position (parity generate); GGUF faults gguf-qk-permute, gguf-norm-eps, gguf-eos-id (need --candidate llamacpp); `parity doctor` lists them"}),
+        Opt(("--fault",), {"dest": "faults", "action": "append", "default": [], "metavar": "NAME[@BLOCK]", "help": "inject a known porting bug (repeatable): port faults double-rope, silu-wrong-branch, qkv-split, rope-base, norm-eps, norm-no-upcast (need --candidate port); model fault mlp-overflow; generation faults eos-token, kv-position (parity generate); GGUF faults gguf-qk-permute, gguf-norm-eps, gguf-eos-id (need --candidate llamacpp); `parity doctor` lists them"}),
         Opt(("--no-isolate",), {"dest": "isolate", "action": "store_false", "default": True, "help": "skip the isolated (teacher-forced) per-block pass"}),
         Opt(("--no-targeted",), {"dest": "targeted", "action": "store_false", "default": True, "help": "skip the targeted pass (full tensors of the first divergent probe, hypotheses naming the cause)"}),
     ]),

@@ -204,8 +204,9 @@ def test_bad_dumps_are_one_line_errors(ref_dump: Path, ref: dict[str, torch.Tens
     _expect_error(run_cli, tmp_path / "pickled", tmp_path / "r5", "pickled")
     q = tmp_path / "pt" / "rank0"
     q.mkdir(parents=True)
-    torch.save({"x": Path("/etc/passwd")}, q / "logits.pt")  # arbitrary pickled object
-    _expect_error(run_cli, tmp_path / "pt", tmp_path / "r6", "logits.pt")
+    torch.save({"x": Path("/etc/passwd")}, q / "logits.pt")  # arbitrary pickled object, mapped to a probe
+    (tmp_path / "ptmap.toml").write_text("[[tensor]]\npattern = 'logits\\.pt'\nprobe = \"logits\"\n")
+    _expect_error(run_cli, tmp_path / "pt", tmp_path / "r6", "logits.pt", "--dump-map", str(tmp_path / "ptmap.toml"))
     k = tmp_path / "pkl" / "rank0"
     k.mkdir(parents=True)
     (k / "logits.pkl").write_bytes(b"\x80\x04N.")

@@ -166,7 +166,7 @@ def test_port_map_file(tmp_path: Path, run_cli) -> None:
 @pytest.mark.parametrize(
     ("args", "needles"),
     [
-        (["--fault", "rope-theta"], ["unknown fault 'rope-theta'", "Note: valid faults: double-rope, eos-token, gguf-eos-id, gguf-norm-eps, gguf-qk-permute, kv-position, mlp-overflow, norm-eps, qkv-split, rope-base, silu-wrong-branch"]),
+        (["--fault", "rope-theta"], ["unknown fault 'rope-theta'", "Note: valid faults: double-rope, eos-token, gguf-eos-id, gguf-norm-eps, gguf-qk-permute, kv-position, mlp-overflow, norm-eps, norm-no-upcast, qkv-split, rope-base, silu-wrong-branch"]),
         (["--fault", "double-rope@9"], ["block 9 does not exist", "Note: this model has blocks 0..3"]),
         (["--fault", "double-rope@x"], ["is not a block index"]),
     ],

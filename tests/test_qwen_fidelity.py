@@ -103,14 +103,14 @@ def test_7b_shape_is_qwen_7b_chat() -> None:
 # --------------------------------------------------------------------------- remote code
 
 
-def remote_checkpoint(folder: Path, model_file: str = "modeling_tinyqwen.py") -> Path:
+def remote_checkpoint(folder: Path, model_file: str = "modeling_tinyqwen.py", cls: str = "TinyQWenLMHeadModel") -> Path:
     """A checkpoint with its own modeling code (auto_map), holding seeded clean-room weights."""
     folder.mkdir(parents=True)
     cfg = {"model_type": "qwen", "architectures": ["TinyQWenLMHeadModel"], "vocab_size": 1000, "n_embd": 64,
            "n_head": 4, "kv_channels": 16, "n_layer": 2, "ffn_hidden_size": 344, "layer_norm_epsilon": 1e-6,
            "seq_length": 64, "use_dynamic_ntk": False, "use_logn_attn": False, "no_bias": True,
            "auto_map": {"AutoConfig": "configuration_tinyqwen.TinyQWenConfig",
-                        "AutoModelForCausalLM": f"{Path(model_file).stem}.TinyQWenLMHeadModel"}}
+                        "AutoModelForCausalLM": f"{Path(model_file).stem}.{cls}"}}
     (folder / "config.json").write_text(json.dumps(cfg))
     shutil.copy(FIXTURE / "configuration_tinyqwen.py", folder)
     shutil.copy(FIXTURE / model_file, folder)

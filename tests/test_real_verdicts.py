@@ -15,7 +15,8 @@ from parity.loading import fetch
 from parity.options import RunOptions
 from parity.run import compare_candidate, prepare_reference
 
-pytestmark = pytest.mark.real
+# Each case runs the 30-block model several times (~12 min of CPU for the module): make test-all.
+pytestmark = [pytest.mark.real, pytest.mark.slow]
 PROMPTS = tomllib.loads((Path(__file__).parent / "data" / "prompts.toml").read_text())
 REAL_DIR = fetch.model_dir("smollm2")
 # (prompt, chat): a chat-wrapped short question, ~100 and ~500 tokens of plain text
@@ -46,7 +47,7 @@ def verdict(ref: Any, candidate: str, dtype: str, **kw: Any) -> dict[str, Any]:
     return compare_candidate(ref, replace(ref.options, candidate=candidate, dtype=dtype, **kw)).report.summary
 
 
-@pytest.mark.slow  # six candidates on three real prompts (ONNX exports at 526 tokens): make test-all
+# six candidates on three real prompts (ONNX exports at 526 tokens)
 @pytest.mark.parametrize(("prompt", "chat"), INPUTS)
 def test_honest_candidates_pass(references: dict[str, Any], prompt: str, chat: bool) -> None:
     ref = reference(references, prompt, chat)

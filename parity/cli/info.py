@@ -22,6 +22,8 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_probes)
 
     p = sub.add_parser("doctor", parents=[common], help="which packages and candidates are available here")
+    p.add_argument("--engine", choices=["tensorrt", "trtllm"],
+                   help="also check the installed package's API surface that parity relies on")
     p.set_defaults(func=cmd_doctor)
 
 
@@ -138,6 +140,12 @@ def _drop_stdout() -> None:
 def cmd_doctor(ns: argparse.Namespace) -> int:
     try:
         _doctor()
+        if getattr(ns, "engine", None):
+            from parity.engines.api_surface import check
+
+            print(f"API surface ({ns.engine}):")
+            for line in check(ns.engine):
+                print(f"  {line}" if not line.startswith("  ") else line)
         sys.stdout.flush()
     except OSError as exc:  # BrokenPipeError, or EPIPE as a plain OSError on some platforms
         if not isinstance(exc, BrokenPipeError) and exc.errno != errno.EPIPE:

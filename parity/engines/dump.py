@@ -22,8 +22,15 @@ class DumpBackend(Backend):
             raise UsageError(f"the dump holds '{beyond[0]}', which a {num_blocks}-block model does not have.",
                              note="is the dump from another model?")
 
+        tokens = len(dump.input_ids) if dump.input_ids else _token_count(dump, config)
+        self.not_exposed: dict[str, str] = {}
+        if dump.last_token_logits(tokens):
+            self.not_exposed["logits"] = (
+                "the dump holds the last prompt token's logits only ([batch, vocab]: an engine built without "
+                "gather_context_logits); rebuild with BuildConfig(gather_context_logits=True) to compare every token")
+
     def available_probes_impl(self) -> list[str]:
-        return self.dump.probes
+        return [p for p in self.dump.probes if p not in self.not_exposed]
 
     def capture_impl(self, input_ids: Any, probes: list[str], sink: Sink) -> Any:
         ids = [int(x) for x in input_ids]
@@ -39,9 +46,28 @@ class DumpBackend(Backend):
     def describe(self) -> dict[str, Any]:
         m = self.dump.meta
         dtypes = {str(m.get("probes", {}).get(p, {}).get("dtype")) for p in self.dump.probes} - {"None"}
-        return {"backend": self.label, "layout": self.dump.layout, "folder": str(self.dump.folder),
-                "tp_ranks": self.dump.ranks, "dtype": dtypes.pop() if len(dtypes) == 1 else m.get("dtype"),
-                "written_by": m.get("backend")}
+        out = {"backend": self.label, "layout": self.dump.layout, "folder": str(self.dump.folder),
+               "tp_ranks": self.dump.ranks, "dtype": dtypes.pop() if len(dtypes) == 1 else m.get("dtype"),
+               "written_by": m.get("backend")}
+        if self.not_exposed:
+            out["not_exposed"] = dict(self.not_exposed)
+        if self.dump.notes:
+            out["notes"] = list(self.dump.notes)
+        if "executor" in m:
+            out["executor"] = m["executor"]
+        return out
+
+
+def _token_count(dump: Dump, config: Any) -> int:
+    """Prompt tokens of a dump without input ids: the first dim of a hidden-state probe."""
+    for p in dump.probes:
+        if p != "logits":
+            shape = canonical_shape(canon.parse(p).point, config, 1)
+            t = dump.raw(p)[0]
+            while t.dim() > len(shape) and t.shape[0] == 1:
+                t = t[0]
+            return int(t.shape[0]) if t.dim() == len(shape) else 0
+    return 0
 
 
 def create(ctx: Any) -> DumpBackend:

@@ -1,19 +1,15 @@
 """Dumps: probe tensors written by any runtime, read back under canonical names.
 
-Three layouts are read (``detect``):
+Layouts (``detect``):
 
 * **parity**: ``manifest.json`` (format ``parity-dump``, model, dtype, input ids, probe
   list with shapes) + ``tensors.safetensors`` keyed by canonical names. Written by
   ``parity dump`` (``write_dump``).
-* **TensorRT-LLM engine debug dumps** (engines with debug outputs, ≤1.2):
-  ``tllm_debug/PP_<p>/TP_<t>/<name>.npy`` as the Python session writes them (debug_mode),
-  also ``<name>-step<N>.npy`` and the C++ executor's ``.../iteration_<N>/<name>.npy``.
-  The lowest step / iteration (the context phase, every prompt token) is read.
-  ``.txt`` twins are ignored. ``PP_*`` folders are pipeline stages (their names are
-  merged), ``TP_*`` folders are tensor-parallel ranks (their shards reassembled).
-* **TensorRT-LLM PyTorch-backend dumps** (``tensorrt_llm._torch.debug``):
-  ``rank<N>/<module path>-<input|output>.<name>.pt``, one tensor per file, loaded with
-  ``torch.load(weights_only=True)``; ``rank<N>`` are tensor-parallel ranks.
+* **tllm**: TensorRT-LLM engine debug dumps of the Python session,
+  ``tllm_debug/PP_<rank>/TP_<rank>/<name>-step<N>.npy``; **tllm-executor**: the C++
+  executor's ``tllm_debug/PP_<size>/TP_<size>/iteration_<N>/<name>.npy``; **torch**: the
+  PyTorch backend's ``data_dump/rank<N>/...-output.<name>.pt``. How each is read (steps,
+  ranks, pipeline stages, bf16 files) is described in parity.engines.dump_tllm.
 
 Names are mapped to canonical probes by a *name map* (TOML; ``--dump-map``): exact names
 or regular expressions with a named group ``i`` (block index, ``offset`` added), e.g.
@@ -24,13 +20,19 @@ or regular expressions with a named group ``i`` (block index, ``offset`` added),
     tp = "replicated"            # optional: replicated | sum | concat
     ignore = ["host_*", "kv_cache_*"]   # (top level) names to skip
 
-Canonical names map to themselves. Engine I/O tensors (``input_ids``, ``host_*``,
-``kv_cache_*``, ``sequence_length``, …) are skipped; any other unmapped name is an error.
+Order: the map's patterns, then its ``ignore`` globs (which can skip canonical names too),
+then canonical names map to themselves, then engine I/O tensors (``dump_tllm.ENGINE_IO``)
+are skipped; any other name is an error (the PyTorch-backend layout skips unmapped names:
+it dumps every module).
+
+**logits of a default engine build** are ``[batch, vocab]``: the last prompt token only
+(TensorRT-LLM gathers the last token before ``lm_head`` unless the engine is built with
+``gather_context_logits``). Such a dump offers no ``logits`` probe; the report says why.
 
 **Tensor-parallel rule.** Each shard is first brought to the canonical rank by dropping
 leading size-1 (batch) dims. Then: if every shard already has the canonical shape, the
 tensor was all-reduced (TensorRT-LLM's RowLinear reduces inside, so ``attn_out``,
-``mlp_out``, residuals and norms are replicated) and rank 0 is used — unless the map says
+``mlp_out``, residuals and norms are replicated) and rank 0 is used -- unless the map says
 ``tp = "sum"`` (partial sums dumped before the all-reduce), then shards are summed.
 Otherwise shards are concatenated, in rank order, along the axis that yields the canonical
 shape: the heads axis for ``[T, heads, head_dim]`` probes (flat ``[T, heads/tp*head_dim]``
@@ -50,20 +52,13 @@ from pathlib import Path
 from typing import Any
 
 from parity.capture import probes as canon
-from parity.errors import ParityError, ProbeError
+from parity.engines.dump_tllm import ENGINE_IO, PICKLES, DumpError, Found, first_line, load_array
+from parity.errors import ParityError
 
 DUMP_FORMAT = "parity-dump"
 DUMP_VERSION = 1
 MANIFEST, TENSORS, IDS = "manifest.json", "tensors.safetensors", "input_ids.json"
-ENGINE_IO = ["input_ids", "position_ids", "context_lengths", "host_*", "kv_cache_*", "past_key_value*",
-             "present_key_value*", "cache_indirection", "sequence_length", "last_token_ids", "request_ids",
-             "*_block_offsets", "*_block_pointers", "*pool_pointers", "spec_decoding_*", "cross_*"]
-PICKLES = (".pkl", ".pickle")
-
-
-class DumpError(ProbeError):
-    """A dump folder that cannot be read as asked."""
-
+__all__ = ["DumpError", "ENGINE_IO", "PICKLES", "load_array", "Dump", "NameMap", "read_dump", "write_dump"]
 
 # -- name maps ---------------------------------------------------------------------------------
 
@@ -93,9 +88,11 @@ class NameMap:
                 probe = r.probe.replace("{i}", str(int(i) + r.offset)) if i is not None else r.probe
                 canon.parse(probe)
                 return probe, r.tp
+        if any(fnmatch.fnmatchcase(name, g) for g in self.ignore):
+            return None, None
         if canon.is_canonical(name):
             return name, None
-        if any(fnmatch.fnmatchcase(name, g) for g in ENGINE_IO + self.ignore):
+        if any(fnmatch.fnmatchcase(name, g) for g in ENGINE_IO):
             return None, None
         raise DumpError(f"dumped tensor '{name}' is not a canonical probe name and the name map does not map it.",
                         note="map it in a --dump-map TOML ([[tensor]] pattern/probe) or list it under ignore")
@@ -121,39 +118,6 @@ def name_map_from_dict(raw: Any, where: str) -> NameMap:
 
 # -- reading files -----------------------------------------------------------------------------
 
-def load_array(path: Path) -> Any:
-    """One tensor file as a torch tensor; pickles refused, damage reported on one line."""
-    import numpy as np
-    import torch
-
-    if path.suffix in PICKLES:
-        raise DumpError(f"refusing to load pickle file {path}.", note="dumps must be .npy, .pt (tensors only) or safetensors")
-    try:
-        if path.suffix == ".npy":
-            arr = np.load(path, allow_pickle=False)
-            return torch.from_numpy(np.ascontiguousarray(arr))
-        if path.suffix == ".pt":
-            t = torch.load(path, map_location="cpu", weights_only=True)
-            if not isinstance(t, torch.Tensor):
-                raise DumpError(f"{path} holds a {type(t).__name__}, not a tensor.")
-            return t
-    except DumpError:
-        raise
-    except ValueError as exc:
-        if "pickle" in str(exc).lower():
-            raise DumpError(f"refusing {path}: it holds pickled objects, not a plain array.") from None
-        raise DumpError(f"cannot read {path}: {_first_line(exc)} (truncated or not a .npy file?)") from None
-    except Exception as exc:  # noqa: BLE001 - torch/numpy raise many types for damaged files
-        what = "pickled objects other than tensors" if "weights_only" in str(exc) or "Unpickl" in type(exc).__name__ else "damaged or truncated"
-        raise DumpError(f"cannot read {path}: {what} ({type(exc).__name__}: {_first_line(exc)[:160]})") from None
-    raise DumpError(f"unsupported tensor file {path}.", note="dumps hold .npy, .pt or .safetensors")
-
-
-def _first_line(exc: BaseException) -> str:
-    s = str(exc).strip()
-    return s.splitlines()[0] if s else type(exc).__name__
-
-
 @dataclass
 class Dump:
     """Dumped tensors indexed by canonical name: per name, one loader per TP rank."""
@@ -164,6 +128,8 @@ class Dump:
     tp_rules: dict[str, str | None] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
     ranks: int = 1
+    notes: list[str] = field(default_factory=list)
+    hint: str | None = None
 
     @property
     def probes(self) -> list[str]:
@@ -180,7 +146,28 @@ class Dump:
             if not t.is_floating_point():  # complex, integer or bool activations: not a probe
                 raise DumpError(f"dump {self.folder}: '{probe}' has dtype {str(t.dtype).removeprefix('torch.')}.",
                                 note="probe tensors are real floating point (float32, float16, bfloat16)")
-        return reassemble(probe, shards, shape, self.tp_rules.get(probe))
+        try:
+            return reassemble(probe, shards, shape, self.tp_rules.get(probe))
+        except DumpError as exc:
+            if self.hint:
+                raise DumpError(exc.message, note=self.hint) from None
+            raise
+
+    def last_token_logits(self, tokens: int) -> bool:
+        """True when the dumped logits hold one row (``[batch, vocab]`` of a default engine
+        build: the last prompt token only) for a prompt of ``tokens`` > 1 tokens."""
+        if "logits" not in self.shards or tokens <= 1 or self.layout == "parity":
+            return False
+        first = Path(self.shards["logits"][0])
+        if first.suffix == ".npy":  # the header only: a [T, vocab] file of a 7B model is large
+            import numpy as np
+
+            shape = [d for d in np.load(first, mmap_mode="r", allow_pickle=False).shape]
+        else:
+            shape = list(self.raw("logits")[0].shape)
+        while len(shape) > 2 and shape[0] == 1:
+            shape = shape[1:]
+        return len(shape) == 1 or (len(shape) == 2 and shape[0] == 1)
 
     @property
     def input_ids(self) -> list[int] | None:
@@ -194,27 +181,41 @@ def _safetensor(path: Path, name: str) -> Any:
         with safe_open(str(path), framework="pt") as fh:
             return fh.get_tensor(name)
     except Exception as exc:  # noqa: BLE001
-        raise DumpError(f"cannot read '{name}' from {path}: {_first_line(exc)[:160]}") from None
+        raise DumpError(f"cannot read '{name}' from {path}: {first_line(exc)[:160]}") from None
 
 
 def detect(folder: str | Path) -> str:
+    from parity.engines import dump_tllm
+
     f = Path(folder)
     if not f.is_dir():
         raise DumpError(f"dump folder '{f}' does not exist.")
     if (f / MANIFEST).is_file():
         return "parity"
     if f.name == "tllm_debug" or (f / "tllm_debug").is_dir() or any(f.glob("PP_*")):
-        return "tllm"
-    if any(f.glob("rank*")):
+        return "tllm-executor" if dump_tllm.is_executor(dump_tllm.tllm_root(f)) else "tllm"
+    if any(f.glob("rank*")) or any((f / "data_dump").glob("rank*")):
         return "torch"
     raise DumpError(f"'{f}' is not a dump folder I know.",
                     note="expected manifest.json (parity dump), tllm_debug/PP_*/TP_*/*.npy, or rank<N>/*.pt")
 
 
 def read_dump(folder: str | Path, name_map: NameMap | None = None) -> Dump:
+    from parity.engines import dump_tllm
+
     layout = detect(folder)
     nm = name_map or NameMap()
-    return {"parity": _read_parity, "tllm": _read_tllm, "torch": _read_torch}[layout](Path(folder), nm)
+    if layout == "parity":
+        return _read_parity(Path(folder), nm)
+    reader = {"tllm": dump_tllm.read_session, "tllm-executor": dump_tllm.read_executor, "torch": dump_tllm.read_torch}
+    found: Found = reader[layout](Path(folder), nm)
+    dump = Dump(Path(folder), layout, dict(found.shards), dict(found.tp_rules), dict(found.meta), found.ranks,
+                list(found.notes), found.hint)
+    ids_file = dump.meta.pop("input_ids_file", None)
+    if ids_file is not None:
+        dump.meta["input_ids"] = _ids(load_array(ids_file), ids_file)
+    _check_nonempty(dump)
+    return dump
 
 
 def read_manifest(folder: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
@@ -241,7 +242,7 @@ def _read_parity(folder: Path, nm: NameMap) -> Dump:
         with safe_open(str(folder / TENSORS), framework="pt") as fh:
             stored = {k: list(fh.get_slice(k).get_shape()) for k in fh.keys()}
     except Exception as exc:  # noqa: BLE001
-        raise DumpError(f"cannot read {folder / TENSORS}: {_first_line(exc)[:160]} (truncated?)") from None
+        raise DumpError(f"cannot read {folder / TENSORS}: {first_line(exc)[:160]} (truncated?)") from None
     dump = Dump(folder, "parity", meta=meta)
     for name in stored:
         probe, _ = nm.canonical(name)
@@ -259,38 +260,6 @@ def _read_parity(folder: Path, nm: NameMap) -> Dump:
     return dump
 
 
-_STEP = re.compile(r"^(?P<name>.+?)(?:-step(?P<step>\d+))?$")
-
-
-def _rank_dirs(parent: Path, prefix: str) -> list[Path]:
-    dirs = [d for d in parent.iterdir() if d.is_dir() and re.fullmatch(prefix + r"\d+", d.name)]
-    return sorted(dirs, key=lambda d: int(d.name[len(prefix):]))
-
-
-def _read_tllm(folder: Path, nm: NameMap) -> Dump:
-    root = folder if folder.name == "tllm_debug" or any(folder.glob("PP_*")) else folder / "tllm_debug"
-    pps = _rank_dirs(root, "PP_")
-    if not pps:
-        raise DumpError(f"{root} has no PP_<n> folders.")
-    dump = Dump(folder, "tllm")
-    tps_count = None
-    for pp in pps:
-        tps = _rank_dirs(pp, "TP_")
-        if not tps:
-            raise DumpError(f"{pp} has no TP_<n> folders.")
-        if tps_count not in (None, len(tps)):
-            raise DumpError(f"{root}: pipeline stages have different numbers of TP_ folders.")
-        tps_count = len(tps)
-        per_rank = [_tllm_files(tp) for tp in tps]
-        _collect(dump, nm, per_rank, [tp.name for tp in tps], pp, "is dumped twice (as '{name}' and another tensor / stage)")
-        ids = per_rank[0].get("input_ids")
-        if ids is not None and "input_ids" not in dump.meta:
-            dump.meta["input_ids"] = _ids(load_array(ids), ids)
-    dump.ranks = tps_count or 1
-    _check_nonempty(dump)
-    return dump
-
-
 def _ids(t: Any, path: Path) -> list[int]:
     """A dumped input_ids tensor as token ids (integers only: NaN, floats, bool refused)."""
     import torch
@@ -302,62 +271,14 @@ def _ids(t: Any, path: Path) -> list[int]:
     return ids_from_array(t.reshape(-1).numpy(), str(path))
 
 
-def _tllm_files(tp_dir: Path) -> dict[str, Path]:
-    """name -> .npy file of the earliest step (or iteration) in one TP folder."""
-    iters = _rank_dirs(tp_dir, "iteration_")
-    base = iters[0] if iters else tp_dir
-    best: dict[str, tuple[int, Path]] = {}
-    for f in sorted(base.iterdir()):
-        if f.suffix in PICKLES:
-            raise DumpError(f"refusing to load pickle file {f}.", note="dumps must be .npy, .pt (tensors only) or safetensors")
-        if f.suffix != ".npy":
-            continue
-        m = _STEP.match(f.stem)
-        name, step = m.group("name"), int(m.group("step") or 0)
-        if name not in best or step < best[name][0]:
-            best[name] = (step, f)
-    return {k: v[1] for k, v in best.items()}
-
-
-def _read_torch(folder: Path, nm: NameMap) -> Dump:
-    ranks = _rank_dirs(folder, "rank")
-    if not ranks:
-        raise DumpError(f"{folder} has no rank<N> folders.")
-    dump = Dump(folder, "torch", ranks=len(ranks))
-    per_rank = []
-    for r in ranks:
-        files: dict[str, Path] = {}
-        for f in sorted(r.iterdir()):
-            if f.suffix in PICKLES:
-                raise DumpError(f"refusing to load pickle file {f}.", note="dumps must be .npy, .pt (tensors only) or safetensors")
-            if f.suffix == ".pt":
-                files[f.name] = f
-        per_rank.append(files)
-    _collect(dump, nm, per_rank, [r.name for r in ranks], folder, "is mapped from two files (one is '{name}')")
-    _check_nonempty(dump)
-    return dump
-
-
-def _collect(dump: Dump, nm: Any, per_rank: list[dict[str, Path]], rank_names: list[str], where: Path,
-             twice: str) -> None:
-    """Add each tensor name present on every rank to ``dump`` as its canonical probe's shards."""
-    for n in sorted(set().union(*per_rank)):
-        lacking = [rank_names[r] for r, files in enumerate(per_rank) if n not in files]
-        if lacking:
-            raise DumpError(f"dump {where}: '{n}' is missing from {', '.join(lacking)} (other ranks have it).")
-        probe, tp = nm.canonical(n)
-        if probe is None:
-            continue
-        if probe in dump.shards:
-            raise DumpError(f"dump {where}: '{probe}' " + twice.format(name=n) + ".")
-        dump.shards[probe] = [files[n] for files in per_rank]
-        dump.tp_rules[probe] = tp
-
-
 def _check_nonempty(dump: Dump) -> None:
     if not dump.shards:
-        raise DumpError(f"dump {dump.folder} holds no tensor that maps to a canonical probe.",
-                        note="give a --dump-map that maps the dumped names")
+        torch = dump.layout == "torch"
+        raise DumpError(f"dump {dump.folder} holds no tensor that maps to a canonical probe"
+                        + (" (the PyTorch backend dumps every module; names it does not map are skipped)." if torch else "."),
+                        note="give a --dump-map that maps the dumped names"
+                             + (", e.g. pattern '1\\.Qwen2Model-(?P<i>\\d+)\\.Qwen2DecoderLayer-output\\.hidden_states\\.pt'"
+                                if torch else ""))
 
 
 # -- tensor-parallel reassembly --------------------------------------------------------------
@@ -448,6 +369,11 @@ def write_dump(out: str | Path, tensors: dict[str, Any], meta: dict[str, Any]) -
 
 def check_ids(dump: Dump, ids: list[int]) -> None:
     if dump.input_ids is not None and list(dump.input_ids) != list(ids):
+        if dump.meta.get("unstepped") and dump.hint:
+            note = dump.hint
+        elif dump.layout == "parity":
+            note = f"run with --input-ids {dump.folder / IDS}"
+        else:
+            note = "give the same --input-ids the engine ran"
         raise ParityError(f"the dump in {dump.folder} was made from other input ids ({len(dump.input_ids)} tokens) "
-                          f"than this run's ({len(ids)} tokens).",
-                          note=f"run with --input-ids {dump.folder / IDS}" if dump.layout == "parity" else "give the same --input-ids the engine ran")
+                          f"than this run's ({len(ids)} tokens).", note=note)

@@ -1,19 +1,42 @@
 """The ``tensorrt`` candidate: the probe-located ONNX export parsed by TensorRT's ONNX
 parser, probe tensors marked as network outputs, an engine built and run on a CUDA GPU.
 
-Plain TensorRT Python API (TensorRT 10: ``execute_async_v3`` with tensor addresses),
-buffers are torch CUDA tensors; no Polygraphy. ``--dtype fp16`` builds the float32 graph
-with ``BuilderFlag.FP16`` (TensorRT picks half precision kernels where it likes, which is
-how engines are usually built); ``--dtype fp32`` builds without it. One *build* is one
-engine for one set of marked probes, cached, as for onnxruntime, so ``--mode bisect`` marks
-a few probes per engine.
+Plain TensorRT Python API (``execute_async_v3`` with tensor addresses), buffers are torch
+CUDA tensors; no Polygraphy. Written against the bindings of TensorRT 10.x and 11.x
+(python/src/infer/pyCore.cpp, pyGraph.cpp, parsers/pyOnnx.cpp @ v10.12.0 and @ v11.1 of
+NVIDIA/TensorRT), every optional call guarded by ``hasattr`` on the installed module:
 
-NOT VERIFIED HERE: TensorRT cannot be installed on the development machine; the tests in
-tests/test_engines.py (marker ``tensorrt``) run only where ``import tensorrt`` works and a
-GPU is present.
+* ``--dtype fp16`` parses the **fp16 ONNX export** into a *strongly typed* network
+  (``NetworkDefinitionCreationFlag.STRONGLY_TYPED`` where the flag exists; on 11.x every
+  network is strongly typed and the flag is a deprecated no-op). ``BuilderFlag.FP16`` is
+  never used: deprecated in 10.12 (include/NvInfer.h @ v10.12.0, "Superseded by strong
+  typing") and gone from 11.x's ``BuilderFlag``.
+* ``--dtype fp32`` clears ``BuilderFlag.TF32`` (on by default: GEMM inputs rounded to 10-bit
+  mantissas), as Polygraphy does (tools/Polygraphy/polygraphy/backend/trt/config.py @ v11.1).
+* The model is parsed **from its file** (``OnnxParser.parse_from_file``), so weights stored
+  as external data next to it (models over 2 GiB, which protobuf cannot serialize) reach
+  TensorRT -- as Polygraphy's ``NetworkFromOnnxPath`` does (backend/trt/loader.py @ v11.1).
+* Capture: probes are marked as network **outputs**. That can change which layers TensorRT
+  fuses and which kernels it picks compared with an unmarked engine; the report says so
+  (``capture``). TensorRT >= 10.12 also offers debug tensors
+  (``INetworkDefinition.mark_unfused_tensors_as_debug_tensors`` with an ``IDebugListener``),
+  which do not prevent fusion (``markDebug`` of a named tensor does, like an output) but see
+  only tensors that survive it, under the engine's *internal* names (include/NvInfer.h @
+  v11.1: "DebugListener can only get internal tensor names ... names obtained by
+  IEngineInspector"). Mapping those back to probes needs the engine inspector; parity does
+  not use them yet (``parity doctor --engine tensorrt`` says whether the installed TensorRT
+  has them).
+
+One *build* is one engine for one set of marked probes, cached, as for onnxruntime, so
+``--mode bisect`` marks a few probes per engine.
+
+Written against the real API and tested with a stand-in module that has exactly the
+attribute sets of TensorRT 10.12 and 11.1 (tests/test_tensorrt_api.py); TensorRT itself
+cannot be installed on the development machine (tests marked ``tensorrt`` run where it can).
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,6 +47,10 @@ from parity.engines.onnxrt import canonical, export_for, summarize_missing
 from parity.loading.families import DTYPE_NAMES
 from parity.errors import BackendError, UsageError
 from parity.engines.onnx_export import INPUT, OUTPUT, ExportedGraph, inject_fault, parse_fault
+
+
+CAPTURE = ("probes marked as network outputs (mark_output): TensorRT may fuse and pick kernels differently "
+           "than in an engine without them")
 
 
 def _trt() -> Any:
@@ -58,7 +85,8 @@ class TensorRTBackend(Backend):
         self.workspace = int(workspace_gib * (1 << 30))
         self.engines: dict[tuple[str, ...], Any] = {}
         self.builds: list[list[str]] = []
-        self._model_bytes: bytes | None = None
+        self._fault_file: Path | None = None
+        self.precision: list[str] = []
 
     def available_probes_impl(self) -> list[str]:
         return list(self.graph.located)
@@ -67,17 +95,34 @@ class TensorRTBackend(Backend):
     def _network(self) -> tuple[Any, Any, Any]:
         trt = self.trt
         builder = trt.Builder(self.logger)
-        flags = 0
-        if int(trt.__version__.split(".")[0]) < 10:
-            flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-        network = builder.create_network(flags)
+        network = builder.create_network(creation_flags(trt))
         parser = trt.OnnxParser(network, self.logger)
-        if self._model_bytes is None:
-            self._model_bytes = self.proto.SerializeToString()
-        if not parser.parse(self._model_bytes, str(self.graph.path)):
+        path = self._model_file()
+        if hasattr(parser, "parse_from_file"):
+            ok = parser.parse_from_file(str(path))
+        else:  # pragma: no cover - TensorRT < 8 only
+            ok = parser.parse(path.read_bytes(), str(path))
+        if not ok:
             errs = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
             raise BackendError(f"TensorRT's ONNX parser rejected the graph: {errs[:400]}")
         return builder, network, parser
+
+    def _model_file(self) -> Path:
+        """The ONNX file to parse: the export itself, or (with --ort-fault) the changed graph
+        written next to a temp copy, its weights as external data when it is large."""
+        if not self.faults:
+            return Path(self.graph.path)
+        if self._fault_file is None:
+            import tempfile
+
+            import onnx
+
+            folder = Path(tempfile.mkdtemp(prefix="parity-trt-"))
+            self._fault_file = folder / "model.onnx"
+            big = self.proto.ByteSize() > 1_800_000_000
+            onnx.save(self.proto, str(self._fault_file), save_as_external_data=big,
+                      location="model.onnx.data" if big else None)
+        return self._fault_file
 
     def _mark(self, network: Any, probes: list[str]) -> None:
         wanted = {self.graph.located[p].tensor: p for p in probes}
@@ -105,8 +150,7 @@ class TensorRTBackend(Backend):
         self._mark(network, probes)
         config = builder.create_builder_config()
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, self.workspace)
-        if self.dtype == "fp16":
-            config.set_flag(trt.BuilderFlag.FP16)
+        self.precision = configure_precision(trt, config, self.dtype)
         blob = builder.build_serialized_network(network, config)
         if blob is None:
             raise BackendError("TensorRT failed to build the engine (see the TensorRT log above).")
@@ -148,14 +192,37 @@ class TensorRTBackend(Backend):
     def describe(self) -> dict[str, Any]:
         return {"backend": self.label, "dtype": DTYPE_NAMES.get(self.dtype, self.dtype), "device": "cuda",
                 "exporter": self.graph.exporter, "onnx": str(self.graph.path), "tensorrt": getattr(self.trt, "__version__", None),
-                "precision_flags": ["FP16"] if self.dtype == "fp16" else [], "not_exposed": summarize_missing(self.graph.missing),
+                "precision_flags": self.precision, "capture": CAPTURE, "not_exposed": summarize_missing(self.graph.missing),
                 "builds": len(self.builds), "faults": self.faults or None, "input": INPUT}
 
 
+def creation_flags(trt: Any) -> int:
+    """Network creation flags: STRONGLY_TYPED where the enum has it (10.x; a deprecated no-op
+    on 11.x, where every network is strongly typed), EXPLICIT_BATCH only where it still exists
+    (ignored since 10.0, removed in 11.x: pyCore.cpp @ v11.1)."""
+    flag = getattr(trt, "NetworkDefinitionCreationFlag", None)
+    flags = 0
+    for name in ("EXPLICIT_BATCH", "STRONGLY_TYPED"):
+        if flag is not None and hasattr(flag, name):
+            flags |= 1 << int(getattr(flag, name))
+    return flags
+
+
+def configure_precision(trt: Any, config: Any, dtype: str) -> list[str]:
+    """Builder flags for ``dtype``; returns what the report lists. Precision comes from the
+    strongly typed network (the export's dtype); fp32 clears TF32 where the flag exists."""
+    done = ["STRONGLY_TYPED (precision from the " + dtype + " ONNX export)"]
+    flags = getattr(trt, "BuilderFlag", None)
+    if dtype == "fp32" and flags is not None and hasattr(flags, "TF32"):
+        config.clear_flag(flags.TF32)
+        done.append("TF32 cleared")
+    return done
+
+
 def create(ctx: Any) -> TensorRTBackend:
-    """Entry point for ``--candidate tensorrt``: the float32 export, built fp16 or fp32."""
+    """Entry point for ``--candidate tensorrt``: the export in the run's dtype, strongly typed."""
     o = ctx.options
     if o.dtype not in ("fp32", "fp16"):
         raise UsageError(f"the tensorrt candidate builds fp32 or fp16 engines, not {o.dtype}.")
-    graph, proto = export_for(ctx, "fp32")
+    graph, proto = export_for(ctx, o.dtype)
     return TensorRTBackend(graph, proto, o.dtype, list(getattr(o, "ort_fault", None) or []))

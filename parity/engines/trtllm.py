@@ -10,7 +10,7 @@ attn_metadata, return_context_logits=True)``. Probe maps: parity/probes/trtllm_<
 (the decoder layers fuse residual adds into the norms; see those files).
 
 Engines from releases that still build TensorRT engines (≤1.2) are covered by
-parity.engines.trtllm_engine (mark probes before the build) and the ``dump`` candidate (read
+parity.engines.trtllm_engine (probes marked while the build traces the model) and the ``dump`` candidate (read
 ``tllm_debug/`` back).
 
 NOT VERIFIED HERE: tensorrt_llm cannot be installed on the development machine; the tests
@@ -123,7 +123,7 @@ def build_model(reference: torch.nn.Module, family: str, dtype: torch.dtype, att
     """TensorRT-LLM's model for ``family`` holding the reference weights in ``dtype`` on CUDA."""
     if family not in MODEL_CLASSES:
         raise BackendError(f"TensorRT-LLM's PyTorch backend has no model for '{family}' that parity maps.",
-                           note="trtllm supports: " + ", ".join(MODEL_CLASSES) + " (Qwen v1 is engine-only: use parity.engines.trtllm_engine + --candidate dump)")
+                           note="trtllm supports: " + ", ".join(MODEL_CLASSES) + " (Qwen v1 is engine-only: docs/guide/qwen-trtllm.md, mark_probes + --candidate dump)")
     ModelConfig = _import("tensorrt_llm._torch.model_config", "ModelConfig")
     cls = _import(*MODEL_CLASSES[family])
     cfg = copy.deepcopy(reference.config)

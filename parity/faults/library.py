@@ -61,6 +61,16 @@ def _norm_eps(port: Any, spec: FaultSpec, ctx: Any) -> None:
         port.model.norm.eps = WRONG_NORM_EPS
 
 
+@fault("norm-no-upcast", "RMSNorm's mean of squares in the activation dtype, no float32 upcast (in float16 it "
+       "overflows where |x| > 256, e.g. at massive activations); @N: that block's two norms")
+def _norm_no_upcast(port: Any, spec: FaultSpec, ctx: Any) -> None:
+    for layer in _layers(port, spec):
+        layer.input_layernorm.upcast = False
+        layer.post_attention_layernorm.upcast = False
+    if spec.block is None:
+        port.model.norm.upcast = False
+
+
 def _mlp_down(model: nn.Module, block: int, ctx: Any) -> nn.Linear:
     """The MLP's output projection of ``block``: its last Linear child producing the hidden size."""
     mlp = model.get_submodule(ctx.probe_map.bind(f"blocks.{block}.mlp_out").module)

@@ -37,6 +37,8 @@ class Preset:
     #: probe map of the checkpoint's own modeling code (--trust-remote-code), when its module
     #: tree differs from parity's implementation of the family
     remote_probe_map: str | None = None
+    #: ``[activations.NAME]`` tables: structure planted into seeded weights (parity.loading.activations)
+    activations: dict[str, dict[str, Any]] = field(default_factory=dict)
     path: Path | None = None
 
     def tolerance_table(self, dtype: str) -> ToleranceTable:
@@ -149,6 +151,7 @@ def load_preset(family: str, extra_dirs: Sequence[str | Path] = ()) -> Preset:
             generation=dict(raw.get("generation", {})),
             fetched=raw.get("fetched"),
             remote_probe_map=raw.get("remote_probe_map"),
+            activations={k: dict(v) for k, v in raw.get("activations", {}).items()},
             path=path,
         )
     except KeyError as exc:

@@ -197,7 +197,13 @@ def plain_ids(opts: RunOptions, source: ModelSource) -> list[int]:
     high = min(specials) if specials and min(specials) > vocab // 2 else None
     n = DEFAULT_TOKENS if opts.tokens is None else opts.tokens
     check_tokens(n, source.config_dict, f"--tokens {n}")
-    return seeded_ids(n, vocab, source.seed, high)
+    ids = seeded_ids(n, vocab, source.seed, high)
+    if getattr(source, "activations", "plain") == "trained":  # the start token first, delimiters between
+        from parity.loading.activations import TrainedSpec, trained_ids
+
+        spec = TrainedSpec.from_preset(source.preset.activations.get("trained"), source.family.name)
+        ids = trained_ids(ids, spec, vocab, source.seed)
+    return ids
 
 
 def load_vocab(opts: RunOptions, source: ModelSource) -> Any:

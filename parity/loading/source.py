@@ -33,13 +33,16 @@ class ModelSource:
     gguf: Path | None = None  # the GGUF file ``checkpoint`` was converted from
     #: --trust-remote-code: the shims its modeling code needed (set by build; see parity.loading.remote)
     remote_shims: list[str] | None = None
+    #: seeded weights: "plain" (Gaussian) or "trained" (trained-model structure planted: parity.loading.activations)
+    activations: str = "plain"
 
     @classmethod
     def resolve(cls, model: str, checkpoint: str | Path | None = None, seed: int | None = None,
                 trust_remote_code: bool = False, shape: str | None = None,
-                overrides: dict[str, Any] | None = None) -> ModelSource:
+                overrides: dict[str, Any] | None = None, activations: str = "plain") -> ModelSource:
         fam = families.get(model)
         preset = fam.preset()
+        _check_activations(model, preset, activations, checkpoint)
         if shape is not None and shape not in preset.shapes:
             raise ModelError(f"model '{model}' has no shape '{shape}'.",
                              note="valid shapes: " + (", ".join(preset.shapes) or "none"))
@@ -62,7 +65,7 @@ class ModelSource:
             raise ModelError("--shape builds seeded weights; it cannot be combined with --checkpoint.", note="drop one of them")
         cfg = _checked(fam.name, cfg, str(folder / "config.json") if folder is not None else f"preset '{model}'")
         return cls(fam, preset, cfg, fam.make_config(cfg), folder,
-                   preset.seed if seed is None else seed, trust_remote_code, shape, gguf)
+                   preset.seed if seed is None else seed, trust_remote_code, shape, gguf, activations=activations)
 
     @property
     def probe_map_name(self) -> str:
@@ -77,7 +80,8 @@ class ModelSource:
             return f"{self.gguf} (converted: {self.checkpoint})"
         if self.checkpoint:
             return str(self.checkpoint)
-        return f"preset:{self.family.name}" + (f":{self.shape}" if self.shape else "")
+        trained = ":trained-activations" if self.activations == "trained" else ""
+        return f"preset:{self.family.name}" + (f":{self.shape}" if self.shape else "") + trained
 
     @property
     def num_blocks(self) -> int:
@@ -109,6 +113,11 @@ class ModelSource:
             from parity.loading.weights import seeded_init
 
             seeded_init(model, self.seed)
+            if self.activations == "trained":
+                from parity.loading import activations
+
+                spec = activations.TrainedSpec.from_preset(self.preset.activations.get("trained"), self.family.name)
+                activations.plant(model, self.family.name, self.config, spec, self.seed)
         else:
             ckpt.apply_state_dict(model, ckpt.load_state_dict(self.checkpoint), str(self.checkpoint))
         return model
@@ -120,6 +129,24 @@ class ModelSource:
         assert self.checkpoint is not None
         model, self.remote_shims = remote.build(self.checkpoint, self.config_dict, device)
         return model
+
+
+#: --activations: seeded weights as they are (plain), or with trained-model structure planted
+ACTIVATION_KINDS = ("plain", "trained")
+
+
+def _check_activations(model: str, preset: Preset, activations: str, checkpoint: Any) -> None:
+    if activations not in ACTIVATION_KINDS:
+        raise ModelError(f"unknown --activations '{activations}'.", note="valid: " + ", ".join(ACTIVATION_KINDS))
+    if activations == "plain":
+        return
+    if checkpoint is not None or preset.fetched:
+        raise ModelError("--activations trained plants trained-model structure into seeded weights; a checkpoint "
+                         "has its own activations.", note="drop --activations, or use a preset (--model qwen/llama/qwen2, "
+                         "optionally --shape 7b)")
+    if activations not in preset.activations:
+        raise ModelError(f"model '{model}' has no [activations.{activations}] table in its preset.",
+                         note="presets with one: qwen, llama, qwen2")
 
 
 def _checked(family: str, cfg: dict[str, Any], label: str) -> dict[str, Any]:

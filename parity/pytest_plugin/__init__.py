@@ -95,7 +95,7 @@ def resolve(state: ParityState, marker: dict[str, Any], call: dict[str, Any]) ->
 class ReferenceCache:
     """Reference captures for this session, keyed by what determines them."""
 
-    KEY_FIELDS = ("model", "checkpoint", "seed", "trust_remote_code", "probe_dirs", "probes", "tokens",
+    KEY_FIELDS = ("model", "checkpoint", "shape", "activations", "seed", "trust_remote_code", "probe_dirs", "probes", "tokens",
                   "prompt", "input_ids", "tokenizer", "device", "ref_device")
 
     def __init__(self) -> None:

@@ -302,7 +302,8 @@ def execute(opts: Any, dataset: str | None = None, limit: int | None = None,
     if opts.candidate != "reference":
         engines.info(opts.candidate)
     scorer()  # before any model is built
-    source = ModelSource.resolve(opts.model, opts.checkpoint, opts.seed, opts.trust_remote_code, opts.shape)
+    source = ModelSource.resolve(opts.model, opts.checkpoint, opts.seed, opts.trust_remote_code, opts.shape,
+                                  activations=getattr(opts, "activations", "plain"))
     check_port_options(opts, source.num_blocks, generation=True)
     vocab = load_vocab(opts, source)
     prompts = prompt_ids(items, opts, source, vocab)

@@ -363,7 +363,8 @@ def execute(opts: GenerateOptions, progress: Progress | None = None) -> Generate
     if hasattr(mod, "prepare"):  # a candidate that decides the run's dtype (llamacpp: the GGUF file's)
         mod.prepare(opts, progress)
         torch_dtype(opts.dtype)
-    source = ModelSource.resolve(opts.model, opts.checkpoint, opts.seed, opts.trust_remote_code, opts.shape)
+    source = ModelSource.resolve(opts.model, opts.checkpoint, opts.seed, opts.trust_remote_code, opts.shape,
+                                  activations=getattr(opts, "activations", "plain"))
     fault_specs = check_port_options(opts, source.num_blocks, generation=True)
     p = plan(opts, source)
     calib = calibration_for(opts, False)

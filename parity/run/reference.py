@@ -83,7 +83,8 @@ def prepare_reference(opts: RunOptions, progress: Progress | None = None) -> Ref
     torch_dtype(opts.dtype)  # validate before any work
     device = check_device(opts.device)
     ref_device = check_device(opts.ref_device or device)
-    source = ModelSource.resolve(opts.model, opts.checkpoint, opts.seed, opts.trust_remote_code, opts.shape)
+    source = ModelSource.resolve(opts.model, opts.checkpoint, opts.seed, opts.trust_remote_code, opts.shape,
+                                  activations=opts.activations)
     fault_specs = check_port_options(opts, source.num_blocks)
     pmap = find_map(source.probe_map_name, opts.probe_dirs)
     all_names = pmap.names(source.num_blocks)

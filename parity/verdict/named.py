@@ -17,7 +17,8 @@ from parity.verdict.hypotheses.core import Evidence, Result, sumsq
 CAUSE_OF = {"norm-eps": "norm-eps", "norm-eps-outside-root": "norm-eps", "activation-wrong-branch": "gating",
             "activation-function": "activation", "softmax-scale": "softmax-scale", "mask-shift": "mask",
             "no-mask": "mask", "low-precision-softmax": "precision", "gqa-tiled": "layout", "permutation": "layout",
-            "channel-permutation": "layout", "transposed-weight": "layout", "scale": "scale", "bias": "bias"}
+            "channel-permutation": "layout", "transposed-weight": "layout", "scale": "scale", "bias": "bias",
+            "norm-overflow": "overflow"}
 FAMILY_CAUSE = {"rotary": "rotary", "norm": "norm", "attention": "attention", "activation": "activation"}
 #: a token is "off" when its own error is over this many times the fit tolerance
 TOKEN_FACTOR = 2.0

@@ -53,13 +53,29 @@ def norm(ev: Evidence) -> list[Result]:
     ]
     low = LOW.get(ev.dtype)
     if low is not None:
-        out.append(Result("norm-no-upcast", "norm", {"dtype": ev.dtype}, residual(c, rms(x, w, eps, low=low)),
-                          f"norm computed in {ev.dtype} (no float32 upcast)"))
+        out.append(_no_upcast(x, w, eps, c, low, ev.dtype))
     fitted = _fit_eps(x, w, c)
     if fitted is not None:
         out.append(Result("norm-eps", "norm", {"eps": fitted, "expected": eps}, residual(c, rms(x, w, fitted)),
                           f"norm epsilon {fitted:.3g} instead of {eps:g}"))
     return out
+
+
+def _no_upcast(x: torch.Tensor, w: torch.Tensor, eps: float, c: torch.Tensor, low: torch.dtype, dtype: str) -> Result:
+    """The norm in the activation dtype; where its mean of squares overflows that dtype (float16
+    past |x| = 256) the cause is the overflow: those tokens' rows collapse to 0."""
+    pred = rms(x, w, eps, low=low)
+    sq = x.to(low).pow(2)
+    over = (~torch.isfinite(sq.mean(-1))).cpu().nonzero().flatten()  # on the host: a few numbers
+    if over.numel():
+        first, peak = int(over[0]), float(x.abs().max())
+        return Result("norm-overflow", "norm", {"dtype": dtype, "tokens": int(over.numel()), "first_token": first,
+                                                "max_abs_input": peak},
+                      residual(c, pred),
+                      f"overflow: the norm's mean of squares computed in {dtype} (no float32 upcast) overflows at "
+                      f"{over.numel()} token(s), first token {first} (|x| up to {peak:.3g}, x^2 beyond {dtype}'s "
+                      "range): those rows collapse to 0; compute the norm's statistics in float32")
+    return Result("norm-no-upcast", "norm", {"dtype": dtype}, residual(c, pred), f"norm computed in {dtype} (no float32 upcast)")
 
 
 def _fit_eps(x: torch.Tensor, w: torch.Tensor, c: torch.Tensor) -> float | None:
