@@ -136,7 +136,10 @@ class _Lock:
         import fcntl
 
         for _ in range(10):
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            except OSError as exc:  # a disk without a free inode, a place made read-only since the check
+                raise write_error(exc, self.path, self.flag + " lock") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

@@ -143,6 +143,13 @@ def _check_needs(opts: Any) -> None:
         if getattr(opts, attr, None) and opts.candidate != candidate:
             raise UsageError(f"{flag} needs --candidate {candidate} (it does nothing with --candidate {opts.candidate}).",
                              note=f"add --candidate {candidate}, or drop {flag}")
+    for flag, attr, default in (("--ort-opt", "ort_opt", "all"), ("--ort-provider", "ort_provider", "CPUExecutionProvider")):
+        if getattr(opts, attr, default) not in (default, None) and opts.candidate != "onnxruntime":
+            raise UsageError(f"{flag} needs --candidate onnxruntime (it does nothing with --candidate {opts.candidate}).",
+                             note=f"add --candidate onnxruntime, or drop {flag}")
+    if getattr(opts, "system", None) is not None and not getattr(opts, "chat", False):
+        raise UsageError("--system needs the chat format (it does nothing without it).",
+                         note="add --chat (parity eval: drop --raw), or drop --system")
 
 
 def check_tolerances(atol: float | None, rtol: float | None) -> None:

@@ -60,6 +60,9 @@ def cmd_sweep(ns: argparse.Namespace) -> int:
         raise UsageError(f"--schemes {ns.schemes!r} names no scheme.", note="valid schemes: " + ", ".join(schemes.SCHEMES))
     for n in names:
         schemes.get(n)
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise UsageError(f"--schemes names {', '.join(twice)} more than once.", note="each scheme once: its row would repeat")
     check_sweep(ns)
 
     from parity.report import quant as quant_report
