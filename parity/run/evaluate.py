@@ -200,10 +200,13 @@ def check_context(items: list[Item], prompts: list[list[int]], source: Any, max_
     """Each prompt's new-token budget: --max-new-tokens, clamped so that prompt and output fit
     the model's context. A --max-new-tokens the context cannot hold, or a prompt that fills it,
     is an input error."""
+    from parity.loading.limits import check_tokens
     from parity.run.generate import context_length
 
     ctx = context_length(source.config)
     if ctx is None:
+        for it, ids in zip(items, prompts):
+            check_tokens(len(ids) + max_new, source.config_dict, f"line {it.line} of the evaluation set")
         return [max_new] * len(prompts)
     if max_new >= ctx:
         raise UsageError(f"--max-new-tokens {max_new}: the model's context is {ctx} tokens, prompt included.",
@@ -212,6 +215,7 @@ def check_context(items: list[Item], prompts: list[list[int]], source: Any, max_
         if len(ids) >= ctx:
             raise InputError(f"line {it.line} of the evaluation set: its prompt has {len(ids)} tokens, the model's "
                              f"context is {ctx}.", note="shorten the prompt: it must leave room for new tokens")
+        check_tokens(min(ctx, len(ids) + max_new), source.config_dict, f"line {it.line} of the evaluation set")
     return [min(max_new, ctx - len(ids)) for ids in prompts]
 
 
