@@ -36,6 +36,11 @@ class RunOptions:
     #: seeded weights: "plain" (Gaussian) or "trained" (massive activations, attention sink, outlier features)
     activations: str = "plain"
     trust_remote_code: bool = False
+    #: run the float32 reference and the precision twin block by block (parity.run.stream);
+    #: automatic when the model does not fit
+    stream_reference: bool = False
+    #: shard the candidate over N processes (parity.engines.tp)
+    tp: int | None = None
     seed: int | None = None
     probe_dirs: list[str] = field(default_factory=list)
     candidate: str = "torch"
@@ -84,6 +89,8 @@ class RunOptions:
 
     def __post_init__(self) -> None:
         self.dtype = dtype_arg(self.dtype)
+        if self.tp and self.candidate == "torch":  # --tp N: the torch candidate, sharded (parity.engines.tp)
+            self.candidate = "tp"
 
 
 @dataclass
@@ -110,6 +117,7 @@ GROUPS: dict[str, tuple[str, list[Opt]]] = {
         Opt(("--shape",), {"metavar": "NAME", "help": "a real-size shape of the preset with seeded weights, e.g. 7b"}),
         Opt(("--activations",), {"choices": ["plain", "trained"], "default": "plain", "help": "seeded weights: plain (Gaussian, default) or trained: the structure trained LLMs have planted into the weights (massive activations at the start and delimiter tokens, the attention sink, outlier feature channels; magnitudes from the literature, cited in the preset)"}),
         Opt(("--trust-remote-code",), {"action": "store_true", "help": "use the checkpoint's own modeling code (only when you ask)"}),
+        Opt(("--stream-reference",), {"action": "store_true", "help": "load the float32 reference (and the precision twin) one block at a time: peak device memory about one block plus activations (default: automatic when the model does not fit)"}),
         Opt(("--seed",), {"type": int, "help": "seed for preset weights and --tokens (default: the preset's)"}),
         Opt(("--probe-dir",), {"dest": "probe_dirs", "action": "append", "default": [], "metavar": "DIR", "help": "extra folder of probe maps (also $PARITY_PROBE_PATH)"}),
     ]),
@@ -128,9 +136,10 @@ GROUPS: dict[str, tuple[str, list[Opt]]] = {
         Opt(("--ref-device",), {"help": "reference device (default: the candidate's)"}),
         Opt(("--attn",), {"default": "eager", "help": "candidate attention: eager, sdpa (default: eager)"}),
         Opt(("--compile",), {"action": "store_true", "help": "torch.compile the candidate"}),
+        Opt(("--tp",), {"type": int, "metavar": "N", "help": "tensor-parallel candidate: the torch candidate sharded over N processes as TensorRT-LLM shards it (one per GPU with NCCL, gloo on the CPU)"}),
         Opt(("--port",), {"metavar": "FILE.py:FACTORY", "help": "with --candidate port: your port, factory(config, state_dict) -> nn.Module (default: the family's built-in port)"}),
         Opt(("--port-map",), {"metavar": "FILE.toml", "help": "probe map of your port (module paths -> canonical names); parity.probe() calls need none"}),
-        Opt(("--fault",), {"dest": "faults", "action": "append", "default": [], "metavar": "NAME[@BLOCK]", "help": "inject a known porting bug (repeatable): port faults double-rope, silu-wrong-branch, qkv-split, rope-base, norm-eps, norm-no-upcast (need --candidate port); model fault mlp-overflow; generation faults eos-token, kv-position (parity generate); GGUF faults gguf-qk-permute, gguf-norm-eps, gguf-eos-id (need --candidate llamacpp); `parity doctor` lists them"}),
+        Opt(("--fault",), {"dest": "faults", "action": "append", "default": [], "metavar": "NAME[@BLOCK]", "help": "inject a known porting bug (repeatable): port faults double-rope, silu-wrong-branch, qkv-split, rope-base, norm-eps, norm-no-upcast (need --candidate port); model fault mlp-overflow; generation faults eos-token, kv-position (parity generate); GGUF faults gguf-qk-permute, gguf-norm-eps, gguf-eos-id (need --candidate llamacpp); tensor-parallel fault tp-kv-offset (needs --tp N); `parity doctor` lists them"}),
         Opt(("--no-isolate",), {"dest": "isolate", "action": "store_false", "default": True, "help": "skip the isolated (teacher-forced) per-block pass"}),
         Opt(("--no-targeted",), {"dest": "targeted", "action": "store_false", "default": True, "help": "skip the targeted pass (full tensors of the first divergent probe, hypotheses naming the cause)"}),
     ]),

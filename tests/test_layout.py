@@ -112,7 +112,7 @@ def test_every_package_is_listed_for_the_wheel() -> None:
 
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     packages = {n for n, p in modules().items() if p.name == "__init__.py"} | {"parity.models", "parity.probes",
-                                                                                 "parity.report.templates"}
+                                                                                 "parity.report.templates", "parity.models.data"}
     assert listed == packages
 
 
@@ -139,13 +139,18 @@ CHECK = ("import importlib.util, sys, parity, parity.models.qwen, parity.models.
          "    assert spec is None or spec.origin is None, (name, spec)  # at most an empty namespace\n")
 
 
+#: what the wheel build printed (setuptools' warnings among it)
+BUILD_LOG: list[str] = []
+
+
 @pytest.fixture(scope="module")
 def wheel_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The wheel `pip wheel .` builds, unpacked (what `pip install` puts in site-packages)."""
     out = tmp_path_factory.mktemp("wheel")
     had_build = (ROOT / "build").exists()
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(out), str(ROOT)],
-                   check=True, capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "--no-build-isolation", "-w", str(out),
+                        str(ROOT)], check=True, capture_output=True, text=True)
+    BUILD_LOG.append(r.stdout + r.stderr)
     if not had_build:  # setuptools builds in the source tree without isolation
         shutil.rmtree(ROOT / "build", ignore_errors=True)
     (whl,) = out.glob("parity_debugger-*.whl")
@@ -161,6 +166,15 @@ def test_wheel_ships_models_and_probes_inside_the_package(wheel_site: Path) -> N
     assert (wheel_site / "parity" / "probes" / "engine_port.toml").is_file()
     assert (wheel_site / "parity" / "report" / "templates" / "report.html.j2").is_file()
     assert not (wheel_site / "models").exists() and not (wheel_site / "probes").exists()
+    assert (wheel_site / "parity" / "models" / "data" / "summarize.jsonl").is_file()
+
+
+def test_wheel_builds_without_setuptools_warnings(wheel_site: Path) -> None:
+    """Every folder Python could import is listed (data folders as namespace packages): the
+    build prints none of setuptools' 'Package would be ignored' warnings."""
+    log = "".join(BUILD_LOG)
+    assert "Building wheel" in log
+    assert "absent from the `packages` configuration" not in log and "Warning:" not in log, log[-3000:]
 
 
 def test_wheel_runs_from_elsewhere(wheel_site: Path, tmp_path: Path) -> None:

@@ -112,6 +112,32 @@ def test_budget_override_decides_the_verdict(tiny_ref) -> None:
 
 
 @needs_modelopt
+@pytest.mark.parametrize("factor", [2.0, 0.5], ids=["within", "over"])
+def test_rows_verdict_badge_and_heatmap_agree(tiny_ref, factor: float) -> None:
+    """A budget verdict: every compared row is judged by its nrmse against the same budget, so
+    no row reads FAIL under PASSED; the HTML badge and heatmap say what the verdict says."""
+    from parity.report import charts, html
+
+    err = _run(tiny_ref, quant="int8-wo").row("logits").nrmse
+    r = _run(tiny_ref, quant="int8-wo", quant_budget=err * factor)
+    budget = r.summary["quant"]["budget"]
+    compared = [p for p in r.probes if p.status in ("pass", "fail")]
+    assert compared and all((p.status == "pass") == (p.nrmse <= budget) for p in compared)
+    assert r.row("logits").status == ("pass" if r.summary["verdict"] == "pass" else "fail")
+    assert r.summary["probes_failed"] == sum(p.status == "fail" for p in compared)
+    fd = r.summary["first_divergence"]
+    assert (fd is None) == all(p.status == "pass" for p in compared)
+    heat = charts.heatmap(r)
+    assert heat.mode == "nrmse" and heat.budget == budget
+    cells = [c for by_block in heat.cells.values() for c in by_block.values()]
+    assert all(c["status"] == r.row(c["name"]).status for c in cells)
+    page = html.render(r)
+    assert f'class="badge {"pass" if r.summary["verdict"] == "pass" else "fail"}"' in page
+    assert "nrmse against the scheme budget" in page
+    assert "twin is attribution" in r.summary["message"]
+
+
+@needs_modelopt
 def test_excluding_every_block_leaves_nothing_to_quantize(tiny_ref) -> None:
     from parity.errors import BackendError
 
@@ -221,8 +247,8 @@ def test_real_sweep_int4_costs_more_than_int8(run_cli, tmp_path: Path) -> None:
     code, out, _ = run_cli("quant-sweep", "--model", "smollm2", "--device", "cpu", "--schemes", "int8-wo,int4-wo",
                            "--prompt", "The library now lends telescopes, sewing machines and power tools.",
                            "--no-rouge", "-q", "--out", str(tmp_path))
-    assert code == 0
     doc = json.loads((tmp_path / "sweep.json").read_text())
+    assert code == (1 if any(r.get("verdict") == "diverged" for r in doc["table"]) else 0)  # exit 1: over budget
     rows = {r["scheme"]: r for r in doc["table"]}
     assert set(rows) == {"fp16 (twin)", "int8-wo", "int4-wo"}
     assert rows["fp16 (twin)"]["logits_nrmse"] < rows["int8-wo"]["logits_nrmse"] < rows["int4-wo"]["logits_nrmse"]

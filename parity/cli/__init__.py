@@ -9,7 +9,6 @@ imported at the top, so ``parity --help`` is fast: each command imports what it 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -17,6 +16,7 @@ from typing import NoReturn
 from parity import __version__
 from parity.cli import dump, eval as eval_cmd, fetch, generate, info, quant_sweep, report, run
 from parity.cli.common import EXIT_INTERNAL, EXIT_USAGE
+from parity.cli.streams import pipe_safe
 from parity.errors import ParityError
 
 
@@ -62,6 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; its exit code. A reader that closes stdout or stderr early (``| head``)
+    changes nothing: the command finishes and returns its verdict's code (parity.cli.streams)."""
+    with pipe_safe():
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     ns = parser.parse_args(argv)
     if not getattr(ns, "func", None):
@@ -83,10 +90,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("parity: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # `parity ... | head`: the reader has what it wanted
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return 0
     except Exception as exc:  # noqa: BLE001 - a bug in parity: never exit 1 ("the engine is broken")
         if ns.debug:
             raise

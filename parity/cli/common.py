@@ -26,15 +26,17 @@ class StageProgress:
         self.live = sys.stderr.isatty() if live is None else live
         self.current: str | None = None
         self._status: Any = None
-        if self.live:
-            from rich.console import Console
+        from parity.report.term import make_console
 
-            self.console = Console(stderr=True)
+        self.console = make_console(stderr=True)
 
     def __call__(self, what: str) -> None:
         now = time.perf_counter()
-        if not self.live:
-            print(f"[parity {now - self.t0:6.2f}s] {what} ...", file=sys.stderr, flush=True)
+        if not self.live:  # wrapped at the console's width, continuation lines under the text
+            from parity.report.term import prose
+
+            prose(self.console, f"{what} ...", lead=f"[parity {now - self.t0:6.2f}s] ")
+            self.console.file.flush()
             return
         self._done(now)
         self.current, self.started = what, now
@@ -49,12 +51,22 @@ class StageProgress:
         if self._status is not None:
             self._status.stop()
             self._status = None
-            self.console.print(f"[dim]{self.current} ({now - self.started:.1f} s)[/dim]", highlight=False)
+            from parity.report.term import prose
+
+            prose(self.console, f"{self.current} ({now - self.started:.1f} s)", style="dim")
 
     def close(self) -> None:
         """End the running stage (before the command prints its results)."""
         if self.live:
             self._done(time.perf_counter())
+
+
+def say(text: str, lead: str = "") -> None:
+    """A line of a command's output on stdout, wrapped between words at the console's width
+    (continuation lines indented under the text after ``lead``)."""
+    from parity.report.term import make_console, prose
+
+    prose(make_console(), text, lead=lead)
 
 
 def progress(quiet: bool) -> StageProgress | None:

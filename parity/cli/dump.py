@@ -82,7 +82,9 @@ def _dump(ns: argparse.Namespace, opts: Any, outputs: Any) -> int:
     outputs.commit()
     if prog is not None:
         prog.close()
-    print(f"Dump: {ns.out} ({len(cap.records)} probes from {backend.label}; {len(meta['not_exposed'])} not exposed)")
+    from parity.cli.common import say as out_line
+
+    out_line(f"Dump: {ns.out} ({len(cap.records)} probes from {backend.label}; {len(meta['not_exposed'])} not exposed)")
     return 0
 
 
@@ -156,5 +158,7 @@ def _compare(ns: argparse.Namespace, outputs: Any) -> int:
         paths = files.write(report, outputs.dir)
         line = f"Reports: {outputs.final(paths['json'])}  {outputs.final(paths['csv'])}"
         outputs.commit()
-        print(line)
+        from parity.cli.common import say
+
+        say(line)
     return 0 if report.summary["verdict"] == "pass" else 1

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from parity.cli.common import EXIT_DIVERGED, EXIT_OK, check_options, done, progress, run_id, with_model
+from parity.cli.common import EXIT_DIVERGED, EXIT_OK, check_options, done, progress, run_id, with_model, say
 from parity.options import add_group
 
 
@@ -80,6 +80,6 @@ def cmd_eval(ns: argparse.Namespace) -> int:
             lines.append(f"HTML report: {ns.html}")
         outputs.commit()
     for line in lines:
-        print(line)
+        say(line)
     rl = doc["eval"]["overall"]["rougeL"]
     return EXIT_DIVERGED if ns.min_rougel is not None and (rl is None or rl < ns.min_rougel) else EXIT_OK

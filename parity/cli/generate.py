@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from parity.cli.common import check_options, done, progress, run_id, with_model
+from parity.cli.common import check_options, done, progress, run_id, with_model, say
 from parity.options import VERDICT_OPTS, Opt, add_group
 
 GENERATION_OPTS: list[Opt] = [
@@ -73,5 +73,5 @@ def _generate(ns: argparse.Namespace, opts: Any, outputs: Any) -> int:
         lines.append(f"HTML report: {ns.html}")
     outputs.commit()
     for line in lines:
-        print(line)
+        say(line)
     return 0 if result.passed else 1

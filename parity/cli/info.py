@@ -59,13 +59,15 @@ def cmd_probes(ns: argparse.Namespace) -> int:
                                  trust_remote_code=ns.trust_remote_code, shape=ns.shape)
     pmap = find_map(source.probe_map_name, ns.probe_dirs)
     names = canon.select(pmap.names(source.num_blocks), ns.probes)
-    print(f"# {source.family.name}: probe map {pmap.path} ({len(names)} probes)")
+    from parity.cli.common import say
+
+    say(f"# {source.family.name}: probe map {pmap.path} ({len(names)} probes)")
     for name in names:
         b = pmap.bind(name, source.config)
         spec = b.spec
         where = f"{spec.io}" + (f"[{spec.index}]" if spec.index is not None else "") + (f"[{spec.kwarg}]" if spec.kwarg else "")
         extra = f" transform={spec.transform}" if spec.transform else ""
-        print(f"{name:28s} {probe_shape(canon.parse(name).point, source.config):22s} {b.module} {where}{extra}")
+        say(f"{probe_shape(canon.parse(name).point, source.config):22s} {b.module} {where}{extra}", lead=f"{name:28s} ")
     return EXIT_OK
 
 
@@ -143,9 +145,12 @@ def cmd_doctor(ns: argparse.Namespace) -> int:
         if getattr(ns, "engine", None):
             from parity.engines.api_surface import check
 
-            print(f"API surface ({ns.engine}):")
+            from parity.cli.common import say
+
+            say(f"API surface ({ns.engine}):")
             for line in check(ns.engine):
-                print(f"  {line}" if not line.startswith("  ") else line)
+                text = line.lstrip()
+                say(text, lead=" " * max(2, len(line) - len(text)))
         sys.stdout.flush()
     except OSError as exc:  # BrokenPipeError, or EPIPE as a plain OSError on some platforms
         if not isinstance(exc, BrokenPipeError) and exc.errno != errno.EPIPE:
@@ -155,22 +160,25 @@ def cmd_doctor(ns: argparse.Namespace) -> int:
 
 
 def _doctor() -> None:
-    print(f"parity {__version__}, Python {sys.version.split()[0]}", flush=True)
-    print(f"  {'python':14s} {sys.executable}")
-    print(f"  {'CUDA':14s} {cuda_line()}")
-    print("packages:")
+    from parity.cli.common import say
+
+    say(f"parity {__version__}, Python {sys.version.split()[0]}")
+    sys.stdout.flush()
+    say(sys.executable, lead=f"  {'python':14s} ")
+    say(cuda_line(), lead=f"  {'CUDA':14s} ")
+    say("packages:")
     for pkg in DOCTOR_PACKAGES:
-        print(f"  {pkg:14s} {package_version(pkg) or 'missing'}")
+        say(package_version(pkg) or "missing", lead=f"  {pkg:14s} ")
 
     from parity.engines import CANDIDATES
 
-    print("candidates:")
+    say("candidates:")
     for bi in CANDIDATES.values():
         state = "available" if bi.is_available() else "unavailable (needs " + ", ".join(bi.missing()) + ")"
-        print(f"  {bi.name:14s} {state} - {bi.summary}")
+        say(f"{state} - {bi.summary}", lead=f"  {bi.name:14s} ")
     if CANDIDATES["port"].is_available():
         from parity import faults
 
-        print("faults (--candidate port --fault NAME[@BLOCK]):")
+        say("faults (--candidate port --fault NAME[@BLOCK]):")
         for name, summary in faults.describe().items():
-            print(f"  {name:18s} {summary}")
+            say(summary, lead=f"  {name:18s} ")

@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from parity.cli.common import EXIT_DIVERGED, EXIT_OK, check_options, done, progress, run_id, with_model
+from parity.cli.common import EXIT_DIVERGED, EXIT_OK, check_options, done, progress, run_id, with_model, say
 from parity.options import add_group, run_options
 
 
@@ -65,7 +65,8 @@ def _run(ns: argparse.Namespace, opts: Any, outputs: Any, marks: int) -> int:
     report = result.report
     console_report.render(report, **_table(ns))
     if bisect:
-        print(render_builds(report.summary))
+        for line in render_builds(report.summary).splitlines():
+            say(line)
     lines = []
     if not ns.no_files:
         paths = files.write(report, outputs.dir)
@@ -79,7 +80,7 @@ def _run(ns: argparse.Namespace, opts: Any, outputs: Any, marks: int) -> int:
         lines.append(f"HTML report: {ns.html}")
     outputs.commit()  # every file in place, or none
     for line in lines:
-        print(line)
+        say(line)
     return EXIT_OK if report.summary["verdict"] == "pass" else EXIT_DIVERGED
 
 

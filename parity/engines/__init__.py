@@ -71,6 +71,10 @@ CANDIDATES: dict[str, BackendInfo] = {
         "the reference weights fake-quantized by NVIDIA ModelOpt (--quant int8-wo|int4-wo|int4-awq|w8a8-sq|fp8|int8-kv|fp8-kv|nvfp4)",
         "pip install 'parity-debugger[quant]'",
     ),
+    "tp": BackendInfo(
+        "tp", "parity.engines.tp", ("torch",),
+        "the torch candidate sharded over --tp N processes as TensorRT-LLM shards it (NCCL on GPUs, gloo on the CPU)",
+    ),
     "port": BackendInfo(
         "port", "parity.engines.port", ("torch",),
         "a PyTorch port (--port FILE.py:factory, or the family's built-in engine-style port with --fault)",

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from parity.capture import probes as canon
+from parity.engines import shards
 from parity.engines.base import Backend, Sink
 from parity.engines.dumps import Dump, NameMap, canonical_shape, check_ids, load_name_map, read_dump
 from parity.errors import UsageError
@@ -16,6 +17,7 @@ class DumpBackend(Backend):
         super().__init__("dump")
         self.dump = dump
         self.config = config
+        self.ranks = shards.RankCheck(getattr(dump, "ranks", 1))
         wanted = set(canon.all_probes(num_blocks))
         beyond = [p for p in dump.probes if p not in wanted]
         if beyond:
@@ -37,11 +39,18 @@ class DumpBackend(Backend):
         check_ids(self.dump, ids)
         logits = None
         for p in probes:
-            t = self.dump.tensor(p, canonical_shape(canon.parse(p).point, self.config, len(ids)))
+            shape = canonical_shape(canon.parse(p).point, self.config, len(ids))
+            t = self.dump.tensor(p, shape)
+            if self.ranks.tp > 1:  # per-rank dumps: each rank's part against its slice of the reference
+                self.ranks.record(p, sink, shards.rank_parts(p, self.dump.raw(p), shape, self.dump.tp_rules.get(p)))
             sink(p, t)
             if p == "logits":
                 logits = t
         return logits
+
+    def annotate(self, summary: dict[str, Any], calib: Any) -> None:
+        """Name the rank a divergence lives on (parity.engines.shards)."""
+        self.ranks.annotate(summary, calib)
 
     def describe(self) -> dict[str, Any]:
         m = self.dump.meta

@@ -169,7 +169,8 @@ def create(ctx: Any) -> PortBackend:
         pmap = find_map(BUILTIN_MAP)
     else:
         pmap = ProbeMap("port", None)
-    state = ctx.reference_model.state_dict()
+    stream = getattr(ctx.reference_model, "parity_stream", None)  # a streamed reference: a whole float32 copy
+    state = (stream.materialize(torch.float32, "cpu") if stream is not None else ctx.reference_model).state_dict()
     model = build(factory, label, ctx.source.config, state)
     model = model.to(device=ctx.device, dtype=torch_dtype(o.dtype)).eval()
     for s in port_faults:

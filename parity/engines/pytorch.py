@@ -125,11 +125,17 @@ class ModuleBackend(Backend):
 
     @property
     def device(self) -> torch.device:
+        stream = getattr(self.model, "parity_stream", None)  # weights loaded block by block
+        if stream is not None:
+            return stream.device
         t = first_tensor(self.model)
         return t.device if t is not None else torch.device("cpu")
 
     @property
     def dtype(self) -> torch.dtype:
+        stream = getattr(self.model, "parity_stream", None)
+        if stream is not None:
+            return stream.dtype
         t = first_tensor(self.model)
         return t.dtype if t is not None else torch.float32
 
@@ -223,6 +229,11 @@ def derive(reference: nn.Module, dtype: str, device: str, attn: str) -> nn.Modul
     model is loaded in half precision.
     """
     target = torch_dtype(dtype)
+    stream = getattr(reference, "parity_stream", None)  # a streamed reference (parity.loading.streamed)
+    if stream is not None:
+        model = stream.materialize(target, device).eval()
+        set_attn(model, attn)
+        return model
     memo: dict[int, object] = {}
     for p in reference.parameters():
         if id(p) not in memo:

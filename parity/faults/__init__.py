@@ -9,7 +9,9 @@ A fault is registered with :func:`fault` and says how it alters the run:
 * ``target = "generation"``: it changes the candidate's decode loop or generation config
   (stop set, decode-step positions) — only ``parity generate`` can see it;
 * ``target = "gguf"``: it alters the copy of the GGUF file ``--candidate llamacpp`` runs
-  (parity.faults.gguf: conversion bugs).
+  (parity.faults.gguf: conversion bugs);
+* ``target = "tp"``: it alters one rank's shard of a tensor-parallel candidate (``--tp N``,
+  parity.faults.sharding).
 
 ``block`` is None (every block, or the whole model) or the block index after ``@``.
 Port and model faults live in parity.faults.library (imports torch), generation faults in
@@ -55,6 +57,8 @@ def _load_builtin() -> None:
         import parity.faults.library  # noqa: F401  (registers the port and model faults)
     if "kv-position" not in FAULTS:
         import parity.faults.generation  # noqa: F401  (registers the generation faults)
+    if "tp-kv-offset" not in FAULTS:
+        import parity.faults.sharding  # noqa: F401  (registers the tensor-parallel faults, --tp N)
     if "gguf-norm-eps" not in FAULTS:
         import parity.faults.gguf  # noqa: F401  (registers the GGUF faults, --candidate llamacpp)
 

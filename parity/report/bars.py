@@ -7,25 +7,27 @@ from __future__ import annotations
 from typing import Any
 
 
-def bars(values: list[tuple[Any, float | None]], width: int = 820, height: int = 200, log: bool = False) -> dict[str, Any]:
+def bars(values: list[tuple[Any, float | None]], width: int = 820, height: int = 200, log: bool = False,
+         top_value: float | None = None) -> dict[str, Any]:
     """Geometry of a bar chart (one bar per label, e.g. per block): rects and y ticks in SVG
-    coordinates. ``log``: a log10 axis (errors spanning decades)."""
+    coordinates. ``log``: a log10 axis (errors spanning decades). ``top_value``: a fixed top of
+    a linear axis (a score out of 100), so that a bar's height reads the same in every report."""
     import math
 
     left, right, top, bottom = 56, 10, 10, 26
     vals = [v for _, v in values if v is not None and v > 0 and math.isfinite(v)]
-    if not vals:
+    if not vals and top_value is None:
         return {"width": width, "height": height, "bars": [], "ticks": [], "empty": True}
     tf = (lambda v: math.log10(v)) if log else (lambda v: v)
     lo = math.floor(tf(min(vals))) if log else 0.0
-    hi = tf(max(vals))
+    hi = float(top_value) if top_value is not None and not log else tf(max(vals))
     hi = hi if hi > lo else lo + 1.0
     plot_w, plot_h = width - left - right, height - top - bottom
     slot = plot_w / max(1, len(values))
     out = []
     for k, (label, v) in enumerate(values):
         ok = v is not None and v > 0 and math.isfinite(v)
-        h = 0.0 if not ok else max(1.0, plot_h * (tf(v) - lo) / (hi - lo))  # type: ignore[arg-type]
+        h = 0.0 if not ok else min(plot_h, max(1.0, plot_h * (tf(v) - lo) / (hi - lo)))  # type: ignore[arg-type]
         out.append({"x": left + k * slot + slot * 0.12, "w": slot * 0.76, "y": top + plot_h - h, "h": h,
                     "label": str(label), "value": v, "lx": left + k * slot + slot / 2})
     ticks = []

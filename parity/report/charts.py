@@ -1,14 +1,13 @@
-"""Geometry for the HTML report's inline SVG charts (pure Python, no JS library).
+"""Geometry for the HTML report's inline SVG charts (pure Python, no JS library). These functions
+only place numbers already in ReportData (or a RunDiff) on axes; they compute no statistics. The
+templates draw the shapes they describe.
 
-These functions only place numbers already in ReportData (or a RunDiff) on axes; they
-compute no statistics. The templates draw the shapes they describe.
-
-Calibrated reports (schema 1.1) carry, per probe, the precision twin's error (the
-reference run in the candidate's dtype) and the candidate's *excess* over it: the error
-charts draw the twin's error as a dashed line of the same colour, the excess chart draws
-the excess with the budget as its limit, and the heatmap shades cells by excess.
-Generation reports get the same charts per decode step; `parity diff` overlays run A and
-run B along depth.
+Calibrated reports (schema 1.1) carry, per probe, the precision twin's error (the reference run in
+the candidate's dtype) and the candidate's *excess* over it: the error charts draw the twin's error
+as a dashed line of the same colour, the excess chart draws the excess with the budget as its
+limit, and the heatmap shades cells by excess (a quantized run under a budget verdict: by nrmse
+against that budget). Generation reports get the same charts per decode step; `parity diff`
+overlays run A and run B along depth.
 """
 from __future__ import annotations
 
@@ -99,6 +98,7 @@ class DepthChart:
     xlabel: str = "block"
     twin: bool = False
     empty: bool = False
+    zero: bool = False  # empty because every value is exactly 0 (identical to the reference)
     marks: list[Mark] = field(default_factory=list)
     vgrid: bool = False  # faint vertical lines at the x ticks
 
@@ -141,10 +141,10 @@ def _axes(values: Sequence[float], slots: int, width: int, height: int) -> _Axes
     return _Axes(left, top, width - left - right, height - top - bottom, max(slots, 1), lo, hi)
 
 
-def _empty(metric: str, width: int, height: int, ylabel: str, xlabel: str = "block") -> DepthChart:
+def _empty(metric: str, width: int, height: int, ylabel: str, xlabel: str = "block", values: Sequence[float] = ()) -> DepthChart:
     left, top, right, bottom = _MARGIN
     return DepthChart(width, height, left, top, width - left - right, height - top - bottom, [], [], [], [], [],
-                      metric, ylabel, xlabel, empty=True)
+                      metric, ylabel, xlabel, empty=True, zero=bool(values) and all(v == 0 for v in values))
 
 
 def _get(row: Any, attr: str | None) -> float | None:
@@ -300,7 +300,7 @@ def depth_chart(report: ReportData, metric: str = "max_abs_err", width: int = 82
     vals = [v for r in rows for v in (_get(r, metric), _get(r, twin)) if v is not None]
     ax = _axes(vals + [v for v, _, _ in limits], nb + 2, width, height) if vals else None  # embed | blocks | tail
     if ax is None:
-        return _empty(metric, width, height, _ylabel(metric))
+        return _empty(metric, width, height, _ylabel(metric), values=vals)
     xticks = _ticks(ax, [(b + 1, str(b)) for b in range(nb)], [(0, "head"), (nb + 1, "tail")])
     lines = _lines(ax, limits)
     extras = _extras(rows, metric, twin, ax, nb)
@@ -332,7 +332,7 @@ def step_chart(gen: dict[str, Any] | None, metric: str = "excess", width: int = 
     vals = [v for s in steps for v in (_get(s, metric), _get(s, twin)) if v is not None]
     ax = _axes(vals + [v for v, _, _ in limits], n, width, height)
     if ax is None:
-        return _empty(metric, width, height, _ylabel(metric), "step")
+        return _empty(metric, width, height, _ylabel(metric), "step", values=vals)
     show = (xfmt if metric == "excess" else fmt)
     at = {s["step"]: s for s in steps}
     coords = [(ax.x(i), ax.y(at[i][metric])) if i in at else None for i in range(n)]
@@ -468,7 +468,8 @@ def _legend(mode: str, budget: float | None) -> list[tuple[str, str]]:
         over = [(b * 10, "> " + xfmt(b)), (b * 1000, xfmt(b * 1000))]
         return ([(excess_shade(v, b, False), label) for v, label in steps]
                 + [(excess_shade(v, b, True), label) for v, label in over] + [(GREY, "not compared")])
-    scale = [(1e-4, "1e-4·atol"), (0.5, "0.5·atol"), (0.75, "0.75·atol"), (1.0, "atol")]
+    u = f"budget {budget:g}" if mode == "nrmse" else "atol"  # nrmse: a quantized run's scheme budget
+    scale = [(1e-4, f"1e-4·{u}"), (0.5, f"0.5·{u}"), (0.75, f"0.75·{u}"), (1.0, u)]
     return [(error_shade(v, 1.0, False), label) for v, label in scale] + [(error_shade(2.0, 1.0, True), "over"),
                                                                            (GREY, "not compared")]
 
@@ -478,9 +479,9 @@ def _cell(r: ProbeRow, mode: str, budget: float | None) -> dict[str, Any]:
         color = "#f5f5f5"
     elif mode == "excess":
         color = excess_shade(r.excess, budget or FALLBACK_BUDGET, r.passed is False)
-    else:
-        color = error_shade(r.max_abs_err, r.atol, r.passed is False)
-    return {"name": r.name, "status": r.status, "err": r.max_abs_err, "atol": r.atol, "excess": r.excess,
+    else:  # nrmse: a quantized run's rows against the scheme's budget
+        color = error_shade(*((r.nrmse, budget) if mode == "nrmse" else (r.max_abs_err, r.atol)), r.passed is False)
+    return {"name": r.name, "status": r.status, "err": r.max_abs_err, "atol": r.atol, "excess": r.excess, "nrmse": r.nrmse,
             "twin": r.twin_max_abs_err, "isolated_excess": r.isolated_excess, "color": color}
 
 
@@ -490,6 +491,8 @@ def heatmap(report: ReportData) -> Heatmap:
     points = [p for p in canon.BLOCK_POINTS if any(point_of(r) == p for r in rows)]
     mode = "excess" if calibrated(report) else "error"
     budget = budget_of(report) if mode == "excess" else None
+    if (q := report.summary.get("quant") or {}).get("mode") == "budget" and _finite(q.get("budget")):
+        mode, budget = "nrmse", float(q["budget"])  # a quantized run: rows judged by nrmse against its budget
     cells: dict[str, dict[int, dict[str, Any]]] = {p: {} for p in points}
     for r in rows:
         cells[point_of(r)][r.block] = _cell(r, mode, budget)

@@ -43,6 +43,8 @@ class RunDiff:
     #: calibrated runs: each run's budget (a probe fails when its excess is over it)
     budget_a: float | None = None
     budget_b: float | None = None
+    #: what a row is: a probe (two `parity run` reports) or a decode step (two `parity generate` reports)
+    unit: str = "probe"
 
     @property
     def counts(self) -> dict[str, int]:
@@ -119,27 +121,53 @@ def diff_reports(a: ReportData, b: ReportData) -> RunDiff:
     return out
 
 
+def kind(report: ReportData) -> str:
+    """"generate" for a `parity generate` report (its rows are decode steps), else "run"."""
+    return "generate" if report.generation else "run"
+
+
+def diff_generations(a: ReportData, b: ReportData) -> RunDiff:
+    """Two `parity generate` runs, step by step: each step's status (pass, fail, not compared
+    once the streams parted), its logits max abs err and excess in A and in B."""
+    steps_a = {s["step"]: s for s in (a.generation or {}).get("steps", [])}
+    steps_b = {s["step"]: s for s in (b.generation or {}).get("steps", [])}
+    out = RunDiff(label(a), label(b), a.summary.get("verdict", "?"), b.summary.get("verdict", "?"),
+                  a.summary.get("message", ""), b.summary.get("message", ""),
+                  budget_a=(a.generation or {}).get("budget"), budget_b=(b.generation or {}).get("budget"), unit="step")
+    for n in sorted(set(steps_a) | set(steps_b)):
+        sa, sb = steps_a.get(n), steps_b.get(n)
+        ea = sa.get("max_abs_err") if sa else None
+        eb = sb.get("max_abs_err") if sb else None
+        ratio = _ratio(ea, eb)
+        st_a, st_b = _step_status(sa), _step_status(sb)
+        out.rows.append(ProbeChange(f"step {n}", st_a, st_b, ea, eb, ratio, _change(st_a, st_b, ratio),
+                                    sa.get("excess") if sa else None, sb.get("excess") if sb else None))
+    return out
+
+
+def _step_status(step: dict[str, Any] | None) -> str | None:
+    if step is None:
+        return None
+    if not step.get("comparable"):
+        return "not compared"
+    return "pass" if step.get("passed") else "fail"
+
+
 def render_console(diff: RunDiff, console: Any = None, show_all: bool = False) -> None:
     """Rich table of the probes that changed (all probes with ``show_all``)."""
-    import sys
+    from parity.report import term
 
-    from rich.console import Console
-    from rich.table import Table
-
-    console = console or Console(width=None if sys.stdout.isatty() else 140)
-    table = Table(title=f"parity diff | A: {diff.label_a} | B: {diff.label_b}", title_justify="left", header_style="bold")
+    console = console or term.make_console()
     excess = diff.has_excess
-    for c in _columns(excess):
-        table.add_column(c, justify="left" if c in ("probe", "status A", "status B", "change") else "right", no_wrap=True)
-    for r in diff.rows:
-        if not show_all and r.change in ("same", "not compared"):
-            continue
-        table.add_row(*_cells(r, excess))
-    console.print(table)
+    rows = [_cells(r, excess) for r in diff.rows if show_all or r.change not in ("same", "not compared")]
+    term.prose(console, f"parity diff | A: {diff.label_a} | B: {diff.label_b}")
+    cols = [diff.unit, *_columns(excess)[1:]]
+    console.print(term.fit_table(console, cols, rows, drop=("B/A", "max abs err A", "max abs err B"),
+                                 left=(diff.unit, "status A", "status B", "change"), header_style="bold"))
     counts = ", ".join(f"{v} {k}" for k, v in diff.counts.items())
-    console.print(f"A: {diff.message_a}", markup=False, highlight=False, soft_wrap=True)
-    console.print(f"B: {diff.message_b}", markup=False, highlight=False, soft_wrap=True)
-    console.print(f"{len(diff.rows)} probes: {counts}", markup=False, highlight=False)
+    term.prose(console, f"A: {diff.message_a}")
+    term.prose(console, f"B: {diff.message_b}")
+    term.prose(console, f"{len(diff.rows)} {diff.unit}s: {counts}")
 
 
 def _columns(excess: bool) -> list[str]:
@@ -155,5 +183,7 @@ def _cells(r: ProbeChange, excess: bool) -> list[str]:
     from parity.report.console import fmt, xfmt
 
     ch = f"[{_STYLE[r.change]}]{r.change}[/]" if r.change in _STYLE else r.change
-    cells = [r.name, r.status_a or "-", r.status_b or "-", fmt(r.err_a, 3), fmt(r.err_b, 3), fmt(r.ratio, 3)]
+    from rich.markup import escape
+
+    cells = [escape(r.name), r.status_a or "-", r.status_b or "-", fmt(r.err_a, 3), fmt(r.err_b, 3), fmt(r.ratio, 3)]
     return cells + ([xfmt(r.excess_a), xfmt(r.excess_b)] if excess else []) + [ch]

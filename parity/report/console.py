@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import math
-import sys
 from typing import Any
 
+from parity.report import term
 from parity.report.data import ProbeRow, ReportData
 
 COLUMNS = ("probe", "ref mean", "ref sum", "cand mean", "cand sum", "max abs err",
@@ -60,6 +60,9 @@ def _status(row: ProbeRow) -> str:
 #: are dropped right to left (nrmse, then isolated err, then cosine) when the width is less
 COMPACT = ("probe", "max abs err", EXCESS_COLUMN, "isolated err", "nrmse", "cosine", "status")
 OPTIONAL = ("nrmse", "isolated err", "cosine")
+#: --wide drops these (first one first) when the console is too narrow: never the probe name,
+#: the error, the excess or the status
+WIDE_DROP = ("ref sum", "cand sum", "ref mean", "cand mean", "max rel err", "mean abs err", *OPTIONAL)
 #: tables longer than this collapse runs of passing probes (failures and their neighbours stay)
 LONG_TABLE = 40
 CONTEXT = 2
@@ -68,20 +71,12 @@ SHOWN_FAILURES = 20
 
 
 def width(piped: int = 100) -> int:
-    """The console's width: $COLUMNS when set, the terminal's, else ``piped`` (piped output)."""
-    import os
-    import shutil
-
-    env = os.environ.get("COLUMNS", "")
-    if env.isdigit() and int(env) > 0:
-        return int(env)
-    return shutil.get_terminal_size((piped, 24)).columns if sys.stdout.isatty() else piped
+    """The console's width (parity.report.term.width)."""
+    return term.width(piped)
 
 
 def make_console() -> Any:
-    from rich.console import Console
-
-    return Console(width=width())
+    return term.make_console()
 
 
 def title_of(report: ReportData) -> str:
@@ -104,58 +99,33 @@ def render(report: ReportData, console: Any = None, show_all: bool = True, wide:
     every statistic (ref/cand mean and sum, mean abs and max rel error); ``every_row``: no
     collapsing of passing probes in long tables."""
     from rich import box
-    from rich.table import Table
 
     console = console or make_console()
     excess = calibrated(report)
     isolated = any(r.isolated_max_abs_err is not None for r in report.probes)
     rows = [r for r in report.probes if show_all or r.status == "fail"]
-    cols = columns(excess, isolated) if wide else _fit(_compact(excess, isolated), rows, console.width)
-    table = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False, show_edge=False)
-    for c in cols:
-        table.add_column(c, justify="left" if c in ("probe", "status") else "right", no_wrap=True,
-                         min_width=len(c) if c != "probe" else None)
+    cols = columns(excess, isolated) if wide else _compact(excess, isolated)
+    cells = []
     for item in _collapse(rows) if show_all and not every_row and len(rows) > LONG_TABLE else rows:
         if isinstance(item, list):  # a run of passing probes, collapsed
-            cells = {c: "" for c in cols}
+            row = {c: "" for c in cols}
             top = max((r.excess for r in item if r.excess is not None), default=None)
             fails = sum(r.status == "fail" for r in item)
-            cells.update({"probe": f"[dim]... {len(item)} more[/dim]",
-                          EXCESS_COLUMN: f"[dim]<={xfmt(top)}[/dim]" if top is not None else "",
-                          "status": f"[bold red]{fails} FAIL[/bold red]" if fails else "[dim]--all[/dim]"})
-            table.add_row(*[cells[c] for c in cols])
+            row.update({"probe": f"[dim]... {len(item)} more[/dim]",
+                        EXCESS_COLUMN: f"[dim]<={xfmt(top)}[/dim]" if top is not None else "",
+                        "status": f"[bold red]{fails} FAIL[/bold red]" if fails else "[dim]--all[/dim]"})
         else:
-            cells = _cells(item)
-            table.add_row(*[cells[c] for c in cols])
-    console.print(title_of(report), markup=False, highlight=False, soft_wrap=True)
+            row = _cells(item)
+        cells.append([row[c] for c in cols])
+    table = term.fit_table(console, cols, cells, drop=WIDE_DROP if wide else OPTIONAL, left=("probe", "status"),
+                           box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False, show_edge=False)
+    term.prose(console, title_of(report))
     console.print(table)
     render_summary(report, console)
 
 
 def _compact(excess: bool, isolated: bool) -> list[str]:
     return [c for c in COMPACT if (c != EXCESS_COLUMN or excess) and (c != "isolated err" or isolated)]
-
-
-def _fit(cols: list[str], rows: list[ProbeRow], width: int) -> list[str]:
-    """Drop OPTIONAL columns until the widest cells fit ``width`` (probe names whole)."""
-    need = {c: len(c) for c in cols}
-    for r in rows:
-        cells = _cells(r)
-        for c in cols:
-            need[c] = max(need[c], len(_plain(cells[c])))
-    cols = list(cols)
-    for c in OPTIONAL:
-        if sum(need[x] + 2 for x in cols) <= width:
-            break
-        if c in cols:
-            cols.remove(c)
-    return cols
-
-
-def _plain(cell: str) -> str:
-    import re
-
-    return re.sub(r"\[/?[a-z ]+\]", "", cell)
 
 
 def _collapse(rows: list[ProbeRow]) -> list[ProbeRow | list[ProbeRow]]:
@@ -191,8 +161,10 @@ def columns(excess: bool, isolated: bool) -> list[str]:
 
 def _cells(r: ProbeRow) -> dict[str, str]:
     """Every column's cell of a row, by column name."""
+    from rich.markup import escape
+
     return {
-        "probe": r.name, "ref mean": fmt(r.ref_mean), "ref sum": fmt(r.ref_sum), "cand mean": fmt(r.cand_mean),
+        "probe": escape(r.name), "ref mean": fmt(r.ref_mean), "ref sum": fmt(r.ref_sum), "cand mean": fmt(r.cand_mean),
         "cand sum": fmt(r.cand_sum), "max abs err": fmt(r.max_abs_err, 3), EXCESS_COLUMN: xfmt(r.excess),
         "isolated err": fmt(r.isolated_max_abs_err, 3), "mean abs err": fmt(r.mean_abs_err, 3),
         "max rel err": fmt(r.max_rel_err, 3), "nrmse": fmt(r.nrmse, 3), "cosine": _cos(r.cosine), "status": _status(r),
@@ -201,10 +173,9 @@ def _cells(r: ProbeRow) -> dict[str, str]:
 
 def render_summary(report: ReportData, console: Any) -> None:
     s = report.summary
-    style = "bold green" if s["verdict"] == "pass" else "bold red"
-    console.print(s["message"], style=style, markup=False, highlight=False, soft_wrap=True)
+    term.prose(console, s["message"], "bold green" if s["verdict"] == "pass" else "bold red")
     diag = s.get("diagnosis")
     if diag:
-        console.print(f"Diagnosis: {diag.get('hint')}", markup=False, highlight=False, soft_wrap=True)
+        term.prose(console, f"Diagnosis: {diag.get('hint')}")
         for ev in diag.get("evidence", []):
-            console.print(f"  - {ev}", markup=False, highlight=False, soft_wrap=True)
+            term.prose(console, str(ev), lead="  - ")

@@ -4,7 +4,6 @@ They read ReportData only and recompute nothing.
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -37,22 +36,20 @@ def _tok(gen: dict[str, Any], tid: int | None) -> str:
 
 
 def render(report: ReportData, console: Any = None) -> None:
-    from rich.console import Console
-    from rich.table import Table
+    from parity.report import term
 
-    console = console or Console(width=None if sys.stdout.isatty() else 160)
+    console = console or term.make_console()
     gen, run = report.generation or {}, report.run
     cand = run.get("candidate", {})
     title = (f"parity generate: {run.get('model')} ({run.get('source')}) | reference {run['reference'].get('dtype')} "
              f"vs {cand.get('name')} {cand.get('dtype')} {cand.get('device')} | {gen['mode']} greedy | "
              f"prompt {gen['prompt']['tokens']} tokens")
-    table = Table(title=title, title_justify="left", header_style="bold")
     excess = calibrated(gen)
-    for c in step_columns(gen["overlap_k"], excess):
-        table.add_column(c, justify="left" if c in ("ref token", "cand token", "status") else "right", no_wrap=True)
-    for r in gen["steps"]:
-        table.add_row(*_cells(gen, r, excess))
-    console.print(table)
+    cols = step_columns(gen["overlap_k"], excess)
+    term.prose(console, title)
+    console.print(term.fit_table(console, cols, [_cells(gen, r, excess) for r in gen["steps"]],
+                                 drop=(f"top-{gen['overlap_k']} overlap", "ref margin"),
+                                 left=("ref token", "cand token", "status"), header_style="bold"))
     render_summary(report, console)
 
 
@@ -71,14 +68,18 @@ def step_columns(overlap_k: int, excess: bool) -> list[str]:
 
 def _cells(gen: dict[str, Any], r: dict[str, Any], excess: bool) -> list[str]:
     ov = "-" if r["topk_overlap"] is None else f"{r['topk_overlap']:.2f}"
-    cells = [str(r["step"]), _tok(gen, r["ref_token"]), _tok(gen, r["cand_token"]), fmt(r["max_abs_err"], 3)]
+    from rich.markup import escape
+
+    cells = [str(r["step"]), escape(_tok(gen, r["ref_token"])), escape(_tok(gen, r["cand_token"])), fmt(r["max_abs_err"], 3)]
     if excess:
         cells.append(xfmt(r.get("excess")))
     return cells + [fmt(r["ref_margin"], 3), ov, _status(r)]
 
 
 def _line(console: Any, text: str, style: str | None = None) -> None:
-    console.print(text, style=style, markup=False, highlight=False, soft_wrap=True)
+    from parity.report.term import prose
+
+    prose(console, text, style)
 
 
 def render_summary(report: ReportData, console: Any) -> None:

@@ -28,40 +28,54 @@ def _cell(v: Any) -> str:
     return str(v)
 
 
+#: the sweep table's columns (key -> header), and those dropped first on a narrow console
+SWEEP_HEADS = {"scheme": "scheme", "logits_nrmse": "logits nrmse", "excess_over_twin": "excess vs twin",
+               "first_divergent_block": "1st div. block", "sensitive_blocks": "sensitive blocks",
+               "isolated_blocks": "isolated top", "rougeL_vs_reference": "ROUGE-L vs ref", "token_agreement": "agreement",
+               "budget": "budget", "verdict": "verdict", "wall_s": "wall s"}
+SWEEP_DROP = ("wall s", "isolated top", "1st div. block", "agreement", "sensitive blocks", "excess vs twin")
+
+
 def render_sweep(doc: dict[str, Any], console: Any = None) -> None:
-    from rich.console import Console
-    from rich.table import Table
+    from rich.markup import escape
 
-    from parity.report.console import width
+    from parity.report import term
 
-    console = console or Console(width=width(140))
+    console = console or term.make_console()
     run = doc["run"]
-    t = Table(title=f"parity quant-sweep: {run.get('model')} ({run.get('source')}) | reference float32 vs each scheme "
-              f"({run.get('dtype')} activations) | {run.get('tokens')} tokens", title_justify="left")
-    heads = {"scheme": "scheme", "logits_nrmse": "logits nrmse", "excess_over_twin": "excess vs twin",
-             "first_divergent_block": "1st div. block", "sensitive_blocks": "sensitive blocks",
-             "isolated_blocks": "isolated top", "rougeL_vs_reference": "ROUGE-L vs ref", "token_agreement": "agreement",
-             "budget": "budget", "verdict": "verdict", "wall_s": "wall s"}
-    for h in heads.values():
-        t.add_column(h, justify="left" if h in ("scheme", "verdict") else "right")
+    heads = list(SWEEP_HEADS.values())
+    rows, problems = [], []
     for r in doc["table"]:
-        if r.get("status") != "ran":
-            t.add_row(r["scheme"], *["-"] * (len(heads) - 3), r.get("status", "-"), "-")
+        if r.get("status") != "ran":  # the reason is printed below the table, whole
+            problems.append(f"{r['scheme']}: {r.get('status', '-')}")
+            rows.append([escape(r["scheme"]), *["-"] * (len(heads) - 3), "not run", "-"])
             continue
-        t.add_row(*(_cell(r.get(k)) for k in heads))
-    console.print(t)
+        rows.append([escape(_cell(r.get(k))) for k in SWEEP_HEADS])
+    term.prose(console, f"parity quant-sweep: {run.get('model')} ({run.get('source')}) | reference float32 vs each "
+               f"scheme ({run.get('dtype')} activations) | {run.get('tokens')} tokens")
+    console.print(term.fit_table(console, heads, rows, drop=SWEEP_DROP, left=("scheme", "verdict"), header_style="bold"))
+    for line in problems:
+        term.prose(console, line, lead="  - ")
     for r in doc["table"]:
         line = agreement_line(r)
         if line:
-            console.print(line, markup=False, highlight=False, soft_wrap=True)
-    console.print(f"Latency: {doc['latency']}.", markup=False, highlight=False, soft_wrap=True)
+            term.prose(console, line)
+    term.prose(console, f"Latency: {doc['latency']}.")
     if doc.get("eval"):
         e = doc["eval"]
-        console.print(f"ROUGE-L: {e['metric']}; {e['prompts']} prompts of {e['dataset']}, greedy, at most "
-                      f"{e['max_new_tokens']} tokens.", markup=False, highlight=False, soft_wrap=True)
+        term.prose(console, f"ROUGE-L: {e['metric']}; {e['prompts']} prompts of {e['dataset']}, greedy, at most "
+                   f"{e['max_new_tokens']} tokens.")
     else:
-        console.print("ROUGE-L: not measured (no tokenizer: seeded weights produce no text worth scoring, or --no-rouge).",
-                      markup=False, highlight=False, soft_wrap=True)
+        term.prose(console, "ROUGE-L: not measured (no tokenizer: seeded weights produce no text worth scoring, or "
+                   "--no-rouge).")
+    diverged = diverged_schemes(doc)
+    if diverged:
+        term.prose(console, f"DIVERGED: {', '.join(diverged)} over the budget (exit 1).", style="bold red")
+
+
+def diverged_schemes(doc: dict[str, Any]) -> list[str]:
+    """The schemes that ran and whose verdict is not a pass (what makes quant-sweep exit 1)."""
+    return [r["scheme"] for r in doc["table"] if r.get("status") == "ran" and r.get("verdict") not in ("pass", None)]
 
 
 def agreement_line(row: dict[str, Any]) -> str | None:
@@ -90,7 +104,9 @@ def sweep_html(doc: dict[str, Any]) -> str:
     chart = bars([(r["scheme"], r["logits_nrmse"]) for r in ran], height=200, log=True)
     views = {r["scheme"]: view(r.get("quant")) for r in ran if r.get("quant")}
     return _env().get_template("quant_sweep.html.j2").render(doc=doc, run=doc["run"], rows=doc["table"], chart=chart,
-                                                             views=views, columns=SWEEP_COLUMNS, cell=_cell)
+                                                             views=views, columns=SWEEP_COLUMNS, cell=_cell,
+                                                             heads={**SWEEP_HEADS, "logits_max_abs_err": "logits max abs err",
+                                                                    "top_block_agrees": "top block agrees"})
 
 
 def write_sweep(doc: dict[str, Any], out_dir: Path) -> dict[str, Path]:

@@ -193,20 +193,3 @@ def check_version(raw: Any, label: str) -> None:
     if m.group(1) not in MAJORS:
         raise UsageError(f"{label}: schema_version {v} is not one this parity reads ({', '.join(x + '.x' for x in MAJORS)}).",
                          note="a report written by another parity version: render it with that version")
-
-
-def kind(report: Any) -> str:
-    """What wrote a loaded report: "generate" (steps), "compare" (two dumps) or "run" (probes)."""
-    if getattr(report, "generation", None):
-        return "generate"
-    return "compare" if (getattr(report, "run", None) or {}).get("command") == "compare" else "run"
-
-
-def check_same_kind(a: Any, b: Any, label_a: str, label_b: str) -> None:
-    """``parity diff`` compares two reports of one kind: a generate report's rows are steps, a
-    run's are probes."""
-    ka, kb = kind(a), kind(b)
-    if {ka, kb} != {ka} and "generate" in (ka, kb):
-        raise UsageError(f"cannot diff '{label_a}' ({ka}) against '{label_b}' ({kb}): one compares decode steps, "
-                         "the other probes.", note="diff two reports of the same command (two `parity run`s, or two "
-                         "`parity generate`s)")

@@ -80,6 +80,8 @@ def compare_candidate(ref: Reference, opts: RunOptions, progress: Progress | Non
     summary = diagnose(rows, cand_cap.meta.get("dtype"), isolated=iso_diffs, profiles=comparator.profiles,
                        isolated_profiles=iso_profiles, calibration=calib)
     summary["isolation"] = iso_state
+    if hasattr(cand, "annotate"):  # a sharded candidate names the rank a divergence lives on (parity.engines.shards)
+        cand.annotate(summary, calib)
     if opts.targeted and opts.candidate != "quant":  # a scheme's error is its cost, not a bug to name
         refine(summary, cand, ref, calib, cand_cap.meta.get("dtype"), progress, timings, opts.isolate)
     if release_reference:

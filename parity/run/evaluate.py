@@ -338,7 +338,13 @@ def execute(opts: Any, dataset: str | None = None, limit: int | None = None,
                "fault_notes": sd.notes, "overall": ov, "prompts": rows}
     run = {"command": "eval", "model": opts.model, "family": source.family.name, "source": source.label, "candidate": {**cand_desc, "name": opts.candidate},
            "dtype": opts.dtype, "device": device, "timings_s": timings}
-    return {"schema_version": "1.1", "run": run, "summary": summary_of(ov, opts.candidate), "eval": section}
+    return {"schema_version": "1.1", "run": run, "summary": summary_of(ov, _label(opts)), "eval": section}
+
+
+def _label(opts: Any) -> str:
+    """The candidate in the summary line: its engine, and the scheme of a quantized one."""
+    scheme = getattr(opts, "quant", None)
+    return f"{opts.candidate} {scheme}" if opts.candidate == "quant" and scheme else opts.candidate
 
 
 def check_max_new(n: int) -> None:

@@ -15,6 +15,7 @@
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -77,17 +78,54 @@ def judge(report: ReportData, opts: RunOptions) -> None:
         nonfinite = 0
     passed = err is not None and err <= budget and not nonfinite
     section.update(mode="budget", budget=budget, budget_source="--quant-budget" if opts.quant_budget is not None
-                   else f"the {scheme.name} default", logits_nrmse=err)
+                   else f"the {scheme.name} default", logits_nrmse=err, row_rule="nrmse <= budget",
+                   calibrated_first_divergence=s.get("first_divergence"))
+    over = rejudge(report.probes, budget)
+    s["first_divergence"] = _first_over(report.probes, budget)
+    section["calibrated_probes_failed"] = s.get("probes_failed")
+    s["probes_failed"] = len(over)
     top = att["ranked_blocks"][:3]
     costly = ", ".join(f"{blk} ({_comp(att, blk)})" for blk in top) or "-"
     head = "PASSED" if passed else "FAILED"
     cmp = "<=" if passed else ">"
     s["verdict"] = "pass" if passed else "diverged"
+    upstream = [r for r in over if r.name != "logits"]
     s["message"] = (f"{head} | quant {scheme.name} | logits nrmse {_f(err)} {cmp} budget {budget:g} "
-                    f"({section['budget_source']}) | excess over the {opts.dtype} twin is attribution: "
-                    f"largest {_x(s.get('largest_excess'))} | costliest blocks (isolated): {costly}")
+                    f"({section['budget_source']}) | probes judged by their nrmse against the same budget: "
+                    f"{len(over)} over" + (f" (upstream of the logits: {', '.join(r.name for r in upstream[:3])}"
+                                            f"{', ...' if len(upstream) > 3 else ''})" if upstream and passed else "")
+                    + f" | excess over the {opts.dtype} twin is attribution: largest {_x(s.get('largest_excess'))} | "
+                    f"costliest blocks (isolated): {costly}")
     section["calibrated_diagnosis"] = s.get("diagnosis")
     s["diagnosis"] = _diagnosis(report, att, scheme.name, opts.dtype)
+
+
+def rejudge(rows: list[ProbeRow], budget: float) -> list[ProbeRow]:
+    """Every compared probe judged by what decides a budget verdict: its nrmse against the
+    float32 reference within the scheme's budget (non-finite values fail). The rows, the
+    verdict, the HTML badge and heatmap then tell one story; the excess over the plain twin
+    stays on each row as attribution. Returns the rows over the budget."""
+    over = []
+    for r in rows:
+        if r.status not in ("pass", "fail"):
+            continue
+        ok = r.nrmse is not None and math.isfinite(r.nrmse) and r.nrmse <= budget and not (r.nan or r.inf)
+        r.status, r.passed = ("pass", True) if ok else ("fail", False)
+        if not ok:
+            over.append(r)
+    return over
+
+
+def _first_over(rows: list[ProbeRow], budget: float) -> dict[str, Any] | None:
+    """The first probe over the scheme's budget, in the shape of summary.first_divergence."""
+    i = next((i for i, r in enumerate(rows) if r.status == "fail"), None)
+    if i is None:
+        return None
+    r = rows[i]
+    return {"probe": r.name, "block": r.block, "component": r.component, "classification": "over the scheme budget",
+            "growth": None, "last_matched": next((x.name for x in reversed(rows[:i]) if x.passed), None),
+            "max_abs_err": r.max_abs_err, "nrmse": r.nrmse, "atol": r.atol, "rtol": r.rtol, "excess": r.excess,
+            "twin_nrmse": r.twin_nrmse, "twin_max_abs_err": r.twin_max_abs_err, "budget": budget}
 
 
 def _diagnosis(report: ReportData, att: dict[str, Any], scheme: str, dtype: str) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from parity.loading.inputs import resolve_inputs
 from parity.loading.source import ModelSource
 from parity.options import RunOptions
 from parity.run.common import Progress, isolation_inputs, stage
+from parity.run.stream import build_reference, peak_gib, peak_start
 from parity.verdict.calibrate import Twin
 
 
@@ -31,6 +32,19 @@ def check_port_options(opts: RunOptions, num_blocks: int, generation: bool = Fal
     if gen and not generation:
         raise UsageError(f"fault '{gen[0].fault.name}' acts at decode steps: a single forward pass cannot show it.",
                          note=f"use parity generate --fault {gen[0].fault.name}")
+    if opts.tp and opts.candidate != "tp":
+        raise UsageError(f"--tp N shards the torch candidate; it does not combine with --candidate {opts.candidate}.",
+                         note="drop --candidate (or --tp)")
+    if generation and getattr(opts, "stream_reference", False):
+        raise UsageError("--stream-reference streams one forward pass (parity run); parity generate runs the whole reference.")
+    if opts.tp and generation:
+        raise UsageError("--tp compares one forward pass (parity run); parity generate does not shard its candidate.")
+    tp = [s for s in specs if s.fault.target == "tp"]
+    if tp and not opts.tp:
+        raise UsageError(f"fault '{tp[0].fault.name}' alters one rank's shard: it needs --tp N (N >= 2).")
+    if opts.tp and any(s.fault.target == "model" for s in specs):
+        raise UsageError("model faults change the reference's weights; the --tp ranks load theirs from the source.",
+                         note="drop --tp, or the model fault")
     gguf = [s for s in specs if s.fault.target == "gguf"]
     if gguf and opts.candidate != "llamacpp":
         raise UsageError(f"fault '{gguf[0].fault.name}' alters the GGUF file llama.cpp runs: it needs --candidate llamacpp.")
@@ -93,8 +107,9 @@ def prepare_reference(opts: RunOptions, progress: Progress | None = None) -> Ref
     ref_probes = canon.in_order(set(selected) | forcing)  # teacher forcing needs the block inputs
     ids = resolve_inputs(opts, source)
 
+    peak_start(ref_device)  # the reference's peak device memory covers its build and its pass
     with stage(progress, "building reference", timings):
-        ref_model = source.build(ref_device)
+        ref_model, streamed = build_reference(opts, source, pmap, ref_device, fault_specs)
         for spec in (s for s in fault_specs if s.fault.target == "model"):  # weights both sides load
             spec.fault.apply(ref_model, spec, SimpleNamespace(num_blocks=source.num_blocks, probe_map=pmap, config=source.config))
     reference = ModuleBackend(ref_model, pmap, getattr(ref_model, "config", source.config), "reference", source.num_blocks)
@@ -104,10 +119,12 @@ def prepare_reference(opts: RunOptions, progress: Progress | None = None) -> Ref
                                                     gpu_budget_bytes=gpu_keep_bytes()))
     check_finite(ref_cap)
     facts = {**reference.describe(), "trust_remote_code": source.trust_remote_code}
+    if streamed is not None:
+        facts["streamed"] = {**streamed, "peak_gpu_gib": peak_gib(ref_device)}
     if source.remote_shims is not None:
         facts["remote_shims"] = source.remote_shims
     return Reference(opts, source, pmap, selected, ids, ref_model, facts, ref_cap, device, timings,
-                     digest=weights_digest(ref_model))
+                     digest=None if streamed is not None else weights_digest(ref_model))
 
 
 def check_finite(cap: Capture) -> None:

@@ -131,6 +131,14 @@ def weights(model: nn.Module | None, pmap: Any, focus: str, config: Any, hidden:
     """The reference's own weights of the component at ``focus``, by role."""
     if model is None:
         return {}
+    stream = getattr(model, "parity_stream", None)  # a streamed reference: its weights of focus, loaded for the read
+    if stream is not None:
+        with stream.holding(pmap.bind(focus, config).module):
+            return _weights(model, pmap, focus, config, hidden)
+    return _weights(model, pmap, focus, config, hidden)
+
+
+def _weights(model: nn.Module, pmap: Any, focus: str, config: Any, hidden: int | None) -> dict[str, Any]:
     p = canon.parse(focus)
     out: dict[str, Any] = {}
     with torch.no_grad():

@@ -100,8 +100,13 @@ def twin_model(ref_model: Any, opts: Any, device: str) -> tuple[Any, str | None]
     reference in float32 with that file's activation quantization before every matmul
     (parity.engines.actquant), as llama.cpp's kernels do. (``--quant-twin SCHEME``: see
     quant_twin.)"""
-    from parity.engines.pytorch import derive
+    from parity.engines.pytorch import derive, torch_dtype
+    from parity.loading.streamed import stream_of
 
+    stream = stream_of(ref_model)
+    if stream is not None and not opts.twin_gguf:
+        return stream.derive(torch_dtype(opts.dtype), device), (
+            f"the reference in {opts.dtype} streamed block by block on {device}, {REFERENCE_ATTN} attention")
     if not opts.twin_gguf:
         return derive(ref_model, opts.dtype, device, REFERENCE_ATTN), None
     from pathlib import Path
