@@ -104,11 +104,12 @@ def check_options(opts: Any) -> None:
         if dev is not None and not DEVICE.match(dev):
             raise UsageError(f"unknown device '{dev}' ({flag}).", note="valid devices: cpu, cuda, cuda:N, auto")
     if opts.tokens is not None and opts.tokens < 1:
-        raise UsageError(f"--tokens {opts.tokens}: need at least 1 token.")
+        raise UsageError(f"--tokens {opts.tokens}: need at least 1 token.", note="e.g. --tokens 32")
     from parity.loading.limits import MAX_TOKENS
 
     if opts.tokens is not None and opts.tokens > MAX_TOKENS:
-        raise UsageError(f"--tokens {opts.tokens}: parity compares at most {MAX_TOKENS} tokens in one run.")
+        raise UsageError(f"--tokens {opts.tokens}: parity compares at most {MAX_TOKENS} tokens in one run.",
+                         note="a few dozen tokens find most divergences")
     bi = engines.info(opts.candidate) if opts.candidate != "reference" else None
     check_tolerances(opts.atol, opts.rtol)
     resolve_mode(opts.tolerance, opts.atol is not None or opts.rtol is not None)
@@ -125,7 +126,8 @@ def check_options(opts: Any) -> None:
                              ("--port-map", opts.port_map, "file"), ("--dump-map", opts.dump_map, "file"),
                              ("--tokenizer", opts.tokenizer, "path"), ("--gguf", getattr(opts, "gguf", None), "file")):
         if path and not Path(path).exists():
-            raise UsageError(f"{flag} {path}: no such {kind}.")
+            raise UsageError(f"{flag} {path}: no such {kind}.", note="check the path")
+    _check_needs(opts)
     # Whether the engine is installed comes after the checks of the user's own paths and
     # values: a typo is answered the same on every machine, with or without the engine.
     if bi is not None and not bi.is_available():
@@ -136,7 +138,30 @@ def check_options(opts: Any) -> None:
     _check_quant(opts)
     for d in opts.probe_dirs:
         if not Path(d).is_dir():
-            raise UsageError(f"--probe-dir {d}: no such folder.")
+            raise UsageError(f"--probe-dir {d}: no such folder.", note="a folder of probe map .toml files")
+
+
+#: options that do something only with one candidate: (flag, attribute, the candidate)
+NEEDS_CANDIDATE = (("--gguf", "gguf", "llamacpp"), ("--gguf-type", "gguf_type", "llamacpp"),
+                   ("--dump", "dump", "dump"), ("--dump-map", "dump_map", "dump"),
+                   ("--trtllm-map", "trtllm_map", "trtllm"), ("--sensitivity", "quant_sensitivity", "quant"))
+
+
+def _check_needs(opts: Any) -> None:
+    """An option that does nothing without its candidate is refused, not ignored."""
+    from parity.errors import UsageError
+
+    for flag, attr, candidate in NEEDS_CANDIDATE:
+        if getattr(opts, attr, None) and opts.candidate != candidate:
+            raise UsageError(f"{flag} needs --candidate {candidate} (it does nothing with --candidate {opts.candidate}).",
+                             note=f"add --candidate {candidate}, or drop {flag}")
+    for flag, attr, default in (("--ort-opt", "ort_opt", "all"), ("--ort-provider", "ort_provider", "CPUExecutionProvider")):
+        if getattr(opts, attr, default) not in (default, None) and opts.candidate != "onnxruntime":
+            raise UsageError(f"{flag} needs --candidate onnxruntime (it does nothing with --candidate {opts.candidate}).",
+                             note=f"add --candidate onnxruntime, or drop {flag}")
+    if getattr(opts, "system", None) is not None and not getattr(opts, "chat", False):
+        raise UsageError("--system needs the chat format (it does nothing without it).",
+                         note="add --chat (parity eval: drop --raw), or drop --system")
 
 
 def check_tolerances(atol: float | None, rtol: float | None) -> None:
@@ -145,7 +170,7 @@ def check_tolerances(atol: float | None, rtol: float | None) -> None:
 
     for flag, value in (("--atol", atol), ("--rtol", rtol)):
         if value is not None and not (math.isfinite(value) and value >= 0):
-            raise UsageError(f"{flag} {value}: need a finite number >= 0.")
+            raise UsageError(f"{flag} {value}: need a finite number >= 0.", note=f"e.g. {flag} 1e-3")
 
 
 def _check_maps(opts: Any) -> None:
@@ -191,10 +216,10 @@ def _check_quant(opts: Any) -> None:
     if quant and opts.candidate != "quant":
         raise UsageError("--quant needs --candidate quant.", note="an engine running a scheme: --quant-twin SCHEME")
     if getattr(opts, "quant_exclude", None) and opts.candidate != "quant":
-        raise UsageError("--quant-exclude needs --candidate quant.")
+        raise UsageError("--quant-exclude needs --candidate quant.", note="add --candidate quant --quant SCHEME")
     budget = getattr(opts, "quant_budget", None)
     if budget is not None and not (math.isfinite(budget) and budget > 0):
-        raise UsageError(f"--quant-budget {budget}: need a finite number > 0 (a logits nrmse).")
+        raise UsageError(f"--quant-budget {budget}: need a finite number > 0 (a logits nrmse).", note="e.g. --quant-budget 0.05")
     if twin and twin not in ("auto", "emulate", "float") and twin not in schemes.SCHEMES:
         raise UsageError(f"--quant-twin {twin}: not a twin.",
                          note="auto, emulate (llama.cpp's activation quantization), float, or a scheme: "

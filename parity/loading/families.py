@@ -68,7 +68,7 @@ def _qwen_config(cfg: dict[str, Any]) -> Any:
     try:
         return QWenConfig.from_dict(cfg)
     except (ValueError, TypeError) as exc:
-        raise ModelError(f"Qwen v1 config: {exc}") from None
+        raise ModelError(f"Qwen v1 config: {exc}", note="config.json as the model's repository has it") from None
 
 
 def _build_qwen(cfg: dict[str, Any], attn: str) -> Any:
@@ -86,7 +86,8 @@ def _hf_config(cls_name: str) -> Callable[[dict[str, Any]], Any]:
         try:
             return cls(**clean)
         except Exception as exc:  # noqa: BLE001 - user input; transformers' strict dataclasses raise their own types
-            raise ModelError(f"{cls_name}: {' '.join(str(exc).split())[:300]}") from None
+            raise ModelError(f"{cls_name}: {' '.join(str(exc).split())[:300]}",
+                             note="check config.json's sizes (--debug shows where)") from None
 
     return make
 
@@ -130,11 +131,11 @@ def family_for_model_type(model_type: str | None) -> str | None:
 def load_preset(family: str, extra_dirs: Sequence[str | Path] = ()) -> Preset:
     path = find_file("models", f"{family}/preset.toml", extra_dirs)
     if path is None:
-        raise ModelError(f"no preset for model '{family}'.")
+        raise ModelError(f"no preset for model '{family}'.", note="`parity doctor` lists the models")
     try:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
-        raise ModelError(f"preset {path}: {exc}") from None
+        raise ModelError(f"preset {path}: {exc}", note="a preset.toml like models/llama/preset.toml") from None
     try:
         tols = {dt: table_from(t, f"{path.name}: tolerances.{dt}") for dt, t in raw.get("tolerances", {}).items()}
         return Preset(
@@ -154,11 +155,11 @@ def load_preset(family: str, extra_dirs: Sequence[str | Path] = ()) -> Preset:
             path=path,
         )
     except KeyError as exc:
-        raise ModelError(f"preset {path} lacks key {exc}.") from None
+        raise ModelError(f"preset {path} lacks key {exc}.", note="a preset.toml like models/llama/preset.toml") from None
 
 
 def num_blocks(config: Any) -> int:
     n = getattr(config, "num_hidden_layers", None)
     if not isinstance(n, int):
-        raise ModelError("model config has no num_hidden_layers.")
+        raise ModelError("model config has no num_hidden_layers.", note="config.json as the model's repository has it")
     return n

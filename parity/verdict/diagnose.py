@@ -231,6 +231,15 @@ def _per_scale(prof: Any, row: ProbeRow) -> bool:
     return prof is not None and row.nrmse is not None and math.isfinite(row.nrmse) and prof.scale_fit_nrmse < 0.1 * row.nrmse
 
 
+def _span(lo: float, hi: float) -> str:
+    """A range of per-token scales, with the digits that tell its ends apart (never "1..1")."""
+    for digits in (4, 6, 8):
+        a, b = f"{lo:.{digits}g}", f"{hi:.{digits}g}"
+        if a != b:
+            return f"{a}..{b}"
+    return f"{lo:.4g} on every token"
+
+
 def _signature(row: ProbeRow, by_name: dict[str, ProbeRow], prof: Any, dtype: str | None) -> tuple[str, str]:
     """(cause, hint) for the first diverging probe."""
     point = canon.parse(row.name).point
@@ -270,7 +279,7 @@ def _signature(row: ProbeRow, by_name: dict[str, ProbeRow], prof: Any, dtype: st
     if point in ("attn_in", "mlp_in", "final_norm"):
         if _per_scale(prof, row):
             return "norm-eps", (f"norm epsilon: the norm output is the reference rescaled per token (scale "
-                                f"{prof.token_scale_min:.4g}..{prof.token_scale_max:.4g}) while its input matches -- "
+                                f"{_span(prof.token_scale_min, prof.token_scale_max)}) while its input matches -- "
                                 "error proportional to the values; check rms_norm_eps / layer_norm_epsilon and "
                                 "whether eps is added inside the root")
         return "norm", "norm: output off while its input matches -- norm weights, norm type (RMSNorm vs LayerNorm), or a +1 weight offset"
