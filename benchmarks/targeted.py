@@ -1,4 +1,4 @@
-"""Cost of the targeted pass (issue 18) at 7B shape: seconds of the targeted pass (candidate
+"""Cost of the targeted pass at 7B shape: seconds of the targeted pass (candidate
 capture of the few probes around the first divergence + hypothesis fits) over one plain
 forward of the same candidate. Goal: ratio <= 1 (at most one extra forward).
 

@@ -14,12 +14,18 @@ folder at a time (a lock), and a run's files written as one unit.
   (SIGKILL, a power cut) leaves its hidden temp folder; the next run on the same ``--out``,
   holding the lock, removes it.
 
+A write that fails for a reason of the disk's (full: ENOSPC, EDQUOT, EFBIG; read-only or
+denied: EROFS, EACCES, EPERM) -- while staging or while moving into place -- is a
+:class:`~parity.errors.UsageError` naming the output and the errno (:func:`write_error`), with
+the temp files removed as on any error.
+
 Folders and files are created with mode 0777/0666 so that the umask applies, as for a plain
 ``mkdir``/``open``.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import secrets
@@ -30,10 +36,38 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from parity.errors import UsageError
+from parity.errors import ParityError, UsageError
 
 LOCK_SUFFIX = ".parity-lock"
 TMP_MARK = ".parity-tmp-"
+
+
+#: errnos of a disk that cannot take the output: full, or not writable
+FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+DENIED = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
+#: errnos of a path that is not what a writer needs (a folder where a file goes, ...)
+PATHS = frozenset({errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG, errno.EEXIST, errno.ENOENT, errno.EMLINK,
+                   errno.EXDEV, errno.ELOOP})
+
+
+def errno_of(exc: BaseException | None) -> int | None:
+    """The errno of a failed write: an OSError's, or the one safetensors (Rust) puts in its
+    message ("I/O error: No space left on device (os error 28)")."""
+    if isinstance(exc, OSError) and exc.errno:
+        return exc.errno
+    if exc is not None and type(exc).__name__ == "SafetensorError":
+        m = re.search(r"\(os error (\d+)\)", str(exc))
+        return int(m.group(1)) if m else None
+    return None
+
+
+def write_error(exc: BaseException, where: str | Path, flag: str = "") -> UsageError:
+    """The one-line error of a write to ``where`` that failed with ``exc`` (see :func:`errno_of`)."""
+    n = errno_of(exc) or errno.EIO
+    name, text = errno.errorcode.get(n, str(n)), os.strerror(n)
+    note = ("free space on that file system, or give a path on another one" if n in FULL else
+            "give a path you can write to" if n in DENIED else "give a new path in a folder you can write to")
+    return UsageError(f"{flag + ' ' if flag else ''}{where}: cannot write it ({text}, {name}).", note=note)
 
 
 class Terminated(KeyboardInterrupt):
@@ -86,7 +120,7 @@ def check_file(path: str | Path, flag: str) -> Path:
                          note="give a new file path or a file to replace")
     anc = _existing_ancestor(p.parent)
     if not anc.is_dir():
-        raise UsageError(f"{flag} {p}: '{anc}' is not a folder.")
+        raise UsageError(f"{flag} {p}: '{anc}' is not a folder.", note="give a path in a folder")
     _probe_writable(anc, flag, p)
     return p
 
@@ -102,7 +136,10 @@ class _Lock:
         import fcntl
 
         for _ in range(10):
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            except OSError as exc:  # a disk without a free inode, a place made read-only since the check
+                raise write_error(exc, self.path, self.flag + " lock") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -117,7 +154,8 @@ class _Lock:
                 self.fd = fd
                 return
             os.close(fd)
-        raise UsageError(f"{self.flag} {self.target}: cannot take its lock {self.path}.")
+        raise UsageError(f"{self.flag} {self.target}: cannot take its lock {self.path}.",
+                         note=f"another parity run keeps replacing it: wait, or give another {self.flag}")
 
     def release(self) -> None:
         if self.fd >= 0:
@@ -134,8 +172,9 @@ class Outputs:
                  flag: str = "--out") -> None:
         self.target = check_dir(folder, flag) if folder is not None else None
         self.files = {Path(p): check_file(p, f) for f, p in files if p is not None}
+        self._flags = {Path(p): f for f, p in files if p is not None}
         if self.target is not None and self.target.resolve() in {f.resolve() for f in self.files}:
-            raise UsageError(f"{flag} {self.target} and an output file are the same path.")
+            raise UsageError(f"{flag} {self.target} and an output file are the same path.", note="give the HTML page its own path")
         self.flag = flag
         self._tmpdir: Path | None = None
         self._was: Path | None = None  # the temp folder, once committed (for final())
@@ -166,9 +205,15 @@ class Outputs:
                         shutil.rmtree(p, ignore_errors=True)
 
     def __exit__(self, typ: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        err, committing, translated = exc, typ is None, None
         try:
-            if typ is None:
-                self.commit()
+            try:
+                if typ is None:
+                    self.commit()
+            except Exception as failed:  # noqa: BLE001 - translated below when the disk is at fault
+                err = failed
+            if err is not None and not isinstance(err, ParityError):
+                translated = self._translate(err, committing)  # while the temp paths are known
         finally:
             self.discard()
             _restore_term_handler(self._old_term)
@@ -178,6 +223,39 @@ class Outputs:
                 for d in reversed(self._made):
                     with contextlib.suppress(OSError):
                         d.rmdir()
+        if translated is not None:
+            raise translated from err
+        if err is not exc:
+            raise err
+
+    def _translate(self, err: BaseException, committing: bool) -> UsageError | None:
+        """A write this run made that failed for the disk's reason, as a UsageError naming the
+        output (None: not a write of ours -- e.g. a model file that could not be read)."""
+        n = errno_of(err)
+        if n is None:
+            return None
+        name = getattr(err, "filename", None)
+        ours = committing or (name is None and n in FULL) or (name is not None and self._owns(Path(name)))
+        if not (ours and (n in FULL or n in DENIED or n in PATHS)):
+            return None
+        for real in self.files:
+            if name is not None and f".{real.name}{TMP_MARK}" in Path(name).name:
+                return write_error(err, real, self._flags[real])
+        if self.target is not None:
+            return write_error(err, self.target, self.flag)
+        real = next(iter(self.files), None)
+        return write_error(err, real, self._flags[real]) if real is not None else None
+
+    def _owns(self, path: Path) -> bool:
+        p = path.absolute()
+        homes = [t.absolute() for t in self._tmpfiles.values()] + list(self.files)
+        if self._tmpdir is not None or self._was is not None:
+            homes.append((self._tmpdir or self._was).absolute())  # type: ignore[union-attr]
+        if self.target is not None:
+            homes.append(self.target.absolute())
+        # a path inside the staging or the target, or a hidden temp file a writer made beside one
+        return any(p == h.absolute() or p.is_relative_to(h.absolute())
+                   or (p.parent == h.absolute().parent and p.name.startswith(".")) for h in homes)
 
     # -- where writers write -------------------------------------------------------------------
     @property
@@ -252,7 +330,8 @@ class Outputs:
             except FileExistsError:
                 continue
             except OSError as exc:
-                raise UsageError(f"{self.flag}: cannot create folder '{d}' ({exc.strerror or exc}).") from None
+                raise UsageError(f"{self.flag}: cannot create folder '{d}' ({exc.strerror or exc}).",
+                                 note="give a path you can write to") from None
             self._made.append(d)
 
 

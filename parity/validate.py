@@ -32,16 +32,17 @@ def read_text(path: str | Path, error: type[ParityError], label: str, max_bytes:
     try:
         size = p.stat().st_size
         if p.is_dir():
-            raise error(f"{label} '{p}' is a folder, not a file.")
+            raise error(f"{label} '{p}' is a folder, not a file.", note="give the file's path")
         if size > max_bytes:
-            raise error(f"{label} '{p}' is {size} bytes; more than {max_bytes} is not a file parity reads.")
+            raise error(f"{label} '{p}' is {size} bytes; more than {max_bytes} is not a file parity reads.",
+                        note="is it the right file?")
         data = p.read_bytes()
     except OSError as exc:
-        raise error(f"cannot read {label} '{p}': {exc.strerror or exc}.") from None
+        raise error(f"cannot read {label} '{p}': {exc.strerror or exc}.", note="check the path and its permissions") from None
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise error(f"{label} '{p}' is not UTF-8 text (byte {exc.start}).") from None
+        raise error(f"{label} '{p}' is not UTF-8 text (byte {exc.start}).", note="save it as UTF-8") from None
 
 
 def nesting_depth(value: Any) -> int:
@@ -73,7 +74,7 @@ def parse_json(text: str, error: type[ParityError], label: str) -> Any:
     except RecursionError:
         raise error(f"{label} nests more than {MAX_DEPTH} levels deep.", note="not a file parity writes or reads") from None
     except ValueError as exc:
-        raise error(f"{label} is not valid JSON: {exc}.") from None
+        raise error(f"{label} is not valid JSON: {exc}.", note="check the file with a JSON validator") from None
     return _check_depth(data, error, label)
 
 
@@ -83,7 +84,7 @@ def parse_toml(text: str, error: type[ParityError], label: str) -> dict[str, Any
     except RecursionError:
         raise error(f"{label} nests more than {MAX_DEPTH} levels deep.", note="not a file parity writes or reads") from None
     except (tomllib.TOMLDecodeError, ValueError) as exc:
-        raise error(f"{label} is not valid TOML: {exc}.") from None
+        raise error(f"{label} is not valid TOML: {exc}.", note="check the file's TOML syntax") from None
     return _check_depth(data, error, label)
 
 
@@ -106,7 +107,7 @@ def check(schema: type[T], data: Any, error: type[ParityError], label: str, note
         msg, why = describe(exc, label, schema)
         raise error(msg, note=why or note) from None
     except (RecursionError, OverflowError) as exc:
-        raise error(f"{label}: {type(exc).__name__}.") from None
+        raise error(f"{label}: {type(exc).__name__}.", note="the file's values are not what parity reads (--debug shows where)") from None
 
 
 def describe(exc: Any, label: str, schema: Any = None) -> tuple[str, str | None]:

@@ -11,7 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from bad_inputs import CASES, Kit
+from bad_inputs import CASES as FIRST
+from bad_inputs import Kit
+from bad_inputs_more import MORE, SLOW, make_more
+
+assert not set(FIRST) & set(MORE)
+CASES = {**FIRST, **MORE}
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,20 +50,24 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     else:
         readonly = base / "read-only"
         readonly.mkdir(mode=0o555)
-    return {"ckpt": ck, "report": base / "run", "dump": base / "dump", "readonly": readonly}
+    return {"ckpt": ck, "report": base / "run", "dump": base / "dump", "readonly": readonly,
+            "cache": base / "cache", **make_more(base)}
 
 
 def _tree(folder: Path) -> set[str]:
     return {str(p.relative_to(folder)) for p in folder.rglob("*")}
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c in SLOW else c for c in sorted(CASES)])
 def test_bad_input(case: str, shared: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                    capsys: pytest.CaptureFixture[str]) -> None:
     build, needles = CASES[case]
     monkeypatch.chdir(tmp_path)  # a default output folder (reports/) would show up in the tree
     kit = Kit(tmp_path, shared)
+    monkeypatch.setenv("PARITY_CACHE", str(shared["cache"]))
     argv = build(kit)
+    for setup in kit.setups:
+        setup(monkeypatch)
     before = _tree(tmp_path)
     capsys.readouterr()
     code = _main(argv)
@@ -67,6 +76,7 @@ def test_bad_input(case: str, shared: dict[str, Path], tmp_path: Path, monkeypat
     assert code == 2, (argv, out, err)
     assert len(lines) == 1 and lines[0].startswith("parity: error: "), err
     assert "Traceback" not in out + err
+    assert " Note: " in lines[0], "no Note saying what to do: " + lines[0]
     for needle in needles:
         assert needle in lines[0], lines[0]
     assert not kit.out.exists() and not kit.html.exists()
@@ -74,10 +84,12 @@ def test_bad_input(case: str, shared: dict[str, Path], tmp_path: Path, monkeypat
 
 
 def test_catalogue_size() -> None:
-    """At least 60 cases, over every command (a case id starts with its command or file kind)."""
-    assert len(CASES) >= 60
+    """At least 250 cases, over every command and every kind of input (a case id starts with
+    its command or file kind); the cases of ``make test`` alone still more than the first 134."""
+    assert len(CASES) >= 250 and len(set(CASES) - SLOW) >= 134
     firsts = {name.split("-")[0] for name in CASES}
-    assert {"run", "bisect", "generate", "dump", "compare", "report", "diff", "fetch", "probes", "doctor"} <= firsts
+    assert {"run", "bisect", "generate", "dump", "compare", "report", "diff", "fetch", "probes", "doctor", "eval",
+            "quant", "gguf", "full", "locked", "cache", "chat", "ids", "weights"} <= firsts
 
 
 def test_sigterm_during_dump_leaves_no_temp_file(tmp_path: Path) -> None:

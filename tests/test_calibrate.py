@@ -109,7 +109,7 @@ def _scaled_down_proj(scale: float):  # noqa: ANN202
 def test_small_bug_named_where_it_is_calibrated_but_not_absolute() -> None:
     """A 2% weight error in block 3's MLP (fp16): the calibrated verdict fails at that very
     probe as a step, and names the scale; the fixed fp16 tolerances see it two probes later,
-    and step detection at the first probe whose input matched (issue 18) traces it back to
+    and step detection at the first probe whose input matched traces it back to
     where it is born."""
     base = RunOptions(model="llama", tokens=16, device="cpu")
     ref = prepare_reference(base)

@@ -1,7 +1,9 @@
 """Fuzzing every loader of user files (hypothesis): config.json, sharded checkpoint indexes,
 probe and port maps, dump name maps, dump manifests, report JSON (loaded and rendered),
-[tool.parity], generation configs, tokenizer files and token-id files. Whatever the input, a
-loader returns or raises parity's own ParityError -- any other exception is a bug.
+[tool.parity], generation configs, tokenizer files, token-id files, GGUF headers and metadata
+(bytes overwritten, metadata and tensors changed), eval sets (JSONL) and chat templates.
+Whatever the input, a loader returns or raises parity's own ParityError -- any other exception
+is a bug.
 
 Inputs are raw bytes and text, arbitrary JSON values, and valid documents mutated (a value
 replaced by an arbitrary one, a key deleted or added, up to three times).
@@ -14,6 +16,7 @@ cores). ``PARITY_FUZZ_EXAMPLES=N`` sets the ci profile's cases per loader for lo
 from __future__ import annotations
 
 import copy
+import struct
 import json
 import os
 import time
@@ -334,3 +337,128 @@ def test_fuzz_input_ids(value: Any, tmp: Path) -> None:
     ids = read_ids(p)
     assert all(isinstance(t, int) for t in ids)
     check_ids(ids, 1000)
+
+
+# -- GGUF headers and metadata ----------------------------------------------------------------------------
+
+def _gguf_valid() -> bytes:
+    from bad_inputs_more import gguf_bytes, model_spec
+
+    return gguf_bytes(*model_spec())
+
+
+_GGUF = _gguf_valid()
+
+
+@st.composite
+def _gguf_bytes_mutated(draw: Any) -> bytes:
+    """The valid tiny GGUF with bytes overwritten (counts, lengths, types, dims...), cut or grown."""
+    blob = bytearray(_GGUF)
+    head = min(len(blob), 1400)  # the header: where a flipped byte means something
+    for _ in range(draw(st.integers(1, 4))):
+        at = draw(st.integers(0, head - 1))
+        chunk = draw(st.binary(min_size=1, max_size=8) | st.sampled_from([b"\xff" * 8, b"\x00" * 8, b"\x7f", b"\x80"]))
+        blob[at:at + len(chunk)] = chunk
+    if draw(st.booleans()):
+        del blob[draw(st.integers(0, len(blob))):]
+    return bytes(blob)
+
+
+@st.composite
+def _gguf_spec_mutated(draw: Any) -> bytes:
+    """The valid tiny GGUF's metadata and tensors changed: a value of another type or size, a
+    tensor dropped, renamed or reshaped."""
+    from bad_inputs_more import F32, I32, STR, U32, U64, gguf_bytes, model_spec
+
+    kv, t = model_spec(draw(st.integers(1, 3)))
+    for _ in range(draw(st.integers(1, 3))):
+        op = draw(st.sampled_from(["value", "drop-key", "drop-tensor", "rename", "reshape", "add"]))
+        if op == "value":
+            key = draw(st.sampled_from(sorted(kv)))
+            kv[key] = draw(st.tuples(st.just(U32), st.integers(0, 2**32 - 1)) | st.tuples(st.just(I32), st.integers(-2**31, 2**31 - 1))
+                           | st.tuples(st.just(U64), st.integers(0, 2**64 - 1)) | st.tuples(st.just(F32), st.floats(width=32))
+                           | st.tuples(st.just(STR), st.text(max_size=8)))
+        elif op == "drop-key" and kv:
+            kv.pop(draw(st.sampled_from(sorted(kv))))
+        elif op == "drop-tensor" and t:
+            t.pop(draw(st.sampled_from(sorted(t))))
+        elif op == "rename" and t:
+            old = draw(st.sampled_from(sorted(t)))
+            t[draw(st.text(max_size=20) | st.sampled_from(["../x", "blk.9.attn_q.weight", "blk.0", "output.weight"]))] = t.pop(old)
+        elif op == "reshape" and t:
+            t[draw(st.sampled_from(sorted(t)))] = draw(st.lists(st.integers(0, 80), min_size=0, max_size=5))
+        else:
+            t[draw(st.text(max_size=12))] = draw(st.lists(st.integers(1, 64), min_size=1, max_size=2))
+    try:
+        return gguf_bytes(kv, t)
+    except (struct.error, OverflowError, UnicodeEncodeError):
+        return _GGUF[:100]
+
+
+@fuzz("gguf_header", _gguf_bytes_mutated() | _gguf_spec_mutated() | st.binary(max_size=300).map(lambda b: b"GGUF" + b))
+def test_fuzz_gguf_header(value: Any, tmp: Path) -> None:
+    """A GGUF header: read with bounded counts, then held against its tensors (within 2 s each)."""
+    from parity.loading.gguf_header import check_model, read_header
+
+    t0 = time.perf_counter()
+    try:
+        head = read_header(_write(tmp, "m.gguf", value))
+        arch = head.fields.get("general.architecture")
+        check_model(head, arch if isinstance(arch, str) else "llama")
+    finally:
+        assert time.perf_counter() - t0 < 2.0
+
+
+# -- eval sets (JSONL) --------------------------------------------------------------------------------------
+
+_LINE = {"prompt": "hello", "target": "hi", "article": "a", "highlights": "b"}
+
+
+@fuzz("eval_jsonl", st.lists(documents(_LINE).map(lambda d: json.dumps(d, allow_nan=True)) | texts, max_size=5)
+      .map("\n".join) | texts | st.binary(max_size=300))
+def test_fuzz_eval_jsonl(value: Any, tmp: Path) -> None:
+    from parity.run.evaluate import load_items
+
+    items, _ = load_items(_write(tmp, "d.jsonl", value))
+    assert all(isinstance(it.text, str) and it.text.strip() for it in items)
+
+
+# -- chat templates -----------------------------------------------------------------------------------------
+
+_FRAGMENTS = ["{% for m in messages %}", "{% endfor %}", "{{ m.content }}", "{{ m['role'] }}", "{% if add_generation_prompt %}",
+              "{% endif %}", "{% else %}", "{{ raise_exception('bad') }}", "{{ messages[0]['content'] }}", "{{ messages[9] }}",
+              "{{ ''.__class__ }}", "{{ ''.__class__.__mro__[1].__subclasses__() }}", "{{ range(5)|list }}", "{{ 'a' * 3 }}",
+              "{{ messages|tojson }}", "{% set x = 1 %}", "{{ x }}", "{{ bos_token }}", "{{ 1/0 }}", "{%", "}}", "{{", "%}",
+              "{# c #}", "{{ m.content|upper }}", "{% macro f(n) %}{{ f(n) }}{% endmacro %}", "{{ f(1) }}", "{{ nope() }}",
+              "{{ messages.append(1) }}", "{{ cycler }}", "{{ self }}", "{{ lipsum(2) }}", "<s>", "</s>", "hello ", "\n"]
+
+
+@fuzz("chat_template", st.lists(st.sampled_from(_FRAGMENTS) | st.text(max_size=10), max_size=8).map("".join), weight=0.25)
+def test_fuzz_chat_template(value: Any, tmp: Path) -> None:
+    """The tokenizer's chat template run by wrap_prompt: any template, only parity's errors."""
+    from parity.loading import chat
+
+    tok = _chat_tokenizer()
+    tok.chat_template = value
+    old, chat.TEMPLATE_SECONDS = chat.TEMPLATE_SECONDS, 1.0
+    try:
+        ids, _ = chat.wrap_prompt("llama2", chat.vocab_for({}, tok), prompt="hello world", ids=None)
+    finally:
+        chat.TEMPLATE_SECONDS = old
+    assert all(isinstance(i, int) for i in ids)
+
+
+_TOKENIZER: list[Any] = []
+
+
+def _chat_tokenizer() -> Any:
+    if not _TOKENIZER:
+        from tokenizers import Tokenizer, models, pre_tokenizers
+        from transformers import PreTrainedTokenizerFast
+
+        from bad_inputs_more import WORDS
+
+        raw = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
+        raw.pre_tokenizer = pre_tokenizers.Whitespace()
+        _TOKENIZER.append(PreTrainedTokenizerFast(tokenizer_object=raw, bos_token="<s>", eos_token="</s>", unk_token="<unk>"))
+    return _TOKENIZER[0]

@@ -1,5 +1,5 @@
 """An independently written port (tests/data/handwritten_port.py) with one porting bug per
-hypothesis family: parity names the cause and recovers its parameter (issue 18)."""
+hypothesis family: parity names the cause and recovers its parameter."""
 from __future__ import annotations
 
 import json

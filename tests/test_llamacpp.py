@@ -174,7 +174,7 @@ def test_conversion_faults_are_localized_and_named(model: str, fault: str, probe
     assert first["component"] == ("norm" if fault == "gguf-norm-eps" else "attn")
     assert rep["run"]["candidate"]["faults"]
     diag = rep["summary"]["diagnosis"]
-    assert diag["named_cause"] == named, diag["hint"]  # issue 18: every built-in fault's exact cause
+    assert diag["named_cause"] == named, diag["hint"]  # every built-in fault's exact cause
     win = diag["hypotheses"][0]
     for k, v in params.items():
         assert win["params"][k] == (pytest.approx(v, rel=1e-2) if isinstance(v, float) else v), win
@@ -207,7 +207,7 @@ REAL_DIR = _real_dir()  # the cache `make model` filled (conftest moves $PARITY_
 @pytest.mark.real
 def test_smollm2_q4_1_within_the_activation_quantization_twin(run_cli, tmp_path: Path) -> None:
     """llama.cpp's Q4_1 kernels quantize activations to 8 bits per 32: against a float16 twin
-    every matmul output is x10-35 off (README), against the twin that emulates the scheme ~x1."""
+    every matmul output is x10-35 off (docs/guide/engines/llamacpp.md), against the twin that emulates the scheme ~x1."""
     _real_smollm2()
     code, out, err = run_cli("run", "--model", "smollm2", "--candidate", "llamacpp", "--chat", "--prompt",
                              "Write a short poem about the sea.", "-q", "--out", str(tmp_path))
@@ -249,7 +249,7 @@ def test_generate_reads_the_engines_stop_set_and_finds_a_wrong_eos(run_cli, tmp_
 @pytest.mark.slow
 def test_qwen_v1_preset_cannot_be_converted_and_says_why(run_cli, tmp_path: Path) -> None:
     """llama.cpp's converter reads Qwen v1's vocabulary only through the checkpoint's remote-code
-    tiktoken tokenizer; the clean-room preset has none (README "llama.cpp", Qwen v1)."""
+    tiktoken tokenizer; the clean-room preset has none (docs/guide/engines/llamacpp.md, Qwen v1)."""
     code, out, err = run_cli("run", "--model", "qwen", "--candidate", "llamacpp", "--dtype", "fp32", "--tokens", "8",
                              "-q", "--no-files")
     assert code == 2, out + err

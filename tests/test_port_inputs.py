@@ -1,4 +1,4 @@
-"""User ports: the README example run as a new user would, bad port files, a port that
+"""User ports: the documented example (docs/guide/ports.md) run as a new user would, bad port files, a port that
 raises mid-forward, the probe API, fault option errors."""
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ def _usage_error(result: tuple[int, str, str], *needles: str) -> str:
 
 
 def _readme_example() -> tuple[str, str]:
-    text = (REPO / "README.md").read_text()
-    sec = text[text.index("### Example: a hand-written LLaMA port"):]
+    text = (REPO / "docs" / "guide" / "ports.md").read_text()
+    sec = text[text.index("## Example: a hand-written LLaMA port"):]
     code = re.search(r"```python\n(.*?)```", sec, re.S).group(1)
     cmd = re.search(r"```sh\n(parity run .*?)\n```", sec, re.S).group(1)
     return code, cmd
@@ -35,7 +35,7 @@ def _readme_example() -> tuple[str, str]:
 
 @pytest.mark.parametrize("buggy", [False, True])
 def test_readme_example_runs_from_a_fresh_folder(buggy: bool, tmp_path: Path) -> None:
-    """Exactly what the README says, in a folder outside the repo, as a subprocess."""
+    """Exactly what the guide says, in a folder outside the repo, as a subprocess."""
     code, cmd = _readme_example()
     if buggy:
         assert "F.silu(gate) * up" in code

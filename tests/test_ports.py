@@ -1,5 +1,5 @@
 """Port candidates: built-in engine-style ports, named faults, isolated per-block error,
-diagnosis of the known porting bugs, and the README example as a new user would run it."""
+diagnosis of the known porting bugs."""
 from __future__ import annotations
 
 import math
@@ -34,7 +34,7 @@ EXPECTED = {
     "mlp-overflow": {"qwen": ("blocks.2.mlp_out", "overflow"), "llama": ("blocks.2.mlp_out", "overflow")},
     "mlp-overflow@1": {"qwen": ("blocks.1.mlp_out", "overflow"), "llama": ("blocks.1.mlp_out", "overflow")},
 }
-# the exact cause the targeted pass names (issue 18), per fault; overflow is named by its range check
+# the exact cause the targeted pass names, per fault; overflow is named by its range check
 NAMED = {"double-rope": "rotary-twice", "silu-wrong-branch": "activation-wrong-branch", "qkv-split": "permutation",
          "rope-base": "rotary-base", "norm-eps": "norm-eps", "mlp-overflow": None}
 NAMED_PARAMS = {"rope-base": ("ratio", 100.0), "norm-eps": ("eps", 0.1)}
@@ -170,7 +170,7 @@ def test_port_kv_cache_matches_full_forward(model: str) -> None:
 def test_isolation_finds_a_bug_hidden_under_tolerance(model: str, dtype: str) -> None:
     """Absolute tolerances: the wrong eps is within tolerance where it happens (low
     precision), so the first probe over tolerance is later; step detection at the first probe
-    whose input matched (issue 18) still finds the step at the norm -- born_at -- and the
+    whose input matched still finds the step at the norm -- born_at -- and the
     targeted pass names the epsilon there. (Calibrated verdicts see the step at the norm
     directly: tests/test_calibrate.py.)"""
     fault = "norm-eps@3" if dtype == "fp16" else "norm-eps"

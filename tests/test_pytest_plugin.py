@@ -1,4 +1,4 @@
-"""The pytest plugin, driven by pytester: README example, failures, tolerance globs, bad config."""
+"""The pytest plugin, driven by pytester: the documented examples, failures, tolerance globs, bad config."""
 from __future__ import annotations
 
 import os
@@ -20,11 +20,14 @@ import transformers  # noqa: F401, E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
+GUIDE = ROOT / "docs" / "guide" / "pytest-plugin.md"
+
+
 def readme_example(name: str) -> str:
-    """The fenced block after ``<!-- example: NAME -->`` in README.md (so they cannot drift)."""
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    """The fenced block after ``<!-- example: NAME -->`` in the plugin's guide page (so they cannot drift)."""
+    text = GUIDE.read_text(encoding="utf-8")
     m = re.search(rf"<!-- example: {re.escape(name)} -->\s*```\w*\n(.*?)```", text, re.S)
-    assert m, f"README.md has no example {name}"
+    assert m, f"{GUIDE.name} has no example {name}"
     return m.group(1)
 
 
@@ -39,11 +42,24 @@ def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
 
 
 def test_readme_example_passes(pytester: pytest.Pytester) -> None:
+    """The documented pyproject.toml keeps the calibrated verdict; only the call with tolerances= is absolute."""
     pytester.makepyprojecttoml(readme_example("pyproject.toml"))
     pytester.makepyfile(test_port_parity=readme_example("test_port_parity.py"))
     result = run(pytester)
     result.assert_outcomes(passed=3)
-    result.stdout.fnmatch_lines(["*parity results*", "PASS *test_fp16_matches_reference*PASSED | * probes within tolerance*"])
+    result.stdout.fnmatch_lines(["*parity results*", "PASS *test_fp16_matches_reference*PASSED | * probes within x4 of the precision twin*",
+                                 "PASS *test_bf16_with_own_mlp_tolerance*PASSED | * probes within tolerance*"])
+
+
+def test_documented_absolute_example_is_absolute(pytester: pytest.Pytester) -> None:
+    """The fixed-tolerance example says what it does: every test judged by atol/rtol."""
+    text = readme_example("pyproject-absolute.toml")
+    assert 'tolerance = "absolute"' in text
+    pytester.makepyprojecttoml(text)
+    pytester.makepyfile(test_port_parity=readme_example("test_port_parity.py"))
+    result = run(pytester, "-k", "fp16 or fp32")
+    result.assert_outcomes(passed=2, deselected=1)
+    result.stdout.fnmatch_lines(["PASS *test_fp16_matches_reference*PASSED | * probes within tolerance*"])
 
 
 FAILING = '''
@@ -80,7 +96,7 @@ def test_failure_names_probe_tolerance_and_writes_html(pytester: pytest.Pytester
     assert "blocks.2.mlp_in" in out and "blocks.2.resid_post" in out
     assert "pattern 'blocks.9.mlp_out' matches no probe of this model" in out
     assert "During handling" not in out
-    assert "Traceback" not in out and "parity/run.py" not in out
+    assert "Traceback" not in out and "parity/run/" not in out
     pages = list(html_dir.glob("*.html"))
     assert len(pages) == 1 and "test_broken" in pages[0].name
     assert "FAIL test_failing.py::test_broken" in out
@@ -141,7 +157,7 @@ def test_fp32_uses_preset_table(parity):
 
 
 def test_tolerance_globs_most_specific_first(pytester: pytest.Pytester) -> None:
-    pytester.makepyprojecttoml(readme_example("pyproject.toml"))
+    pytester.makepyprojecttoml(readme_example("pyproject-absolute.toml"))
     pytester.makepyfile(test_globs=GLOBS)
     result = run(pytester, "--parity-tokens", "4")
     result.assert_outcomes(passed=2)

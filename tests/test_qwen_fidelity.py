@@ -23,9 +23,9 @@ FIXTURE = Path(__file__).parent / "data" / "remote_qwen"
 
 
 def original_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """The original's eager attention, written from its description (DESIGN.md): scores over a
-    0-d tensor sqrt(d) *in the scores' dtype*, causal mask at the dtype's min, softmax in the
-    activation dtype."""
+    """The original's eager attention, written from its description
+    (docs/contributing/families.md): scores over a 0-d tensor sqrt(d) *in the scores' dtype*,
+    causal mask at the dtype's min, softmax in the activation dtype."""
     w = torch.matmul(q, k.transpose(-1, -2))
     w = w / torch.full([], v.size(-1) ** 0.5, dtype=w.dtype, device=w.device)
     t, s = q.shape[-2], k.shape[-2]

@@ -1,5 +1,5 @@
 """Properties of the clean-room Qwen v1 model (parity.models.qwen), checked against direct
-computations of the facts in DESIGN.md, not against the model itself."""
+computations of the original's measured facts (docs/contributing/families.md), not against the model itself."""
 from __future__ import annotations
 
 import math

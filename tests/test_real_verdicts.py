@@ -78,7 +78,7 @@ def test_named_faults_are_found_in_fp16(references: dict[str, Any], fault: str, 
     diag = s["diagnosis"]
     assert s["verdict"] == "diverged" and s["first_divergence"]["classification"] == "step", s["message"]
     assert diag["block"] == block and diag["component"] in components, diag
-    assert diag["named_cause"] == named, diag["hint"]  # issue 18: the exact cause, on real activations
+    assert diag["named_cause"] == named, diag["hint"]  # the exact cause, on real activations
 
 
 def test_a_bug_fp16_rounding_hides_shows_in_fp32(references: dict[str, Any]) -> None:

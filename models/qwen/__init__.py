@@ -36,7 +36,7 @@ def make_config(cfg: dict[str, Any]) -> QWenConfig:
     try:
         return QWenConfig.from_dict(cfg)
     except (ValueError, TypeError) as exc:
-        raise ModelError(f"Qwen v1 config: {exc}") from None
+        raise ModelError(f"Qwen v1 config: {exc}", note="config.json as the model's repository has it") from None
 
 
 def build(cfg: dict[str, Any], attn: str) -> QWenLMHeadModel:

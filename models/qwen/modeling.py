@@ -1,8 +1,8 @@
 """Clean-room Qwen v1 (Qwen-7B-Chat, ``QWenLMHeadModel``) in plain torch.
 
-Written from the facts in DESIGN.md ("Qwen v1 facts"), not from the original code. Module and
-parameter names match the Qwen-7B-Chat checkpoints, so ``load_state_dict(strict=True)`` works on
-a real state dict. Probe points: ``transformer.wte`` (embed), ``transformer.rotary_emb`` (returns
+Written from measured facts of the original (docs/contributing/families.md), not from its code.
+Module and parameter names match the Qwen-7B-Chat checkpoints, so ``load_state_dict(strict=True)``
+works on a real state dict. Probe points: ``transformer.wte`` (embed), ``transformer.rotary_emb`` (returns
 ``(cos, sin)``), per block ``ln_1`` / ``attn`` (tuple, element 0) / ``attn.hook_{q,k,v}`` /
 ``attn.hook_{q,k}_rot`` / ``attn.c_proj`` / ``ln_2`` / ``mlp`` / the block itself (tuple,
 element 0), then ``transformer.ln_f`` and ``lm_head``.

@@ -116,7 +116,7 @@ class Taps:
         """Send to ``sink`` from now on (None: nothing). A sink with a ``take(probe, value,
         binding)`` method gets the probes without a transform as the module produced them,
         before the head reshape and batch removal (views it may not need: see
-        parity.capture.Comparator.take), and applies :func:`canonical` itself."""
+        parity.capture.sinks.Comparator.take), and applies :func:`canonical` itself."""
         self.sink = sink
         self.take = getattr(sink, "take", None) if sink is not None else None
 

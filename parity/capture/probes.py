@@ -1,6 +1,6 @@
 """Canonical probe names: one vocabulary for every backend, report and tolerance table.
 
-A probe name says exactly which point of the computation it is:
+A probe name says exactly which point of the computation it is (docs/reference/probes.md):
 ``embed``, ``rope.cos``, ``rope.sin``, ``blocks.{i}.<point>``, ``final_norm``, ``logits``.
 This module knows their execution order, which block and component each belongs to, which
 probe feeds which (``input_of``, ``stream_into``), and how glob filters select them. It

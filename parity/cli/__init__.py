@@ -29,6 +29,21 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(EXIT_USAGE)
 
 
+def fallback_note(exc: ParityError, command: str) -> str:
+    """What to do, for an error raised without a note of its own (most carry one)."""
+    from parity import errors
+
+    notes = {errors.ModelError: "`parity doctor` lists the model families and presets",
+             errors.CheckpointError: "check the checkpoint file named above (--debug shows where it failed)",
+             errors.ProbeError: "`parity probes` lists the probe names of a model",
+             errors.BackendError: "`parity doctor` shows which engines are installed",
+             errors.InputError: "check the input named above (--debug shows where it failed)"}
+    for kind, note in notes.items():
+        if isinstance(exc, kind):
+            return note
+    return f"`parity {command} --help` lists the options"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="parity", description="Layer-by-layer numerical parity debugger for LLM inference.")
     parser.add_argument("--version", action="version", version=f"parity {__version__}")
@@ -64,7 +79,7 @@ def _main(argv: Sequence[str] | None) -> int:
     except ParityError as exc:
         if ns.debug:
             raise
-        print(f"parity: error: {exc}", file=sys.stderr)
+        print(f"parity: error: {exc}" + ("" if exc.note else f" Note: {fallback_note(exc, ns.command)}"), file=sys.stderr)
         return EXIT_USAGE
     except SystemExit as exc:  # code parity runs (a port, remote model code) called sys.exit: never a verdict
         if ns.debug:

@@ -130,7 +130,8 @@ def _compare(ns: argparse.Namespace, outputs: Any) -> int:
         cfg = ModelSource.resolve(model).config
     ids_a, ids_b = a.input_ids, b.input_ids
     if ids_a is not None and ids_b is not None and list(ids_a) != list(ids_b):
-        raise UsageError(f"dumps {a.folder} and {b.folder} were made from different input ids.")
+        raise UsageError(f"dumps {a.folder} and {b.folder} were made from different input ids.",
+                         note="dump both sides from the same --input-ids")
     tokens = len(ids_a or ids_b or [])
     found = dtypes.find(b.meta.get("dtype"))  # B's tensors' dtype (spelled long, as tensors' are)
     dtype = ns.dtype or (found if found is not None and found.long == b.meta.get("dtype") else None)

@@ -41,12 +41,15 @@ def check_eval(ns: argparse.Namespace, opts: Any) -> None:
     from parity.errors import UsageError
 
     check_options(opts)  # the eval-only candidate "reference" (the reference against itself) passes it
+    from parity.run.evaluate import check_max_new
+
     if ns.limit is not None and ns.limit < 1:
-        raise UsageError(f"--limit {ns.limit}: need at least 1 prompt.")
+        raise UsageError(f"--limit {ns.limit}: need at least 1 prompt.", note="leave it out for every prompt of the set")
+    check_max_new(ns.max_new_tokens)
     if ns.dataset is not None and not Path(ns.dataset).is_file():
-        raise UsageError(f"--dataset {ns.dataset}: no such file.")
+        raise UsageError(f"--dataset {ns.dataset}: no such file.", note="a JSONL file, one JSON object per line")
     if ns.min_rougel is not None and not 0 <= ns.min_rougel <= 100:
-        raise UsageError(f"--min-rougel {ns.min_rougel}: need a number in 0..100.")
+        raise UsageError(f"--min-rougel {ns.min_rougel}: need a number in 0..100.", note="a ROUGE-L F1 in percent")
 
 
 def cmd_eval(ns: argparse.Namespace) -> int:
@@ -57,17 +60,25 @@ def cmd_eval(ns: argparse.Namespace) -> int:
     from parity.run.evaluate import execute, load_items
 
     load_items(ns.dataset, ns.limit)  # a malformed file fails before any model is built
-    prog = progress(ns.quiet)
-    try:
-        doc = execute(opts, ns.dataset, ns.limit, prog)
-    finally:
-        done(prog)
-    evaluation.render(doc)
-    if not ns.no_files:
-        out = Path(ns.out) if ns.out else Path("reports") / ("eval-" + run_id(ns))
-        paths = evaluation.write(doc, out)
-        say(f"Reports: {paths['json']}  {paths['csv']}")
-    if getattr(ns, "html", None):
-        say(f"HTML report: {evaluation.write_html(doc, ns.html)}")
+    from parity.outputs import Outputs
+
+    out = Path(ns.out) if ns.out else Path("reports") / ("eval-" + run_id(ns))
+    with Outputs(None if ns.no_files else out, [("--html", getattr(ns, "html", None))]) as outputs:
+        prog = progress(ns.quiet)
+        try:
+            doc = execute(opts, ns.dataset, ns.limit, prog)
+        finally:
+            done(prog)
+        evaluation.render(doc)
+        lines = []
+        if not ns.no_files:
+            paths = evaluation.write(doc, outputs.dir)
+            lines.append(f"Reports: {outputs.final(paths['json'])}  {outputs.final(paths['csv'])}")
+        if getattr(ns, "html", None):
+            evaluation.write_html(doc, outputs.file(ns.html))
+            lines.append(f"HTML report: {ns.html}")
+        outputs.commit()
+    for line in lines:
+        say(line)
     rl = doc["eval"]["overall"]["rougeL"]
     return EXIT_DIVERGED if ns.min_rougel is not None and (rl is None or rl < ns.min_rougel) else EXIT_OK

@@ -53,7 +53,7 @@ def cmd_probes(ns: argparse.Namespace) -> int:
 
     for d in ns.probe_dirs:
         if not Path(d).is_dir():
-            raise UsageError(f"--probe-dir {d}: no such folder.")
+            raise UsageError(f"--probe-dir {d}: no such folder.", note="a folder of probe map .toml files")
     source = ModelSource.resolve(ns.model or infer_model(ns.checkpoint, ns.family_dirs), ns.checkpoint,
                                  trust_remote_code=ns.trust_remote_code, shape=ns.shape, family_dirs=ns.family_dirs)
     pmap = find_map(source.probe_map_name, ns.probe_dirs)

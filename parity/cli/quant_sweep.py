@@ -28,40 +28,68 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_sweep, candidate="torch")
 
 
+def check_sweep(ns: argparse.Namespace) -> None:
+    """--limit, --max-new-tokens and --dataset: values that do something, and files that exist."""
+    from parity.errors import UsageError
+
+    if ns.limit is not None and ns.limit < 1:
+        raise UsageError(f"--limit {ns.limit}: need at least 1 prompt.", note="leave it out for every prompt of the set")
+    from parity.run.evaluate import check_max_new
+
+    check_max_new(ns.max_new_tokens)
+    if not ns.rouge:
+        for flag, given in (("--dataset", ns.dataset), ("--limit", ns.limit)):
+            if given is not None:
+                raise UsageError(f"{flag} does nothing with --no-rouge (the prompts are only generated for ROUGE-L).",
+                                 note=f"drop {flag}, or drop --no-rouge")
+    if ns.dataset is not None:
+        from parity.run.evaluate import load_items
+
+        load_items(ns.dataset, ns.limit)
+
+
 def cmd_sweep(ns: argparse.Namespace) -> int:
     from parity.engines.quant import schemes
     from parity.errors import UsageError
 
     opts = with_model(run_options(ns), ns)
     check_options(opts)
-    names = [n.strip() for n in (ns.schemes or ",".join(schemes.SWEEP)).split(",") if n.strip()]
+    names = [n.strip() for n in (ns.schemes if ns.schemes is not None else ",".join(schemes.SWEEP)).split(",") if n.strip()]
+    if not names:
+        raise UsageError(f"--schemes {ns.schemes!r} names no scheme.", note="valid schemes: " + ", ".join(schemes.SCHEMES))
     for n in names:
         schemes.get(n)
-    if not names:
-        raise UsageError("--schemes names no scheme.", note="valid schemes: " + ", ".join(schemes.SCHEMES))
-    if ns.limit is not None and ns.limit < 1:
-        raise UsageError(f"--limit {ns.limit}: need at least 1 prompt.")
-    if ns.rouge and ns.dataset:
-        from parity.run.evaluate import load_items
-
-        load_items(ns.dataset, ns.limit)
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise UsageError(f"--schemes names {', '.join(twice)} more than once.", note="each scheme once: its row would repeat")
+    check_sweep(ns)
 
     from parity.report import quant as quant_report
     from parity.run.quant_sweep import execute
 
-    prog = progress(ns.quiet)
-    try:
-        doc = execute(opts, names, prog, rouge=ns.rouge, dataset=ns.dataset, limit=ns.limit, max_new_tokens=ns.max_new_tokens)
-    finally:
-        done(prog)
-    quant_report.render_sweep(doc)
-    if not ns.no_files:
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        out = Path(ns.out) if ns.out else Path("reports") / f"{stamp}-{opts.model}-quant-sweep"
-        paths = quant_report.write_sweep(doc, out)
-        say(f"Reports: {paths['json']}  {paths['csv']}  {paths['html']}")
-    if getattr(ns, "html", None):
-        say(f"HTML report: {quant_report.write_sweep_html(doc, ns.html)}")
+    from parity.outputs import Outputs
+
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = Path(ns.out) if ns.out else Path("reports") / f"{stamp}-{opts.model}-quant-sweep"
+    with Outputs(None if ns.no_files else out, [("--html", getattr(ns, "html", None))]) as outputs:
+        prog = progress(ns.quiet)
+        try:
+            doc = execute(opts, names, prog, rouge=ns.rouge, dataset=ns.dataset, limit=ns.limit,
+                          max_new_tokens=ns.max_new_tokens)
+        finally:
+            done(prog)
+        quant_report.render_sweep(doc)
+        lines = []
+        if not ns.no_files:
+            paths = quant_report.write_sweep(doc, outputs.dir)
+            lines.append(f"Reports: {outputs.final(paths['json'])}  {outputs.final(paths['csv'])}  "
+                         f"{outputs.final(paths['html'])}")
+        if getattr(ns, "html", None):
+            quant_report.write_sweep_html(doc, outputs.file(ns.html))
+            lines.append(f"HTML report: {ns.html}")
+        outputs.commit()
+    for line in lines:
+        say(line)
     # exit 1 when a scheme that ran is over its budget (what a CI step gating on the sweep
     # expects); a scheme that could not run here (needs CUDA) is listed, not a divergence
     return EXIT_DIVERGED if quant_report.diverged_schemes(doc) else EXIT_OK

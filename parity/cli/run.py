@@ -27,7 +27,7 @@ def cmd_run(ns: argparse.Namespace) -> int:
     if marks is not None and marks < 1:
         from parity.errors import UsageError
 
-        raise UsageError(f"--bisect-marks {marks}: need at least 1 probe per build.")
+        raise UsageError(f"--bisect-marks {marks}: need at least 1 probe per build.", note="e.g. --bisect-marks 2")
     from parity.outputs import Outputs
 
     out = Path(ns.out) if ns.out else Path("reports") / run_id(ns)

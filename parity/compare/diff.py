@@ -289,7 +289,7 @@ class Batch:
     def queue_run(self, r: fused.Run, cands: list[torch.Tensor]) -> RunPending:
         """:meth:`queue` for every plan of run ``r`` and its tensor, in one go, and launch
         now: a run is queued when the forward is done or holds enough (see
-        parity.capture.Comparator.drain), and the host has more to do for it after this."""
+        parity.capture.sinks.Comparator.drain), and the host has more to do for it after this."""
         device = r.plans[0].device
         item = RunPending(self, r.builds, device)
         arena = self._arena(device)

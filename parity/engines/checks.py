@@ -23,16 +23,17 @@ def check_options(opts: RunOptions) -> None:
 
     for d in opts.family_dirs:
         if not Path(d).is_dir():
-            raise UsageError(f"--family-dir {d}: no such folder.")
+            raise UsageError(f"--family-dir {d}: no such folder.", note="a folder with one <name>/preset.toml per family")
     families.get(opts.model, opts.family_dirs)
     dtypes.parse(opts.dtype)
     for flag, dev in (("--device", opts.device), ("--ref-device", opts.ref_device)):
         if dev is not None and not DEVICE.match(dev):
             raise UsageError(f"unknown device '{dev}' ({flag}).", note="valid devices: cpu, cuda, cuda:N, auto")
     if opts.tokens is not None and opts.tokens < 1:
-        raise UsageError(f"--tokens {opts.tokens}: need at least 1 token.")
+        raise UsageError(f"--tokens {opts.tokens}: need at least 1 token.", note="e.g. --tokens 32")
     if opts.tokens is not None and opts.tokens > MAX_TOKENS:
-        raise UsageError(f"--tokens {opts.tokens}: parity compares at most {MAX_TOKENS} tokens in one run.")
+        raise UsageError(f"--tokens {opts.tokens}: parity compares at most {MAX_TOKENS} tokens in one run.",
+                         note="a few dozen tokens find most divergences")
     engine = engines.info(opts.candidate) if opts.candidate != "reference" else None
     check_tolerances(opts.atol, opts.rtol)
     resolve_mode(opts.tolerance, opts.atol is not None or opts.rtol is not None)
@@ -44,10 +45,13 @@ def check_options(opts: RunOptions) -> None:
         checkpoint_dir(opts.checkpoint)  # its own message
     for flag, path, kind in (("--input-ids", opts.input_ids, "file"), ("--tokenizer", opts.tokenizer, "path")):
         if path and not Path(path).exists():
-            raise UsageError(f"{flag} {path}: no such {kind}.")
+            raise UsageError(f"{flag} {path}: no such {kind}.", note="check the path")
     for other in engines.all_engines():
         if other.check is not None:
             other.check(opts)
+    if getattr(opts, "system", None) is not None and not getattr(opts, "chat", False):
+        raise UsageError("--system needs the chat format (it does nothing without it).",
+                         note="add --chat (parity eval: drop --raw), or drop --system")
     # Whether the engine is installed comes after the checks of the user's own paths and
     # values: a typo is answered the same on every machine, with or without the engine.
     if engine is not None and not engine.is_available():
@@ -55,11 +59,11 @@ def check_options(opts: RunOptions) -> None:
                          note=engine.install_note())
     for d in opts.probe_dirs:
         if not Path(d).is_dir():
-            raise UsageError(f"--probe-dir {d}: no such folder.")
+            raise UsageError(f"--probe-dir {d}: no such folder.", note="a folder of probe map .toml files")
 
 
 def check_tolerances(atol: float | None, rtol: float | None) -> None:
     """--atol/--rtol: finite and >= 0 (NaN would pass every probe, a negative one fail them all)."""
     for flag, value in (("--atol", atol), ("--rtol", rtol)):
         if value is not None and not (math.isfinite(value) and value >= 0):
-            raise UsageError(f"{flag} {value}: need a finite number >= 0.")
+            raise UsageError(f"{flag} {value}: need a finite number >= 0.", note=f"e.g. {flag} 1e-3")

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from parity.errors import UsageError
 from parity.options import Opt, RunOptions
 
 if TYPE_CHECKING:
@@ -87,3 +88,12 @@ class Engine:
     def is_available(self) -> bool:
         """True when every required package can be imported (without importing it)."""
         return not self.missing()
+
+
+def needs_candidate(opts: RunOptions, flags: tuple[tuple[str, str], ...], candidate: str) -> None:
+    """An engine's option that does nothing without its candidate is refused, not ignored:
+    ``flags`` are (flag, RunOptions field) pairs."""
+    for flag, attr in flags:
+        if getattr(opts, attr, None) and opts.candidate != candidate:
+            raise UsageError(f"{flag} needs --candidate {candidate} (it does nothing with --candidate {opts.candidate}).",
+                             note=f"add --candidate {candidate}, or drop {flag}")

@@ -27,7 +27,7 @@ class CandidateGeneration:
 def fault_eos_token(gen: CandidateGeneration) -> None:
     """The engine's single end token is ``<|endoftext|>`` (or, for a family without it, the
     model config's ``eos_token_id``), so it no longer stops at ``<|im_end|>`` or the other
-    chat stop tokens. The DESIGN.md Qwen porting account, step 4."""
+    chat stop tokens -- the end-token bug of real Qwen-7B-Chat ports (docs/guide/generation.md)."""
     eos = gen.specials.get("<|endoftext|>")
     new = [eos] if eos is not None else list(gen.model_eos)
     if not new or sorted(new) == sorted(gen.stop_ids):

@@ -163,7 +163,10 @@ def wrap_prompt(template: str, vocab: Vocab, *, prompt: str | None, ids: list[in
         apply = getattr(tok, "apply_chat_template", None)
         if apply is not None and getattr(tok, "chat_template", None):
             msgs = ([] if system is None else [{"role": "system", "content": system}]) + [{"role": "user", "content": prompt}]
-            return _template_ids(apply(msgs, add_generation_prompt=True, tokenize=True)), "tokenizer chat_template"
+            ids = _template_ids(_apply_template(apply, msgs))
+            if not ids:
+                raise InputError("the tokenizer's chat template renders the prompt as no tokens.", note=TEMPLATE_NOTE)
+            return ids, "tokenizer chat_template"
         text = TEMPLATES[template].format(system=DEFAULT_SYSTEM if system is None else system, prompt=prompt)
         return _encode(tok, text), f"{template} text template"
     body = list(ids if ids is not None else _encode(tok, prompt or ""))
@@ -171,3 +174,48 @@ def wrap_prompt(template: str, vocab: Vocab, *, prompt: str | None, ids: list[in
     pre = resolve_stop_tokens(before, vocab, "chat template token")
     post = resolve_stop_tokens(after, vocab, "chat template token")
     return pre + body + post, f"{template} special ids only (no tokenizer: role text omitted)"
+
+
+#: a chat template renders a short prompt: more time than this is a template that loops
+TEMPLATE_SECONDS = 10.0
+TEMPLATE_NOTE = ("the tokenizer's chat_template (tokenizer_config.json) is at fault: fix it, or give the prompt "
+                 "without the chat format (no --chat; eval: --raw)")
+
+
+class _TemplateTimeout(Exception):
+    pass
+
+
+def _apply_template(apply: Any, msgs: list[dict[str, str]]) -> Any:
+    """The tokenizer's chat template rendered (transformers renders it in jinja2's
+    ImmutableSandboxedEnvironment: transformers/utils/chat_template_utils.py, _compile_jinja_template
+    @ v5.25.0): whatever the template does -- raise, fail to parse, reach for what the sandbox
+    forbids, loop, exhaust memory -- is an input error about the template."""
+    import signal
+    import threading
+
+    timed = threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer")
+    old: Any = None
+    if timed:
+        def _alarm(signum: int, frame: Any) -> None:
+            raise _TemplateTimeout()
+
+        old = signal.signal(signal.SIGALRM, _alarm)
+        signal.setitimer(signal.ITIMER_REAL, TEMPLATE_SECONDS)
+    try:
+        return apply(msgs, add_generation_prompt=True, tokenize=True)
+    except _TemplateTimeout:
+        raise InputError(f"the tokenizer's chat template did not finish within {TEMPLATE_SECONDS:.0f} s.",
+                         note=TEMPLATE_NOTE) from None
+    except (MemoryError, RecursionError) as exc:
+        raise InputError(f"the tokenizer's chat template ran out of {'memory' if isinstance(exc, MemoryError) else 'stack'}.",
+                         note=TEMPLATE_NOTE) from None
+    except Exception as exc:  # noqa: BLE001 - jinja2's TemplateError family, sandbox SecurityError, the template's own raise
+        text = " ".join(str(exc).split())[:200]
+        where = f" (line {exc.lineno})" if isinstance(getattr(exc, "lineno", None), int) else ""
+        raise InputError(f"the tokenizer's chat template fails{where}: {type(exc).__name__}"
+                         f"{': ' + text if text else ''}.", note=TEMPLATE_NOTE) from None
+    finally:
+        if timed:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old if old is not None else signal.SIG_DFL)

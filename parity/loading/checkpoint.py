@@ -4,6 +4,7 @@ that name the tensor at fault.
 """
 from __future__ import annotations
 
+import pickle
 import re
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ def read_json_object(path: Path, error: type[ParityError], label: str) -> dict[s
 
     data = parse_json(read_text(path, error, label), error, label)
     if not isinstance(data, dict):
-        raise error(f"{label} is not a JSON object.")
+        raise error(f"{label} is not a JSON object.", note="the file as the model's repository has it")
     return data
 
 
@@ -46,7 +47,8 @@ def weight_files(folder: Path) -> list[Path]:
             files = [_shard_path(folder, s, index) for s in _index_shards(index)]
             missing = [f.name for f in files if not f.is_file()]
             if missing:
-                raise CheckpointError(f"checkpoint '{folder}' lacks shard {missing[0]} named in {index_name}.")
+                raise CheckpointError(f"checkpoint '{folder}' lacks shard {missing[0]} named in {index_name}.",
+                              note="download the missing shard (every file the index names)")
             return files
     found = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("pytorch_model*.bin"))
     if not found:
@@ -62,7 +64,8 @@ def _index_shards(index: Path) -> list[str]:
     data = read_json_object(index, CheckpointError, str(index))
     wm = data.get("weight_map")
     if not isinstance(wm, dict) or not wm or not all(isinstance(k, str) and isinstance(v, str) and v for k, v in wm.items()):
-        raise CheckpointError(f"{index}: 'weight_map' must be a non-empty object of tensor name -> shard file name.")
+        raise CheckpointError(f"{index}: 'weight_map' must be a non-empty object of tensor name -> shard file name.",
+                              note="the index as the model's repository has it")
     return sorted(set(wm.values()))
 
 
@@ -104,17 +107,25 @@ def _load_file(path: Path) -> dict[str, Any]:
         try:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError) as exc:
-            raise CheckpointError(f"cannot read weights {path.name}: {exc} (truncated or not safetensors?)") from None
+            text = " ".join(str(exc).split())[:200]
+            raise CheckpointError(f"cannot read weights {path.name}: {text} (truncated or not safetensors?)",
+                                  note="download or save the file again") from None
     import pickle
 
     import torch
 
+    import warnings
+
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise CheckpointError(f"cannot read weights {path.name}: {_load_error(exc)}") from None
+        with warnings.catch_warnings():  # torch warns about pickle protocols on stderr: the error says it all
+            warnings.simplefilter("ignore")
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, TypeError, AttributeError,
+            KeyError, IndexError, UnicodeDecodeError, MemoryError) as exc:
+        raise CheckpointError(f"cannot read weights {path.name}: {_load_error(exc)}",
+                              note="parity loads .bin/.pt weights only as plain tensors; convert them to safetensors") from None
     if not isinstance(obj, dict):
-        raise CheckpointError(f"{path.name} does not hold a state dict.")
+        raise CheckpointError(f"{path.name} does not hold a state dict.", note="a state dict maps parameter names to tensors")
     for key, value in obj.items():
         if not isinstance(value, torch.Tensor):
             raise CheckpointError(f"{path.name}: '{key}' is not a tensor ({type(value).__name__}).",
@@ -132,8 +143,12 @@ def _load_error(exc: BaseException) -> str:
     if m:
         return (f"it holds a pickled '{m.group(1)}' object, not only tensors (parity never unpickles arbitrary "
                 "objects; save the state dict's tensors, e.g. with safetensors)")
+    if "Weights only load failed" in text or isinstance(exc, pickle.UnpicklingError):
+        m = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+        why = f" ({m.group(1).strip()[:120]})" if m else ""
+        return f"it is a pickle torch's safe loader refuses{why}: not only tensors, so parity does not load it"
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    return lines[0] if lines else type(exc).__name__
+    return (lines[0] if lines else type(exc).__name__)[:300]
 
 
 def load_state_dict(folder: Path) -> dict[str, Any]:
@@ -155,10 +170,11 @@ def apply_state_dict(model: Any, sd: dict[str, Any], where: str) -> None:
         if name in sd:
             if tuple(sd[name].shape) != tuple(t.shape):
                 raise CheckpointError(
-                    f"{where}: tensor '{name}' has shape {list(sd[name].shape)}, the model expects {list(t.shape)}."
-                )
+                    f"{where}: tensor '{name}' has shape {list(sd[name].shape)}, the model expects {list(t.shape)}.",
+                    note="the weights and config.json come from different models?")
         elif name not in tied or tied[name] not in sd:
-            raise CheckpointError(f"{where}: tensor '{name}' is missing from the weights.")
+            raise CheckpointError(f"{where}: tensor '{name}' is missing from the weights.",
+                              note="parity compares only checkpoints it can read completely: download the weights again")
     unexpected = [k for k in sd if k not in own and not k.endswith(IGNORED_SUFFIXES)]
     if unexpected:
         raise CheckpointError(

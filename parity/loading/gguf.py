@@ -35,7 +35,7 @@ from parity.errors import CheckpointError
 MAGIC = b"GGUF"
 PACKAGES = ("gguf", "accelerate")
 META = "parity-gguf.json"
-FORMAT = 1
+FORMAT = 2  # 2: conversions checked complete (a folder of format 1 may hold invented weights)
 # Families parity has whose GGUF architecture transformers' loader reads.
 SUPPORTED = ("llama", "qwen2")
 SUPPORTED_NOTE = ("parity reads GGUF files of llama and qwen2 models (through transformers' GGUF loader); "
@@ -71,37 +71,19 @@ class GGUFInfo:
     architecture: str  # general.architecture, as llama.cpp names it
     name: str
     model_type: str  # the transformers model_type it converts to
-
-
-def _field(reader: Any, key: str) -> str | None:
-    f = reader.fields.get(key)
-    if f is None or not f.data:
-        return None
-    return bytes(f.parts[f.data[0]]).decode("utf-8", errors="replace")
+    header: Any = None  # parity.loading.gguf_header.Header
 
 
 def read_info(path: Path) -> GGUFInfo:
-    """Header facts of a GGUF file; a truncated or foreign file is a one-line error."""
-    with path.open("rb") as f:
-        head = f.read(4)
-    if head != MAGIC:
-        raise CheckpointError(f"'{path}' is not a GGUF file (it does not start with 'GGUF').",
-                              note="--checkpoint takes a Hugging Face folder or a .gguf file; --gguf a .gguf file")
-    require_packages()
-    from gguf import GGUFReader
+    """Header facts of a GGUF file; a truncated, foreign or malformed file is a one-line error
+    (parity.loading.gguf_header reads the header with every count bounded by the file's size)."""
+    from parity.loading.gguf_header import read_header
 
-    try:
-        reader = GGUFReader(str(path), "r")
-        end = max((int(t.data_offset) + int(t.n_bytes) for t in reader.tensors), default=0)
-    except Exception as exc:  # gguf raises ValueError, IndexError, struct errors... on bad files
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise CheckpointError(f"cannot read GGUF file '{path}': {first}.", note="is the file truncated? download it again") from None
-    if end > path.stat().st_size:
-        raise CheckpointError(f"GGUF file '{path}' is truncated: its tensors need {end} bytes, it has {path.stat().st_size}.",
-                              note="download it again")
-    arch = _field(reader, "general.architecture") or "?"
-    name = _field(reader, "general.name") or ""
-    return GGUFInfo(path, arch, name, model_type_of(arch, name))
+    head = read_header(path)
+    arch, name = head.fields.get("general.architecture"), head.fields.get("general.name")
+    arch = arch if isinstance(arch, str) and arch else "?"
+    name = name if isinstance(name, str) else ""
+    return GGUFInfo(path, arch, name, model_type_of(arch, name), head)
 
 
 def model_type_of(arch: str, name: str) -> str:
@@ -114,6 +96,10 @@ def model_type_of(arch: str, name: str) -> str:
 def check_supported(info: GGUFInfo) -> None:
     """Refuse architectures no parity family can run (before any conversion)."""
     if info.model_type in SUPPORTED:
+        from parity.loading.gguf_header import check_model
+
+        if info.header is not None:
+            check_model(info.header, info.architecture)
         return
     what = "Qwen v1 ('qwen')" if info.architecture == "qwen" else f"'{info.architecture}'"
     raise CheckpointError(f"GGUF file '{info.path}' holds a {what} model, which parity cannot read from GGUF.", note=SUPPORTED_NOTE)
@@ -148,13 +134,37 @@ def hf_folder(path: Path, check: Callable[[GGUFInfo], None] | None = None,
     check_supported(info)
     if check is not None:
         check(info)
+    require_packages()
+    _check_memory(info)
+    _check_cache(folder)
     (say or _say)(f"converting {path.name} ({info.architecture}) to a Hugging Face folder in {folder} (once)")
     write_folder(path, folder)
     return folder
 
 
+def _check_cache(dest: Path) -> None:
+    """The cache folder can be made and written ($PARITY_CACHE a file or read-only: a clear error
+    before a conversion starts)."""
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.rmdir(tempfile.mkdtemp(prefix=f".{dest.name}.probe-", dir=dest.parent))
+    except OSError as exc:
+        raise cache_error(exc, dest) from None
+
+
+def _check_memory(info: GGUFInfo) -> None:
+    """The dequantized float32 weights must fit in free memory (before transformers allocates them)."""
+    from parity.loading.gguf_header import float32_bytes
+    from parity.loading.limits import available_bytes
+
+    need, have = float32_bytes(info.header), available_bytes("cpu")
+    if need > have:
+        raise CheckpointError(f"GGUF file '{info.path}': its weights need {need / (1 << 30):.1f} GiB as float32 to convert, "
+                              f"and {have / (1 << 30):.1f} GiB is free.", note="convert it on a machine with more memory")
+
+
 def _say(what: str) -> None:
-    print(f"parity: {what} ...", file=sys.stderr, flush=True)
+    print(f"[parity] {what} ...", file=sys.stderr, flush=True)  # a progress line, as the commands' stages
 
 
 # -- conversion ------------------------------------------------------------------------------
@@ -163,10 +173,20 @@ def _say(what: str) -> None:
 def staging(dest: Path, replace: bool = False) -> Iterator[Path]:
     """A temporary folder beside ``dest``, renamed to ``dest`` when the block succeeds and
     removed when it fails: ``dest`` is complete or absent, never half-written."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
     try:
-        yield tmp
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    except OSError as exc:
+        raise cache_error(exc, dest) from None
+    try:
+        try:
+            yield tmp
+        except Exception as exc:
+            from parity.outputs import errno_of
+
+            if errno_of(exc) is not None and not isinstance(exc, CheckpointError):
+                raise cache_error(exc, dest) from None
+            raise
         _follow_umask(tmp)
         old = None
         if dest.exists() and (replace or not (dest / "config.json").is_file()):  # a stale or unfinished one
@@ -181,6 +201,16 @@ def staging(dest: Path, replace: bool = False) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def cache_error(exc: BaseException, dest: Path) -> CheckpointError:
+    """A cache folder parity cannot make or fill ($PARITY_CACHE a file, read-only, full)."""
+    from parity.outputs import FULL, errno_of, write_error
+
+    err = write_error(exc, dest, "cache folder")
+    note = ("free space there, or set PARITY_CACHE to a folder on another disk" if errno_of(exc) in FULL else
+            f"set PARITY_CACHE to a folder you can write to (now: {cache_root()})")
+    return CheckpointError(err.message, note=note)
 
 
 def _follow_umask(folder: Path) -> None:
@@ -242,14 +272,33 @@ def _load(path: Path) -> tuple[Any, Any, str]:
 
     with _quiet_transformers():
         try:
-            model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
-        except (ValueError, KeyError, OSError, RuntimeError, TypeError, IndexError) as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise CheckpointError(f"transformers cannot load GGUF file '{path}': {first}", note=SUPPORTED_NOTE) from None
+            model, info = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32,
+                                                               output_loading_info=True)
+        except MemoryError:
+            raise CheckpointError(f"GGUF file '{path}': out of memory while converting it.",
+                                  note="convert it on a machine with more memory") from None
+        except Exception as exc:  # noqa: BLE001 - transformers' loader on a file it cannot read: the file's fault
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            raise CheckpointError(f"transformers cannot load GGUF file '{path}': {type(exc).__name__}: {first}",
+                                  note=SUPPORTED_NOTE) from None
+        _check_complete(path, model, info)
         try:
             return model, AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name), ""
         except Exception as exc:  # a GGUF without (readable) tokenizer metadata: weights only
             return model, None, (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+
+
+def _check_complete(path: Path, model: Any, info: dict[str, Any]) -> None:
+    """Every weight of the model read from the file: transformers initializes missing ones at
+    random, and a model parity cannot read completely is never compared."""
+    tied = {"lm_head.weight"} if getattr(model.config, "tie_word_embeddings", False) else set()
+    missing = sorted(set(info.get("missing_keys") or ()) - tied)
+    bad = sorted(set(info.get("mismatched_keys") or ()))
+    if missing or bad:
+        what = missing or [str(b) for b in bad]
+        raise CheckpointError(f"GGUF file '{path}' lacks {len(what)} weight(s) the model needs "
+                              f"({', '.join(map(str, what[:3]))}{', ...' if len(what) > 3 else ''}).",
+                              note="parity compares only checkpoints it can read completely: convert the model again")
 
 
 def _save_config(model: Any, folder: Path) -> None:

@@ -20,7 +20,7 @@ def seeded_ids(n: int, vocab: int, seed: int, high: int | None = None) -> list[i
     import torch
 
     if n < 1:
-        raise InputError(f"--tokens {n}: need at least 1 token.")
+        raise InputError(f"--tokens {n}: need at least 1 token.", note="e.g. --tokens 32")
     gen = torch.Generator().manual_seed(seed)
     return torch.randint(0, min(vocab, high or vocab), (n,), generator=gen).tolist()
 
@@ -48,41 +48,67 @@ def read_ids(path: str | Path) -> list[int]:
     if isinstance(data, list) and len(data) == 1 and isinstance(data[0], list):
         data = data[0]
     if not isinstance(data, list) or not data or not all(isinstance(t, int) and not isinstance(t, bool) for t in data):
-        raise InputError(f"'{p}' does not hold a non-empty list of integer token ids.")
+        raise InputError(f"'{p}' does not hold a non-empty list of integer token ids.", note=NPY_NOTE)
     return data
 
 
+NPY_NOTE = "a .npy array of integers (no pickles), a JSON list, or whitespace-separated integers"
+
+
 def _load_npy(p: Path) -> Any:
+    """A .npy file's array, its header read first: integer dtype, and a shape the file's bytes
+    hold (a 100-byte file claiming 10^10 ids allocates nothing)."""
     import numpy as np
+    from numpy.lib import format as npy
 
     try:
+        with p.open("rb") as fh:
+            version = npy.read_magic(fh)
+            read = {(1, 0): npy.read_array_header_1_0, (2, 0): npy.read_array_header_2_0}.get(version)
+            if read is None:
+                raise ValueError(f".npy format version {version[0]}.{version[1]}")
+            shape, _fortran, dtype = read(fh)
+            left = p.stat().st_size - fh.tell()
+    except Exception as exc:  # noqa: BLE001 - numpy raises ValueError, TokenError, SyntaxError... on a bad header
+        raise InputError(f"cannot read token ids from '{p}': not a readable .npy file ({_one_line(exc)}).",
+                         note=NPY_NOTE) from None
+    if dtype.kind not in "iu":
+        raise InputError(f"--input-ids file '{p}' holds {dtype} values, not integer token ids.",
+                         note="token ids are an integer array (int32/int64)")
+    count = 1
+    for d in shape:
+        count *= d
+    if count * dtype.itemsize > left:
+        raise InputError(f"--input-ids file '{p}' claims shape {list(shape)}, more than its {left} bytes of data hold.",
+                         note="the file is truncated or damaged: write it again with numpy.save")
+    try:
         return np.load(p, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        text = " ".join(str(exc).split())[:200]
-        raise InputError(f"cannot read token ids from '{p}': {text}",
-                         note="a .npy array of integers (no pickles), a JSON list, or whitespace-separated integers") from None
+    except Exception as exc:  # noqa: BLE001 - a damaged file numpy cannot read
+        raise InputError(f"cannot read token ids from '{p}': {_one_line(exc)}", note=NPY_NOTE) from None
 
 
 def ids_from_array(arr: Any, label: str) -> list[int]:
-    """Token ids from a numpy array: integers only (NaN, floats, complex and bool refused), one
-    sequence ([T] or [1, T])."""
+    """Token ids from a numpy array: integers only (NaN, floats, complex, bool, dates and
+    durations refused), one sequence ([T] or [1, T])."""
     import numpy as np
 
     arr = np.asarray(arr)
-    if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer):
+    if arr.dtype.kind not in "iu":
         raise InputError(f"{label} holds {arr.dtype} values, not integer token ids.",
                          note="token ids are an integer array (int32/int64)")
     if arr.ndim == 2 and arr.shape[0] == 1:
         arr = arr[0]
     if arr.ndim != 1 or arr.size == 0:
-        raise InputError(f"{label} has shape {list(arr.shape)}; token ids are one non-empty sequence ([T] or [1, T]).")
+        raise InputError(f"{label} has shape {list(arr.shape)}; token ids are one non-empty sequence ([T] or [1, T]).",
+                         note="save one sequence: numpy.save('ids.npy', numpy.array(ids))")
     return [int(x) for x in arr.tolist()]
 
 
 def check_ids(ids: list[int], vocab: int) -> list[int]:
     bad = [t for t in ids if t < 0 or t >= vocab]
     if bad:
-        raise InputError(f"token id {bad[0]} is outside the vocabulary [0, {vocab}).")
+        raise InputError(f"token id {bad[0]} is outside the vocabulary [0, {vocab}).",
+                         note="ids from another model's tokenizer? give ids of this model's vocabulary")
     return ids
 
 
@@ -120,6 +146,18 @@ def load_tokenizer(family: str, checkpoint: Path | None, tokenizer: str | None) 
                          note="tokenizer.json (UTF-8 JSON) or tokenizer.model as the model's repository has them") from None
 
 
+def check_tokenizer(tok: Any, given: str | None, vocab: int) -> Any:
+    """A --tokenizer the user gave must be the model's: one whose vocabulary is less than half
+    the model's embedding rows belongs to another model."""
+    from parity.loading.chat import _vocab_len
+
+    n = _vocab_len(tok) if given else None
+    if n is not None and 2 * n < vocab:
+        raise InputError(f"--tokenizer {given}: its vocabulary has {n} tokens, the model's embedding {vocab} rows.",
+                         note="give the tokenizer of this model (the checkpoint's own tokenizer files)")
+    return tok
+
+
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())[:200]
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
@@ -128,7 +166,7 @@ def _one_line(exc: BaseException) -> str:
 def encode(tok: Any, prompt: str) -> list[int]:
     ids = tok.encode(prompt)
     if not ids:
-        raise InputError("the prompt encodes to no tokens.")
+        raise InputError("the prompt encodes to no tokens.", note="give a prompt with some text")
     return list(ids)
 
 
@@ -144,10 +182,10 @@ def resolve_inputs(opts: RunOptions, source: ModelSource) -> list[int]:
 def plain_ids(opts: RunOptions, source: ModelSource) -> list[int]:
     given = [x for x in (opts.tokens, opts.prompt, opts.input_ids) if x is not None]
     if len(given) > 1:
-        raise ParityError("give one of --tokens, --prompt, --input-ids.")
+        raise ParityError("give one of --tokens, --prompt, --input-ids.", note="they are three ways to give the input")
     vocab = source.vocab_size
     if opts.prompt is not None:
-        tok = load_tokenizer(source.family.name, source.checkpoint, opts.tokenizer)
+        tok = check_tokenizer(load_tokenizer(source.family.name, source.checkpoint, opts.tokenizer), opts.tokenizer, vocab)
         ids = encode(tok, opts.prompt)
         check_tokens(len(ids), source.config_dict, "--prompt")
         return check_ids(ids, vocab)
@@ -174,7 +212,8 @@ def load_vocab(opts: RunOptions, source: ModelSource) -> Any:
 
     tok = None
     if opts.prompt is not None or opts.tokenizer is not None:
-        tok = load_tokenizer(source.family.name, source.checkpoint, opts.tokenizer)
+        tok = check_tokenizer(load_tokenizer(source.family.name, source.checkpoint, opts.tokenizer), opts.tokenizer,
+                              source.vocab_size)
     elif source.checkpoint is not None:
         try:
             tok = load_tokenizer(source.family.name, source.checkpoint, None)

@@ -83,7 +83,8 @@ def activation_bytes(tokens: int, cfg: dict[str, Any]) -> int:
 def check_tokens(tokens: int, cfg: dict[str, Any], what: str) -> None:
     """A run of ``tokens`` ids must fit: at most MAX_TOKENS, activations within free memory."""
     if tokens > MAX_TOKENS:
-        raise InputError(f"{what}: {tokens} tokens; parity compares at most {MAX_TOKENS} tokens in one run.")
+        raise InputError(f"{what}: {tokens} tokens; parity compares at most {MAX_TOKENS} tokens in one run.",
+                         note="use fewer tokens")
     need, have = activation_bytes(tokens, cfg), available_bytes()
     if need > have:
         raise InputError(f"{what}: {tokens} tokens need about {need / _GIB:.1f} GiB of activations "

@@ -63,7 +63,7 @@ class ModelSource:
             _check_model_type(model, preset, cfg.get("model_type"), gguf or folder)
             ckpt.weight_files(folder)  # fail early when weights are absent
         if shape is not None and folder is not None:
-            raise ModelError("--shape builds seeded weights; it cannot be combined with --checkpoint.")
+            raise ModelError("--shape builds seeded weights; it cannot be combined with --checkpoint.", note="drop one of them")
         cfg = _checked(fam.name, cfg, str(folder / "config.json") if folder is not None else f"preset '{model}'")
         return cls(fam, preset, cfg, fam.make_config(cfg), folder,
                    preset.seed if seed is None else seed, trust_remote_code, shape, gguf, activations=activations)
@@ -92,7 +92,7 @@ class ModelSource:
     def vocab_size(self) -> int:
         v = getattr(self.config, "padded_vocab_size", None) or getattr(self.config, "vocab_size", None)
         if not isinstance(v, int):
-            raise ModelError("model config has no vocab_size.")
+            raise ModelError("model config has no vocab_size.", note="config.json as the model's repository has it")
         return v
 
     def build(self, device: str = "cpu", attn: str = "eager") -> Any:

@@ -1,6 +1,6 @@
 """``[tool.parity]`` in the user's pyproject.toml: run-option defaults and tolerance tables.
 
-Layout (documented in README.md)::
+Layout (documented in docs/guide/pytest-plugin.md)::
 
     [tool.parity]                      # defaults for any run option (model, dtype, tokens, ...)
     model = "qwen"
@@ -68,7 +68,8 @@ def load(path: Path | None) -> ParityConfig:
 
 def parse(raw: Mapping[str, Any], path: Path | None = None) -> ParityConfig:
     if not isinstance(raw, Mapping):
-        raise UsageError(f"{WHERE} must be a table.")
+        raise UsageError(f"{WHERE} must be a table, not {type(raw).__name__} {raw!r:.40}.",
+                         note='e.g. [tool.parity] then model = "qwen" on the next line')
     cfg = ParityConfig(path=path)
     for key, val in raw.items():
         if key == "tolerances":
@@ -76,12 +77,13 @@ def parse(raw: Mapping[str, Any], path: Path | None = None) -> ParityConfig:
         cfg.options[key] = check_option(key, val, WHERE)
     tol = raw.get("tolerances", {})
     if not isinstance(tol, Mapping):
-        raise UsageError(f"{WHERE}.tolerances must be a table of pattern = {{atol, rtol}}.")
+        raise UsageError(f"{WHERE}.tolerances must be a table of pattern = {{atol, rtol}}.", note='e.g. [tool.parity.tolerances] "blocks.*.mlp_out" = {atol = 1e-2, rtol = 1e-2}')
     for key, val in tol.items():
         dtype = dtypes.find(key)
         if dtype is not None:
             if not isinstance(val, Mapping):
-                raise UsageError(f"[tool.parity.tolerances.{key}] must be a table of pattern = {{atol, rtol}}.")
+                raise UsageError(f"[tool.parity.tolerances.{key}] must be a table of pattern = {{atol, rtol}}.",
+                                 note='e.g. [tool.parity.tolerances] "blocks.*.mlp_out" = {atol = 1e-2, rtol = 1e-2}')
             cfg.per_dtype.setdefault(dtype.short, {}).update(check_patterns(val, f"[tool.parity.tolerances.{key}]"))
         else:
             cfg.tolerances.update(check_patterns({key: val}, "[tool.parity.tolerances]"))
@@ -108,7 +110,7 @@ def check_option(key: str, val: Any, where: str) -> Any:
     if val is not None and (not isinstance(val, want) or (isinstance(val, bool) and bool not in want)):
         raise UsageError(f"{where}.{key} = {val!r} has the wrong type.", note=f"expected {' or '.join(t.__name__ for t in want)}")
     if isinstance(val, list) and not all(isinstance(v, str) for v in val):
-        raise UsageError(f"{where}.{key} = {val!r}: every element must be a string.")
+        raise UsageError(f"{where}.{key} = {val!r}: every element must be a string.", note='e.g. probes = ["blocks.*"]')
     if key in ("probes", "probe_dirs") and isinstance(val, str):
         val = [val]
     return val

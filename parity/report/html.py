@@ -1,6 +1,6 @@
 """HTML renderer: one self-contained page (styles and scripts inline, no network).
 
-Reads ReportData only (DESIGN.md: renderers never recompute). Jinja2 with autoescape
+Reads ReportData only: renderers never recompute. Jinja2 with autoescape
 writes the markup; the report itself goes into the page as JSON inside
 ``<script type="application/json">``, escaped so no string can end that element.
 """

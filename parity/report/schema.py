@@ -4,6 +4,7 @@ list or an empty object) is an error naming the file and the key, never a traceb
 renderer or an empty page that looks like a result."""
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
@@ -76,6 +77,36 @@ class Row(BaseModel):
 Obj = dict[str, Any] | None
 
 
+class _Named(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    probe: Annotated[str, Field(strict=True)]
+
+
+class FirstDivergence(_Named):
+    block: Int = None
+    component: Str = None
+    classification: Str = None
+    growth: Real = None
+    last_matched: Str = None
+    max_abs_err: Real = None
+    nrmse: Real = None
+    atol: Real = None
+    rtol: Real = None
+    excess: Real = None
+    twin_nrmse: Real = None
+    twin_max_abs_err: Real = None
+
+
+class LargestError(_Named):
+    nrmse: Real = None
+    max_abs_err: Real = None
+
+
+class LargestExcess(_Named):
+    excess: Real  # required: the page shows it
+
+
 class Summary(BaseModel):
     """``summary``: the fields of parity.summary.Summary (a test keeps the two in step)."""
 
@@ -86,9 +117,9 @@ class Summary(BaseModel):
     probes_compared: Int = None
     probes_failed: Int = None
     probes_not_exposed: Int = None
-    first_divergence: Obj = None
-    largest_error: Obj = None
-    largest_excess: Obj = None
+    first_divergence: FirstDivergence | None = None
+    largest_error: LargestError | None = None
+    largest_excess: LargestExcess | None = None
     diagnosis: Obj = None
     tolerance: Str = None
     budget: Real = None
@@ -143,5 +174,26 @@ class Report(BaseModel):
     generation: Obj = None
 
 
+#: the schema majors this parity reads (report.json's "schema_version": "1.x")
+MAJORS = ("1",)
+_VERSION = re.compile(r"(\d+)(\.\d+){0,2}")
+NOTE = "give a report.json written by `parity run` (or its folder)"
+
+
 def check_report(raw: Any, label: str) -> Report:
-    return check(Report, raw, UsageError, label, note="give a report.json written by `parity run` (or its folder)")
+    check_version(raw, label)
+    return check(Report, raw, UsageError, label, note=NOTE)
+
+
+def check_version(raw: Any, label: str) -> None:
+    """``schema_version`` "1.x" (or absent, as before it was written): a major this parity does
+    not know means fields it would misread."""
+    if not isinstance(raw, dict) or "schema_version" not in raw:
+        return
+    v = raw["schema_version"]
+    m = _VERSION.fullmatch(v) if isinstance(v, str) else None
+    if m is None:
+        raise UsageError(f"{label}: schema_version {v!r} is not a version (like \"1.2\").", note=NOTE)
+    if m.group(1) not in MAJORS:
+        raise UsageError(f"{label}: schema_version {v} is not one this parity reads ({', '.join(x + '.x' for x in MAJORS)}).",
+                         note="a report written by another parity version: render it with that version")

@@ -1,6 +1,6 @@
 """One candidate against a prepared reference: build it, capture and compare every probe on
 arrival, the teacher-forced pass, rows, verdict and diagnosis, ReportData. ``execute`` is
-one whole ``parity run``. Data flows one way (DESIGN.md): source -> reference capture ->
+one whole ``parity run``. Data flows one way (docs/contributing/architecture.md): source -> reference capture ->
 candidate capture compared on arrival -> rows -> diagnosis -> ReportData. Nothing here renders."""
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ few short news-style articles written for parity, with two-sentence highlights.
 """
 from __future__ import annotations
 
-import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,41 +46,63 @@ def builtin_path() -> Path:
 
     path = resources.find_file("models", BUILTIN)
     if path is None:
-        raise InputError(f"the built-in evaluation set {BUILTIN} is missing from parity's models folder.")
+        raise InputError(f"the built-in evaluation set {BUILTIN} is missing from parity's models folder.",
+                         note="reinstall parity, or give --dataset FILE.jsonl")
     return path
 
 
+#: bounds of an evaluation set: the file, one line's text, the prompts, JSON nesting
+MAX_DATASET_BYTES = 64 << 20
+MAX_LINE_CHARS = 256 << 10
+MAX_PROMPTS = 100_000
+_SURROGATE = re.compile("[\ud800-\udfff]")
+LINE_NOTE = 'one JSON object per line: {"prompt": ...} or {"article": ..., "highlights": ...}'
+
+
 def load_items(path: str | Path | None = None, limit: int | None = None) -> tuple[list[Item], str]:
-    """The prompts of a JSONL file (or the built-in set), and where they came from."""
+    """The prompts of a JSONL file (or the built-in set), and where they came from: the file
+    UTF-8 and at most MAX_DATASET_BYTES, each line one JSON object (nesting bounded) with a
+    prompt of at most MAX_LINE_CHARS characters -- a bad line an input error naming its number."""
+    from parity.validate import read_text
+
     where = Path(path) if path is not None else builtin_path()
     if not where.is_file():
-        raise InputError(f"--dataset {where}: no such file.")
+        raise InputError(f"--dataset {where}: no such file.", note="give a JSONL file: " + LINE_NOTE)
+    text = read_text(where, InputError, "--dataset", MAX_DATASET_BYTES)
     items: list[Item] = []
-    for n, line in enumerate(where.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+    for n, line in enumerate(text.splitlines(), 1):
         if line.strip():
             items.append(_item(where, n, line))
+            if len(items) > MAX_PROMPTS:
+                raise InputError(f"{where}: more than {MAX_PROMPTS} prompts.", note="use --limit N, or split the file")
     if not items:
-        raise InputError(f"{where}: no prompts (the file is empty).",
-                         note='one JSON object per line: {"prompt": ...} or {"article": ..., "highlights": ...}')
+        raise InputError(f"{where}: no prompts (the file is empty).", note=LINE_NOTE)
     label = f"built-in {BUILTIN}" if path is None else str(where)
     return (items[:limit] if limit else items), label
 
 
 def _item(where: Path, n: int, line: str) -> Item:
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{where}: line {n} is not valid JSON ({exc.msg}, column {exc.colno}).") from None
+    from parity.validate import parse_json
+
+    if len(line) > MAX_LINE_CHARS:
+        raise InputError(f"{where}: line {n} is {len(line)} characters; parity takes at most {MAX_LINE_CHARS} per prompt.",
+                         note="shorten the prompt: the model's context bounds it anyway")
+    obj = parse_json(line, InputError, f"{where}: line {n}")
     if not isinstance(obj, dict):
-        raise InputError(f"{where}: line {n} is a JSON {type(obj).__name__}, not an object.")
+        raise InputError(f"{where}: line {n} is a JSON {type(obj).__name__}, not an object.", note=LINE_NOTE)
     kind = "prompt" if "prompt" in obj else "article" if "article" in obj else None
     text = obj.get(kind) if kind else None
     if not isinstance(text, str) or not text.strip():
-        raise InputError(f"{where}: line {n} has no 'prompt' or 'article' text.",
-                         note='one JSON object per line: {"prompt": ...} or {"article": ..., "highlights": ...}')
+        raise InputError(f"{where}: line {n} has no 'prompt' or 'article' text.", note=LINE_NOTE)
+    if "target" in obj and "highlights" in obj:
+        raise InputError(f"{where}: line {n} has both 'target' and 'highlights'.", note="keep one of them")
     target = obj.get("target", obj.get("highlights"))
     if target is not None and not isinstance(target, str):
-        raise InputError(f"{where}: line {n}: 'target'/'highlights' must be a string.")
+        raise InputError(f"{where}: line {n}: 'target'/'highlights' must be a string.", note=LINE_NOTE)
+    for key, value in (("text", text), ("target", target)):
+        if isinstance(value, str) and _SURROGATE.search(value):
+            raise InputError(f"{where}: line {n}: its {key} holds a lone surrogate escape (\\udXXX), not text.",
+                             note="write the text as UTF-8")
     return Item(n, text, kind or "prompt", target)
 
 
@@ -116,8 +138,8 @@ def token_metrics(ref: list[int], cand: list[int]) -> dict[str, Any]:
 
 def overall(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Means over prompts (ROUGE, agreement), exact-match rate, overruns."""
-    def mean(key: str, sub: str | None = None) -> float | None:
-        vals = [(r[key] or {}).get(sub) if sub else r[key] for r in rows]
+    def mean(key: str, sub: str | None = None, among: list[dict[str, Any]] = rows) -> float | None:
+        vals = [(r.get(key) or {}).get(sub) if sub else r.get(key) for r in among]
         vals = [v for v in vals if v is not None]
         return round(sum(vals) / len(vals), 4) if vals else None
 
@@ -125,9 +147,11 @@ def overall(rows: list[dict[str, Any]]) -> dict[str, Any]:
                            "exact_match": mean("exact_match"), "overruns": sum(1 for r in rows if r["stop_outcome"])}
     for k in ROUGE_KEYS:
         out[k] = mean("rouge_vs_reference", k)
-    if any(r.get("rouge_ref_vs_target") for r in rows):
+    if any(r.get("rouge_ref_vs_target") for r in rows):  # over the prompts that have a target
+        with_target = [r for r in rows if r.get("rouge_ref_vs_target")]
+        out["target_prompts"] = len(with_target)
         for k in ROUGE_KEYS:
-            ref_t, cand_t = mean("rouge_ref_vs_target", k), mean("rouge_cand_vs_target", k)
+            ref_t, cand_t = mean("rouge_ref_vs_target", k, with_target), mean("rouge_cand_vs_target", k, with_target)
             out[f"target_{k}_reference"], out[f"target_{k}_candidate"] = ref_t, cand_t
             out[f"target_{k}_delta"] = None if ref_t is None or cand_t is None else round(cand_t - ref_t, 4)
     return out
@@ -172,13 +196,38 @@ def prompt_ids(items: list[Item], opts: Any, source: Any, vocab: Any) -> list[li
     return out
 
 
-def generate_all(model: Any, prompts: list[list[int]], stops: list[int], max_new: int, position_offset: int = 0,
+def check_context(items: list[Item], prompts: list[list[int]], source: Any, max_new: int) -> list[int]:
+    """Each prompt's new-token budget: --max-new-tokens, clamped so that prompt and output fit
+    the model's context. A --max-new-tokens the context cannot hold, or a prompt that fills it,
+    is an input error."""
+    from parity.loading.limits import check_tokens
+    from parity.run.generate import context_length
+
+    ctx = context_length(source.config)
+    if ctx is None:
+        for it, ids in zip(items, prompts):
+            check_tokens(len(ids) + max_new, source.config_dict, f"line {it.line} of the evaluation set")
+        return [max_new] * len(prompts)
+    if max_new >= ctx:
+        raise UsageError(f"--max-new-tokens {max_new}: the model's context is {ctx} tokens, prompt included.",
+                         note=f"give --max-new-tokens below {ctx}")
+    for it, ids in zip(items, prompts):
+        if len(ids) >= ctx:
+            raise InputError(f"line {it.line} of the evaluation set: its prompt has {len(ids)} tokens, the model's "
+                             f"context is {ctx}.", note="shorten the prompt: it must leave room for new tokens")
+        check_tokens(min(ctx, len(ids) + max_new), source.config_dict, f"line {it.line} of the evaluation set")
+    return [min(max_new, ctx - len(ids)) for ids in prompts]
+
+
+def generate_all(model: Any, prompts: list[list[int]], stops: list[int], max_new: int | list[int], position_offset: int = 0,
                  on_step: Progress | None = None, who: str = "") -> list[tuple[list[int], str]]:
+    """Greedy outputs of every prompt; ``max_new`` one budget, or one per prompt."""
+    budgets = max_new if isinstance(max_new, list) else [max_new] * len(prompts)
     out = []
-    for k, ids in enumerate(prompts):
+    for k, (ids, budget) in enumerate(zip(prompts, budgets)):
         if on_step is not None:
             on_step(f"{who}prompt {k + 1} of {len(prompts)}")
-        out.append(greedy(model, ids, stops, max_new, position_offset))
+        out.append(greedy(model, ids, stops, budget, position_offset))
     return out
 
 
@@ -250,8 +299,7 @@ def execute(opts: Any, dataset: str | None = None, limit: int | None = None,
     from parity.run.generate import build_candidate
     from parity.run.reference import check_port_options
 
-    if opts.max_new_tokens < 1:
-        raise UsageError(f"--max-new-tokens {opts.max_new_tokens}: need at least 1 new token.")
+    check_max_new(opts.max_new_tokens)
     items, label = load_items(dataset, limit)
     torch_dtype(opts.dtype)
     device = check_device(opts.device)
@@ -263,6 +311,7 @@ def execute(opts: Any, dataset: str | None = None, limit: int | None = None,
     check_port_options(opts, source.num_blocks, generation=True)
     vocab = load_vocab(opts, source)
     prompts = prompt_ids(items, opts, source, vocab)
+    budgets = check_context(items, prompts, source, opts.max_new_tokens)
     sd = sides(opts, source, vocab)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -278,9 +327,9 @@ def execute(opts: Any, dataset: str | None = None, limit: int | None = None,
     update = getattr(progress, "update", None)
     t0 = time.perf_counter()
     _say(progress, f"generating on the reference ({len(prompts)} prompts, at most {opts.max_new_tokens} tokens)")
-    ref_out = generate_all(ref_model, prompts, sd.ref_stops, opts.max_new_tokens, 0, update)
+    ref_out = generate_all(ref_model, prompts, sd.ref_stops, budgets, 0, update)
     _say(progress, f"generating on the candidate ({opts.candidate}, {len(prompts)} prompts)")
-    cand_out = generate_all(cand_model, prompts, sd.cand_stops, opts.max_new_tokens, sd.position_offset, update)
+    cand_out = generate_all(cand_model, prompts, sd.cand_stops, budgets, sd.position_offset, update)
     timings["generate"] = round(time.perf_counter() - t0, 3)
     rows = compare_outputs(items, ref_out, cand_out, sd.ref_stops, sd.cand_stops, vocab)
     ov = overall(rows)
@@ -296,6 +345,16 @@ def _label(opts: Any) -> str:
     """The candidate in the summary line: its engine, and the scheme of a quantized one."""
     scheme = getattr(opts, "quant", None)
     return f"{opts.candidate} {scheme}" if opts.candidate == "quant" and scheme else opts.candidate
+
+
+def check_max_new(n: int) -> None:
+    from parity.run.generate import MAX_NEW_TOKENS
+
+    if n < 1:
+        raise UsageError(f"--max-new-tokens {n}: need at least 1 new token.", note="leave it out for the default")
+    if n > MAX_NEW_TOKENS:
+        raise UsageError(f"--max-new-tokens {n}: parity generates at most {MAX_NEW_TOKENS} tokens per prompt.",
+                         note="the model's context bounds it too")
 
 
 def summary_of(ov: dict[str, Any], candidate: str) -> dict[str, Any]:

@@ -95,11 +95,12 @@ def _rouge(ref: Any, opts: RunOptions, rows: list[dict[str, Any]], models: dict[
     items, label = ev.load_items(dataset, limit)
     gopts = dataclasses.replace(opts, chat=True)
     prompts = ev.prompt_ids(items, gopts, ref.source, vocab)
+    budgets = ev.check_context(items, prompts, ref.source, max_new)
     stops = ev.sides(_GenView(opts), ref.source, vocab).ref_stops
     update = getattr(progress, "update", None)
     if progress is not None:
         progress(f"ROUGE: greedy outputs of the reference ({len(prompts)} prompts)")
-    ref_out = ev.generate_all(ref.model, prompts, stops, max_new, 0, update)
+    ref_out = ev.generate_all(ref.model, prompts, stops, budgets, 0, update)
     sides = {rows[0]["scheme"]: derive(ref.model, opts.dtype, ref.device, REFERENCE_ATTN), **models}
     for row in rows:
         model = sides.pop(row["scheme"], None)
@@ -111,7 +112,7 @@ def _rouge(ref: Any, opts: RunOptions, rows: list[dict[str, Any]], models: dict[
             modelopt().fold_weight(model)
         if progress is not None:
             progress(f"ROUGE: greedy outputs of {row['scheme']}")
-        out = ev.generate_all(model, prompts, stops, max_new, 0, update)
+        out = ev.generate_all(model, prompts, stops, budgets, 0, update)
         ov = ev.overall(ev.compare_outputs(items, ref_out, out, stops, stops, vocab))
         row["rougeL_vs_reference"], row["token_agreement"] = ov["rougeL"], ov["agreement"]
         del model

@@ -1,4 +1,4 @@
-"""The targeted pass (issue 18): once the first divergent probe is known, run the candidate
+"""The targeted pass: once the first divergent probe is known, run the candidate
 again keeping the full tensors of that probe and its upstream inputs only, take the
 reference's from its capture and the reference model's own weights of the component at fault,
 and test the hypotheses of parity.verdict.hypotheses on them (on the run's device, in float64,
@@ -9,6 +9,7 @@ starts from the reference's stream, so its inputs are the reference's up to roun
 forward otherwise. Evidence, never fatal: any failure leaves the location-based diagnosis."""
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -21,7 +22,7 @@ from parity import dtypes
 from parity.run.common import isolation_inputs, stage
 from parity.verdict import named
 from parity.verdict.hypotheses import evaluate, load_builtin
-from parity.verdict.hypotheses.core import Evidence
+from parity.verdict.hypotheses.core import Evidence, residual
 
 load_builtin()  # at start-up, with the rest of parity: not inside the targeted pass a run times
 
@@ -33,8 +34,39 @@ NEEDS = {
     "resid_post": ["resid_mid", "mlp_out", "resid_post"],
 }
 HEAD = ["rope.cos", "rope.sin"]
+#: reference tensors (already captured: no extra forward) another tensor of the block may have been
+#: computed from by mistake: the identity search's pool (parity.verdict.hypotheses.identity)
+CONTEXT = {
+    "attn_in": ["@in", "@prev.mlp_out", "@prev.resid_mid"],
+    "attn.q": ["attn.k", "attn.v"], "attn.k": ["attn.q", "attn.v"], "attn.v": ["attn.q", "attn.k"],
+    "attn.q_rot": ["attn.k_rot", "attn.q", "attn.k", "attn.v"], "attn.k_rot": ["attn.q_rot", "attn.q", "attn.k", "attn.v"],
+    "attn_out": ["@in"],
+    "resid_mid": ["@in", "attn_in", "mlp_in", "@prev.mlp_out", "@prev.resid_mid"],
+    "mlp_in": ["@in", "attn_out", "attn_in"],
+    "mlp_out": ["resid_mid", "@in", "@prev.mlp_out"],
+    "resid_post": ["resid_mid", "mlp_in", "@in", "attn_out", "@prev.mlp_out"],
+}
 EPS_ATTRS = ("variance_epsilon", "eps", "epsilon", "layer_norm_epsilon")
 OUT_NAMES = ("o_proj", "c_proj", "out_proj", "dense", "wo")
+
+
+def context_for(focus: str, num_blocks: int) -> list[str]:
+    """The reference probes of :data:`CONTEXT` for ``focus`` (the block's input, the previous block's)."""
+    p = canon.parse(focus)
+    if p.block is None:
+        last = num_blocks - 1
+        return [f"blocks.{last}.{x}" for x in ("mlp_out", "resid_mid", "resid_post")] if focus == "final_norm" else []
+    b = p.block
+    out = []
+    for x in CONTEXT.get(p.point, []):
+        if x == "@in":
+            out.append(isolation_inputs(num_blocks)[b])
+        elif x.startswith("@prev."):
+            if b > 0:
+                out.append(f"blocks.{b - 1}.{x[6:]}")
+        else:
+            out.append(f"blocks.{b}.{x}")
+    return out
 
 
 def probes_for(focus: str, num_blocks: int) -> list[str]:
@@ -196,7 +228,7 @@ def facts(config: Any, num_blocks: int) -> dict[str, Any]:
     pct = get("partial_rotary_factor", "rotary_pct") or 1.0
     return {"num_heads": heads, "num_kv_heads": get("num_key_value_heads") or heads, "hidden_size": hidden,
             "head_dim": head_dim, "rope_base": base, "rotary_dim": int(head_dim * pct) if head_dim else None,
-            "seq_length": get("seq_length") if get("use_logn_attn", "use_dynamic_ntk") else None,
+            "seq_length": get("seq_length") if (get("use_logn_attn") or get("use_dynamic_ntk")) else None,
             "logn_attn": bool(get("use_logn_attn")), "num_blocks": num_blocks}
 
 
@@ -214,7 +246,7 @@ def evidence(focus: str, ref_cap: Capture, cand_tensors: dict[str, torch.Tensor]
     if focus not in cand_tensors or focus not in ref_cap:
         return None
     f = facts(config, num_blocks)
-    names = set(cand_tensors) | set(HEAD) | set(probes_for(focus, num_blocks))
+    names = set(cand_tensors) | set(HEAD) | set(probes_for(focus, num_blocks)) | set(context_for(focus, num_blocks))
     ref = {n: ref_cap.tensor(n) for n in names if n in ref_cap and ref_cap.records[n].tensor is not None}
     cand = dict(cand_tensors)
     for n, t in list(cand.items()):  # a flat [T, H] where the reference has [T, h, d] (or back)
@@ -248,6 +280,25 @@ def _reference(ref: Any, names: list[str]) -> Capture:
     return cap
 
 
+#: a step's error (upstream matched) is the same forced or not, up to this factor; beyond it,
+#: forcing the block's input changed what the candidate computes
+FORCED_AGREE = 1.1
+
+
+def _forcing_changed(ev: Evidence, summary: dict[str, Any], focus: str) -> bool:
+    """Whether the teacher-forced capture does not show the error of the full run at the focus:
+    none left, or (a step whose upstream matched, where forcing changes nothing honest) an error
+    of another size than the full run's."""
+    if ev.identity <= ev.tolerance:
+        return True
+    fd = summary.get("first_divergence") or {}
+    full = fd.get("nrmse")
+    if fd.get("probe") != focus or fd.get("classification") != "step" or not full or not math.isfinite(full):
+        return False
+    forced = residual(ev.out_ref, ev.out_cand)
+    return not (full / FORCED_AGREE <= forced <= full * FORCED_AGREE)
+
+
 def refine(summary: dict[str, Any], cand: Any, ref: Any, calib: Any, dtype: str | None, progress: Any,
            timings: dict[str, float], teacher_forced: bool) -> None:
     """Name the cause of ``summary.diagnosis`` (a bug) by testing hypotheses on the full
@@ -263,14 +314,29 @@ def refine(summary: dict[str, Any], cand: Any, ref: Any, calib: Any, dtype: str 
         with stage(progress, f"targeted pass (full tensors around {focus})", timings):
             names = probes_for(focus, n)
             ref_cap = _reference(ref, names)
-            with cand:
-                (tensors, how), cap_s = timed(capture, cand, ref.ids, ref_cap, names, n, teacher_forced)
+            try:
+                with cand:
+                    (tensors, how), cap_s = timed(capture, cand, ref.ids, ref_cap, names, n, teacher_forced)
+            except Exception:  # noqa: BLE001 - a candidate that cannot run forced (its block needs its own residual)
+                if not teacher_forced:
+                    raise
+                with cand:
+                    (tensors, how), cap_s = timed(capture, cand, ref.ids, ref_cap, names, n, False)
             twin = calib.twin if calib is not None else None
             table = (twin.isolated if how.startswith("teacher-forced") else twin.diffs) if twin is not None else {}
             d = table.get(focus)
             device = next(iter(tensors.values())).device if tensors else "cpu"
             ev = evidence(focus, ref_cap, tensors, ref.model, ref.probe_map, ref.source.config, n,
                           dtype or "float32", None if d is None else d.nrmse, device)
+            if ev is not None and how.startswith("teacher-forced") and _forcing_changed(ev, summary, focus):
+                # forcing the block's input hid or changed the error (an engine that fuses the previous
+                # block's residual add into this block's norm: the add is not run when forced)
+                with cand:
+                    (tensors, how), more_s = timed(capture, cand, ref.ids, ref_cap, names, n, False)
+                cap_s += more_s
+                d = twin.diffs.get(focus) if twin is not None else None
+                ev = evidence(focus, ref_cap, tensors, ref.model, ref.probe_map, ref.source.config, n,
+                              dtype or "float32", None if d is None else d.nrmse, device)
             if ev is None:
                 diag["targeted"] = {"probe": focus, "state": "the candidate does not expose this probe"}
                 return

@@ -54,8 +54,8 @@ def classify(rows: Sequence[ProbeRow], index: int, dtype: str | None,
 
 def birth(rows: Sequence[ProbeRow], index: int, dtype: str | None, calibration: Calibration | None = None) -> int | None:
     """The earliest probe up to ``index`` whose own input matched and whose error is a step
-    over it (issue 18: an error born in a norm is not accumulation even when it stays under
-    the budget until probes downstream): its measure at least the honest rounding level (excess
+    over it (an error born in a norm is not accumulation even when it stays under the
+    budget until probes downstream): its measure at least the honest rounding level (excess
     1; absolute: STEP_FACTOR rounding units) and STEP_GROWTH (STEP_FACTOR) times its input's."""
     calibrated = calibration is not None and calibration.calibrated
     by_name = {r.name: r for r in rows}
@@ -197,6 +197,15 @@ def _per_scale(prof: Any, row: ProbeRow) -> bool:
     return prof is not None and row.nrmse is not None and math.isfinite(row.nrmse) and prof.scale_fit_nrmse < 0.1 * row.nrmse
 
 
+def _span(lo: float, hi: float) -> str:
+    """A range of per-token scales, with the digits that tell its ends apart (never "1..1")."""
+    for digits in (4, 6, 8):
+        a, b = f"{lo:.{digits}g}", f"{hi:.{digits}g}"
+        if a != b:
+            return f"{a}..{b}"
+    return f"{lo:.4g} on every token"
+
+
 def _signature(row: ProbeRow, by_name: dict[str, ProbeRow], prof: Any, dtype: str | None) -> tuple[str, str]:
     """(cause, hint) for the first diverging probe."""
     point = canon.parse(row.name).point
@@ -236,7 +245,7 @@ def _signature(row: ProbeRow, by_name: dict[str, ProbeRow], prof: Any, dtype: st
     if point in ("attn_in", "mlp_in", "final_norm"):
         if _per_scale(prof, row):
             return "norm-eps", (f"norm epsilon: the norm output is the reference rescaled per token (scale "
-                                f"{prof.token_scale_min:.4g}..{prof.token_scale_max:.4g}) while its input matches -- "
+                                f"{_span(prof.token_scale_min, prof.token_scale_max)}) while its input matches -- "
                                 "error proportional to the values; check rms_norm_eps / layer_norm_epsilon and "
                                 "whether eps is added inside the root")
         return "norm", "norm: output off while its input matches -- norm weights, norm type (RMSNorm vs LayerNorm), or a +1 weight offset"

@@ -1,4 +1,4 @@
-"""The named cause (issue 18): what the hypotheses of the targeted pass say, folded into
+"""The named cause: what the hypotheses of the targeted pass say, folded into
 ``summary.diagnosis`` -- the winner as the cause in one phrase with its residual and
 parameters, the runners-up, and per-token evidence as ranges of matching and non-matching
 tokens. When no hypothesis fits, the location-based hint stays, and says so."""
@@ -12,6 +12,7 @@ import torch
 
 from parity.verdict.hypotheses import summary as hyp_summary
 from parity.verdict.hypotheses.core import Evidence, Result, sumsq
+from parity.verdict.hypotheses.structure import phrase, structure
 
 #: the location category (``diagnosis.cause``) a winning hypothesis stands for
 CAUSE_OF = {"norm-eps": "norm-eps", "norm-eps-outside-root": "norm-eps", "activation-wrong-branch": "gating",
@@ -70,6 +71,14 @@ def _params(r: Result) -> str:
     return ", ".join(items)
 
 
+def equivalents(results: Sequence[Result], winner: Result | None) -> list[Result]:
+    """Other fitting hypotheses as good as the winner (residual within 2x of its): the evidence
+    at this probe does not tell them apart (a rotary variant seen only through the attention)."""
+    if winner is None:
+        return []
+    return [r for r in results if r is not winner and r.fits and r.residual <= 2 * winner.residual + 1e-12]
+
+
 def apply(diag: dict[str, Any], results: Sequence[Result], ev: Evidence, how: str, seconds: dict[str, float]) -> None:
     """Fold the tested hypotheses into ``diag`` (summary.diagnosis), in place."""
     s = hyp_summary(results, ev)
@@ -83,19 +92,30 @@ def apply(diag: dict[str, Any], results: Sequence[Result], ev: Evidence, how: st
     diag["tokens"] = runs
     evidence = [e for e in diag.get("evidence", []) if not e.startswith("per token:")]
     evidence.append(line)
+    same = equivalents(results, winner)
+    if same:
+        diag["equivalent"] = [r.to_dict() for r in same]
     if winner is not None:
         diag["location_hint"] = diag.get("hint")
         diag["cause"] = CAUSE_OF.get(winner.name, FAMILY_CAUSE.get(winner.family, winner.family))
         diag["named_cause"] = winner.name
         diag["hint"] = f"{winner.cause} -- residual {winner.residual:.2g} vs {ident:.2g} unexplained (rounding level {tol:.2g})"
+        if same:
+            diag["hint"] += "; indistinguishable here from: " + "; ".join(r.cause for r in same[:2])
         evidence.append(f"hypothesis tested on the full tensors ({how}): {winner.name} ({_params(winner) or 'no parameter'}) "
                         f"fits at {ev.probe}, residual {winner.residual:.2g} <= {tol:.2g}")
     else:
         best = results[0] if results else None
         tried = f"best {best.name} residual {best.residual:.2g}" if best else "none applied"
         diag["named_cause"] = None
+        names = list(dict.fromkeys(r.name for r in results))
+        ruled = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+        shape = structure(ev)
+        diag["error_structure"] = shape
         diag["hint"] = (f"no tested hypothesis reproduces the candidate at {ev.probe} ({len(results)} tried, {tried}, "
-                        f"rounding level {tol:.2g}); by location: {diag.get('hint')}")
+                        f"rounding level {tol:.2g}); the error: {phrase(shape)}; by location: {diag.get('hint')}")
+        if names:
+            evidence.append(f"ruled out at {ev.probe} (none within rounding): {ruled}")
     runners = [r for r in results if r is not winner][:3]
     if runners:
         evidence.append("runners-up: " + ", ".join(f"{r.name} ({_params(r) or 'no parameter'}) residual {r.residual:.2g}"

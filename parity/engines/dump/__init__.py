@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from parity.engines.contract import Engine, EngineContext
+from parity.engines.contract import Engine, EngineContext, needs_candidate
 from parity.errors import UsageError
 from parity.options import Opt, RunOptions
 
@@ -23,7 +23,8 @@ def check(opts: RunOptions) -> None:
         raise UsageError("--candidate dump needs --dump DIR.", note=NEEDS_DUMP)
     for flag, path, kind in (("--dump", opts.dump, "folder"), ("--dump-map", opts.dump_map, "file")):
         if path and not Path(path).exists():
-            raise UsageError(f"{flag} {path}: no such {kind}.")
+            raise UsageError(f"{flag} {path}: no such {kind}.", note="check the path")
+    needs_candidate(opts, (("--dump", "dump"), ("--dump-map", "dump_map")), "dump")
     if opts.dump_map:
         dumps.load_name_map(opts.dump_map)
     if opts.candidate == "dump" and opts.dump and (Path(opts.dump) / dumps.MANIFEST).is_file():

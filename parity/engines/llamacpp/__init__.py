@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from parity.engines.contract import Engine, EngineContext, Progress
+from parity.engines.contract import Engine, EngineContext, Progress, needs_candidate
 from parity.errors import UsageError
 from parity.options import Opt, RunOptions
 
@@ -16,7 +16,8 @@ if TYPE_CHECKING:
 
 def check(opts: RunOptions) -> None:
     if opts.gguf and not Path(opts.gguf).exists():
-        raise UsageError(f"--gguf {opts.gguf}: no such file.")
+        raise UsageError(f"--gguf {opts.gguf}: no such file.", note="check the path")
+    needs_candidate(opts, (("--gguf", "gguf"), ("--gguf-type", "gguf_type")), "llamacpp")
 
 
 def prepare(opts: RunOptions, progress: Progress | None = None) -> RunOptions:

@@ -9,7 +9,7 @@ to bfloat16, F32 nothing. The weights themselves are the reference's (dequantize
 same file). ``quantize_activations`` adds a forward pre-hook to every ``nn.Linear`` whose
 GGUF weight is known that does the same to its input, in float32, so the twin carries the
 error of the engine's scheme and nothing else (measured on SmolLM2 Q4_1: llama.cpp's nrmse
-over this twin's has median 0.99 over 271 probes, README "llama.cpp").
+over this twin's has median 0.99 over 271 probes; docs/guide/engines/llamacpp.md).
 """
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ Which GGUF file runs (``resolve``, before the reference is built):
 (2 and 3 take ``--gguf-type`` as a request to convert instead.) The verdict's dtype follows
 the file: F32 -> float32, F16 -> float16, BF16 -> bfloat16; a quantized file's twin is the
 reference with llama.cpp's activation quantization emulated (parity.engines.llamacpp.actquant; the
-float16 floor), see README "llama.cpp". ``--fault
+float16 floor), see docs/guide/engines/llamacpp.md. ``--fault
 gguf-...`` alters a copy of the file (parity.faults.gguf).
 
 The KV cache holds float32 for an F32 file (llama.cpp's default F16 cache would add half

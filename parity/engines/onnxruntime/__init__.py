@@ -6,10 +6,19 @@ import argparse
 from typing import TYPE_CHECKING
 
 from parity.engines.contract import Engine, EngineContext
-from parity.options import Opt
+from parity.errors import UsageError
+from parity.options import Opt, RunOptions
 
 if TYPE_CHECKING:
     from parity.engines.base import Backend
+
+
+def check(opts: RunOptions) -> None:
+    """--ort-opt / --ort-provider away from their defaults need this candidate."""
+    for flag, value, default in (("--ort-opt", opts.ort_opt, "all"), ("--ort-provider", opts.ort_provider, "CPUExecutionProvider")):
+        if value not in (default, None) and opts.candidate != "onnxruntime":
+            raise UsageError(f"{flag} needs --candidate onnxruntime (it does nothing with --candidate {opts.candidate}).",
+                             note=f"add --candidate onnxruntime, or drop {flag}")
 
 
 def create(ctx: EngineContext) -> Backend:
@@ -24,6 +33,7 @@ ENGINE = Engine(
     requires=("onnx", "onnxruntime", "onnxscript"),
     install="pip install 'parity-debugger[onnx]'",
     create=create,
+    check=check,
     flags=(
         Opt(("--ort-opt",), {"default": "all", "choices": ["disable", "basic", "extended", "all"], "help": "ONNX Runtime graph optimization level (default: all)"}),
         Opt(("--ort-provider",), {"default": "CPUExecutionProvider", "metavar": "EP", "help": "ONNX Runtime execution provider (default: CPUExecutionProvider)"}),

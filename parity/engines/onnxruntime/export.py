@@ -100,12 +100,22 @@ def export_graph(reference: Any, source: Any, probe_map: ProbeMap, seq_len: int,
         exporter = json.loads(meta.read_text())["exporter"]
         model_proto = onnx.load(str(folder / "model.onnx"))
     else:
-        folder.mkdir(parents=True, exist_ok=True)
+        from parity.loading.gguf import cache_error
+
+        try:  # $PARITY_CACHE a file, read-only or full: the cache's error, not a traceback
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise cache_error(exc, folder) from None
         model_proto, exporter = _export(reference, seq_len, dtype)
-        _save_atomic(model_proto, folder)
-        tmp = meta.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"format": EXPORT_FORMAT, "exporter": exporter, "dtype": dtype, "seq_len": seq_len}))
-        tmp.replace(meta)
+        try:
+            _save_atomic(model_proto, folder)
+            tmp = meta.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"format": EXPORT_FORMAT, "exporter": exporter, "dtype": dtype, "seq_len": seq_len}))
+            tmp.replace(meta)
+        except OSError as exc:
+            for leftover in (folder / "model.onnx.tmp", meta.with_suffix(".tmp")):
+                leftover.unlink(missing_ok=True)
+            raise cache_error(exc, folder) from None
     graph = ExportedGraph(folder / "model.onnx", exporter, dtype, seq_len)
     graph.located, graph.missing = locate(model_proto, probe_map, probe_map.names(source.num_blocks), source.config)
     return graph, model_proto

@@ -20,7 +20,7 @@ def check(opts: RunOptions) -> None:
             if value:
                 raise UsageError(f"{flag} needs --candidate port.", note="e.g. parity run --candidate port --port my_port.py:build")
     if opts.port_map and not Path(opts.port_map).exists():
-        raise UsageError(f"--port-map {opts.port_map}: no such file.")
+        raise UsageError(f"--port-map {opts.port_map}: no such file.", note="check the path")
     if opts.port:
         path, sep, name = opts.port.rpartition(":")
         file = Path(path if sep and name.isidentifier() else opts.port)

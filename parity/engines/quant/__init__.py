@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from parity.engines.contract import Engine, EngineContext
+from parity.engines.contract import Engine, EngineContext, needs_candidate
 from parity.errors import UsageError
 from parity.options import Opt, RunOptions
 
@@ -24,10 +24,11 @@ def check(opts: RunOptions) -> None:
     if quant and opts.candidate != "quant":
         raise UsageError("--quant needs --candidate quant.", note="an engine running a scheme: --quant-twin SCHEME")
     if opts.quant_exclude and opts.candidate != "quant":
-        raise UsageError("--quant-exclude needs --candidate quant.")
+        raise UsageError("--quant-exclude needs --candidate quant.", note="add --candidate quant --quant SCHEME")
+    needs_candidate(opts, (("--sensitivity", "quant_sensitivity"),), "quant")
     budget = opts.quant_budget
     if budget is not None and not (math.isfinite(budget) and budget > 0):
-        raise UsageError(f"--quant-budget {budget}: need a finite number > 0 (a logits nrmse).")
+        raise UsageError(f"--quant-budget {budget}: need a finite number > 0 (a logits nrmse).", note="e.g. --quant-budget 0.05")
     if twin and twin not in ("auto", "emulate", "float") and twin not in schemes.SCHEMES:
         raise UsageError(f"--quant-twin {twin}: not a twin.",
                          note="auto, emulate (llama.cpp's activation quantization), float, or a scheme: "

@@ -14,8 +14,8 @@ Budgets are on the logits' nrmse (RMS error over the reference logits' RMS) agai
 float32 reference: quantization error is large by design, so the precision twin's ×4 is no
 yardstick for it; the budget says how much a scheme may cost. The defaults are a judgment:
 roughly the error at which greedy outputs of a small chat model still mostly agree with the
-reference's. Measured on SmolLM2-135M-Instruct (CPU, ModelOpt 0.47; README, "Quantized
-candidates and task-level parity"): int8-wo 0.038 (ROUGE-L vs reference 95), int8-kv 0.036 (94),
+reference's. Measured on SmolLM2-135M-Instruct (CPU, ModelOpt 0.47;
+docs/guide/quantization.md): int8-wo 0.038 (ROUGE-L vs reference 95), int8-kv 0.036 (94),
 fp8 0.128 (79), w8a8-sq 0.43 (28: over its 0.3), int4-wo 0.68 (47: over its 0.5).
 ``--quant-budget`` overrides them.
 """

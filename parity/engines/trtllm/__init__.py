@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from parity.engines.contract import Engine, EngineContext
-from parity.options import Opt
+from parity.engines.contract import Engine, EngineContext, needs_candidate
+from parity.options import Opt, RunOptions
 
 if TYPE_CHECKING:
     from parity.engines.base import Backend
+
+
+def check(opts: RunOptions) -> None:
+    needs_candidate(opts, (("--trtllm-map", "trtllm_map"),), "trtllm")
 
 
 def create(ctx: EngineContext) -> Backend:
@@ -23,6 +27,7 @@ ENGINE = Engine(
     requires=("tensorrt_llm",),
     install="install tensorrt_llm from NVIDIA's index on a CUDA machine; or dump its tensors and use --candidate dump",
     create=create,
+    check=check,
     flags=(
         Opt(("--trtllm-map",), {"metavar": "NAME|TOML", "help": "--candidate trtllm: probe map for the TensorRT-LLM model (default: trtllm_<family>)"}),
     ),

@@ -1,4 +1,4 @@
-"""Hypotheses about *why* a probe diverges, tested on the captured tensors (issue 18).
+"""Hypotheses about *why* a probe diverges, tested on the captured tensors.
 
 A hypothesis is a small function registered with :func:`hypothesis` for the canonical points
 it can explain (``"attn_out"``, ``"attn.q"``, ``"*"`` for any). It gets the
@@ -23,7 +23,11 @@ core: a kernel a process never ran costs up to ~40 ms on its first call).
 
 The built-in families live in generic (scale, per-channel offset, head and channel permutation,
 transposed weight), rotary, attention, norm and mlp; load_builtin() registers them (parity.run.targeted
-calls it at import, evaluate() on first use).
+calls it at import, evaluate() on first use). Hypotheses registered with ``generic=True`` are
+searches over a space of variants -- identity (is the candidate another tensor the reference
+computed?), knobs (the rotary formula, the attention's operands, axis and projection), and the
+MLP's and norm's variants -- tried only when no specific hypothesis fits; structure describes
+the error when nothing does.
 """
 from __future__ import annotations
 
@@ -42,6 +46,7 @@ def load_builtin() -> None:
     """Register the built-in hypotheses (imports their modules; idempotent)."""
     if "scale" not in HYPOTHESES:
         from parity.verdict.hypotheses import attention, generic, mlp, norm, rotary  # noqa: F401  (register)
+        from parity.verdict.hypotheses import identity, knobs  # noqa: F401  (generic explanations)
 
 
 def identity_residual(ev: Evidence) -> float:
@@ -55,14 +60,17 @@ def evaluate(ev: Evidence, names: Sequence[str] | None = None) -> list[Result]:
     load_builtin()
     ident = identity_residual(ev)
     out: list[Result] = []
-    for h in HYPOTHESES.values():
-        if (names is not None and h.name not in names) or not h.applies(ev.point):
-            continue
-        try:
-            found = list(h.fn(ev) or ())
-        except Exception:  # noqa: BLE001 - a broken hypothesis must not break the diagnosis
-            continue
-        out.extend(judge(r, ev, ident) for r in found)
+    for generic in (False, True):  # the searches only when no specific hypothesis fits
+        if generic and any(r.fits for r in out):
+            break
+        for h in HYPOTHESES.values():
+            if h.generic != generic or (names is not None and h.name not in names) or not h.applies(ev.point):
+                continue
+            try:
+                found = list(h.fn(ev) or ())
+            except Exception:  # noqa: BLE001 - a broken hypothesis must not break the diagnosis
+                continue
+            out.extend(judge(r, ev, ident) for r in found)
     order = {id(r): i for i, r in enumerate(out)}
     out.sort(key=lambda r: (not r.fits, r.residual if math.isfinite(r.residual) else math.inf, order[id(r)]))
     return out

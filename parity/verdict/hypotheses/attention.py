@@ -13,7 +13,7 @@ import torch
 from parity import dtypes
 from parity.verdict.hypotheses.registry import hypothesis
 from parity.verdict.hypotheses.core import EXPLAINS, Evidence, Result, log_fit, recognise, residual, sample_rows
-from parity.verdict.hypotheses.rotary import Rotary
+from parity.verdict.hypotheses.rotary import Rotary, base_result
 
 #: the batched rotary variants (Attention.residuals) run in chunks of at most this many scores
 SCORES_MAX = 1 << 26
@@ -118,7 +118,8 @@ class Attention:
 def _fit_scale(score: Callable[[float], float], d: int, good: float) -> float:
     """The softmax scale minimizing ``score``: the usual mistakes first (one that scores
     ``good`` or better ends the search), then a fit."""
-    usual = [1 / d, 1 / math.sqrt(d), 1.0, 1 / math.sqrt(2 * d), math.sqrt(2 / d)]
+    usual = [1 / d, 1 / math.sqrt(d), 1.0, 1 / math.sqrt(2 * d), math.sqrt(2 / d), math.sqrt(d), 0.5, 2.0,
+             2 / math.sqrt(d), 1 / (2 * math.sqrt(d))]
     best = min(usual, key=score)
     if score(best) <= good:
         return best
@@ -161,7 +162,7 @@ def attention(ev: Evidence) -> list[Result]:
                       f"softmax scale {s:.4g}" + (f" = {named}" if named else "") + f" instead of 1/sqrt(d) = {1 / math.sqrt(att.d):.4g}"))
     if any(r.residual <= min(ev.tolerance, explained) for r in out) or att.rot.freqs is None:
         return out
-    out.append(_rotary_base(att, c, ev.tolerance))
+    out += _rotary_base(att, c, ev.tolerance)
     return out
 
 
@@ -189,11 +190,10 @@ def _rotary_variants(att: Attention, c: torch.Tensor, common: bool | None = None
     return [Result(name, "rotary", params, res, cause) for (name, params, cause), res in zip(found, att.residuals(c, pairs))]
 
 
-def _rotary_base(att: Attention, c: torch.Tensor, good: float) -> Result:
+def _rotary_base(att: Attention, c: torch.Tensor, good: float) -> list[Result]:
     """The rotary base fitted through the attention."""
     rot = att.rot
     base, res = rot.fit_base(lambda f: residual(c, att.out(rot.apply(att.q, freqs=f), rot.apply(att.k, freqs=f, is_q=False))),
                              good=good)
-    ref_base = rot.base_guess()
-    return Result("rotary-base", "rotary", {"base": base, "reference_base": ref_base, "ratio": base / ref_base}, res,
-                  f"rotary base {base:.4g} instead of {ref_base:.4g} (x{base / ref_base:.3g})")
+    r = base_result(rot, base, res)
+    return [] if r is None else [r]

@@ -54,6 +54,19 @@ def _slice_label(role: str, start: int, n: int, total: int) -> str:
     return f"{role}[{parts[start // n]}]" if parts else f"{role}[{start}:{start + n}]"
 
 
+def _has_bias(ev: Evidence) -> bool:
+    """Whether the reference's computation producing the focus probe has a bias to miss."""
+    biases = ev.weights.get("biases") or {}
+    if ev.point.startswith("attn.") or ev.point == "attn_in":
+        return bool([n for n in biases if n.split(".")[-1] not in ("o_proj", "c_proj", "out_proj", "dense", "wo")]) \
+            or any(f"attn.{x}.bias" in ev.weights for x in "qkv")
+    if ev.point == "attn_out":
+        return "o_proj.bias" in ev.weights
+    if ev.point == "mlp_out":
+        return bool(biases)
+    return False
+
+
 @hypothesis("bias", ANY)
 def bias(ev: Evidence) -> list[Result]:
     """cand = ref + c with one constant per channel over all tokens (a bias missing or extra)."""
@@ -67,9 +80,13 @@ def bias(ev: Evidence) -> list[Result]:
         cause = f"the bias of {which} is dropped (a constant per-channel offset on every token equal to minus that bias)"
     elif kind == "extra":
         cause = f"the bias of {which} is added twice (a constant per-channel offset equal to that bias)"
-    else:
+    elif _has_bias(ev):
         cause = (f"a constant per-channel offset on every token at {ev.probe} (norm {norm:.3g}): "
                  "a bias missing or extra in the projection producing it")
+    else:
+        kind = "extra"
+        cause = (f"an extra bias: a constant per-channel offset on every token at {ev.probe} (norm {norm:.3g}), "
+                 "where the reference adds none")
     return [Result("bias", "bias", {"offset_norm": norm, "bias": which, "kind": kind},
                    residual(c, r + off), cause)]
 
@@ -140,7 +157,19 @@ def permutation(ev: Evidence) -> list[Result]:
         if seq[start:start + c.shape[1]] == mapping:
             layout = name
             break
-    what = layout or "heads taken from the wrong place: " + ", ".join(f"{o}<-{m}" for o, m in zip(own, mapping) if o != m)
+    sources = {m[0] for m in mapping}
+    separate = any(f"attn.{x}.weight" in ev.weights for x in "qkv")
+    if layout and layout.startswith("fused weight") and separate and len(sources) == 1:
+        # separate q/k/v projections (LLaMA, Qwen2): no fused weight to have been stacked
+        src = sources.pop()
+        layout = f"{kind} holds {src}'s heads"
+        what = (f"{kind} holds the reference's {src} heads: {kind} and {src} exchanged (their projections, weights or "
+                "outputs swapped)")
+    elif layout is None and len(sources) == 1 and kind not in sources:
+        src = sources.pop()
+        what = f"{kind} holds the reference's {src} heads: {src} used where {kind} belongs (a wire crossed)"
+    else:
+        what = layout or "heads taken from the wrong place: " + ", ".join(f"{o}<-{m}" for o, m in zip(own, mapping) if o != m)
     return [Result("permutation", "permutation", {"mapping": mapping, "layout": layout}, residual(c, pred),
                    f"{ev.probe}: {what}")]
 

@@ -16,7 +16,16 @@ from parity.verdict.hypotheses.core import EXPLAINS, Evidence, Result, residual,
 
 ACTS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "silu": F.silu, "gelu": F.gelu, "gelu-tanh": lambda x: F.gelu(x, approximate="tanh"), "relu": F.relu,
+    "sigmoid": torch.sigmoid, "tanh": torch.tanh, "none": lambda x: x,
 }
+#: the gated product's operands varied: (label, cause, f(act, gated branch, other branch))
+FORMS: list[tuple[str, str, Callable[..., torch.Tensor]]] = [
+    ("mlp:act(g)*g", "the gated branch used for both factors: {act}({g}) * {g}", lambda f, g, o: f(g) * g),
+    ("mlp:act(u)*u", "the other branch used for both factors: {act}({o}) * {o}", lambda f, g, o: f(o) * o),
+    ("mlp:act(g)", "the product with {o} left out: {act}({g}) alone", lambda f, g, o: f(g)),
+    ("mlp:u", "the activated branch left out: {o} alone", lambda f, g, o: o),
+    ("mlp:act(g)/u", "the gated product a division: {act}({g}) / {o}", lambda f, g, o: f(g) / o),
+]
 
 
 def branches(ev: Evidence, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
@@ -64,5 +73,54 @@ def activation(ev: Evidence) -> list[Result]:
     for act in ACTS:
         if act != act0:
             out.append(Result("activation-function", "activation", {"activation": act, "expected": act0},
-                              residual(c, _out(a, b, down, act, gate0)), f"{act} instead of {act0} in the MLP"))
+                              residual(c, _out(a, b, down, act, gate0)),
+                              "no activation in the MLP (the gated branch used as is)" if act == "none"
+                              else f"{act} instead of {act0} in the MLP"))
+    return out
+
+
+def _reference_mlp(ev: Evidence, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, str, int] | None:
+    got = branches(ev, rows)
+    if got is None:
+        return None
+    a, b, down = got
+    ref = ev.out_ref[rows]
+    fits = next(((act, gate) for act in ACTS for gate in (0, 1) if residual(ref, _out(a, b, down, act, gate)) <= 1e-4), None)
+    return None if fits is None else (a, b, down, *fits)
+
+
+@hypothesis("mlp-variants", ["mlp_out"], generic=True)
+def mlp_variants(ev: Evidence) -> list[Result]:
+    """The gated product's operands varied, and the MLP run on another tensor than mlp_in."""
+    rows = sample_rows(ev.out_ref.shape[0], ev.out_ref.device)
+    got = _reference_mlp(ev, rows)
+    if got is None:
+        return []
+    a, b, down, act0, gate0 = got
+    names = ev.weights.get("mlp.names") or ["branch 0", "branch 1"]
+    if len(names) == 1:
+        names = [f"{names[0]}[first half]", f"{names[0]}[second half]"]
+    c = ev.out_cand[rows]
+    g, o = (a, b) if gate0 == 0 else (b, a)
+    gname, oname = names[gate0], names[1 - gate0]
+    out = [Result("mlp-form", "activation", {"label": label}, residual(c, form(ACTS[act0], g, o) @ down.T),
+                  cause.format(act=act0, g=gname, o=oname)) for label, cause, form in FORMS]
+    return out + _inputs(ev, rows, act0, gate0, c)
+
+
+def _inputs(ev: Evidence, rows: torch.Tensor, act: str, gate: int, c: torch.Tensor) -> list[Result]:
+    """The MLP run on another tensor than mlp_in: the un-normed stream, the block's input..."""
+    ups, down = ev.weights["mlp.up"], ev.weights["mlp.down"]
+    out = []
+    for name in ev.ref:
+        if name in (ev.probe, ev.name("mlp_in")) or name in ("rope.cos", "rope.sin") or ev.ref[name].shape != ev.r("mlp_in").shape:
+            continue
+        x = ev.ref[name][rows]
+        hs = [x @ w.T for w in ups]
+        if len(hs) == 1:
+            hs = list(hs[0].chunk(2, dim=-1))
+        short = name.split(".", 2)[2] if ev.block is not None and name.startswith(f"blocks.{ev.block}.") else name
+        out.append(Result("mlp-input", "activation", {"input": name, "label": f"mlp-input:{name}"},
+                          residual(c, _out(hs[0], hs[1], down, act, gate)),
+                          f"the MLP applied to {short} instead of its norm's output mlp_in (a wire crossed)"))
     return out

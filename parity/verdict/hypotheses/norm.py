@@ -79,6 +79,32 @@ def _no_upcast(x: torch.Tensor, w: torch.Tensor, eps: float, c: torch.Tensor, lo
     return Result("norm-no-upcast", "norm", {"dtype": dtype}, residual(c, pred), f"norm computed in {dtype} (no float32 upcast)")
 
 
+@hypothesis("norm-variants", NORM_POINTS, generic=True)
+def norm_variants(ev: Evidence) -> list[Result]:
+    """The norm's formula and reduction axis varied (after the specific norm hypotheses)."""
+    x, w, eps = norm_input(ev), ev.weights.get("norm.weight"), ev.weights.get("norm.eps")
+    if x is None or w is None or eps is None or residual(ev.out_ref, rms(x, w, eps)) > 1e-4:
+        return []
+    c = ev.out_cand
+    ms = x.pow(2).mean(-1, keepdim=True)
+    forms = [
+        ("norm-formula:no-rms", "the norm's division by the RMS left out (only the weight applied)", x * w),
+        ("norm-formula:x*rms", "the norm multiplies by the RMS instead of dividing (sqrt where rsqrt belongs)",
+         x * torch.sqrt(ms + eps) * w),
+        ("norm-formula:x/w", "the norm divides by its weight instead of multiplying", rms(x, None, eps) / w),
+        ("norm-axis:tokens", "the norm's mean of squares taken over the tokens instead of the channels",
+         x * torch.rsqrt(x.pow(2).mean(0, keepdim=True) + eps) * w),
+        ("norm-axis:elementwise", "the norm's mean of squares not reduced (each element divided by its own magnitude)",
+         x * torch.rsqrt(x.pow(2) + eps) * w),
+        ("norm-formula:x*ms", "the norm multiplies by mean(x^2) + eps (its rsqrt left out)", x * (ms + eps) * w),
+        ("norm-formula:rsqrt-only", "the norm's output is rsqrt(mean(x^2) + eps) * weight: x itself left out of the product",
+         torch.rsqrt(ms + eps).expand_as(x) * w),
+    ]
+    forms += [(f"norm-formula:pow{p}", f"the norm's mean taken over x^{p} instead of x^2",
+               x * torch.rsqrt(x.pow(p).mean(-1, keepdim=True) + eps) * w) for p in (4,)]
+    return [Result("norm-variant", "norm", {"label": label}, residual(c, pred), cause) for label, cause, pred in forms]
+
+
 def _fit_eps(x: torch.Tensor, w: torch.Tensor, c: torch.Tensor) -> float | None:
     """The epsilon that best explains ``c`` = x * rsqrt(mean(x^2) + eps) * w, per token, median."""
     wx = x * w
@@ -90,4 +116,4 @@ def _fit_eps(x: torch.Tensor, w: torch.Tensor, c: torch.Tensor) -> float | None:
     r = (num[ok] / den[ok])  # = sqrt(ms + eps) per token
     ms = x.pow(2).mean(-1)[ok]
     eps = (r * r - ms).cpu().median().item()
-    return eps if eps > 0 else None
+    return eps if eps > -0.5 * ms.min().item() and eps != 0 else None

@@ -14,6 +14,7 @@ class Hypothesis:
     name: str
     points: tuple[str, ...]
     fn: Fn
+    generic: bool = False  # a search over a space of variants: tried when no specific hypothesis fits
 
     def applies(self, point: str) -> bool:
         return "*" in self.points or point in self.points
@@ -22,11 +23,13 @@ class Hypothesis:
 HYPOTHESES: dict[str, Hypothesis] = {}
 
 
-def hypothesis(name: str, points: Sequence[str]) -> Callable[[Fn], Fn]:
-    """Register a hypothesis for the canonical points it can explain (``"*"``: any)."""
+def hypothesis(name: str, points: Sequence[str], generic: bool = False) -> Callable[[Fn], Fn]:
+    """Register a hypothesis for the canonical points it can explain (``"*"``: any);
+    ``generic``: a search (tensor identity, re-implementation variants) run only when no
+    specific hypothesis fits -- the specific names stay the names of their points."""
 
     def deco(fn: Fn) -> Fn:
-        HYPOTHESES[name] = Hypothesis(name, tuple(points), fn)
+        HYPOTHESES[name] = Hypothesis(name, tuple(points), fn, generic)
         return fn
 
     return deco

@@ -101,10 +101,19 @@ class Rotary:
         return self.tables[key][1]
 
     def base_guess(self) -> float:
+        """The base of the reference's own frequencies (read off its table: the NTK-scaled base
+        when dynamic NTK is on past seq_length), else the config's."""
+        if self.ev.ref.get("rope.cos") is not None and self.freqs is not None and self.freqs.numel() > 1:
+            f1 = self.freqs[1].item()
+            if 0 < f1 < 1:
+                return float(f1 ** (-self.rd / 2))
         if self.ev.facts.get("rope_base"):
             return float(self.ev.facts["rope_base"])
-        f1 = self.freqs[1].item() if self.freqs is not None and self.freqs.numel() > 1 else 1e-4
-        return float(f1 ** (-self.rd / 2)) if f1 > 0 else 10000.0
+        return 10000.0
+
+    def config_base(self) -> float | None:
+        base = self.ev.facts.get("rope_base")
+        return float(base) if base else None
 
     def variants(self, is_q: bool = True) -> Iterator[tuple[str, dict[str, Any], str, Rot]]:
         """(name, params, cause, function) for each rotary variant."""
@@ -154,18 +163,39 @@ class Rotary:
                 seen[b] = score(freqs_for_base(b, self.rd, self.dev, self.dtype))
             return seen[b]
 
-        base = min((b0 * r for r in (100.0, 0.01, 10.0, 0.1)), key=f)
+        cfg = self.config_base()
+        discrete = [b0 * r for r in (100.0, 0.01, 10.0, 0.1)] + [1.0 / b0] + ([cfg] if cfg and cfg != b0 else [])
+        base = min(discrete, key=f)
         if f(base) > good:
             base = min([base, log_fit(f, b0 * 1e-4, b0 * 1e4, points=17, iters=20)], key=f)
         return base, f(base)
 
 
-def _base_result(ev: Evidence, rot: Rotary, score: Callable[[torch.Tensor], float], good: float = 0.0) -> Result:
-    base, res = rot.fit_base(score, good)
+def base_result(rot: Rotary, base: float, res: float) -> Result | None:
+    """The fitted base as a cause: against the reference's own base (NTK-scaled past seq_length),
+    naming the config's base when that is what the candidate used; None when the fit is the
+    reference's base itself (no base to blame)."""
     ref_base = rot.base_guess()
     ratio = base / ref_base
-    return Result("rotary-base", "rotary", {"base": base, "reference_base": ref_base, "ratio": ratio}, res,
-                  f"rotary base {base:.4g} instead of {ref_base:.4g} (x{ratio:.3g})")
+    if abs(ratio - 1.0) < 1e-3:
+        return None
+    cfg = rot.config_base()
+    params = {"base": base, "reference_base": ref_base, "ratio": ratio}
+    if cfg and abs(ref_base / cfg - 1.0) > 1e-3:  # the reference's table is NTK-scaled
+        params["config_base"] = cfg
+        if abs(base / cfg - 1.0) < 1e-3:
+            return Result("rotary-base", "rotary", params, res,
+                          f"rotary base {base:.4g} (the config's) where the reference uses its dynamic-NTK-scaled base "
+                          f"{ref_base:.4g} past seq_length: dynamic NTK not applied")
+        return Result("rotary-base", "rotary", params, res, f"rotary base {base:.4g} instead of the reference's "
+                      f"dynamic-NTK-scaled {ref_base:.4g} (config {cfg:.4g}; x{ratio:.3g})")
+    return Result("rotary-base", "rotary", params, res, f"rotary base {base:.4g} instead of {ref_base:.4g} (x{ratio:.3g})")
+
+
+def _base_result(ev: Evidence, rot: Rotary, score: Callable[[torch.Tensor], float], good: float = 0.0) -> list[Result]:
+    base, res = rot.fit_base(score, good)
+    r = base_result(rot, base, res)
+    return [] if r is None else [r]
 
 
 @hypothesis("rotary-qk", ["attn.q_rot", "attn.k_rot"])
@@ -181,7 +211,7 @@ def rotary_qk(ev: Evidence) -> list[Result]:
         return []  # our rotary does not reproduce the reference's
     out = [Result(name, "rotary", params, residual(c, fn(pre)), cause) for name, params, cause, fn in rot.variants(is_q)]
     if not _found(out, ev):
-        out.append(_base_result(ev, rot, lambda f: residual(c, rot.apply(pre, freqs=f, is_q=is_q)), ev.tolerance))
+        out += _base_result(ev, rot, lambda f: residual(c, rot.apply(pre, freqs=f, is_q=is_q)), ev.tolerance)
     return out
 
 
@@ -204,9 +234,31 @@ def rotary_table(ev: Evidence) -> list[Result]:
                   f"positions shifted by {s:+d} (position ids start at {s} instead of 0)") for s in (1, -1, 2, -2, 3, 4, 8)]
     out.append(Result("rotary-interleaved", "rotary", {}, residual(c, tab(rot.freqs, layout="interleaved")),
                       "rotary table in the interleaved layout instead of rotate-half"))
+    out.append(Result("rotary-none", "rotary", {"label": "rotary-none"}, residual(c, tab(rot.freqs * 0)),
+                      "rotary table of position 0 everywhere (cos 1, sin 0): no rotation"))
+    other = table(rot.pos, rot.freqs)[1 - k]
+    out.append(Result("rotary-table-swapped", "rotary", {"label": "rot-table:sin,cos"}, residual(c, other),
+                      f"rope.{'cos' if k == 0 else 'sin'} holds the {'sin' if k == 0 else 'cos'} table: cos and sin exchanged"))
     if not _found(out, ev):
-        out.append(_base_result(ev, rot, lambda f: residual(c, tab(f)), ev.tolerance))
+        out += _base_result(ev, rot, lambda f: residual(c, tab(f)), ev.tolerance)
+    if not _found(out, ev):
+        out.append(_freq_scale(ev, rot, lambda f: residual(c, tab(f))))
     return out
+
+
+def _freq_scale(ev: Evidence, rot: Rotary, score: Callable[[torch.Tensor], float]) -> Result:
+    """Every frequency scaled by one factor c (positions x c): the usual ones first, then a fit."""
+    d, b0 = rot.rd, rot.base_guess()
+    named = {"2": 2.0, "1/2": 0.5, "base^(-1/d) (frequency index from 1: exponent (2i+1)/d)": b0 ** (-1.0 / d),
+             "base^(1/d)": b0 ** (1.0 / d)}
+    label, c = min(named.items(), key=lambda kv: score(rot.freqs * kv[1]))
+    if score(rot.freqs * c) > ev.tolerance:
+        fit = log_fit(lambda x: score(rot.freqs * x), 1e-2, 1e2, points=25, iters=20)
+        if score(rot.freqs * fit) < score(rot.freqs * c):
+            label, c = None, fit
+    what = f"x{c:.4g}" + (f" = {label}" if label else "")
+    return Result("rotary-frequency-scale", "rotary", {"factor": c, "recognized": label, "label": f"rope-scale={c:.6g}"},
+                  score(rot.freqs * c), f"rotary frequencies scaled by {what} (positions scaled alike)")
 
 
 def _found(out: list[Result], ev: Evidence) -> bool:
