@@ -359,6 +359,7 @@ def test_real_probes(real: Path, run_cli) -> None:
 
 
 @pytest.mark.real
+@pytest.mark.slow  # 30 blocks through the CLI, twice
 @pytest.mark.parametrize("candidate", ["torch", "port"])
 def test_real_run_fp32(real: Path, candidate: str, run_cli) -> None:
     code, out, err = run_cli("run", "--model", "smollm2", "--prompt", PROMPT, "--dtype", "fp32", "--candidate", candidate,
@@ -368,6 +369,7 @@ def test_real_run_fp32(real: Path, candidate: str, run_cli) -> None:
 
 
 @pytest.mark.real
+@pytest.mark.slow  # a real chat answer, generated
 def test_real_chat_answer(real: Path, run_cli) -> None:
     code, out, err = run_cli("generate", "--model", "smollm2", "--prompt", "What is the capital of France?", "--chat",
                              "--max-new-tokens", "12", "--dtype", "fp32", "-q", "--no-files")
