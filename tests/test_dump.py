@@ -48,6 +48,7 @@ def test_parity_dump_round_trip(ref_dump: Path, tmp_path: Path, run_cli) -> None
     assert rep["run"]["candidate"]["layout"] == "parity"
 
 
+@pytest.mark.slow  # several seconds of model builds/exports: make test-all
 def test_dump_from_onnxruntime_and_compare(ref_dump: Path, tmp_path: Path, run_cli) -> None:
     pytest.importorskip("onnxruntime")
     code, out, err = run_cli("dump", "--model", MODEL, "--tokens", T, "--candidate", "onnxruntime", "--dtype", "fp32",
@@ -175,6 +176,7 @@ def _copy_parity(ref_dump: Path, dst: Path) -> Path:
     return dst
 
 
+@pytest.mark.slow  # several seconds of model builds/exports: make test-all
 def test_bad_dumps_are_one_line_errors(ref_dump: Path, ref: dict[str, torch.Tensor], tmp_path: Path, run_cli) -> None:
     from parity.loading.dumps import write_dump
 

@@ -177,6 +177,7 @@ def test_wheel_builds_without_setuptools_warnings(wheel_site: Path) -> None:
     assert "absent from the `packages` configuration" not in log and "Warning:" not in log, log[-3000:]
 
 
+@pytest.mark.slow  # several seconds of model builds/exports: make test-all
 def test_wheel_runs_from_elsewhere(wheel_site: Path, tmp_path: Path) -> None:
     r = _run([str(wheel_site), _site_packages()], "-c", CHECK, cwd=tmp_path)
     assert r.returncode == 0, r.stderr

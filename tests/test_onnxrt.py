@@ -41,6 +41,7 @@ def test_fp32_matches_torch_hooks(model: str, tmp_path: Path, run_cli) -> None:
     assert "not exposed" in out
 
 
+@pytest.mark.slow  # several seconds of model builds/exports: make test-all
 @pytest.mark.parametrize("model", FAMILIES)
 def test_fp16_passes(model: str, tmp_path: Path, run_cli) -> None:
     code, rep, out, err = _run(run_cli, tmp_path, "--model", model, "--dtype", "fp16")
@@ -62,6 +63,7 @@ def test_long_sequence_locates_the_real_block_outputs(dtype: str, tmp_path: Path
     assert shapes["blocks.0.attn_out"] == shapes["blocks.0.resid_post"] == [512, 128]
 
 
+@pytest.mark.slow  # several seconds of model builds/exports: make test-all
 def test_opt_level_and_provider_options(tmp_path: Path, run_cli) -> None:
     code, rep, _, err = _run(run_cli, tmp_path, "--model", "qwen2", "--dtype", "fp32", "--ort-opt", "disable", "-p", "blocks.0.*")
     assert code == 0, err and rep["run"]["candidate"]["ort_opt"] == "disable"
@@ -81,6 +83,7 @@ FAULTS = [
 ]
 
 
+@pytest.mark.slow  # several seconds of model builds/exports: make test-all
 @pytest.mark.parametrize(("model", "dtype", "target", "probe", "block"), FAULTS)
 def test_injected_fault_found_by_all_and_bisect(model: str, dtype: str, target: str, probe: str, block: int,
                                                 tmp_path: Path, run_cli) -> None:

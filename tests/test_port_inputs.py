@@ -33,6 +33,7 @@ def _readme_example() -> tuple[str, str]:
     return code, cmd
 
 
+@pytest.mark.slow  # several seconds of model builds/exports: make test-all
 @pytest.mark.parametrize("buggy", [False, True])
 def test_readme_example_runs_from_a_fresh_folder(buggy: bool, tmp_path: Path) -> None:
     """Exactly what the guide says, in a folder outside the repo, as a subprocess."""

@@ -182,6 +182,7 @@ def test_export_drops_only_the_registration_warnings(monkeypatch: pytest.MonkeyP
     assert reg.level == level
 
 
+@pytest.mark.slow  # several seconds of model builds/exports: make test-all
 def test_real_export_prints_no_torchvision_notes() -> None:
     pytest.importorskip("onnxscript")
     from parity.engines.onnxruntime import export as onnx_export

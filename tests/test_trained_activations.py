@@ -118,6 +118,7 @@ def test_port_faults_are_found_and_named(model: str, fault: str, block: int, com
     assert diag["component"] in components
 
 
+@pytest.mark.slow  # several seconds of model builds/exports: make test-all
 @pytest.mark.parametrize("model", PORTED)
 def test_a_float16_norm_without_upcast_overflows_and_is_named(model: str) -> None:
     """The massive activations (~2.5e3) square to ~6e6, beyond float16: the norm's statistics
