@@ -9,7 +9,8 @@ The convention (docs/contributing/testing.md, "Commands in the docs are tests"):
 - ``<!-- docs-test: WORDS -->`` right before a block: ``parse`` (parse only), ``slow``,
   ``real`` (needs the fetched SmolLM2), ``needs=pkg,pkg``, ``exit=N``;
 - a trailing ``# exit N`` on a command sets its own expected exit code;
-- ``<!-- docs-file: NAME -->`` before a block writes the block to NAME in the page's folder.
+- ``<!-- docs-file: NAME -->`` before a block writes the block to NAME (a relative path; its
+  folders are made) in the page's folder.
 """
 from __future__ import annotations
 
@@ -178,6 +179,7 @@ def _page_folder(page: Path, factory: pytest.TempPathFactory) -> Path:
         folder = factory.mktemp(re.sub(r"\W+", "_", str(page.relative_to(ROOT))))
         for b in blocks(page):
             if b.file:
+                (folder / b.file).parent.mkdir(parents=True, exist_ok=True)
                 (folder / b.file).write_text(b.body, encoding="utf-8")
         _FOLDERS[page] = folder
     return _FOLDERS[page]
