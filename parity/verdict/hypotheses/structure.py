@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from parity.verdict.hypotheses.core import Evidence, sumsq
 
 #: a part of the tensor "carries" the error when it holds at least this share of its energy
