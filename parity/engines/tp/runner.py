@@ -259,13 +259,10 @@ class TPBackend(Backend):
             raise RuntimeError(f"a rank of --tp {self.tp} died: {' '.join(str(exc).split())}") from None
 
     def _start_method(self) -> str:
-        """spawn where CUDA is in use (a forked child cannot use it); on the CPU fork, when the
-        platform has it: the ranks start with parity and torch already imported."""
-        import multiprocessing
-
-        if self.device == "cuda" or "fork" not in multiprocessing.get_all_start_methods():
-            return "spawn"
-        return "fork"
+        """Always spawn: a forked child of a process that already ran torch's OpenMP pool (the
+        reference, a pytest session, a notebook) can block forever on a lock the pool held at the
+        fork; with CUDA a forked child cannot use the device at all. Each rank pays one import."""
+        return "spawn"
 
     def _read(self, folder: str, probes: list[str], sink: Sink) -> Any:
         from safetensors import safe_open
