@@ -251,9 +251,10 @@ def fresh_run(model_name: str, shape: str | None, tokens: int, dtype: str = "fp1
         runs.append({"seconds": wall, "exit_code": proc.returncode, "stages_s": timings,
                      "outside_stages_s": wall - sum(timings.values()), "message": (report.get("summary") or {}).get("message"),
                      "stderr_tail": proc.stderr[-400:]})
-    hf = "" if model_name == "qwen" else "from transformers import LlamaForCausalLM; "  # Qwen v1 needs no transformers
+    hf = "" if model_name == "qwen" else (  # Qwen v1 needs no transformers; a run imports it as the floor does
+        "from parity.loading.families import unused_packages_hidden as h\nwith h(): from transformers import LlamaForCausalLM\n")
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-c", f"import torch, parity.cli.run; {hf}torch.zeros(1, device='cuda'); "
+    subprocess.run([sys.executable, "-c", f"import torch, parity.cli.run\n{hf}torch.zeros(1, device='cuda'); "
                     "torch.cuda.synchronize()"], check=True, env=env)
     floor = time.perf_counter() - t0
     return {**runs[1], "first_process": runs[0], "import_and_cuda_init_s": floor, "command": " ".join(cmd[1:])}
@@ -274,6 +275,7 @@ def main() -> None:
     ap.add_argument("--skip-4096", action="store_true")
     ap.add_argument("--skip-e2e", action="store_true")
     ap.add_argument("--skip-fresh", action="store_true")
+    ap.add_argument("--dtypes", nargs="+", default=["fp16", "bf16"], help="dtypes of the in-process runs at SHORT tokens")
     ap.add_argument("--only-fresh", action="store_true", help="only the fresh-process figures")
     ap.add_argument("--shape", default="7b", help="preset shape; 'tiny' = the embedded preset (smoke test)")
     ap.add_argument("--tokens", type=int, nargs=2, default=[512, 4096], metavar=("SHORT", "LONG"))
@@ -297,7 +299,7 @@ def main() -> None:
         add(f"gpu_fresh_run_{short}_seconds" + ("" if model == "qwen" else f"_{model}"), r["seconds"], "s", r)
     for model in () if args.only_fresh else args.models:
         sfx = "" if model == "qwen" else f"_{model}"
-        for dtype in () if args.skip_e2e else ("fp16", "bf16"):
+        for dtype in () if args.skip_e2e else args.dtypes:
             r = end_to_end(model, shape, short, dtype)
             add(f"gpu_run_{short}_seconds{sfx}" + ("" if dtype == "fp16" else "_bf16"), r["seconds"], "s", r)
         if not args.skip_4096 and not args.skip_e2e:

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import sys
+from parity.cli import entry
 
-from parity.cli import main
-
-sys.exit(main())
+entry()

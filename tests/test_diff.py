@@ -123,3 +123,26 @@ def test_tolerance_elementwise_rule() -> None:
     assert d.n_bad == 0
     d = compare(ref, cand, Tolerance(1e-3, 1e-3))
     assert d.n_bad == 2
+
+
+def test_host_reference_in_row_blocks_equals_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A large host-resident reference compared block by block (diff_vector_from_host) gives
+    the statistics of the whole comparison: sums to rounding, extremes, the worst element's
+    index, the first-token and later-token errors and the per-row fit exactly."""
+    g = torch.Generator().manual_seed(3)
+    ref = torch.randn(37, 5, 6, generator=g, dtype=torch.float32) * 4
+    cand = (ref + 0.01 * torch.randn(ref.shape, generator=g)).to(torch.float16)
+    cand[29, 2, 4] = 90.0  # the worst element, in the fourth block
+    tol = Tolerance(1e-3, 1e-3)
+    whole = diff.diff_vector(ref, cand, tol)
+    monkeypatch.setattr(diff, "HOST_BLOCK_BYTES", 8 * 30 * 4)  # 8 rows of 30 float32 a block: 5 blocks
+    blocks = []
+    real = diff.diff_vector
+    monkeypatch.setattr(diff, "diff_vector", lambda r, c, *a: blocks.append(r.shape[0]) or real(r, c, *a))
+    blocked = diff.diff_vector_from_host(ref, cand, tol)
+    assert blocks == [8, 8, 8, 8, 5]
+    exact = [diff.S_MAX_ERR, diff.S_WIDX, diff.S_WREF, diff.S_WCAND, diff.S_REL_MAX, diff.S_BAD, diff.S_TOK0, diff.S_LATER,
+             diff.S_CABSMAX, diff.S_AMIN, diff.S_AMAX]
+    assert blocked[exact].tolist() == whole[exact].tolist()
+    assert torch.allclose(blocked, whole, rtol=1e-12, atol=1e-12)
+    assert diff.diff_from(blocked.tolist(), list(ref.shape)).worst_index == [29, 2, 4]

@@ -81,3 +81,54 @@ def test_queued_statistics_survive_freed_tensors(monkeypatch: pytest.MonkeyPatch
     for i in want:
         assert got[i].get().n_bad == want[i].n_bad, i
         assert got[i].get().max_abs_err == pytest.approx(want[i].max_abs_err, rel=1e-6), i
+
+
+def test_host_reference_compared_in_blocks_on_the_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reference kept in pinned host memory and larger than a block reaches the GPU block by
+    block through the Comparator, with the numbers of a whole comparison on the GPU."""
+    from parity.capture.sinks import Capture, Comparator, ProbeRecord
+    from parity.compare import diff
+    from parity.compare.tolerances import Tolerance, ToleranceTable
+
+    g = torch.Generator(device="cuda").manual_seed(1)
+    ref_gpu = torch.randn(300, 2000, device="cuda", generator=g)
+    cand = (ref_gpu + 1e-3 * torch.randn(ref_gpu.shape, device="cuda", generator=g)).half()
+    cand[211, 17] = 50.0
+    tols = ToleranceTable(Tolerance(1e-2, 1e-2))
+    whole = diff.compare(ref_gpu, cand, Tolerance(1e-2, 1e-2))
+    host = torch.empty(ref_gpu.shape, dtype=torch.float32, pin_memory=True)
+    host.copy_(ref_gpu)
+    cap = Capture("reference")
+    cap.records["logits"] = ProbeRecord("logits", None, host)
+    monkeypatch.setattr(diff, "HOST_BLOCK_BYTES", 64 * 2000 * 4)  # 64 rows a block: 5 blocks
+    from parity.capture import sinks
+
+    monkeypatch.setattr(sinks, "HOST_BLOCK_BYTES", 64 * 2000 * 4)
+    blocks = []
+    real = diff.diff_vector
+    monkeypatch.setattr(diff, "diff_vector", lambda r, c, *a: blocks.append((r.shape[0], r.device.type)) or real(r, c, *a))
+    comp = Comparator(cap, Capture("c"), tols)
+    comp("logits", cand)
+    got = comp.diffs["logits"]
+    assert blocks == [(64, "cuda")] * 4 + [(44, "cuda")]
+    assert got.worst_index == [211, 17] == whole.worst_index and got.n_bad == whole.n_bad
+    assert got.max_abs_err == whole.max_abs_err and got.cosine == pytest.approx(whole.cosine, rel=1e-12)
+
+
+def test_reference_probes_on_host_or_gpu_give_the_same_numbers(tmp_path: Path, run_cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no GPU budget every reference probe goes to pinned host memory (the logits in
+    blocks of rows, see diff_vector_from_host); the run's numbers are those of a run that
+    keeps them all on the GPU."""
+    from parity.compare import diff
+    from parity.capture import sinks
+
+    monkeypatch.setattr(diff, "HOST_BLOCK_BYTES", 1 << 20)
+    monkeypatch.setattr(sinks, "HOST_BLOCK_BYTES", 1 << 20)  # the logits, 64 x 32000 float32, in 9 blocks
+    reports = {}
+    for keep in ("0", "100"):
+        monkeypatch.setenv("PARITY_GPU_KEEP_GIB", keep)
+        out = tmp_path / keep
+        code, _, _ = run_cli("run", "--model", "llama", "--device", "cuda", "--tokens", "64", "-q", "--out", str(out))
+        assert code == 0
+        reports[keep] = {p["name"]: (p["max_abs_err"], p["worst_index"], p["n_bad"]) for p in read_report(out)["probes"]}
+    assert reports["0"] == reports["100"]

@@ -260,13 +260,27 @@ def causal_mask(q_len: int, k_len: int, device: torch.device) -> torch.Tensor:
     return full[k_len - q_len :]
 
 
+#: most score elements (batch x heads x query rows x keys) one eager step makes (64 MiB in
+#: float32): longer prompts are computed in blocks of query rows, each row from the same
+#: operations on the same numbers (softmax is per row), so the scores never exist whole
+EAGER_SCORE_ELEMENTS = 1 << 24
+
+
 def eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """q, k, v [B, h, T|S, d] -> [B, h, T, d]; softmax in the activation dtype. The scores are
     divided by sqrt(d) held in the activation dtype, as the original does (11.3125, not
     11.3137, for d = 128 in bfloat16)."""
+    t = q.shape[-2]
+    mask = causal_mask(t, k.shape[-2], q.device)
+    rows = max(1, EAGER_SCORE_ELEMENTS // max(1, q.shape[0] * q.shape[1] * k.shape[-2]))
+    if rows >= t:
+        return _eager_rows(q, k, v, mask)
+    return torch.cat([_eager_rows(q[..., i:i + rows, :], k, v, mask[i:i + rows]) for i in range(0, t, rows)], dim=-2)
+
+
+def _eager_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     scores = torch.matmul(q, k.transpose(-1, -2))
-    scores = scores / torch.full([], q.shape[-1] ** 0.5, dtype=scores.dtype, device=scores.device)
-    mask = causal_mask(q.shape[-2], k.shape[-2], q.device)
+    scores = scores / torch.full([], k.shape[-1] ** 0.5, dtype=scores.dtype, device=scores.device)
     scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
     probs = torch.softmax(scores, dim=-1)
     return torch.matmul(probs, v)

@@ -16,8 +16,8 @@ from typing import Any
 import torch
 
 from parity.compare import fused
-from parity.compare.diff import (REL_EPS, Batch, DiffStats, Pending, RunPending, TensorStats, TokenProfile, cand_stats_from,
-                         diff_from, profile_from, stats_from)
+from parity.compare.diff import (HOST_BLOCK_BYTES, REL_EPS, Batch, DiffStats, Pending, RunPending, TensorStats, TokenProfile, cand_stats_from,
+                         diff_from, diff_vector_from_host, profile_from, stats_from)
 from parity.errors import ProbeError
 from parity.capture.hooks import canonical
 from parity.compare.tolerances import ToleranceTable
@@ -107,6 +107,10 @@ class Recorder:
 PROFILE_MAX_NUMEL = 1 << 22
 
 
+#: reference copies (from host memory) that queued launches may hold before they are launched
+COPIED_HOLD_BYTES = 64 << 20
+
+
 class Comparator:
     """Sink that diffs each candidate tensor against the reference capture on arrival.
 
@@ -130,6 +134,7 @@ class Comparator:
         self._fits: set[Any] = set()  # plans checked to hold for this Comparator (see _fit)
         self.batch.before_finish.append(self.drain)
         self.last: str | None = None  # the last probe received (names where a failing run got to)
+        self._copied = 0  # bytes of reference copies queued since the last launch (see __call__)
 
     def drain(self, final: bool = True) -> None:
         """Queue the probes held by the fast path (see __call__): as one :class:`fused.Run`
@@ -254,13 +259,17 @@ class Comparator:
                 note="both sides must produce the canonical shape (see `parity probes`)",
             )
         t = tensor.detach() if tensor.requires_grad else tensor
-        if ref.device != t.device:
-            ref = ref.to(t.device, non_blocking=True)
         shape, dtype = list(t.shape), _dtype_name(t.dtype)
         tol = self.tolerances.lookup(name)
 
         def build(v: list[float]) -> tuple[DiffStats, TokenProfile | None, TensorStats]:
             return diff_from(v, shape), profile_from(v, shape), cand_stats_from(v, shape, dtype)
+
+        if ref.device != t.device:
+            if ref.device.type == "cpu" and t.is_cuda and ref.numel() * ref.element_size() > HOST_BLOCK_BYTES:
+                self._add_from_host(name, ref, t, tol, build)  # block by block: never whole on the GPU
+                return
+            ref = ref.to(t.device, non_blocking=True)
 
         if self.batch.fused and ref is self.reference.records[name].tensor:  # plan the next forwards
             p = fused.plan(ref, t, fused.tol_bits(tol.atol, tol.rtol, REL_EPS))
@@ -268,6 +277,19 @@ class Comparator:
                 p.owner, p.build = self.tolerances, build
                 self.plans[name] = p
         pending = self.batch.add_diff(ref, t, tol, build)
+        self._pending.append((name, pending))
+        self.last = name
+        self.capture.records[name] = ProbeRecord(name, pending.part(2), t.clone() if self.keep else None)
+        if ref is not self.reference.records[name].tensor:  # a copy from host memory, held until its launch
+            self._copied += ref.numel() * ref.element_size()
+            if self._copied > COPIED_HOLD_BYTES:
+                self._copied = 0
+                arena = self.batch.arenas.get(t.device)
+                if arena is not None:
+                    arena.flush()  # launched: the copies go back to the allocator
+
+    def _add_from_host(self, name: str, ref: torch.Tensor, t: torch.Tensor, tol: Any, build: Any) -> None:
+        pending = self.batch.add(diff_vector_from_host(ref, t, tol), build)
         self._pending.append((name, pending))
         self.last = name
         self.capture.records[name] = ProbeRecord(name, pending.part(2), t.clone() if self.keep else None)

@@ -68,6 +68,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _main(argv)
 
 
+def entry() -> None:
+    """The ``parity`` console script (and ``python -m parity``): :func:`main`, then the exit.
+
+    A run that used a GPU ends with os._exit once its output is flushed and the interpreter's
+    exit functions have run: tearing down tens of GiB of device memory, pinned host buffers
+    and the CUDA context object by object only delays the shell prompt (by up to seconds),
+    and every file the command wrote is already closed."""
+    code = main()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        import atexit
+        import contextlib
+        import os
+
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        atexit._run_exitfuncs()
+        os._exit(code)
+    sys.exit(code)
+
+
 def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     ns = parser.parse_args(argv)

@@ -151,6 +151,12 @@ def diff_vector(ref: torch.Tensor, cand: torch.Tensor, tol: Tolerance, eps: floa
             v = v.clone()
             v[S_WIDX] += off
         parts.append(v)
+    return _combine(parts)
+
+
+def _combine(parts: list[torch.Tensor]) -> torch.Tensor:
+    """One vector of the statistics of consecutive blocks of rows (each block's S_WIDX already
+    counted from the tensor's start)."""
     if len(parts) == 1:
         return parts[0]
     p = torch.stack(parts)
@@ -163,6 +169,31 @@ def diff_vector(ref: torch.Tensor, cand: torch.Tensor, tol: Tolerance, eps: floa
     out[S_MAX_ERR:S_WCAND + 1] = p[j, S_MAX_ERR:S_WCAND + 1]
     out[S_LATER] = torch.maximum(p[0, S_LATER], p[1:, S_TOK0:S_LATER + 1].amax())
     return out
+
+
+#: a reference held in host memory and larger than this reaches the candidate's device a block
+#: of rows at a time (see diff_vector_from_host)
+HOST_BLOCK_BYTES = 64 << 20
+
+
+def diff_vector_from_host(ref: torch.Tensor, cand: torch.Tensor, tol: Tolerance, eps: float = REL_EPS) -> torch.Tensor:
+    """:func:`diff_vector` of a reference in host memory against ``cand`` on a GPU, the reference
+    copied over in blocks of whole rows of at most HOST_BLOCK_BYTES: a [4096, 151936] float32
+    logits reference (2.3 GiB) never exists whole on the GPU."""
+    if ref.shape != cand.shape:
+        raise ValueError(f"shape mismatch {tuple(ref.shape)} vs {tuple(cand.shape)}")
+    r, c = _rows(ref), _rows(cand)
+    per = max(1, HOST_BLOCK_BYTES // max(1, r.shape[1] * r.element_size()))
+    if cand.numel() == 0 or per >= r.shape[0]:
+        return diff_vector(ref.to(cand.device, non_blocking=True), cand, tol, eps)
+    parts = []
+    for k in range(0, r.shape[0], per):
+        v = diff_vector(r[k:k + per].to(c.device, non_blocking=True), c[k:k + per], tol, eps)
+        if k:
+            v = v.clone()
+            v[S_WIDX] += k * r.shape[1]
+        parts.append(v)
+    return _combine(parts)
 
 
 def stats_from(v: list[float], t_shape: list[int], dtype: str) -> TensorStats:

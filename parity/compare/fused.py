@@ -340,9 +340,11 @@ class Arena:
         self.held = 0  # candidate bytes queued
 
     def _new_block(self, n: int) -> list[Any]:
-        """Start a block of records; queued probes write into the current one, so they
-        are launched first."""
+        """Start a block of records: queued probes write into the current one, so they are
+        launched first; then it is folded (a long prompt's records would all wait for finish)."""
         self.flush()
+        if self.blocks:
+            self._fold(self.blocks.pop())
         block = [torch.empty(max(n, ARENA_RECORDS), REC, dtype=torch.float64, device=self.device), 0, []]
         self.blocks.append(block)
         return block
@@ -471,9 +473,13 @@ class Arena:
         self.flush()
         _WAITING.pop(id(self), None)
         blocks, self.blocks = self.blocks, []
-        for buf, _, entries in blocks:
-            if not entries:
-                continue
+        for block in blocks:
+            self._fold(block)
+
+    def _fold(self, block: list[Any]) -> None:
+        """Fold the records of one block (every probe of it launched) into its probes' vectors."""
+        buf, _, entries = block
+        if entries:
             flat = array("q")
             calls: list[tuple[Any, int]] = []
             n = 0

@@ -11,6 +11,7 @@ heavy modules are imported only when it is used, so a missing optional engine ne
 from __future__ import annotations
 
 import importlib
+import sys
 from importlib.metadata import entry_points
 
 from parity.engines.contract import Engine, EngineContext
@@ -35,12 +36,21 @@ BUILTIN: dict[str, str] = {
 }
 
 
+_FOUND: dict[tuple[object, ...], dict[str, str]] = {}
+
+
 def _targets() -> dict[str, str]:
-    """Engine name -> ``module:attribute`` of its declaration: the built-ins, then the group's."""
-    found = dict(BUILTIN)
-    for ep in entry_points(group=GROUP):
-        found.setdefault(ep.name, ep.value)
-    return found
+    """Engine name -> ``module:attribute`` of its declaration: the built-ins, then the group's
+    (read once per import path: scanning every installed distribution takes tens of ms)."""
+    key = (entry_points, *sys.path)
+    found = _FOUND.get(key)
+    if found is None:
+        found = dict(BUILTIN)
+        for ep in entry_points(group=GROUP):
+            found.setdefault(ep.name, ep.value)
+        _FOUND.clear()
+        _FOUND[key] = found
+    return dict(found)
 
 
 def _declaration(name: str, target: str) -> Engine:

@@ -108,6 +108,10 @@ def _load_class(folder: Path, ref: str) -> tuple[Any, Any]:
     from transformers import AutoConfig
     from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its own warning about a missing package: the error below names it
     try:
         cfg = AutoConfig.from_pretrained(str(folder), trust_remote_code=True, local_files_only=True)
         cls = get_class_from_dynamic_module(ref, str(folder), local_files_only=True)
@@ -121,6 +125,8 @@ def _load_class(folder: Path, ref: str) -> tuple[Any, Any]:
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - the remote code's own failure, not parity's
         raise UsageError(f"the checkpoint's modeling code ('{ref}') failed on import: {_one_line(exc)}",
                          note=_NOTE_CODE) from None
+    finally:
+        hf_logging.set_verbosity(level)
     return cls, cfg
 
 

@@ -121,6 +121,10 @@ class ModelSource:
                 activations.plant(model, self.family.name, self.config, spec, self.seed)
         else:
             ckpt.apply_state_dict(model, ckpt.load_state_dict(self.checkpoint), str(self.checkpoint))
+        if attn == "eager":  # the reference's eager attention, its scores made in blocks of query rows
+            from parity.loading import rows_attention as rows
+
+            rows.apply(model)
         return model
 
     def _build_remote(self, device: str) -> Any:

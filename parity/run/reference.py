@@ -57,15 +57,20 @@ def check_port_options(opts: RunOptions, num_blocks: int, generation: bool = Fal
     return specs
 
 
-def gpu_keep_bytes() -> int:
-    """GPU memory the reference may keep probe tensors in ($PARITY_GPU_KEEP_GIB, default
-    0.5); the rest go to pinned host memory and are copied back probe by probe."""
+def gpu_keep_bytes(tokens: int) -> int:
+    """GPU memory the reference may keep probe tensors in: $PARITY_GPU_KEEP_GIB, by default
+    1.5 GiB up to 512 tokens and proportionally less beyond (the same number of probes: at
+    4096 tokens a probe is 8x larger, the forward is long enough to hide copies, and memory
+    is what runs out). The rest go to pinned host memory and are copied back probe by probe."""
     import os
 
+    raw = os.environ.get("PARITY_GPU_KEEP_GIB")
+    if raw is None:
+        return int(1.5 * 2**30 * min(1.0, 512 / max(1, tokens)))
     try:
-        return int(float(os.environ.get("PARITY_GPU_KEEP_GIB", "0.5")) * 2**30)
+        return int(float(raw) * 2**30)
     except ValueError:
-        raise UsageError(f"PARITY_GPU_KEEP_GIB={os.environ['PARITY_GPU_KEEP_GIB']!r} is not a number.") from None
+        raise UsageError(f"PARITY_GPU_KEEP_GIB={raw!r} is not a number.") from None
 
 
 @dataclass
@@ -116,7 +121,7 @@ def prepare_reference(opts: RunOptions, progress: Progress | None = None) -> Ref
     ref_cap = Capture("reference", reference.describe())
     with stage(progress, "running reference", timings), reference:
         reference.capture(ids, ref_probes, Recorder(ref_cap, keep=True, store_device="cpu",
-                                                    gpu_budget_bytes=gpu_keep_bytes()))
+                                                    gpu_budget_bytes=gpu_keep_bytes(len(ids))))
     check_finite(ref_cap)
     facts = {**reference.describe(), "trust_remote_code": source.trust_remote_code}
     if streamed is not None:

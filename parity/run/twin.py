@@ -100,6 +100,7 @@ def twin_model(ref_model: Any, opts: Any, device: str) -> tuple[Any, str | None]
     reference in float32 with that file's activation quantization before every matmul
     (parity.engines.llamacpp.actquant), as llama.cpp's kernels do. (``--quant-twin SCHEME``: see
     quant_twin.)"""
+    from parity.loading import rows_attention as rows
     from parity.engines.torch.runner import derive, torch_dtype
     from parity.loading.streamed import stream_of
 
@@ -108,7 +109,9 @@ def twin_model(ref_model: Any, opts: Any, device: str) -> tuple[Any, str | None]
         return stream.derive(torch_dtype(opts.dtype), device), (
             f"the reference in {opts.dtype} streamed block by block on {device}, {REFERENCE_ATTN} attention")
     if not opts.twin_gguf:
-        return derive(ref_model, opts.dtype, device, REFERENCE_ATTN), None
+        model = derive(ref_model, opts.dtype, device, REFERENCE_ATTN)
+        rows.apply(model)  # as the reference's: eager, its scores made in blocks of query rows
+        return model, None
     from pathlib import Path
 
     from parity.engines.llamacpp.actquant import quantize_activations, weight_types

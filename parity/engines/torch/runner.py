@@ -27,6 +27,7 @@ from parity.errors import BackendError, ProbeError, UsageError
 from parity.loading import remote
 from parity.capture.hooks import Taps, outside_graph, skipped, teacher_forced
 from parity.capture.probemap import BlockSpec, ProbeMap
+from parity.loading import rows_attention as rows
 
 ATTN = ("eager", "sdpa")
 
@@ -188,7 +189,8 @@ class ModuleBackend(Backend):
             "backend": self.label,
             "dtype": str(self.dtype).removeprefix("torch."),
             "device": str(self.device),
-            "attn": getattr(self.config, "_attn_implementation", None) or getattr(self.model, "attn_implementation", None),
+            "attn": rows.public_name(getattr(self.config, "_attn_implementation", None)
+                                     or getattr(self.model, "attn_implementation", None)),
             "compiled": self.runner is not self.model,
             "implementation": remote.describe(self.model),
         }
