@@ -275,7 +275,7 @@ def main() -> None:
     ap.add_argument("--skip-4096", action="store_true")
     ap.add_argument("--skip-e2e", action="store_true")
     ap.add_argument("--skip-fresh", action="store_true")
-    ap.add_argument("--dtypes", nargs="+", default=["fp16", "bf16"], help="dtypes of the in-process runs at SHORT tokens")
+    ap.add_argument("--dtypes", nargs="*", default=["fp16", "bf16"], help="dtypes of the in-process runs at SHORT tokens")
     ap.add_argument("--only-fresh", action="store_true", help="only the fresh-process figures")
     ap.add_argument("--shape", default="7b", help="preset shape; 'tiny' = the embedded preset (smoke test)")
     ap.add_argument("--tokens", type=int, nargs=2, default=[512, 4096], metavar=("SHORT", "LONG"))
