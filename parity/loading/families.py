@@ -95,21 +95,23 @@ def _transformers_class(name: str) -> Any:
     """``transformers.<name>`` (None if it has none), imported with the unused packages hidden;
     where transformers had already found one of them installed before (a long-lived process),
     it imports it after all, as it would have."""
-    import transformers
-
     try:
-        with unused_packages_hidden():
+        with unused_packages_hidden():  # import transformers too: it checks some packages as it loads
+            import transformers
+
             return getattr(transformers, name, None)
     except (ImportError, RuntimeError):
+        import transformers
+
         return getattr(transformers, name, None)
 
 
 def _hf_config(cls_name: str) -> Callable[[dict[str, Any]], Any]:
     def make(cfg: dict[str, Any]) -> Any:
-        import transformers
-
         cls = _transformers_class(cls_name)
         if cls is None:
+            import transformers
+
             raise ModelError(f"transformers has no config class '{cls_name}' (installed: {transformers.__version__}).",
                              note="the preset's [model] config_class names a class of transformers")
         clean = {k: v for k, v in cfg.items() if k not in ("architectures", "auto_map", "transformers_version")}
@@ -126,12 +128,12 @@ def _hf_build(cfg_name: str, model_name: str) -> Callable[[dict[str, Any], str],
     make = _hf_config(cfg_name)
 
     def build(cfg: dict[str, Any], attn: str) -> Any:
-        import transformers
-
         config = make(cfg)
         config._attn_implementation = attn
         cls = _transformers_class(model_name)
         if cls is None:
+            import transformers
+
             raise ModelError(f"transformers has no model class '{model_name}' (installed: {transformers.__version__}).",
                              note="the preset's [model] model_class names a class of transformers")
         return cls(config)
