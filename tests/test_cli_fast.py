@@ -110,3 +110,9 @@ def test_a_reference_that_produces_nan_is_an_input_error(tmp_path: Path, run_cli
     code, _, err = run_cli("run", "--checkpoint", str(tmp_path), "--tokens", "4", "-q", "--no-files")
     assert code == 2 and "the reference produces NaN at 'blocks.1.mlp_out'" in err, err
     assert torch.isnan(sd["model.layers.1.mlp.down_proj.weight"]).any()
+
+
+def test_no_command_is_usage_with_one_line_and_a_note(run_cli) -> None:
+    code, out, err = run_cli()
+    assert code == 2 and "usage:" in out
+    assert err.strip().splitlines() == [err.strip()] and err.startswith("parity: error: no command given.") and "Note:" in err

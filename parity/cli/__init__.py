@@ -95,6 +95,8 @@ def _main(argv: Sequence[str] | None) -> int:
     ns = parser.parse_args(argv)
     if not getattr(ns, "func", None):
         parser.print_help()
+        print("parity: error: no command given. Note: e.g. parity run --model qwen (parity run --help lists its "
+              "options)", file=sys.stderr)
         return EXIT_USAGE
     try:
         return int(ns.func(ns))
