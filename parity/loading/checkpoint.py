@@ -186,7 +186,7 @@ def apply_state_dict(model: Any, sd: dict[str, Any], where: str) -> None:
         for name, t in own.items():
             src = sd.get(name)
             if src is not None:
-                t.copy_(src.to(t.dtype))
+                t.copy_(src)  # cast where the model lives: no float32 copy of a bfloat16 tensor on the host first
 
 
 def _tied_aliases(model: Any) -> dict[str, str]:
