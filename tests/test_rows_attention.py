@@ -115,3 +115,14 @@ def test_model_class_imports_when_a_hidden_package_is_needed_after_all():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["LlamaForCausalLM", "True"]
+
+
+def test_apply_leaves_models_without_the_attention_interface_alone(monkeypatch):
+    """A modeling file that picks its attention itself (no ALL_ATTENTION_FUNCTIONS: older
+    transformers classes, a user's family) keeps whole eager attention."""
+    import sys
+
+    model = _hf("LlamaForCausalLM", "LlamaConfig")
+    where = sys.modules[type(model.model.layers[0].self_attn).__module__]
+    monkeypatch.delattr(where, "ALL_ATTENTION_FUNCTIONS")
+    assert not rows.apply(model) and model.config._attn_implementation == "eager"

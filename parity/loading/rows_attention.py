@@ -32,6 +32,14 @@ def _family_eager(module: Any) -> Any:
     return getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
 
 
+def _dispatches(module: Any) -> bool:
+    """Whether ``module``'s modeling file picks its attention through transformers' attention
+    interface (which passes [B, heads, T, d] and takes [B, T, heads, d] back), and defines the
+    eager function this one calls."""
+    where = sys.modules.get(type(module).__module__)
+    return getattr(where, "ALL_ATTENTION_FUNCTIONS", None) is not None and _family_eager(module) is not None
+
+
 def attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
               attention_mask: torch.Tensor | None, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, Any]:
     """The family's eager attention over blocks of query rows (query [B, heads, T, d]; the
@@ -73,7 +81,8 @@ def apply(model: Any) -> bool:
     config = getattr(model, "config", None)
     if getattr(config, "_attn_implementation", None) not in ("eager", NAME) or not hasattr(model, "set_attn_implementation"):
         return False
-    if not any(_family_eager(m) is not None for m in model.modules() if type(m).__name__.endswith("Attention")):
+    attention = [m for m in model.modules() if type(m).__name__.endswith("Attention")]
+    if not attention or not all(_dispatches(m) for m in attention):
         return False
     if not _register():
         return False
