@@ -252,7 +252,8 @@ def fresh_run(model_name: str, shape: str | None, tokens: int, dtype: str = "fp1
                      "outside_stages_s": wall - sum(timings.values()), "message": (report.get("summary") or {}).get("message"),
                      "stderr_tail": proc.stderr[-400:]})
     hf = "" if model_name == "qwen" else (  # Qwen v1 needs no transformers; a run imports it as the floor does
-        "from parity.loading.families import unused_packages_hidden as h\nwith h(): from transformers import LlamaForCausalLM\n")
+        "from parity.loading import families\nfamilies.HIDE_UNUSED = True\n"
+        "with families.unused_packages_hidden(): from transformers import LlamaForCausalLM\n")
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-c", f"import torch, parity.cli.run\n{hf}torch.zeros(1, device='cuda'); "
                     "torch.cuda.synchronize()"], check=True, env=env)

@@ -92,6 +92,9 @@ def test_unused_packages_hidden_only_while_transformers_imports(tmp_path, monkey
     (tmp_path / "parity_unused_pkg.py").write_text("VALUE = 7\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(families, "UNUSED_BY_A_FORWARD", ("parity_unused_pkg", "json"))
+    with families.unused_packages_hidden():  # not parity's process: nothing hidden
+        assert importlib.util.find_spec("parity_unused_pkg") is not None
+    monkeypatch.setattr(families, "HIDE_UNUSED", True)  # as the parity command sets it
     with families.unused_packages_hidden():
         assert importlib.util.find_spec("parity_unused_pkg") is None
         with pytest.raises(ImportError):
@@ -111,6 +114,7 @@ def test_model_class_imports_when_a_hidden_package_is_needed_after_all():
 
     code = ("import sys\nfrom parity.loading import families\nfrom parity.loading.source import ModelSource\n"
             "assert 'safetensors' not in sys.modules\nfamilies.UNUSED_BY_A_FORWARD = ('safetensors',)\n"
+            "families.HIDE_UNUSED = True\n"
             "print(type(ModelSource.resolve('llama').build('cpu')).__name__, 'safetensors' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]

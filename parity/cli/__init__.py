@@ -74,7 +74,11 @@ def entry() -> None:
     A run that used a GPU ends with os._exit once its output is flushed and the interpreter's
     exit functions have run: tearing down tens of GiB of device memory, pinned host buffers
     and the CUDA context object by object only delays the shell prompt (by up to seconds),
-    and every file the command wrote is already closed."""
+    and every file the command wrote is already closed. The process is parity's: transformers
+    is imported without the packages a forward never uses (parity.loading.families)."""
+    from parity.loading import families
+
+    families.HIDE_UNUSED = True
     code = main()
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_initialized():

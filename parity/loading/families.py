@@ -75,12 +75,18 @@ class Family:
 UNUSED_BY_A_FORWARD = ("sklearn", "scipy", "torchvision", "torchaudio")
 
 
+#: whether to hide them: only in a process parity owns (the ``parity`` command sets it, see
+#: parity.cli.entry); in a user's process (the pytest plugin, the Python API) transformers
+#: must see what is installed, for whatever else that process does with it
+HIDE_UNUSED = False
+
+
 @contextlib.contextmanager
 def unused_packages_hidden() -> Iterator[None]:
     """While transformers' modeling code is first imported, the packages above (those not
     imported yet) look absent to it; afterwards they import as usual. It checks each with
     importlib.util.find_spec, which reads a None in sys.modules as "not installed"."""
-    hidden = [name for name in UNUSED_BY_A_FORWARD if name not in sys.modules]
+    hidden = [name for name in UNUSED_BY_A_FORWARD if name not in sys.modules] if HIDE_UNUSED else []
     for name in hidden:
         sys.modules[name] = None  # type: ignore[assignment]
     try:
