@@ -2,7 +2,18 @@
 checkpoint (the cross-check of a ``--trust-remote-code`` reference)."""
 from __future__ import annotations
 
-from parity.engines.contract import Engine, runner_create
+from typing import TYPE_CHECKING
+
+from parity.engines.contract import Engine, EngineContext
+
+if TYPE_CHECKING:
+    from parity.engines.base import Backend
+
+
+def create(ctx: EngineContext) -> Backend:
+    from parity.engines.cleanroom import runner
+
+    return runner.create(ctx)
 
 
 ENGINE = Engine(
@@ -10,5 +21,5 @@ ENGINE = Engine(
     summary="parity's own implementation of the family (clean-room Qwen v1; transformers' class for the others) loaded "
             "from the same checkpoint: the cross-check of a --trust-remote-code reference",
     requires=("torch",),
-    create=runner_create("parity.engines.cleanroom.runner"),
+    create=create,
 )
