@@ -79,6 +79,29 @@ def _tiny_gguf(path: Path) -> None:
     w.close()
 
 
+def test_the_chosen_file_keeps_its_origin_per_run(tmp_path: Path) -> None:
+    """How a run's GGUF file was found travels with that run's options, not in a cache shared by
+    the process: one file reached first as the --checkpoint GGUF, then through --gguf, then
+    the first run's later stages (their options, even pickled for a rank) each say how."""
+    import dataclasses
+    import pickle
+
+    pytest.importorskip("gguf")
+    from parity.engines.llamacpp import runner
+    from parity.options import RunOptions
+
+    f = tmp_path / "m.gguf"
+    _tiny_gguf(f)
+    first = runner.prepare(RunOptions(model="llama", candidate="llamacpp", checkpoint=str(f)))
+    second = runner.prepare(RunOptions(model="llama", candidate="llamacpp", gguf=str(f)))
+    assert first.gguf == second.gguf == str(f.resolve())
+    assert runner.resolve(second).origin == "--gguf"
+    later = dataclasses.replace(runner.prepare(first), isolate=False)  # prepare again, as stages do
+    assert runner.resolve(later).origin == "the --checkpoint GGUF file"
+    assert runner.resolve(pickle.loads(pickle.dumps(later))).origin == "the --checkpoint GGUF file"
+    assert runner.resolve(second).origin == "--gguf"
+
+
 def test_gguf_faults_edit_a_copy_in_place(tmp_path: Path) -> None:
     pytest.importorskip("gguf")
     from gguf import GGUFReader

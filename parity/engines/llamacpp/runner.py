@@ -86,23 +86,35 @@ class Resolved:
     reference: str | None = None
 
 
-_RESOLVED: dict[str, Resolved] = {}
+class Chosen(str):
+    """The path of the GGUF file :func:`prepare` chose, as ``RunOptions.gguf``, carrying how it
+    was found: later stages of the same run get that :class:`Resolved` back from their options
+    (a file found as a pinned or converted one keeps that origin), and nothing is shared with
+    other runs in the process (a cache keyed by path labelled one run's file with another's origin)."""
+
+    resolved: Resolved
+
+    def __new__(cls, res: Resolved) -> Chosen:
+        self = super().__new__(cls, str(res.path))
+        self.resolved = res
+        return self
+
+    def __reduce__(self) -> tuple[Any, ...]:  # a pickled copy (a --tp rank's options) keeps it
+        return (Chosen, (self.resolved,))
 
 
 def resolve(opts: RunOptions, say: Any = None) -> Resolved:
-    """The clean GGUF file this run's llama.cpp runs (found once per file)."""
-    res = _RESOLVED.get(opts.gguf) if opts.gguf else None
-    if res is None:
-        res = _locate(opts, say)
-        _RESOLVED[str(res.path)] = res
-    return res
+    """The clean GGUF file this run's llama.cpp runs: the one prepare() chose, else found now."""
+    if isinstance(opts.gguf, Chosen):
+        return opts.gguf.resolved
+    return _locate(opts, say)
 
 
 def derived_options(opts: RunOptions, res: Resolved) -> RunOptions:
     """The run options with what the file decides: the file itself, the verdict's dtype, the
     twin of a quantized file (the reference with llama.cpp's activation quantization), and the
     reference's checkpoint for a converted quantized file."""
-    changes: dict[str, Any] = {"gguf": str(res.path), "dtype": res.dtype}
+    changes: dict[str, Any] = {"gguf": Chosen(res), "dtype": res.dtype}
     if res.quantized and opts.quant_twin in (None, "auto", "emulate"):
         changes["twin_gguf"] = str(res.path)
     if res.reference is not None:
