@@ -193,7 +193,8 @@ def overhead(model_name: str, shape: str, tokens: int, more_tokens: tuple[int, .
             compared(ids)
             torch.cuda.synchronize()
             pr.disable()
-        pstats.Stats(pr).sort_stats("tottime").print_stats(30)
+        pstats.Stats(pr).sort_stats("tottime").print_stats(45)
+        pstats.Stats(pr).sort_stats("cumulative").print_stats(40)
     return out
 
 

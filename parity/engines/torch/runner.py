@@ -25,7 +25,7 @@ from parity.capture import probes as canon
 from parity.engines.base import Backend, Sink
 from parity.errors import BackendError, ProbeError, UsageError
 from parity.loading import remote
-from parity.capture.hooks import Taps, outside_graph, skipped, teacher_forced
+from parity.capture.hooks import Taps, outside_graph, skipped, strip_taps, teacher_forced
 from parity.capture.probemap import BlockSpec, ProbeMap
 from parity.loading import rows_attention as rows
 
@@ -237,6 +237,7 @@ def derive(reference: nn.Module, dtype: str, device: str, attn: str) -> nn.Modul
             cast = p.detach().to(device=device, dtype=target if p.is_floating_point() else p.dtype, copy=True)
             memo[id(p)] = nn.Parameter(cast, requires_grad=False)
     model = copy.deepcopy(reference, memo).to(device=device).eval()
+    strip_taps(model)  # a reference whose probes are installed: its wrapped forwards are not the copy's
     set_attn(model, attn)
     return model
 
