@@ -194,7 +194,14 @@ def overhead(model_name: str, shape: str, tokens: int, more_tokens: tuple[int, .
             torch.cuda.synchronize()
             pr.disable()
         pstats.Stats(pr).sort_stats("tottime").print_stats(45)
-        pstats.Stats(pr).sort_stats("cumulative").print_stats(40)
+        from torch.profiler import ProfilerActivity, profile
+
+        with cand:  # the CUDA runtime calls of a hooked forward (a synchronizing copy stalls the queue)
+            compared(ids)
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                compared(ids)
+                torch.cuda.synchronize()
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30))
     return out
 
 

@@ -104,9 +104,6 @@ class Taps:
                         modules[path] = module
                 inputs = [b for b in group if b.spec.io == "input"]
                 outputs = [b for b in group if b.spec.io == "output"]
-                if _wrappable(module):
-                    self.handles.append(_Wrapped(module, self._wrapper(module, inputs, outputs)))
-                    continue
                 if inputs:
                     self.handles.append(module.register_forward_pre_hook(_marked(self._pre_hook(inputs)), with_kwargs=True))
                 if outputs:
@@ -124,7 +121,6 @@ class Taps:
         self.take = getattr(sink, "take", None) if sink is not None else None
 
     def remove(self) -> None:
-        self.connect(None)  # a wrapper someone else's stays on top of only passes through from now on
         handles, self.handles = self.handles, []
         for h in handles:
             h.remove()
@@ -168,66 +164,6 @@ class Taps:
 
         return hook
 
-    def _wrapper(self, module: nn.Module, inputs: list[Binding], outputs: list[Binding]) -> Callable[..., Any]:
-        """The module's ``forward``, wrapped to send its bindings (see :class:`_Wrapped`): what the
-        forward and pre-hooks of the module saw with hooks, without nn.Module's hook path."""
-        inner = module.forward
-        b = outputs[0] if outputs else None
-        if not inputs and len(outputs) == 1 and b is not None and b.spec.transform is None:
-            probe, index, tensor, group = b.probe, b.spec.index, torch.Tensor, outputs
-
-            def one(*args: Any, **kwargs: Any) -> Any:
-                out = inner(*args, **kwargs)
-                take = self.take
-                if take is not None and _EAGER_CALL is None:
-                    take(probe, out if type(out) is tensor else _pick(out, index, b), b)
-                elif self.sink is not None:
-                    self._send(group, args, kwargs, out)
-                return out
-
-            return one
-
-        def forward(*args: Any, **kwargs: Any) -> Any:
-            if inputs and self.sink is not None:
-                self._send(inputs, args, kwargs, None)
-            out = inner(*args, **kwargs)
-            if outputs and self.sink is not None:
-                self._send(outputs, args, kwargs, out)
-            return out
-
-        return forward
-
-
-def _wrappable(module: nn.Module) -> bool:
-    """Whether a probe may wrap ``module.forward`` instead of hooking it: the module's own
-    forward hooks (e.g. one that all-reduces a tensor-parallel output) run after forward,
-    so where there are any the probe is a hook registered after them, seeing what they left."""
-    from torch.nn.modules import module as mm
-
-    return not (module._forward_hooks or mm._global_forward_hooks or mm._global_forward_pre_hooks)
-
-
-class _Wrapped:
-    """A wrapped ``forward`` installed as the module's instance attribute (nn.Module calls it
-    on its fast path: no hooks, so no hook dispatch per call); ``remove()`` restores what was
-    there. Hooks cost about 1 us more per module call than a wrapper, a few hundred times a
-    forward."""
-
-    __slots__ = ("module", "fn", "prev")
-
-    def __init__(self, module: nn.Module, fn: Callable[..., Any]) -> None:
-        self.module, self.fn = module, fn
-        self.prev = module.__dict__.get("forward")
-        module.forward = _marked(fn)  # type: ignore[method-assign]
-
-    def remove(self) -> None:
-        m = self.module
-        if m.__dict__.get("forward") is self.fn:
-            if self.prev is None:
-                del m.forward
-            else:
-                m.forward = self.prev  # type: ignore[method-assign]
-
 
 def _marked(fn: Callable[..., Any]) -> Callable[..., Any]:
     fn.__parity_tap__ = True  # type: ignore[attr-defined]  # see strip_taps
@@ -235,13 +171,10 @@ def _marked(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def strip_taps(model: nn.Module) -> None:
-    """Remove the probes' wrapped forwards and hooks from ``model``: a deep copy of a module
-    whose probes were installed (its copied wrappers would run the original's forward, its
-    copied hooks send to the original's sink)."""
+    """Remove the probes' hooks from ``model``: a deep copy of a module whose probes were
+    installed (a candidate derived while the reference's backend is active), whose copied
+    hooks would send the copy's tensors to the original's sink."""
     for m in model.modules():
-        fn = m.__dict__.get("forward")
-        if fn is not None and getattr(fn, "__parity_tap__", False):
-            del m.forward
         for hooks in (m._forward_hooks, m._forward_pre_hooks):
             for key in [k for k, h in hooks.items() if getattr(h, "__parity_tap__", False)]:
                 del hooks[key]
@@ -329,7 +262,7 @@ def skipped(model: nn.Module, block: BlockSpec, below: int) -> Iterator[None]:
     try:
         for i in range(1, below):
             m = _get(model, block.module.replace("{i}", str(i)), f"block {i}")
-            patched.append((m, m.__dict__.get("forward")))  # a probe's wrapper comes back after
+            patched.append((m, m.__dict__.get("forward")))  # an instance forward comes back after
             m.forward = passthrough  # an instance attribute: nn.Module.__call__ calls it
         yield
     finally:

@@ -237,7 +237,7 @@ def derive(reference: nn.Module, dtype: str, device: str, attn: str) -> nn.Modul
             cast = p.detach().to(device=device, dtype=target if p.is_floating_point() else p.dtype, copy=True)
             memo[id(p)] = nn.Parameter(cast, requires_grad=False)
     model = copy.deepcopy(reference, memo).to(device=device).eval()
-    strip_taps(model)  # a reference whose probes are installed: its wrapped forwards are not the copy's
+    strip_taps(model)  # a reference whose probes are installed: their copied hooks would send to its sink
     set_attn(model, attn)
     return model
 
