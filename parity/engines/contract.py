@@ -56,6 +56,17 @@ Check = Callable[[RunOptions], None]
 Prepare = Callable[[RunOptions, "Progress | None"], RunOptions]
 
 
+def runner_create(module: str) -> Factory:
+    """The ``create`` of an engine whose heavy code is ``module``: imports it when a run needs
+    the engine, then calls its ``create(ctx)``."""
+    def create(ctx: EngineContext) -> Backend:
+        import importlib
+
+        return importlib.import_module(module).create(ctx)
+
+    return create
+
+
 @dataclass(frozen=True)
 class Engine:
     """One engine's declaration."""

@@ -3,14 +3,11 @@ TensorRT-LLM's ``tllm_debug/`` .npy files, ``rank<N>/*.pt``; the format: parity.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from parity.engines.contract import Engine, EngineContext, needs_candidate
+from parity.engines.contract import Engine, needs_candidate, runner_create
 from parity.errors import UsageError
 from parity.options import Opt, RunOptions
 
-if TYPE_CHECKING:
-    from parity.engines.base import Backend
 
 NEEDS_DUMP = "a folder written by `parity dump`, a tllm_debug/ folder, or rank<N>/*.pt dumps"
 
@@ -31,17 +28,11 @@ def check(opts: RunOptions) -> None:
         dumps.read_manifest(Path(opts.dump))
 
 
-def create(ctx: EngineContext) -> Backend:
-    from parity.engines.dump import runner
-
-    return runner.create(ctx)
-
-
 ENGINE = Engine(
     name="dump",
     summary="tensors dumped by any runtime (--dump DIR): parity dumps, tllm_debug/ .npy, rank<N>/*.pt",
     requires=("safetensors",),
-    create=create,
+    create=runner_create("parity.engines.dump.runner"),
     check=check,
     flags=(
         Opt(("--dump",), {"metavar": "DIR", "help": "--candidate dump: folder of dumped tensors (parity dump, tllm_debug/, rank<N>/*.pt)"}),

@@ -4,14 +4,10 @@ options with it."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from parity.engines.contract import Engine, EngineContext, Progress, needs_candidate
+from parity.engines.contract import Engine, Progress, needs_candidate, runner_create
 from parity.errors import UsageError
 from parity.options import Opt, RunOptions
-
-if TYPE_CHECKING:
-    from parity.engines.base import Backend
 
 
 def check(opts: RunOptions) -> None:
@@ -26,18 +22,12 @@ def prepare(opts: RunOptions, progress: Progress | None = None) -> RunOptions:
     return runner.prepare(opts, progress)
 
 
-def create(ctx: EngineContext) -> Backend:
-    from parity.engines.llamacpp import runner
-
-    return runner.create(ctx)
-
-
 ENGINE = Engine(
     name="llamacpp",
     summary="a GGUF file run by llama.cpp (llama-cpp-python), probes from its graph's eval callback",
     requires=("llama_cpp", "gguf"),
     install="`make llamacpp` (or pip install 'parity-debugger[llamacpp]'): pip compiles llama.cpp, ~4-15 min on 2 cores",
-    create=create,
+    create=runner_create("parity.engines.llamacpp.runner"),
     check=check,
     prepare=prepare,
     flags=(

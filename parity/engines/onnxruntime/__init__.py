@@ -3,14 +3,10 @@ graph output, run in ONNX Runtime."""
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
 
-from parity.engines.contract import Engine, EngineContext
+from parity.engines.contract import Engine, runner_create
 from parity.errors import UsageError
 from parity.options import Opt, RunOptions
-
-if TYPE_CHECKING:
-    from parity.engines.base import Backend
 
 
 def check(opts: RunOptions) -> None:
@@ -21,18 +17,12 @@ def check(opts: RunOptions) -> None:
                              note=f"add --candidate onnxruntime, or drop {flag}")
 
 
-def create(ctx: EngineContext) -> Backend:
-    from parity.engines.onnxruntime import runner
-
-    return runner.create(ctx)
-
-
 ENGINE = Engine(
     name="onnxruntime",
     summary="the reference exported to ONNX (probes marked as outputs), run in ONNX Runtime",
     requires=("onnx", "onnxruntime", "onnxscript"),
     install="pip install 'parity-debugger[onnx]'",
-    create=create,
+    create=runner_create("parity.engines.onnxruntime.runner"),
     check=check,
     flags=(
         Opt(("--ort-opt",), {"default": "all", "choices": ["disable", "basic", "extended", "all"], "help": "ONNX Runtime graph optimization level (default: all)"}),

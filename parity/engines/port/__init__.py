@@ -3,14 +3,10 @@ engine-style port, the target of ``--fault``)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from parity.engines.contract import Engine, EngineContext
+from parity.engines.contract import Engine, runner_create
 from parity.errors import UsageError
 from parity.options import Opt, RunOptions
-
-if TYPE_CHECKING:
-    from parity.engines.base import Backend
 
 
 def check(opts: RunOptions) -> None:
@@ -32,17 +28,11 @@ def check(opts: RunOptions) -> None:
         load_map(Path(opts.port_map))
 
 
-def create(ctx: EngineContext) -> Backend:
-    from parity.engines.port import runner
-
-    return runner.create(ctx)
-
-
 ENGINE = Engine(
     name="port",
     summary="a PyTorch port (--port FILE.py:factory, or the family's built-in engine-style port with --fault)",
     requires=("torch",),
-    create=create,
+    create=runner_create("parity.engines.port.runner"),
     check=check,
     flags=(
         Opt(("--port",), {"metavar": "FILE.py:FACTORY", "help": "with --candidate port: your port, factory(config, state_dict) -> nn.Module (default: the family's built-in port)"}),

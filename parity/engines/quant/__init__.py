@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
-from parity.engines.contract import Engine, EngineContext, needs_candidate
+from parity.engines.contract import Engine, needs_candidate, runner_create
 from parity.errors import UsageError
 from parity.options import Opt, RunOptions
-
-if TYPE_CHECKING:
-    from parity.engines.base import Backend
 
 
 def check(opts: RunOptions) -> None:
@@ -48,18 +44,12 @@ def _resolved_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def create(ctx: EngineContext) -> Backend:
-    from parity.engines.quant import runner
-
-    return runner.create(ctx)
-
-
 ENGINE = Engine(
     name="quant",
     summary="the reference weights fake-quantized by NVIDIA ModelOpt (--quant int8-wo|int4-wo|int4-awq|w8a8-sq|fp8|int8-kv|fp8-kv|nvfp4)",
     requires=("torch", "modelopt"),
     install="pip install 'parity-debugger[quant]'",
-    create=create,
+    create=runner_create("parity.engines.quant.runner"),
     check=check,
     flags=(
         Opt(("--quant",), {"metavar": "SCHEME", "help": "with --candidate quant: int8-wo, int4-wo, int4-awq, w8a8-sq, fp8, int8-kv, fp8-kv, nvfp4 (ModelOpt fake quantization)"}),

@@ -1,18 +1,7 @@
 """The ``tensorrt`` engine: the probe-marked ONNX export parsed and built by TensorRT."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from parity.engines.contract import Engine, EngineContext
-
-if TYPE_CHECKING:
-    from parity.engines.base import Backend
-
-
-def create(ctx: EngineContext) -> Backend:
-    from parity.engines.tensorrt import runner
-
-    return runner.create(ctx)
+from parity.engines.contract import Engine, runner_create
 
 
 ENGINE = Engine(
@@ -20,5 +9,5 @@ ENGINE = Engine(
     summary="the same probe-marked ONNX parsed and built by TensorRT (needs a CUDA GPU)",
     requires=("onnx", "onnxscript", "tensorrt"),
     install="pip install 'parity-debugger[onnx]' tensorrt (NVIDIA's index; a CUDA GPU)",
-    create=create,
+    create=runner_create("parity.engines.tensorrt.runner"),
 )

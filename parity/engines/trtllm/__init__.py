@@ -2,23 +2,12 @@
 probe map (``tensorrt_engine``: probes of an engine built by TensorRT-LLM's TensorRT path)."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from parity.engines.contract import Engine, EngineContext, needs_candidate
+from parity.engines.contract import Engine, needs_candidate, runner_create
 from parity.options import Opt, RunOptions
-
-if TYPE_CHECKING:
-    from parity.engines.base import Backend
 
 
 def check(opts: RunOptions) -> None:
     needs_candidate(opts, (("--trtllm-map", "trtllm_map"),), "trtllm")
-
-
-def create(ctx: EngineContext) -> Backend:
-    from parity.engines.trtllm import runner
-
-    return runner.create(ctx)
 
 
 ENGINE = Engine(
@@ -26,7 +15,7 @@ ENGINE = Engine(
     summary="TensorRT-LLM's PyTorch backend, hooked through a trtllm_<family> probe map",
     requires=("tensorrt_llm",),
     install="install tensorrt_llm from NVIDIA's index on a CUDA machine; or dump its tensors and use --candidate dump",
-    create=create,
+    create=runner_create("parity.engines.trtllm.runner"),
     check=check,
     flags=(
         Opt(("--trtllm-map",), {"metavar": "NAME|TOML", "help": "--candidate trtllm: probe map for the TensorRT-LLM model (default: trtllm_<family>)"}),
