@@ -265,18 +265,17 @@ class Comparator:
         def build(v: list[float]) -> tuple[DiffStats, TokenProfile | None, TensorStats]:
             return diff_from(v, shape), profile_from(v, shape), cand_stats_from(v, shape, dtype)
 
-        if ref.device != t.device:
-            if ref.device.type == "cpu" and t.is_cuda and ref.numel() * ref.element_size() > HOST_BLOCK_BYTES:
-                self._add_from_host(name, ref, t, tol, build)  # block by block: never whole on the GPU
-                return
-            ref = ref.to(t.device, non_blocking=True)
-
-        if self.batch.fused and ref is self.reference.records[name].tensor:  # plan the next forwards
-            p = fused.plan(ref, t, fused.tol_bits(tol.atol, tol.rtol, REL_EPS))
-            if p is not None:
-                p.owner, p.build = self.tolerances, build
-                self.plans[name] = p
-        pending = self.batch.add_diff(ref, t, tol, build)
+        if ref.device.type == "cpu" and t.is_cuda and ref.numel() * ref.element_size() > HOST_BLOCK_BYTES:
+            pending = self.batch.add(diff_vector_from_host(ref, t, tol), build)  # never whole on the GPU
+        else:
+            if ref.device != t.device:
+                ref = ref.to(t.device, non_blocking=True)
+            if self.batch.fused and ref is self.reference.records[name].tensor:  # plan the next forwards
+                p = fused.plan(ref, t, fused.tol_bits(tol.atol, tol.rtol, REL_EPS))
+                if p is not None:
+                    p.owner, p.build = self.tolerances, build
+                    self.plans[name] = p
+            pending = self.batch.add_diff(ref, t, tol, build)
         self._pending.append((name, pending))
         self.last = name
         self.capture.records[name] = ProbeRecord(name, pending.part(2), t.clone() if self.keep else None)
@@ -287,12 +286,6 @@ class Comparator:
                 arena = self.batch.arenas.get(t.device)
                 if arena is not None:
                     arena.flush()  # launched: the copies go back to the allocator
-
-    def _add_from_host(self, name: str, ref: torch.Tensor, t: torch.Tensor, tol: Any, build: Any) -> None:
-        pending = self.batch.add(diff_vector_from_host(ref, t, tol), build)
-        self._pending.append((name, pending))
-        self.last = name
-        self.capture.records[name] = ProbeRecord(name, pending.part(2), t.clone() if self.keep else None)
 
 
 _DTYPE_NAMES: dict[torch.dtype, str] = {}
