@@ -29,8 +29,13 @@ def test_modules_import_without_llama_cpp(module: str, monkeypatch: pytest.Monke
     import sys
 
     monkeypatch.setitem(sys.modules, "llama_cpp", None)  # `import llama_cpp` raises
-    for name in [m for m in sys.modules if m == module]:
-        monkeypatch.delitem(sys.modules, name)
+    parent, _, child = module.rpartition(".")
+    if module in sys.modules:
+        monkeypatch.delitem(sys.modules, module)
+        # the import below rebinds the package's attribute to a second module object: put the
+        # first one back afterwards, or later tests would run two copies of the module (two
+        # copies of its classes and state), depending on how each caller imports it
+        monkeypatch.setattr(sys.modules[parent], child, getattr(sys.modules[parent], child))
     importlib.import_module(module)
 
 

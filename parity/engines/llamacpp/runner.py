@@ -105,9 +105,8 @@ class Chosen(str):
 
 def resolve(opts: RunOptions, say: Any = None) -> Resolved:
     """The clean GGUF file this run's llama.cpp runs: the one prepare() chose, else found now."""
-    if isinstance(opts.gguf, Chosen):
-        return opts.gguf.resolved
-    return _locate(opts, say)
+    chosen = getattr(opts.gguf, "resolved", None)  # a Chosen (of whichever copy of this module made it)
+    return chosen if chosen is not None else _locate(opts, say)
 
 
 def derived_options(opts: RunOptions, res: Resolved) -> RunOptions:
