@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 from datetime import datetime
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from parity.engines.checks import check_options, check_tolerances
@@ -78,6 +78,34 @@ def progress(quiet: bool) -> StageProgress | None:
 def done(progress: StageProgress | None) -> None:
     if progress is not None:
         progress.close()
+
+
+def produce(ns: argparse.Namespace, out: Path, make: Callable[[StageProgress | None], Any], render: Callable[[Any], None],
+            write: Callable[[Any, Path], dict[str, Path]], write_html: Callable[[Any, Path], Any]) -> Any:
+    """What `parity eval`, `generate` and `quant-sweep` share: inside the command's Outputs
+    (nothing half-written if anything fails), ``make(progress)`` the result, render it, write
+    its files (each path ``write`` returns) and the --html file, then say where they went."""
+    from parity.outputs import Outputs
+
+    html = getattr(ns, "html", None)
+    with Outputs(None if ns.no_files else out, [("--html", html)]) as outputs:
+        prog = progress(ns.quiet)
+        try:
+            result = make(prog)
+        finally:
+            done(prog)
+        render(result)
+        lines = []
+        if not ns.no_files:
+            paths = write(result, outputs.dir)
+            lines.append("Reports: " + "  ".join(str(outputs.final(path)) for path in paths.values()))
+        if html:
+            write_html(result, outputs.file(html))
+            lines.append(f"HTML report: {html}")
+        outputs.commit()
+    for line in lines:
+        say(line)
+    return result
 
 
 def run_id(ns: argparse.Namespace) -> str:

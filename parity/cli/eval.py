@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from parity.cli.common import EXIT_DIVERGED, EXIT_OK, add_groups, check_options, done, progress, run_id, say, with_model
+from parity.cli.common import EXIT_DIVERGED, EXIT_OK, add_groups, check_options, produce, run_id, with_model
 from parity.options import add_group
 
 
@@ -60,25 +60,8 @@ def cmd_eval(ns: argparse.Namespace) -> int:
     from parity.run.evaluate import execute, load_items
 
     load_items(ns.dataset, ns.limit)  # a malformed file fails before any model is built
-    from parity.outputs import Outputs
-
     out = Path(ns.out) if ns.out else Path("reports") / ("eval-" + run_id(ns))
-    with Outputs(None if ns.no_files else out, [("--html", getattr(ns, "html", None))]) as outputs:
-        prog = progress(ns.quiet)
-        try:
-            doc = execute(opts, ns.dataset, ns.limit, prog)
-        finally:
-            done(prog)
-        evaluation.render(doc)
-        lines = []
-        if not ns.no_files:
-            paths = evaluation.write(doc, outputs.dir)
-            lines.append(f"Reports: {outputs.final(paths['json'])}  {outputs.final(paths['csv'])}")
-        if getattr(ns, "html", None):
-            evaluation.write_html(doc, outputs.file(ns.html))
-            lines.append(f"HTML report: {ns.html}")
-        outputs.commit()
-    for line in lines:
-        say(line)
+    doc = produce(ns, out, lambda prog: execute(opts, ns.dataset, ns.limit, prog), evaluation.render,
+                  evaluation.write, evaluation.write_html)
     rl = doc["eval"]["overall"]["rougeL"]
     return EXIT_DIVERGED if ns.min_rougel is not None and (rl is None or rl < ns.min_rougel) else EXIT_OK

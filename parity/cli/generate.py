@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from parity.cli.common import add_groups, check_options, done, progress, run_id, say, with_model
+from parity.cli.common import add_groups, check_options, produce, run_id, with_model
 from parity.options import VERDICT_OPTS, Opt, add_group
 
 GENERATION_OPTS: list[Opt] = [
@@ -45,32 +45,25 @@ def cmd_generate(ns: argparse.Namespace) -> int:
     opts = with_model(options(ns), ns)
     check_options(opts)  # before torch is imported
 
-    from parity.outputs import Outputs
-
     out = Path(ns.out) if ns.out else Path("reports") / ("gen-" + run_id(ns))
-    with Outputs(None if ns.no_files else out, [("--html", getattr(ns, "html", None))]) as outputs:
-        return _generate(ns, opts, outputs)
-
-
-def _generate(ns: argparse.Namespace, opts: Any, outputs: Any) -> int:
-    from parity.report import generation as gen_report
-    from parity.run.generate import execute
-    prog = progress(ns.quiet)
-    try:
-        result = execute(opts, prog)
-    finally:
-        done(prog)
-    gen_report.render(result.report)
-    lines = []
-    if not ns.no_files:
-        paths = gen_report.write(result.report, outputs.dir)
-        lines.append(f"Reports: {outputs.final(paths['json'])}  {outputs.final(paths['csv'])}")
-    if getattr(ns, "html", None):  # the output group's --html, where the HTML report exists
-        from parity.report import html  # type: ignore[attr-defined]
-
-        html.write(result.report, outputs.file(ns.html))
-        lines.append(f"HTML report: {ns.html}")
-    outputs.commit()
-    for line in lines:
-        say(line)
+    result = produce(ns, out, lambda prog: _execute(opts, prog), lambda r: _report().render(r.report),
+                     lambda r, d: _report().write(r.report, d), _write_html)
     return 0 if result.passed else 1
+
+
+def _execute(opts: Any, prog: Any) -> Any:  # torch is imported once the outputs are checked
+    from parity.run.generate import execute
+
+    return execute(opts, prog)
+
+
+def _report() -> Any:
+    from parity.report import generation
+
+    return generation
+
+
+def _write_html(result: Any, path: Path) -> None:  # the output group's --html, where the HTML report exists
+    from parity.report import html  # type: ignore[attr-defined]
+
+    html.write(result.report, path)

@@ -7,7 +7,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from parity.cli.common import EXIT_DIVERGED, EXIT_OK, add_groups, check_options, done, progress, say, with_model
+from parity.cli.common import EXIT_DIVERGED, EXIT_OK, add_groups, check_options, produce, with_model
 from parity.options import add_group, run_options
 
 
@@ -67,29 +67,11 @@ def cmd_sweep(ns: argparse.Namespace) -> int:
     from parity.report import quant as quant_report
     from parity.run.quant_sweep import execute
 
-    from parity.outputs import Outputs
-
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(ns.out) if ns.out else Path("reports") / f"{stamp}-{opts.model}-quant-sweep"
-    with Outputs(None if ns.no_files else out, [("--html", getattr(ns, "html", None))]) as outputs:
-        prog = progress(ns.quiet)
-        try:
-            doc = execute(opts, names, prog, rouge=ns.rouge, dataset=ns.dataset, limit=ns.limit,
-                          max_new_tokens=ns.max_new_tokens)
-        finally:
-            done(prog)
-        quant_report.render_sweep(doc)
-        lines = []
-        if not ns.no_files:
-            paths = quant_report.write_sweep(doc, outputs.dir)
-            lines.append(f"Reports: {outputs.final(paths['json'])}  {outputs.final(paths['csv'])}  "
-                         f"{outputs.final(paths['html'])}")
-        if getattr(ns, "html", None):
-            quant_report.write_sweep_html(doc, outputs.file(ns.html))
-            lines.append(f"HTML report: {ns.html}")
-        outputs.commit()
-    for line in lines:
-        say(line)
+    doc = produce(ns, out, lambda prog: execute(opts, names, prog, rouge=ns.rouge, dataset=ns.dataset, limit=ns.limit,
+                                                max_new_tokens=ns.max_new_tokens),
+                  quant_report.render_sweep, quant_report.write_sweep, quant_report.write_sweep_html)
     # exit 1 when a scheme that ran is over its budget (what a CI step gating on the sweep
     # expects); a scheme that could not run here (needs CUDA) is listed, not a divergence
     return EXIT_DIVERGED if quant_report.diverged_schemes(doc) else EXIT_OK
