@@ -45,9 +45,11 @@ def cmd_generate(ns: argparse.Namespace) -> int:
     opts = with_model(options(ns), ns)
     check_options(opts)  # before torch is imported
 
+    from parity.report import generation as gen_report  # light: no torch
+
     out = Path(ns.out) if ns.out else Path("reports") / ("gen-" + run_id(ns))
-    result = produce(ns, out, lambda prog: _execute(opts, prog), lambda r: _report().render(r.report),
-                     lambda r, d: _report().write(r.report, d), _write_html)
+    result = produce(ns, out, lambda prog: _execute(opts, prog), lambda r: gen_report.render(r.report),
+                     lambda r, d: gen_report.write(r.report, d), _write_html)
     return 0 if result.passed else 1
 
 
@@ -55,12 +57,6 @@ def _execute(opts: Any, prog: Any) -> Any:  # torch is imported once the outputs
     from parity.run.generate import execute
 
     return execute(opts, prog)
-
-
-def _report() -> Any:
-    from parity.report import generation
-
-    return generation
 
 
 def _write_html(result: Any, path: Path) -> None:  # the output group's --html, where the HTML report exists
