@@ -70,6 +70,38 @@ def _kernel_ms(fn) -> float:
     return total / 1000.0
 
 
+class _HookFree:
+    """While active, ``model``'s probe hooks are set aside (nn.Module's fast path runs): a
+    backend keeps its hooks installed while it is active, so a forward of its model in that
+    time is not hook-free. Setting aside and back is two attribute writes per hooked module."""
+
+    def __init__(self, model) -> None:
+        self.modules = [m for m in model.modules() if m._forward_hooks or m._forward_pre_hooks]
+        tapped = [h for m in self.modules for h in (*m._forward_hooks.values(), *m._forward_pre_hooks.values())]
+        assert all(getattr(h, "__parity_tap__", False) for h in tapped), "a hook that is not a probe"
+        self.saved: list = []
+
+    def __enter__(self) -> None:
+        from collections import OrderedDict
+
+        self.saved = [(m._forward_hooks, m._forward_pre_hooks) for m in self.modules]
+        for m in self.modules:
+            m._forward_hooks, m._forward_pre_hooks = OrderedDict(), OrderedDict()
+
+    def __exit__(self, *exc) -> None:
+        for m, (post, pre) in zip(self.modules, self.saved):
+            m._forward_hooks, m._forward_pre_hooks = post, pre
+
+
+def _copy_bandwidth_gbps() -> float:
+    """Device-to-device copy of 1 GiB: bytes read plus written per second (GB/s)."""
+    a = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
+    b = torch.empty_like(a)
+    b.copy_(a)
+    _, t = _median_time(lambda: b.copy_(a), 5)
+    return 2 * a.numel() / t / 1e9
+
+
 def overhead(model_name: str, shape: str, tokens: int, more_tokens: tuple[int, ...] = ()) -> dict:
     """Candidate forward with every probe hooked and compared on device vs no hooks.
 
@@ -113,7 +145,13 @@ def overhead(model_name: str, shape: str, tokens: int, more_tokens: tuple[int, .
     def compared(x, cap=ref_cap) -> None:
         _ = on_device(x, cap).diffs  # and read back into Python results, as a run does
 
-    def plain(x) -> None:
+    free: list = []  # made once the hooks are installed (the first capture installs them)
+
+    def plain(x) -> None:  # hook-free
+        with free[0], torch.inference_mode():
+            cand.model(input_ids=x, use_cache=False)
+
+    def bare_hooks(x) -> None:  # the probes' hooks installed, sending nowhere (sink None)
         with torch.inference_mode():
             cand.model(input_ids=x, use_cache=False)
 
@@ -127,10 +165,12 @@ def overhead(model_name: str, shape: str, tokens: int, more_tokens: tuple[int, .
 
     with cand:
         out["first_call_s"] = _median_time(lambda: compared(ids), 2)[0]
+        free.append(_HookFree(cand.model))
+        out["hooked_modules"] = len(free[0].modules)
         # The host of the device machine is noisy over a run: the main figures alternate
         # their calls, so that drift hits every one of them alike.
         med = _interleaved({"plain_s": lambda: plain(ids), "hooked_s": lambda: on_device(ids),
-                            "with_readback_s": lambda: compared(ids), "hooks_only_s": lambda: hooks_only(ids)}, 25)
+                            "with_readback_s": lambda: compared(ids), "hooks_only_s": lambda: hooks_only(ids), "bare_hooks_s": lambda: bare_hooks(ids)}, 25)
         out.update(med)
         out["deferred"] = cand.defer_stats
         cand.defer_stats = False  # one launch per probe, as for a port
@@ -142,16 +182,27 @@ def overhead(model_name: str, shape: str, tokens: int, more_tokens: tuple[int, .
         out["plain_kernel_ms"] = _kernel_ms(lambda: plain(ids))
         out["hooked_kernel_ms"] = _kernel_ms(lambda: compared(ids))
         small = ids[:, :16]
-        out["plain_16_s"] = timed_forward(cand.model, small)
+        with free[0]:
+            out["plain_16_s"] = timed_forward(cand.model, small)
         out["hooks_only_16_s"] = _median_time(lambda: hooks_only(small), 5)[1]
         out["self_diff_16_s"] = _median_time(lambda: self_diff(small), 5)[1]
         for m in more_tokens:  # longer prompts: the forward is bound by the GPU, not the host
             x, cap = ids_for[m], ref_caps[m]
-            plain_m = timed_forward(cand.model, x, 3)
+            with free[0]:
+                plain_m = timed_forward(cand.model, x, 3)
             hooked_m = _median_time(lambda: compared(x, cap), 3)[1]
             out[f"plain_{m}_s"], out[f"hooked_{m}_s"], out[f"ratio_{m}"] = plain_m, hooked_m, hooked_m / plain_m
+        # The floor the issue names: one read of each captured tensor, both sides, at the
+        # device's copy bandwidth, on top of the hook-free forward.
+        nbytes = sum(r.tensor.numel() * (r.tensor.element_size() + torch.finfo(torch.float16).bits // 8)
+                     for r in ref_cap.records.values() if r.tensor is not None)
+        out["stats_bytes_per_forward"] = nbytes
+        out["copy_bandwidth_gbps"] = _copy_bandwidth_gbps()
+        out["one_read_ms"] = nbytes / out["copy_bandwidth_gbps"] / 1e6
+        out["one_read_floor_ratio"] = (out["plain_s"] + out["one_read_ms"] / 1e3) / out["plain_s"]
     n = len(names)
     out["ratio"] = out["hooked_s"] / out["plain_s"]
+    out["ratio_bare_hooks"] = out["bare_hooks_s"] / out["plain_s"]
     out["ratio_with_readback"] = out["with_readback_s"] / out["plain_s"]
     out["ratio_hooks_only"] = out["hooks_only_s"] / out["plain_s"]
     out["ratio_eager_stats"] = out["eager_stats_s"] / out["plain_s"]
@@ -185,7 +236,8 @@ def overhead(model_name: str, shape: str, tokens: int, more_tokens: tuple[int, .
             fused.HOLD_BYTES = hold
             gc.disable()
             out["hooked_gc_off_s"] = _median_time(lambda: compared(ids), 5)[1]
-            out["plain_gc_off_s"] = timed_forward(cand.model, ids)
+            with free[0]:
+                out["plain_gc_off_s"] = timed_forward(cand.model, ids)
             gc.enable()
             compared(ids)
             pr = cProfile.Profile()
