@@ -97,3 +97,10 @@ def test_tp_candidate_without_tp_is_a_usage_error() -> None:
 def test_tp_refuses_what_it_cannot_shard() -> None:
     with pytest.raises(UsageError, match="does not combine with --candidate port"):
         execute(RunOptions(model="llama", device="cpu", tokens=8, tp=2, candidate="port"))
+
+
+@pytest.mark.parametrize("n", [0, -2])
+def test_tp_below_one_rank_is_refused_not_ignored(run_cli, n: int) -> None:
+    # 0 is falsy: it used to leave the candidate unsharded and the run went ahead
+    code, _, err = run_cli("run", "--model", "llama", "--tokens", "4", "--tp", str(n))
+    assert code == 2 and f"--tp {n}: need at least 1 rank" in err

@@ -34,6 +34,8 @@ def check_options(opts: RunOptions) -> None:
     if opts.tokens is not None and opts.tokens > MAX_TOKENS:
         raise UsageError(f"--tokens {opts.tokens}: parity compares at most {MAX_TOKENS} tokens in one run.",
                          note="a few dozen tokens find most divergences")
+    if opts.tp is not None and opts.tp < 1:  # 0 would quietly run the unsharded candidate
+        raise UsageError(f"--tp {opts.tp}: need at least 1 rank.", note="e.g. --tp 2")
     engine = engines.info(opts.candidate) if opts.candidate != "reference" else None
     check_tolerances(opts.atol, opts.rtol)
     resolve_mode(opts.tolerance, opts.atol is not None or opts.rtol is not None)
