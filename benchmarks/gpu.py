@@ -76,17 +76,19 @@ class _HookFree:
     time is not hook-free. Setting aside and back is two attribute writes per hooked module."""
 
     def __init__(self, model) -> None:
+        from collections import OrderedDict
+
+        def others(hooks) -> OrderedDict:  # hooks that are not probes stay
+            return OrderedDict((k, h) for k, h in hooks.items() if not getattr(h, "__parity_tap__", False))
+
         self.modules = [m for m in model.modules() if m._forward_hooks or m._forward_pre_hooks]
-        tapped = [h for m in self.modules for h in (*m._forward_hooks.values(), *m._forward_pre_hooks.values())]
-        assert all(getattr(h, "__parity_tap__", False) for h in tapped), "a hook that is not a probe"
+        self.bare = [(others(m._forward_hooks), others(m._forward_pre_hooks)) for m in self.modules]
         self.saved: list = []
 
     def __enter__(self) -> None:
-        from collections import OrderedDict
-
         self.saved = [(m._forward_hooks, m._forward_pre_hooks) for m in self.modules]
-        for m in self.modules:
-            m._forward_hooks, m._forward_pre_hooks = OrderedDict(), OrderedDict()
+        for m, (post, pre) in zip(self.modules, self.bare):
+            m._forward_hooks, m._forward_pre_hooks = post, pre
 
     def __exit__(self, *exc) -> None:
         for m, (post, pre) in zip(self.modules, self.saved):
