@@ -73,7 +73,7 @@ def _kernel_ms(fn) -> float:
 class _HookFree:
     """While active, ``model``'s probe hooks are set aside (nn.Module's fast path runs): a
     backend keeps its hooks installed while it is active, so a forward of its model in that
-    time is not hook-free. Setting aside and back is two attribute writes per hooked module."""
+    time is not hook-free. Setting aside and back is four dict writes per hooked module (~0.1 ms for 300)."""
 
     def __init__(self, model) -> None:
         from collections import OrderedDict
@@ -85,14 +85,16 @@ class _HookFree:
         self.bare = [(others(m._forward_hooks), others(m._forward_pre_hooks)) for m in self.modules]
         self.saved: list = []
 
-    def __enter__(self) -> None:
+    def __enter__(self) -> None:  # straight into __dict__: nn.Module.__setattr__ costs ~1 us a call
         self.saved = [(m._forward_hooks, m._forward_pre_hooks) for m in self.modules]
         for m, (post, pre) in zip(self.modules, self.bare):
-            m._forward_hooks, m._forward_pre_hooks = post, pre
+            d = m.__dict__
+            d["_forward_hooks"], d["_forward_pre_hooks"] = post, pre
 
     def __exit__(self, *exc) -> None:
         for m, (post, pre) in zip(self.modules, self.saved):
-            m._forward_hooks, m._forward_pre_hooks = post, pre
+            d = m.__dict__
+            d["_forward_hooks"], d["_forward_pre_hooks"] = post, pre
 
 
 def _copy_bandwidth_gbps() -> float:
