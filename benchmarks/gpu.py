@@ -198,7 +198,8 @@ def overhead(model_name: str, shape: str, tokens: int, more_tokens: tuple[int, .
             out[f"plain_{m}_s"], out[f"hooked_{m}_s"], out[f"ratio_{m}"] = plain_m, hooked_m, hooked_m / plain_m
         # The floor the issue names: one read of each captured tensor, both sides, at the
         # device's copy bandwidth, on top of the hook-free forward.
-        nbytes = sum(r.tensor.numel() * (r.tensor.element_size() + torch.finfo(torch.float16).bits // 8)
+        cand_bytes = 2  # per element: the candidate is fp16 (make_candidate above)
+        nbytes = sum(r.tensor.numel() * (r.tensor.element_size() + cand_bytes)
                      for r in ref_cap.records.values() if r.tensor is not None)
         out["stats_bytes_per_forward"] = nbytes
         out["copy_bandwidth_gbps"] = _copy_bandwidth_gbps()
